@@ -1,0 +1,313 @@
+//! The device side (what the kernel offers vendor drivers): pin pages, read and write guest
+//! memory by IOVA, report pages written some other way. Every access is checked against the
+//! mappings and their protection: a device never touches memory it was not given.
+
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+
+use crate::container::{Container, State, range_end};
+use crate::error::{IommuError, Result};
+use crate::mapping::{Mapping, Memory};
+use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Iova, Prot};
+
+/// One piece of an access, inside one mapping.
+struct Piece<'a> {
+    mapping: &'a Mapping,
+    /// Offset of the piece in the mapping.
+    offset: u64,
+    /// Offset of the piece in the caller's buffer.
+    at: usize,
+    len: usize,
+}
+
+/// Splits `[iova, iova + len)` into pieces, one per mapping, refusing any byte that is not
+/// mapped or whose mapping does not allow `need`.
+fn plan<'a>(state: &'a State, iova: u64, len: usize, need: Prot) -> Result<Vec<Piece<'a>>> {
+    let total = len as u64;
+    range_end(iova, total)?;
+    let mut pieces = Vec::with_capacity(1);
+    let mut done = 0u64;
+    while done < total {
+        let cur = iova + done;
+        let m = state.containing(cur).ok_or(IommuError::NotMapped {
+            iova: Iova(cur),
+            len: total - done,
+        })?;
+        if !m.prot.allows(need) {
+            let access = if need.write { "write" } else { "read" };
+            return Err(IommuError::Permission {
+                iova: Iova(cur),
+                access,
+            });
+        }
+        let n = (m.end() - cur).min(total - done);
+        // `done` and `n` are both at most `len`, a usize.
+        let (at, n_usize) = (to_usize(done), to_usize(n));
+        pieces.push(Piece {
+            mapping: m,
+            offset: cur - m.iova,
+            at,
+            len: n_usize,
+        });
+        done += n;
+    }
+    Ok(pieces)
+}
+
+/// A length already bounded by a `usize` buffer length.
+#[allow(clippy::cast_possible_truncation)]
+fn to_usize(v: u64) -> usize {
+    v as usize
+}
+
+impl Container {
+    /// Reads guest memory at `iova` into `buf` (the kernel's `vfio_dma_rw`, read side). The
+    /// whole range must be mapped readable, possibly across adjacent mappings.
+    pub fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<()> {
+        let state = self.state();
+        for p in plan(&state, iova.0, buf.len(), Prot::READ)? {
+            let dst = &mut buf[p.at..p.at + p.len];
+            match &p.mapping.memory {
+                Memory::Host(host) => host.read(p.offset, dst),
+                Memory::Remote(remote) => {
+                    let at = Iova(p.mapping.iova + p.offset);
+                    remote
+                        .read(at, dst)
+                        .map_err(|source| IommuError::Remote { iova: at, source })?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to guest memory at `iova` and marks the written pages dirty while tracking
+    /// is on (the kernel's `vfio_dma_rw`, write side). The whole range must be mapped writable.
+    pub fn write(&self, iova: Iova, data: &[u8]) -> Result<()> {
+        let state = self.state();
+        for p in plan(&state, iova.0, data.len(), Prot::WRITE)? {
+            let src = &data[p.at..p.at + p.len];
+            match &p.mapping.memory {
+                Memory::Host(host) => host.write(p.offset, src),
+                Memory::Remote(remote) => {
+                    let at = Iova(p.mapping.iova + p.offset);
+                    remote
+                        .write(at, src)
+                        .map_err(|source| IommuError::Remote { iova: at, source })?
+                }
+            }
+            if let Some(bitmap) = &p.mapping.bitmap {
+                bitmap.mark_bytes(p.offset, p.len as u64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports that the device wrote `[iova, iova + len)` some other way (through a pinned
+    /// slice, or by DMA it tracks itself): the seeds' "API for a driver to report dirty pages".
+    /// The range must be mapped writable. Nothing is recorded while tracking is off.
+    pub fn mark_dirty(&self, iova: Iova, len: u64) -> Result<()> {
+        let state = self.state();
+        let len = usize::try_from(len).map_err(|_| IommuError::Wraps { iova, size: len })?;
+        for p in plan(&state, iova.0, len, Prot::WRITE)? {
+            if let Some(bitmap) = &p.mapping.bitmap {
+                bitmap.mark_bytes(p.offset, p.len as u64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins `[iova, iova + len)` for `device` and lends its host memory until the guard drops
+    /// (the kernel's `vfio_pin_pages`). Pins are counted per page; a pinned page is reported
+    /// dirty on every GET while pinned, and its bit is set at once if tracking is on. The range
+    /// must lie in one mapping, with memory in this process, allowing `prot`. The device's first
+    /// pin makes it `Pinned` scope.
+    pub fn pin(&self, device: DeviceId, iova: Iova, len: u64, prot: Prot) -> Result<PinGuard> {
+        if len == 0 {
+            return Err(IommuError::ZeroSize { what: "pin" });
+        }
+        let end = range_end(iova.0, len)?;
+        let state = self.state();
+        let dev = state
+            .devices
+            .get(&device)
+            .ok_or(IommuError::NoSuchDevice(device))?;
+        let m = state
+            .containing(iova.0)
+            .ok_or(IommuError::NotMapped { iova, len })?;
+        if end > m.end() {
+            return Err(match state.containing(m.end()) {
+                Some(_) => IommuError::PinCrossesMappings { iova, len },
+                None => IommuError::NotMapped {
+                    iova: Iova(m.end()),
+                    len: end - m.end(),
+                },
+            });
+        }
+        if !m.prot.allows(prot) {
+            let access = if prot.write && !m.prot.write {
+                "write"
+            } else {
+                "read"
+            };
+            return Err(IommuError::Permission { iova, access });
+        }
+        let Memory::Host(host) = &m.memory else {
+            return Err(IommuError::NotHostMapped { iova: m.start() });
+        };
+        let shift = CONTAINER_PAGE_SIZE.shift();
+        let first_page = (iova.0 - m.iova) >> shift;
+        let last_page = (end - 1 - m.iova) >> shift;
+        {
+            let mut pins = m.pins();
+            for page in first_page..=last_page {
+                *pins.entry(page).or_insert(0) += 1;
+            }
+        }
+        if let Some(bitmap) = &m.bitmap {
+            bitmap.mark_pages(first_page, last_page - first_page + 1)?;
+        }
+        if !dev.pinned_scope.swap(true, Ordering::AcqRel) {
+            tracing::debug!(%device, "first pin: device is now Pinned scope");
+        }
+        let ptr = NonNull::new(host.ptr_at(iova.0 - m.iova))
+            .ok_or(IommuError::NotHostMapped { iova: m.start() })?;
+        Ok(PinGuard {
+            container: self.clone(),
+            mapping: m.iova,
+            first_page,
+            pages: last_page - first_page + 1,
+            iova,
+            ptr,
+            len: to_usize(len.min(usize::MAX as u64)),
+            writable: m.prot.write && prot.write,
+        })
+    }
+
+    fn unpin(&self, mapping: u64, first_page: u64, pages: u64) {
+        let state = self.state();
+        let Some(m) = state.mappings.get(&mapping) else {
+            debug_assert!(false, "a pinned mapping was removed");
+            return;
+        };
+        let mut pins = m.pins();
+        for page in first_page..first_page + pages {
+            if let Some(count) = pins.get_mut(&page) {
+                *count -= 1;
+                if *count == 0 {
+                    pins.remove(&page);
+                }
+            }
+        }
+    }
+
+    /// Pages pinned now, over all mappings.
+    pub fn pinned_pages(&self) -> u64 {
+        self.state()
+            .mappings
+            .values()
+            .map(|m| m.pins().len() as u64)
+            .sum()
+    }
+}
+
+/// Pinned guest memory lent to a device. The pages stay pinned, and their mapping in place,
+/// until the guard drops.
+pub struct PinGuard {
+    container: Container,
+    mapping: u64,
+    first_page: u64,
+    pages: u64,
+    iova: Iova,
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: the guard holds a pointer into a shared file mapping that stays mapped while the guard
+// lives (a mapping with pinned pages is never removed); the pointer has no thread affinity.
+unsafe impl Send for PinGuard {}
+// SAFETY: `&PinGuard` only copies bytes through raw pointers; concurrent writers to guest memory
+// are expected (guest memory is shared with the guest and other devices).
+unsafe impl Sync for PinGuard {}
+
+impl PinGuard {
+    /// First IOVA of the pinned range.
+    pub fn iova(&self) -> Iova {
+        self.iova
+    }
+
+    /// Bytes pinned.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no bytes are pinned (never: a pin covers at least one byte).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The host address of the first byte. Valid for [`PinGuard::len`] bytes while the guard
+    /// lives; writable only if the pin and the mapping allow writes.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Copies `buf.len()` bytes at `offset` in the pinned range into `buf`.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        // SAFETY: `offset + buf.len() <= len` (checked), and the pinned range stays mapped
+        // while `self` lives; `buf` is a distinct Rust buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `data` to `offset` in the pinned range. Pinned pages are reported dirty while
+    /// pinned and once more after, so no separate report is needed.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(IommuError::Permission {
+                iova: self.iova,
+                access: "write",
+            });
+        }
+        self.check(offset, data.len())?;
+        // SAFETY: `offset + data.len() <= len` (checked), the range is mapped writable and stays
+        // mapped while `self` lives; `data` is a distinct Rust buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        };
+        Ok(())
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(IommuError::NotMapped {
+                iova: Iova(self.iova.0.saturating_add(offset as u64)),
+                len: len as u64,
+            }),
+        }
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.container
+            .unpin(self.mapping, self.first_page, self.pages);
+    }
+}
+
+impl std::fmt::Debug for PinGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinGuard")
+            .field("iova", &self.iova)
+            .field("len", &self.len)
+            .finish()
+    }
+}
