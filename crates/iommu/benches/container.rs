@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 use std::hint::black_box;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use vfmig_abi::dirty::dirty_bitmap_bytes;
@@ -28,14 +28,9 @@ fn memfd(size: u64) -> OwnedFd {
     assert!(fd >= 0, "memfd_create failed");
     // SAFETY: fd was just created and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::off_t::try_from(size).expect("size fits off_t");
-    // SAFETY: a valid fd; ftruncate has no memory effects.
-    assert_eq!(
-        unsafe { libc::ftruncate(fd.as_raw_fd(), len) },
-        0,
-        "ftruncate failed"
-    );
-    fd
+    let file = std::fs::File::from(fd);
+    file.set_len(size).expect("size the memfd");
+    file.into()
 }
 
 /// Median of `REPS` timings of `f`, each after an untimed `setup`; both get the buffer.

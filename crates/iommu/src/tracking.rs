@@ -90,12 +90,42 @@ pub(crate) fn report_mapping(m: &Mapping, base: u64, precise: bool, out: &mut [u
         return Err(IommuError::TrackingOff);
     };
     let bit_offset = (m.iova - base) >> CONTAINER_PAGE_SIZE.shift();
-    if !precise {
-        bitmap.set_all();
+    if precise {
+        bitmap.read_and_clear(0, m.pages(), out, bit_offset)?;
+    } else {
+        // Every page is reported: no need to read the bitmap, only to empty it.
+        bitmap.clear_all();
+        set_bits(out, bit_offset, m.pages());
     }
-    bitmap.read_and_clear(0, m.pages(), out, bit_offset)?;
     m.populate_pinned();
     Ok(())
+}
+
+/// Sets bits `[first, first + count)` of `out`. Bits beyond `out` are ignored (callers have
+/// checked the buffer covers the range).
+fn set_bits(out: &mut [u64], first: u64, count: u64) {
+    let Some(end) = first.checked_add(count).filter(|_| count > 0) else {
+        return;
+    };
+    let word = |bit: u64| usize::try_from(bit / 64).unwrap_or(usize::MAX);
+    let (first_word, last_word) = (word(first), word(end - 1));
+    let head = u64::MAX << (first % 64);
+    let tail = u64::MAX >> (63 - (end - 1) % 64);
+    if first_word == last_word {
+        if let Some(w) = out.get_mut(first_word) {
+            *w |= head & tail;
+        }
+        return;
+    }
+    if let Some(w) = out.get_mut(first_word) {
+        *w |= head;
+    }
+    if let Some(middle) = out.get_mut(first_word + 1..last_word.min(out.len())) {
+        middle.fill(u64::MAX);
+    }
+    if let Some(w) = out.get_mut(last_word) {
+        *w |= tail;
+    }
 }
 
 impl Container {
@@ -244,5 +274,40 @@ impl Container {
             };
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_bits;
+
+    fn bits(out: &[u64]) -> Vec<u64> {
+        (0..out.len() as u64 * 64)
+            .filter(|b| out[(b / 64) as usize] & (1 << (b % 64)) != 0)
+            .collect()
+    }
+
+    #[test]
+    fn set_bits_inside_one_word() {
+        let mut out = [0u64; 2];
+        set_bits(&mut out, 3, 4);
+        assert_eq!(bits(&out), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn set_bits_across_words_keeps_neighbours() {
+        let mut out = [0b1u64, 0, 1 << 63];
+        set_bits(&mut out, 60, 70);
+        assert_eq!(
+            bits(&out),
+            [vec![0], (60..130).collect::<Vec<_>>(), vec![191]].concat()
+        );
+    }
+
+    #[test]
+    fn set_bits_of_nothing_changes_nothing() {
+        let mut out = [0u64; 1];
+        set_bits(&mut out, 5, 0);
+        assert_eq!(out, [0]);
     }
 }

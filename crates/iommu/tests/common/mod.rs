@@ -22,10 +22,9 @@ pub fn memfd(size: u64) -> OwnedFd {
     assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
     // SAFETY: fd was just created and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a valid fd; ftruncate has no memory effects.
-    let rc = unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), size as libc::off_t) };
-    assert_eq!(rc, 0, "ftruncate: {}", io::Error::last_os_error());
-    fd
+    let file = std::fs::File::from(fd);
+    file.set_len(size).expect("size the memfd");
+    file.into()
 }
 
 /// A memfd backing for `size` bytes.
