@@ -1,0 +1,13 @@
+//! Migratable vfio-user devices.
+//!
+//! * [`Migratable`]: the small trait a device implements to be migratable (no default bodies).
+//! * [`migration::MigrationRegion`]: the v1 migration region built on it, exactly as the
+//!   series' uAPI describes (`struct vfio_device_migration_info` at offset 0, the data section
+//!   after it, trapped or mmapped).
+//! * [`memory::SharedMemory`]: memfd-backed memory a device shares with its client.
+
+pub mod memory;
+pub mod migratable;
+pub mod migration;
+
+pub use migratable::{Migratable, MigrationError};
