@@ -4,10 +4,12 @@
 //! * [`migration::MigrationRegion`]: the v1 migration region built on it, exactly as the
 //!   series' uAPI describes (`struct vfio_device_migration_info` at offset 0, the data section
 //!   after it, trapped or mmapped).
+//! * [`pci`]: the configuration space and eventfd interrupts every device shares.
 //! * [`memory::SharedMemory`]: memfd-backed memory a device shares with its client.
 
 pub mod memory;
 pub mod migratable;
 pub mod migration;
+pub mod pci;
 
 pub use migratable::{Migratable, MigrationError};
