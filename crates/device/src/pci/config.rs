@@ -74,7 +74,8 @@ impl fmt::Debug for ConfigSpace {
 
 impl ConfigSpace {
     /// A configuration space for `id`, with BARs of the given kinds and sizes (each a power of
-    /// two of at least 16 bytes, or absent), INTA, and an MSI capability.
+    /// two of at least 16 bytes for memory, 4 for I/O; others are left absent), INTA, and an
+    /// MSI capability.
     pub fn new(id: PciIdentity, bars: &[(usize, BarKind, u32)]) -> Self {
         let mut c = ConfigSpace {
             bytes: [0; SIZE],
@@ -96,7 +97,8 @@ impl ConfigSpace {
         c.mask_u32(MSI_ADDRESS, 0xffff_fffc);
         c.mask_u16(MSI_DATA, 0xffff);
         for &(index, kind, size) in bars {
-            if index < 6 && size.is_power_of_two() && size >= 16 {
+            let min = if kind == BarKind::Io { 4 } else { 16 };
+            if index < 6 && size.is_power_of_two() && size >= min {
                 let at = BAR0 + 4 * index;
                 c.bar_sizes[index] = size;
                 let low = if kind == BarKind::Io { 1 } else { 0 };

@@ -1,0 +1,3 @@
+//! The sample devices: real models whose state matters.
+
+pub mod mtty;
