@@ -6,15 +6,22 @@
 //!   after it, trapped or mmapped).
 //! * [`DeviceModel`]: what a device author writes (identity, BARs, accesses, reset, snapshot).
 //! * [`devices`]: the sample devices, `mtty` and `dma-engine`.
+//! * [`PciDevice`]: a model served over vfio-user (config space, IRQs, reset, migration region).
+//! * [`conformance`]: the save / resume / compare check every migratable device passes.
+//! * [`server`]: the device process entry point (`vfmig device <kind> --socket PATH`).
 //! * [`pci`]: the configuration space and eventfd interrupts every device shares.
 //! * [`memory::SharedMemory`]: memfd-backed memory a device shares with its client.
 
+pub mod conformance;
 pub mod devices;
 pub mod memory;
 pub mod migratable;
 pub mod migration;
 pub mod model;
 pub mod pci;
+mod pci_device;
+pub mod server;
 
 pub use migratable::{Migratable, MigrationError};
 pub use model::{Bar, BarMemory, DeviceContext, DeviceError, DeviceModel};
+pub use pci_device::{MIGRATION_REGION_INDEX, PciDevice};

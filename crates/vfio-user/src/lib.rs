@@ -25,14 +25,21 @@
 //! This crate is mechanism only: it does not decide what a region access or a DMA mapping
 //! means, nor which version to accept (see the client and server for that).
 
+pub mod client;
 pub mod connection;
+pub mod errno;
 pub mod error;
 pub mod limits;
 pub mod message;
+mod peer;
+pub mod server;
 
+pub use client::{Client, ClientConfig, ClientError, ClientMemory};
 pub use connection::{Connection, Received};
+pub use errno::Errno;
 pub use error::{ConnectionError, MessageError};
 pub use limits::Limits;
+pub use server::{Backend, Server};
 
 #[cfg(test)]
 mod roundtrip_tests;

@@ -1,3 +1,4 @@
 //! The sample devices: real models whose state matters.
 
+pub mod dma_engine;
 pub mod mtty;

@@ -1,0 +1,196 @@
+//! The dma-engine's migration: iterative pre-copy of device RAM, then the registers.
+//!
+//! ```text
+//! chunk   0 magic "DMAE" | 4 kind (1 pages, 2 registers) | 5 pad | 8 count u32
+//! pages   count x { page u32 | flags u32 (bit 0: all zero, no data) | 4096 bytes unless zero }
+//! regs    the register file (regs::REGS_LEN bytes)
+//! ```
+
+use vfmig_abi::StateKind;
+
+use super::regs::{CONTROL_ENABLE, REGS_LEN, Regs};
+use super::{DmaEngine, RAM_PAGE};
+use crate::migratable::{Migratable, MigrationError};
+
+const MAGIC: &[u8; 4] = b"DMAE";
+const KIND_PAGES: u8 = 1;
+const KIND_REGS: u8 = 2;
+const HEADER: usize = 12;
+const ENTRY: usize = 8;
+const PAGE: usize = 4096;
+const _: () = assert!(PAGE as u64 == RAM_PAGE);
+const FLAG_ZERO: u32 = 1;
+
+/// Where a save stands.
+#[derive(Debug, Default)]
+pub(super) struct SaveState {
+    /// The registers are still to be sent (stop-and-copy).
+    regs_pending: bool,
+    /// A save is under way (pre-copy or stop-and-copy).
+    saving: bool,
+}
+
+fn header(buf: &mut [u8], kind: u8, count: u32) {
+    buf[..4].copy_from_slice(MAGIC);
+    buf[4..8].copy_from_slice(&[kind, 0, 0, 0]);
+    buf[8..12].copy_from_slice(&count.to_le_bytes());
+}
+
+impl DmaEngine {
+    /// Fills `buf` with dirty pages of device RAM, claiming each as it goes.
+    fn save_pages(&mut self, buf: &mut [u8]) -> usize {
+        let mut at = HEADER;
+        let mut count = 0u32;
+        let pages: Vec<u64> = self
+            .ram_dirty
+            .runs()
+            .flat_map(|run| run.first..run.end())
+            .take(buf.len() / ENTRY)
+            .collect();
+        for page in pages {
+            if at + ENTRY + PAGE > buf.len() {
+                break;
+            }
+            let mut bit = [0u64];
+            if self.ram_dirty.read_and_clear(page, 1, &mut bit, 0).is_err() || bit[0] == 0 {
+                continue;
+            }
+            let Some(range) = self.ram_range(page * RAM_PAGE, RAM_PAGE) else {
+                continue;
+            };
+            let data = &self.ram[range];
+            let zero = data.iter().all(|&b| b == 0);
+            let page32 = u32::try_from(page).unwrap_or(u32::MAX);
+            buf[at..at + 4].copy_from_slice(&page32.to_le_bytes());
+            buf[at + 4..at + 8].copy_from_slice(&u32::from(zero).to_le_bytes());
+            at += ENTRY;
+            if !zero {
+                buf[at..at + PAGE].copy_from_slice(data);
+                at += PAGE;
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return 0;
+        }
+        header(buf, KIND_PAGES, count);
+        at
+    }
+
+    fn load_pages(&mut self, count: u32, mut body: &[u8]) -> Result<(), MigrationError> {
+        for _ in 0..count {
+            let (entry, rest) = body
+                .split_first_chunk::<ENTRY>()
+                .ok_or_else(|| MigrationError::bad_chunk("short page entry"))?;
+            let page = u64::from(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]));
+            let flags = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+            let range = self
+                .ram_range(page.saturating_mul(RAM_PAGE), RAM_PAGE)
+                .ok_or_else(|| {
+                    MigrationError::bad_chunk(format!("page {page} outside device RAM"))
+                })?;
+            if flags & FLAG_ZERO != 0 {
+                self.ram[range].fill(0);
+                body = rest;
+            } else {
+                let (data, rest) = rest
+                    .split_at_checked(PAGE)
+                    .ok_or_else(|| MigrationError::bad_chunk("short page data"))?;
+                self.ram[range].copy_from_slice(data);
+                body = rest;
+            }
+        }
+        if !body.is_empty() {
+            return Err(MigrationError::bad_chunk("trailing bytes after the pages"));
+        }
+        Ok(())
+    }
+}
+
+impl Migratable for DmaEngine {
+    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigrationError> {
+        match to {
+            StateKind::PreCopy => {
+                // The first round sends all of device RAM.
+                self.ram_dirty.set_all();
+                self.save = SaveState {
+                    regs_pending: false,
+                    saving: true,
+                };
+            }
+            StateKind::StopCopy => {
+                if from != StateKind::PreCopy {
+                    self.ram_dirty.set_all();
+                }
+                self.save = SaveState {
+                    regs_pending: true,
+                    saving: true,
+                };
+            }
+            StateKind::Running if from == StateKind::Resuming => {
+                self.save = SaveState::default();
+                if self.regs.control & CONTROL_ENABLE != 0 {
+                    self.pin_ring()
+                        .map_err(|e| MigrationError::new(e.errno, e.what))?;
+                }
+            }
+            StateKind::Resuming => {
+                *super::lock(&self.ring) = None;
+                self.save = SaveState::default();
+            }
+            _ => self.save = SaveState::default(),
+        }
+        Ok(())
+    }
+
+    fn pending_bytes(&mut self) -> Result<u64, MigrationError> {
+        if !self.save.saving {
+            return Ok(0);
+        }
+        let pages = self.ram_dirty.count() * (RAM_PAGE + ENTRY as u64);
+        let regs = if self.save.regs_pending {
+            (HEADER + REGS_LEN) as u64
+        } else {
+            0
+        };
+        Ok(pages + regs)
+    }
+
+    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        if buf.len() < HEADER + ENTRY + PAGE {
+            return Err(MigrationError::new(
+                libc::ENOSPC,
+                "data section smaller than one page",
+            ));
+        }
+        let n = self.save_pages(buf);
+        if n > 0 || !self.save.regs_pending {
+            return Ok(n);
+        }
+        header(buf, KIND_REGS, 1);
+        let mut regs = Vec::with_capacity(REGS_LEN);
+        self.regs.encode(&mut regs);
+        buf[HEADER..HEADER + REGS_LEN].copy_from_slice(&regs);
+        self.save.regs_pending = false;
+        Ok(HEADER + REGS_LEN)
+    }
+
+    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError> {
+        let (head, body) = chunk
+            .split_first_chunk::<HEADER>()
+            .filter(|(h, _)| &h[..4] == MAGIC)
+            .ok_or_else(|| MigrationError::bad_chunk("not a dma-engine chunk"))?;
+        let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        match head[4] {
+            KIND_PAGES => self.load_pages(count, body),
+            KIND_REGS => {
+                self.regs = Regs::decode(body)
+                    .ok_or_else(|| MigrationError::bad_chunk("invalid dma-engine registers"))?;
+                Ok(())
+            }
+            kind => Err(MigrationError::bad_chunk(format!(
+                "unknown dma-engine chunk kind {kind}"
+            ))),
+        }
+    }
+}

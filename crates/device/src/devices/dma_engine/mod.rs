@@ -1,0 +1,411 @@
+//! `dma-engine`: a device with its own memory and a DMA engine, like a small vGPU.
+//!
+//! Device RAM (64 MiB by default) is BAR2, trapped. A descriptor ring in guest memory,
+//! programmed through BAR0 ([`regs`]), moves data between guest memory and device RAM, or fills
+//! either. The device reaches guest memory only through the [`Container`]: it pins the ring
+//! while enabled (so the ring is reported dirty while pinned, and its completion words are
+//! written through the pin) and copies data with [`Container::read`] / [`Container::write`]
+//! (writes are reported dirty). It is therefore precise: it attaches in `Pinned` scope.
+//!
+//! Device RAM changes while the device runs, so its pre-copy is iterative: every change marks
+//! a page of a [`DirtyBitmap`] over device RAM; entering pre-copy marks every page, each chunk
+//! claims and sends dirty pages (all-zero pages as a flag, without data), and stop-and-copy
+//! sends what changed since, then the registers.
+
+mod migration;
+pub mod regs;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vfmig_dirty::{DirtyBitmap, PageSize};
+use vfmig_iommu::{Container, DeviceId, DirtyScope, Iova, PinGuard, Prot, UnmapNotifier};
+
+use crate::migratable::Migratable;
+use crate::model::{Bar, DeviceContext, DeviceError, DeviceModel};
+use crate::pci::{BarKind, PciIdentity};
+use migration::SaveState;
+use regs::{
+    CONTROL_ENABLE, CONTROL_IRQ, DESCRIPTOR, DONE, Descriptor, ID, MAX_LEN, MAX_RING, Op, Regs,
+    STATUS_RING_LOST, off,
+};
+
+/// Default device RAM: 64 MiB.
+pub const DEFAULT_RAM: u64 = 64 << 20;
+/// Device RAM page size.
+pub const RAM_PAGE: u64 = 4096;
+/// BAR of the registers.
+pub const REGS_BAR: usize = 0;
+/// BAR of device RAM.
+pub const RAM_BAR: usize = 2;
+
+type RingSlot = Arc<Mutex<Option<PinGuard>>>;
+
+fn lock(slot: &RingSlot) -> MutexGuard<'_, Option<PinGuard>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the ring's pin when its memory is unmapped (the container's unmap notifier).
+struct RingNotifier(RingSlot);
+
+impl UnmapNotifier for RingNotifier {
+    fn dma_unmap(&self, iova: Iova, size: u64) {
+        let mut slot = lock(&self.0);
+        let hit = slot.as_ref().is_some_and(|pin| {
+            let start = pin.iova().0;
+            start < iova.0.saturating_add(size) && iova.0 < start.saturating_add(pin.len() as u64)
+        });
+        if hit {
+            tracing::info!(%iova, size, "descriptor ring unmapped: unpinning it");
+            *slot = None;
+        }
+    }
+}
+
+/// The dma-engine device.
+pub struct DmaEngine {
+    container: Container,
+    device: DeviceId,
+    regs: Regs,
+    ram: Vec<u8>,
+    /// Pages of device RAM changed since they were last saved.
+    ram_dirty: DirtyBitmap,
+    ring: RingSlot,
+    save: SaveState,
+}
+
+impl std::fmt::Debug for DmaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaEngine")
+            .field("regs", &self.regs)
+            .field("ram", &self.ram.len())
+            .finish()
+    }
+}
+
+impl DmaEngine {
+    /// A device with `ram` bytes of device RAM (a power of two, at least 4 KiB, at most 1 GiB),
+    /// attached to `container` in `Pinned` scope.
+    pub fn new(container: Container, ram: u64) -> Result<Self, DeviceError> {
+        if !ram.is_power_of_two() || !(RAM_PAGE..=1 << 30).contains(&ram) {
+            return Err(DeviceError::invalid(format!(
+                "device RAM of {ram} bytes: need a power of two in 4 KiB..=1 GiB"
+            )));
+        }
+        let ring = RingSlot::default();
+        let device = container.attach_device(
+            DirtyScope::Pinned,
+            Some(Arc::new(RingNotifier(ring.clone()))),
+        );
+        let ram_dirty = DirtyBitmap::new(ram / RAM_PAGE, PageSize::SIZE_4K)
+            .map_err(|e| DeviceError::invalid(e.to_string()))?;
+        let len = usize::try_from(ram).map_err(|_| DeviceError::invalid("device RAM too large"))?;
+        Ok(DmaEngine {
+            container,
+            device,
+            regs: Regs::default(),
+            ram: vec![0; len],
+            ram_dirty,
+            ring,
+            save: SaveState::default(),
+        })
+    }
+
+    /// Device RAM size in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.ram.len() as u64
+    }
+
+    fn ram_pages(&self) -> u64 {
+        self.ram_size() / RAM_PAGE
+    }
+
+    /// Device RAM `[offset, offset + len)` as a range, if inside.
+    fn ram_range(&self, offset: u64, len: u64) -> Option<std::ops::Range<usize>> {
+        let end = offset.checked_add(len).filter(|&e| e <= self.ram_size())?;
+        Some(usize::try_from(offset).ok()?..usize::try_from(end).ok()?)
+    }
+
+    fn mark_ram(&self, offset: u64, len: u64) {
+        if let Err(e) = self.ram_dirty.mark_bytes(offset, len) {
+            tracing::error!(error = %e, "device RAM dirty mark out of range");
+        }
+    }
+
+    fn read_reg(&self, offset: u64, len: usize) -> Result<u64, DeviceError> {
+        let r = &self.regs;
+        let v = match (offset, len) {
+            (off::ID, 4) => u64::from(ID),
+            (off::VERSION, 4) => 1,
+            (off::RING_BASE, 8) => r.ring_base,
+            (off::RING_SIZE, 4) => u64::from(r.ring_size),
+            (off::CONTROL, 4) => u64::from(r.control),
+            (off::TAIL, 4) => u64::from(r.tail),
+            (off::HEAD, 4) => u64::from(r.head),
+            (off::STATUS, 4) => u64::from(r.status),
+            (off::RAM_PAGES, 4) => self.ram_pages(),
+            (off::COMPLETED, 8) => r.completed,
+            _ => {
+                return Err(DeviceError::invalid(format!(
+                    "no {len}-byte register at {offset:#x}"
+                )));
+            }
+        };
+        Ok(v)
+    }
+
+    fn write_reg(
+        &mut self,
+        offset: u64,
+        v: u64,
+        len: usize,
+        ctx: &mut DeviceContext<'_>,
+    ) -> Result<(), DeviceError> {
+        let v32 = u32::try_from(v).unwrap_or(u32::MAX);
+        match (offset, len) {
+            (off::RING_BASE, 8) if self.regs.control & CONTROL_ENABLE == 0 => {
+                self.regs.ring_base = v
+            }
+            (off::RING_SIZE, 4) if self.regs.control & CONTROL_ENABLE == 0 => {
+                if v32 != 0 && (!v32.is_power_of_two() || v32 > MAX_RING) {
+                    return Err(DeviceError::invalid(format!("ring size {v32}")));
+                }
+                self.regs.ring_size = v32;
+                self.regs.head = 0;
+                self.regs.tail = 0;
+            }
+            (off::CONTROL, 4) => self.set_control(v32)?,
+            (off::TAIL, 4) => {
+                if self.regs.ring_size == 0 || v32 >= self.regs.ring_size {
+                    return Err(DeviceError::invalid(format!("tail {v32} outside the ring")));
+                }
+                self.regs.tail = v32;
+                self.run(ctx);
+            }
+            _ => {
+                return Err(DeviceError::invalid(format!(
+                    "no writable {len}-byte register at {offset:#x}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_control(&mut self, v: u32) -> Result<(), DeviceError> {
+        let enable = v & CONTROL_ENABLE != 0;
+        let was = self.regs.control & CONTROL_ENABLE != 0;
+        if enable && !was {
+            self.pin_ring()?;
+        } else if !enable && was {
+            *lock(&self.ring) = None;
+        }
+        self.regs.control = v & (CONTROL_ENABLE | CONTROL_IRQ);
+        Ok(())
+    }
+
+    /// Pins the ring; on failure the device stays disabled and STATUS says why.
+    fn pin_ring(&mut self) -> Result<(), DeviceError> {
+        let len = u64::from(self.regs.ring_size) * DESCRIPTOR;
+        if len == 0 {
+            return Err(DeviceError::invalid("enable with a ring of size 0"));
+        }
+        match self.container.pin(
+            self.device,
+            Iova(self.regs.ring_base),
+            len,
+            Prot::READ_WRITE,
+        ) {
+            Ok(pin) => {
+                *lock(&self.ring) = Some(pin);
+                self.regs.status = 0;
+                Ok(())
+            }
+            Err(e) => {
+                self.regs.status = e.errno().unsigned_abs();
+                Err(DeviceError::with_errno(
+                    e.errno(),
+                    format!("pinning the ring: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Runs descriptors from HEAD to TAIL.
+    fn run(&mut self, ctx: &mut DeviceContext<'_>) {
+        let mut interrupt = false;
+        while self.regs.head != self.regs.tail && self.regs.control & CONTROL_ENABLE != 0 {
+            let at = u64::from(self.regs.head) * DESCRIPTOR;
+            let ring = lock(&self.ring);
+            let Some(pin) = ring.as_ref() else {
+                drop(ring);
+                self.regs.status = STATUS_RING_LOST;
+                self.regs.control &= !CONTROL_ENABLE;
+                break;
+            };
+            let mut raw = [0u8; 32];
+            let at = usize::try_from(at).unwrap_or(usize::MAX);
+            if pin.read_at(at, &mut raw).is_err() {
+                break;
+            }
+            drop(ring);
+            let (word, irq) = match Descriptor::decode(&raw) {
+                Some(d) => (self.execute(&d), d.irq),
+                None => (libc::EINVAL.unsigned_abs(), false),
+            };
+            if let Some(pin) = lock(&self.ring).as_ref()
+                && let Err(e) = pin.write_at(at + 28, &(DONE | word).to_le_bytes())
+            {
+                tracing::error!(error = %e, "writing a completion into the pinned ring");
+            }
+            if word != 0 {
+                self.regs.status = word;
+            }
+            self.regs.head = (self.regs.head + 1) % self.regs.ring_size.max(1);
+            self.regs.completed += 1;
+            interrupt |= irq;
+        }
+        if interrupt && self.regs.control & CONTROL_IRQ != 0 {
+            ctx.interrupt();
+        }
+    }
+
+    /// Executes one descriptor; returns 0 or the errno.
+    fn execute(&mut self, d: &Descriptor) -> u32 {
+        let len = u64::from(d.len);
+        let Some(range) = self.ram_range(d.device, len).filter(|_| d.len <= MAX_LEN) else {
+            return libc::EINVAL.unsigned_abs();
+        };
+        let result = match d.op {
+            Op::CopyToDevice => {
+                let r = self.container.read(Iova(d.guest), &mut self.ram[range]);
+                if r.is_ok() {
+                    self.mark_ram(d.device, len);
+                }
+                r
+            }
+            Op::CopyToGuest => self.container.write(Iova(d.guest), &self.ram[range]),
+            Op::FillDevice => {
+                self.ram[range].fill(d.fill);
+                self.mark_ram(d.device, len);
+                Ok(())
+            }
+            Op::FillGuest => self
+                .container
+                .write(Iova(d.guest), &vec![d.fill; range.len()]),
+        };
+        match result {
+            Ok(()) => 0,
+            Err(e) => e.errno().unsigned_abs(),
+        }
+    }
+}
+
+fn le(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+    u64::from_le_bytes(b)
+}
+
+impl DeviceModel for DmaEngine {
+    fn identity(&self) -> PciIdentity {
+        PciIdentity {
+            vendor: 0x1af4,
+            device: 0x10f0,
+            class: 0x08_80_00,
+            revision: 1,
+        }
+    }
+
+    fn bars(&self) -> Vec<Bar> {
+        let ram = u32::try_from(self.ram_size()).unwrap_or(1 << 30);
+        vec![
+            Bar {
+                index: REGS_BAR,
+                kind: BarKind::Memory,
+                size: 4096,
+                mmap: None,
+            },
+            Bar {
+                index: RAM_BAR,
+                kind: BarKind::Memory,
+                size: ram,
+                mmap: None,
+            },
+        ]
+    }
+
+    fn bar_read(
+        &mut self,
+        bar: usize,
+        offset: u64,
+        buf: &mut [u8],
+        _ctx: &mut DeviceContext<'_>,
+    ) -> Result<(), DeviceError> {
+        match bar {
+            REGS_BAR => {
+                let v = self.read_reg(offset, buf.len())?.to_le_bytes();
+                buf.copy_from_slice(&v[..buf.len()]);
+                Ok(())
+            }
+            RAM_BAR => {
+                let r = self
+                    .ram_range(offset, buf.len() as u64)
+                    .ok_or_else(|| DeviceError::invalid("outside device RAM"))?;
+                buf.copy_from_slice(&self.ram[r]);
+                Ok(())
+            }
+            _ => Err(DeviceError::invalid(format!("no BAR{bar}"))),
+        }
+    }
+
+    fn bar_write(
+        &mut self,
+        bar: usize,
+        offset: u64,
+        data: &[u8],
+        ctx: &mut DeviceContext<'_>,
+    ) -> Result<(), DeviceError> {
+        match bar {
+            REGS_BAR if data.len() == 4 || data.len() == 8 => {
+                self.write_reg(offset, le(data), data.len(), ctx)
+            }
+            REGS_BAR => Err(DeviceError::invalid("registers take 4- or 8-byte accesses")),
+            RAM_BAR => {
+                let r = self
+                    .ram_range(offset, data.len() as u64)
+                    .ok_or_else(|| DeviceError::invalid("outside device RAM"))?;
+                self.ram[r].copy_from_slice(data);
+                self.mark_ram(offset, data.len() as u64);
+                Ok(())
+            }
+            _ => Err(DeviceError::invalid(format!("no BAR{bar}"))),
+        }
+    }
+
+    fn reset(&mut self) {
+        *lock(&self.ring) = None;
+        self.regs = Regs::default();
+        self.ram.fill(0);
+        self.ram_dirty.set_all();
+        self.save = SaveState::default();
+    }
+
+    fn migratable(&mut self) -> Option<&mut dyn Migratable> {
+        Some(self)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut s = Vec::with_capacity(self.ram.len() + 64);
+        self.regs.encode(&mut s);
+        s.extend_from_slice(&self.ram);
+        s
+    }
+}
+
+impl Drop for DmaEngine {
+    fn drop(&mut self) {
+        *lock(&self.ring) = None;
+        if let Err(e) = self.container.detach_device(self.device) {
+            tracing::warn!(error = %e, "detaching the dma-engine");
+        }
+    }
+}

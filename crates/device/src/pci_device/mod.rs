@@ -1,0 +1,351 @@
+//! [`PciDevice`]: a [`DeviceModel`] served over vfio-user, with a configuration space,
+//! interrupts, reset and — when the model is migratable — the v1 migration region.
+//!
+//! | region | what |
+//! |---|---|
+//! | 0–5 | the model's BARs (trapped, or mmappable where the model shares memory) |
+//! | 6 | ROM (absent, size 0) |
+//! | 7 | configuration space (256 bytes) |
+//! | 8 | VGA (absent, size 0) |
+//! | 9 | the v1 migration region, type 3 / subtype 1 (only for a migratable model) |
+//!
+//! In STOP and STOP_COPY the device is stopped: BAR accesses are refused (EINVAL), as are the
+//! commands that would change what the device sees (DMA_MAP, DMA_UNMAP), as the reference
+//! server does. Configuration space and the migration region stay accessible.
+
+mod migration;
+
+use vfmig_abi::StateKind;
+use vfmig_abi::uapi::{
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_SUBTYPE_MIGRATION,
+    VFIO_REGION_TYPE_MIGRATION,
+};
+use vfmig_vfio_user::Errno;
+use vfmig_vfio_user::message::{Command, IrqSet, SparseMmapArea};
+use vfmig_vfio_user::server::{
+    Backend, DeviceDescription, IrqDescription, IrqSetData, RegionDescription, RegionMmap,
+};
+
+use crate::migration::{DEFAULT_DATA_CAPACITY, MigrationRegion};
+use crate::model::{Bar, DeviceContext, DeviceModel};
+use crate::pci::{ConfigSpace, IrqData, Irqs};
+use migration::PciMigration;
+
+/// Region index of the migration region.
+pub const MIGRATION_REGION_INDEX: u32 = VFIO_PCI_NUM_REGIONS;
+
+/// A device model with everything PCI and vfio-user around it.
+pub struct PciDevice<M: DeviceModel> {
+    model: M,
+    bars: Vec<Bar>,
+    config: ConfigSpace,
+    irqs: Irqs,
+    migration: Option<MigrationRegion>,
+    config_pending: bool,
+}
+
+impl<M: DeviceModel> std::fmt::Debug for PciDevice<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciDevice")
+            .field("config", &self.config)
+            .field("migration", &self.migration)
+            .finish()
+    }
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::new(e)
+}
+
+impl<M: DeviceModel> PciDevice<M> {
+    /// Wraps `model`; a migration region with the default data section is offered if the model
+    /// is migratable.
+    pub fn new(model: M) -> std::io::Result<Self> {
+        PciDevice::with_data_capacity(model, DEFAULT_DATA_CAPACITY)
+    }
+
+    /// Wraps `model` with a migration data section of `capacity` bytes.
+    pub fn with_data_capacity(mut model: M, capacity: usize) -> std::io::Result<Self> {
+        let bars = model.bars();
+        let config = config_for(&model, &bars);
+        let migration = if model.migratable().is_some() {
+            Some(MigrationRegion::new(capacity)?)
+        } else {
+            None
+        };
+        Ok(PciDevice {
+            model,
+            bars,
+            config,
+            irqs: Irqs::new(),
+            migration,
+            config_pending: false,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The model, mutably.
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
+    }
+
+    /// The configuration space.
+    pub fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    /// The migration state, if the device can migrate.
+    pub fn migration_state(&self) -> Option<StateKind> {
+        self.migration.as_ref().map(MigrationRegion::kind)
+    }
+
+    /// The whole device state, for verification: the model's snapshot and the configuration
+    /// space.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut s = self.model.snapshot();
+        s.extend_from_slice(self.config.bytes());
+        s
+    }
+
+    fn stopped(&self) -> bool {
+        matches!(
+            self.migration_state(),
+            Some(StateKind::Stop | StateKind::StopCopy)
+        )
+    }
+
+    fn bar(&self, index: u32) -> Option<&Bar> {
+        self.bars
+            .iter()
+            .find(|b| u32::try_from(b.index) == Ok(index))
+    }
+
+    fn migration_access(
+        &mut self,
+        offset: u64,
+        read: Option<&mut [u8]>,
+        write: Option<&[u8]>,
+    ) -> Result<(), Errno> {
+        let (Some(region), Some(model)) = (self.migration.as_mut(), self.model.migratable()) else {
+            return Err(Errno::EINVAL);
+        };
+        let mut dev = PciMigration {
+            model,
+            config: &mut self.config,
+            config_pending: &mut self.config_pending,
+        };
+        let r = match (read, write) {
+            (Some(buf), _) => region.read(&mut dev, offset, buf),
+            (None, Some(data)) => region.write(&mut dev, offset, data),
+            (None, None) => Ok(()),
+        };
+        r.map_err(|e| {
+            tracing::debug!(offset, error = %e, "migration region access refused");
+            errno(e.errno())
+        })
+    }
+
+    fn bar_access(
+        &mut self,
+        index: u32,
+        offset: u64,
+        read: Option<&mut [u8]>,
+        write: Option<&[u8]>,
+    ) -> Result<(), Errno> {
+        if self.stopped() {
+            return Err(Errno::EINVAL);
+        }
+        let bar = self.bar(index).ok_or(Errno::EINVAL)?.clone();
+        if let Some(mem) = &bar.mmap {
+            let len = read
+                .as_ref()
+                .map_or_else(|| write.map_or(0, <[u8]>::len), |b| b.len())
+                as u64;
+            let mapped = mem.areas.iter().any(|&(o, s)| {
+                offset >= o && offset.checked_add(len).is_some_and(|end| end <= o + s)
+            });
+            if mapped {
+                let r = match (read, write) {
+                    (Some(buf), _) => mem.memory.read(offset, buf),
+                    (None, Some(data)) => mem.memory.write(offset, data),
+                    (None, None) => Ok(()),
+                };
+                return r.map_err(|_| Errno::EINVAL);
+            }
+        }
+        let mut ctx = DeviceContext {
+            irqs: &mut self.irqs,
+            intx_disabled: self.config.intx_disabled(),
+        };
+        let r = match (read, write) {
+            (Some(buf), _) => self.model.bar_read(bar.index, offset, buf, &mut ctx),
+            (None, Some(data)) => self.model.bar_write(bar.index, offset, data, &mut ctx),
+            (None, None) => Ok(()),
+        };
+        r.map_err(|e| {
+            tracing::debug!(bar = bar.index, offset, error = %e, "BAR access refused");
+            errno(e.errno)
+        })
+    }
+}
+
+fn config_for<M: DeviceModel>(model: &M, bars: &[Bar]) -> ConfigSpace {
+    let spec: Vec<_> = bars.iter().map(|b| (b.index, b.kind, b.size)).collect();
+    ConfigSpace::new(model.identity(), &spec)
+}
+
+impl<M: DeviceModel> Backend for PciDevice<M> {
+    fn device_info(&self) -> DeviceDescription {
+        let extra = u32::from(self.migration.is_some());
+        DeviceDescription {
+            flags: VFIO_DEVICE_FLAGS_RESET | VFIO_DEVICE_FLAGS_PCI,
+            num_regions: VFIO_PCI_NUM_REGIONS + extra,
+            num_irqs: VFIO_PCI_NUM_IRQS,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Result<RegionDescription<'_>, Errno> {
+        let empty = RegionDescription {
+            size: 0,
+            readable: false,
+            writable: false,
+            region_type: None,
+            mmap: None,
+        };
+        if index == VFIO_PCI_CONFIG_REGION_INDEX {
+            return Ok(RegionDescription {
+                size: ConfigSpace::size(),
+                readable: true,
+                writable: true,
+                ..empty
+            });
+        }
+        if index == MIGRATION_REGION_INDEX {
+            let region = self.migration.as_ref().ok_or(Errno::EINVAL)?;
+            let areas = region
+                .sparse_areas()
+                .iter()
+                .map(|&(offset, size)| SparseMmapArea { offset, size })
+                .collect();
+            return Ok(RegionDescription {
+                size: region.size(),
+                readable: true,
+                writable: true,
+                region_type: Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION)),
+                mmap: Some(RegionMmap {
+                    fd: region.fd(),
+                    offset: 0,
+                    areas,
+                }),
+            });
+        }
+        let Some(bar) = self.bar(index) else {
+            return if index < VFIO_PCI_NUM_REGIONS {
+                Ok(empty)
+            } else {
+                Err(Errno::EINVAL)
+            };
+        };
+        let mmap = bar.mmap.as_ref().map(|m| RegionMmap {
+            fd: m.memory.fd(),
+            offset: 0,
+            areas: m
+                .areas
+                .iter()
+                .map(|&(offset, size)| SparseMmapArea { offset, size })
+                .collect(),
+        });
+        Ok(RegionDescription {
+            size: u64::from(bar.size),
+            readable: true,
+            writable: true,
+            region_type: None,
+            mmap,
+        })
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
+        match index {
+            VFIO_PCI_CONFIG_REGION_INDEX => {
+                if self.config.read(offset, data) {
+                    Ok(())
+                } else {
+                    Err(Errno::EINVAL)
+                }
+            }
+            MIGRATION_REGION_INDEX => self.migration_access(offset, Some(data), None),
+            _ => self.bar_access(index, offset, Some(data), None),
+        }
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        match index {
+            VFIO_PCI_CONFIG_REGION_INDEX => {
+                if self.config.write(offset, data) {
+                    Ok(())
+                } else {
+                    Err(Errno::EINVAL)
+                }
+            }
+            MIGRATION_REGION_INDEX => self.migration_access(offset, None, Some(data)),
+            _ => self.bar_access(index, offset, None, Some(data)),
+        }
+    }
+
+    fn irq_info(&self, index: u32) -> Result<IrqDescription, Errno> {
+        let (flags, count) = Irqs::info(index).map_err(|e| errno(e.errno()))?;
+        let has = |bit| flags & bit != 0;
+        use vfmig_abi::uapi::{
+            VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+            VFIO_IRQ_INFO_NORESIZE,
+        };
+        Ok(IrqDescription {
+            count,
+            eventfd: has(VFIO_IRQ_INFO_EVENTFD),
+            maskable: has(VFIO_IRQ_INFO_MASKABLE),
+            automasked: has(VFIO_IRQ_INFO_AUTOMASKED),
+            noresize: has(VFIO_IRQ_INFO_NORESIZE),
+        })
+    }
+
+    fn set_irqs(&mut self, set: &IrqSet, data: IrqSetData<'_>) -> Result<(), Errno> {
+        let data = match data {
+            IrqSetData::None => IrqData::None,
+            IrqSetData::Bool(b) => IrqData::Bool(b),
+            IrqSetData::Eventfds(fds) => IrqData::Eventfds(fds),
+        };
+        self.irqs
+            .set(set.index, set.flags, set.start, set.count, data)
+            .map_err(|e| errno(e.errno()))
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        self.model.reset();
+        self.config = config_for(&self.model, &self.bars);
+        if let Some(region) = self.migration.as_mut() {
+            region.reset();
+        }
+        self.config_pending = false;
+        Ok(())
+    }
+
+    fn check_command(&self, command: Command) -> Result<(), Errno> {
+        match command {
+            Command::DmaMap | Command::DmaUnmap if self.stopped() => Err(Errno::EINVAL),
+            _ => Ok(()),
+        }
+    }
+
+    fn migration_capable(&self) -> bool {
+        self.migration.is_some()
+    }
+
+    fn client_gone(&mut self) {
+        self.irqs.clear();
+    }
+}

@@ -1,0 +1,92 @@
+//! The device server: one device process serving one device over vfio-user on a UNIX socket.
+//! `vfmig device <kind> --socket PATH` calls [`serve`].
+
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use vfmig_iommu::Container;
+use vfmig_vfio_user::{Limits, Server};
+
+use crate::devices::dma_engine::{DEFAULT_RAM, DmaEngine};
+use crate::devices::mtty::Mtty;
+use crate::model::DeviceModel;
+use crate::pci_device::PciDevice;
+
+/// Which sample device to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The two-port serial device.
+    Mtty,
+    /// The DMA engine with `ram` bytes of device RAM.
+    DmaEngine {
+        /// Device RAM in bytes.
+        ram: u64,
+    },
+}
+
+impl DeviceKind {
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Mtty => "mtty",
+            DeviceKind::DmaEngine { .. } => "dma-engine",
+        }
+    }
+
+    /// Parses `mtty` or `dma-engine` (with the default RAM size).
+    pub fn parse(name: &str) -> Option<DeviceKind> {
+        match name {
+            "mtty" => Some(DeviceKind::Mtty),
+            "dma-engine" => Some(DeviceKind::DmaEngine { ram: DEFAULT_RAM }),
+            _ => None,
+        }
+    }
+}
+
+/// Binds `socket` (replacing a stale socket file) and serves a new device of `kind` to one
+/// client after another, forever; returns only on an error accepting connections.
+pub fn serve(kind: DeviceKind, socket: &Path) -> io::Error {
+    let listener = match bind(socket) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    tracing::info!(device = kind.name(), socket = %socket.display(), "serving");
+    let container = Container::default();
+    match kind {
+        DeviceKind::Mtty => serve_model(Mtty::new(), container, listener),
+        DeviceKind::DmaEngine { ram } => match DmaEngine::new(container.clone(), ram) {
+            Ok(model) => serve_model(model, container, listener),
+            Err(e) => io::Error::from_raw_os_error(e.errno),
+        },
+    }
+}
+
+fn serve_model<M: DeviceModel>(
+    model: M,
+    container: Container,
+    listener: UnixListener,
+) -> io::Error {
+    match PciDevice::new(model) {
+        Ok(device) => Server::new(device, container, Limits::default()).serve(listener),
+        Err(e) => e,
+    }
+}
+
+/// Binds a UNIX listener at `path`, removing a socket file left by a previous server.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}

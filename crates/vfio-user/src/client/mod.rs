@@ -1,0 +1,324 @@
+//! The vfio-user client: what a VMM uses to drive a device served by another process.
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!     participant T as caller threads
+//!     participant R as reader thread
+//!     participant S as server
+//!     T->>S: VERSION (ours: max_msg_fds, max_data_xfer_size, migration {4096, max_bitmap_size})
+//!     S-->>T: VERSION reply: its caps are recorded and applied
+//!     T->>S: REGION_WRITE (msg_id 7)
+//!     S->>R: DMA_WRITE (the device writes guest memory while handling it)
+//!     R->>R: ClientMemory::write, page recorded while tracking
+//!     R-->>S: DMA_WRITE reply
+//!     S-->>R: REGION_WRITE reply (msg_id 7)
+//!     R->>T: routed to the caller waiting for msg_id 7
+//! ```
+//!
+//! # Threads
+//!
+//! [`Client`] is `Send + Sync`: a migration thread can fetch dirty bitmaps while workload
+//! threads access regions. Requests are **pipelined**: each caller registers a `msg_id`,
+//! sends under a short send lock and waits for its own reply; the server answers in order. A
+//! reader thread receives everything: it routes each reply to its caller by `msg_id`, and
+//! serves the server's DMA_READ / DMA_WRITE itself, at any time, from the [`ClientMemory`] of
+//! the fd-less mapping concerned. Changes of the mapping layout (map, unmap, dirty tracking,
+//! GET) are serialized among themselves so each sees a stable layout; region accesses and
+//! IRQ calls are not held back by them.
+//!
+//! # Limits
+//!
+//! After VERSION the client applies the server's capabilities: it sends at most its
+//! `max_msg_fds` descriptors per message, splits region reads and writes into pieces of at
+//! most its `max_data_xfer_size` (and small enough that a read's reply fits our
+//! `max_msg_size`), and keeps every dirty bitmap request within the smaller of its
+//! `max_bitmap_size` and ours. A mapping whose bitmap would exceed that is split into several
+//! server mappings when it is made; the client knows the layout, so a GET of any range of
+//! whole mappings is split into requests on the server's rules, with several small mappings
+//! sharing one request while the bitmap fits.
+//!
+//! # Dirty pages written by DMA_WRITE
+//!
+//! A server cannot track the pages it writes through DMA_WRITE into memory mapped without an
+//! fd (libvfio-user does not): that is the client's responsibility. While tracking is on, the
+//! reader records each such page, and every GET (and unmap with bitmap) ORs them in.
+
+mod bits;
+mod config;
+mod dirty;
+mod dma;
+mod error;
+mod irq;
+mod mappings;
+mod memory;
+mod mmap;
+mod regions;
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
+
+pub use config::ClientConfig;
+pub use error::ClientError;
+pub use irq::IrqValues;
+pub use memory::ClientMemory;
+pub use mmap::MmapArea;
+pub use regions::Region;
+
+use crate::connection::{Connection, Received};
+use crate::limits::Limits;
+use crate::message::{
+    Capabilities, Command, DEFAULT_MAX_MSG_FDS, DeviceInfo, MigrationCapability, Reply, Request,
+    VERSION_MAJOR, VERSION_MINOR, Version,
+};
+use crate::peer::{Peer, run_reader};
+use mappings::MappingTable;
+
+/// Bytes before the data of a REGION_READ reply: header and access.
+const REGION_REPLY_PREFIX: u64 = 32;
+
+/// What the client knows of the session, shared with its reader thread.
+pub(crate) struct Shared {
+    peer: Peer,
+    config: ClientConfig,
+    /// The server's VERSION.
+    server: Version,
+    /// Bytes per REGION_READ / REGION_WRITE.
+    xfer: usize,
+    /// Bytes of bitmap per dirty bitmap request (whole words).
+    bitmap_cap: u64,
+    table: Mutex<MappingTable>,
+    /// Serializes map, unmap and dirty page calls.
+    layout: Mutex<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before anything that can panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, MappingTable> {
+        lock(&self.table)
+    }
+
+    /// Sends `request` and waits for its reply.
+    fn call(
+        &self,
+        request: &Request<'_>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<Received, ClientError> {
+        self.peer
+            .call(request, fds)
+            .map_err(|err| ClientError::from_call(request.command(), err))
+    }
+
+    /// Sends a command whose body is `parts` and waits for its reply.
+    fn call_parts(&self, command: Command, parts: &[&[u8]]) -> Result<Received, ClientError> {
+        self.peer
+            .call_parts(command, parts, &[])
+            .map_err(|err| ClientError::from_call(command, err))
+    }
+
+    /// Decodes the reply to `command`; an error reply is [`ClientError::Remote`].
+    fn reply<'r>(&self, command: Command, received: &'r Received) -> Result<Reply<'r>, ClientError> {
+        let reply = received
+            .reply(self.peer.limits())
+            .map_err(|source| ClientError::BadReply { command, source })?;
+        if reply.command() != command {
+            return Err(ClientError::unexpected(command, "a reply to another command"));
+        }
+        match reply {
+            Reply::Error { errno, .. } => Err(ClientError::Remote {
+                command,
+                errno: crate::errno::Errno::from_wire(errno),
+            }),
+            reply => Ok(reply),
+        }
+    }
+}
+
+/// A connection to a vfio-user server (see the module docs).
+pub struct Client {
+    shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Client>();
+};
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.shared.server)
+            .field("xfer", &self.shared.xfer)
+            .field("bitmap_cap", &self.shared.bitmap_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Our VERSION.
+fn our_version(config: &ClientConfig) -> Version {
+    Version {
+        major: VERSION_MAJOR,
+        minor: VERSION_MINOR,
+        capabilities: Capabilities {
+            max_msg_fds: config.max_msg_fds,
+            max_data_xfer_size: config.max_data_xfer_size,
+            migration: Some(MigrationCapability {
+                pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
+                max_bitmap_size: config.bitmap_capacity(),
+            }),
+            twin_socket: None,
+        },
+    }
+}
+
+/// Sends our VERSION and reads the server's, before the reader thread exists.
+fn negotiate(conn: &mut Connection, config: &ClientConfig) -> Result<Version, ClientError> {
+    let command = Command::Version;
+    conn.send_request(0, &Request::Version(our_version(config)), &[])?;
+    let received = conn.recv()?;
+    let reply = received
+        .reply(conn.limits())
+        .map_err(|source| ClientError::BadReply { command, source })?;
+    let version = match reply {
+        Reply::Version(version) => version,
+        Reply::Error { errno, .. } => {
+            return Err(ClientError::Remote {
+                command,
+                errno: crate::errno::Errno::from_wire(errno),
+            });
+        }
+        _ => return Err(ClientError::unexpected(command, "not a VERSION reply")),
+    };
+    if version.major != VERSION_MAJOR {
+        return Err(ClientError::Version {
+            major: version.major,
+            minor: version.minor,
+        });
+    }
+    if let Some(pgsize) = version.capabilities.migration.and_then(|m| m.pgsize)
+        && pgsize != CONTAINER_PAGE_SIZE.bytes()
+    {
+        return Err(ClientError::PageSize { pgsize });
+    }
+    Ok(version)
+}
+
+impl Client {
+    /// Connects to the server listening at `path` and negotiates.
+    pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| {
+            ClientError::Connection(crate::error::ConnectionError::Io {
+                op: "connect",
+                source,
+            })
+        })?;
+        Self::from_stream(stream, config)
+    }
+
+    /// Negotiates over a connected stream (e.g. one end of a socket pair).
+    pub fn from_stream(stream: UnixStream, config: ClientConfig) -> Result<Self, ClientError> {
+        let limits = Limits {
+            max_msg_size: config.max_msg_size,
+            max_recv_fds: usize::try_from(config.max_msg_fds).unwrap_or(usize::MAX),
+            max_send_fds: DEFAULT_MAX_MSG_FDS as usize,
+            max_data_xfer_size: config.max_data_xfer_size,
+        };
+        let mut conn = Connection::with_limits(stream, limits)?;
+        let server = negotiate(&mut conn, &config)?;
+        let caps = &server.capabilities;
+        conn.set_limits(Limits {
+            max_send_fds: usize::try_from(caps.max_msg_fds).unwrap_or(usize::MAX),
+            ..limits
+        });
+        let reply_room = u64::from(config.max_msg_size).saturating_sub(REGION_REPLY_PREFIX);
+        let xfer = caps
+            .max_data_xfer_size
+            .min(reply_room)
+            .min(u32::MAX.into())
+            .max(1);
+        let bitmap_cap = match caps.migration {
+            Some(m) => (m.max_bitmap_size / 8 * 8).clamp(8, config.bitmap_capacity()),
+            None => config.bitmap_capacity(),
+        };
+        tracing::debug!(?server, xfer, bitmap_cap, "vfio-user client negotiated");
+        let shared = Arc::new(Shared {
+            peer: Peer::new(conn.try_clone()?)?,
+            config,
+            server,
+            xfer: usize::try_from(xfer).unwrap_or(usize::MAX),
+            bitmap_cap,
+            table: Mutex::new(MappingTable::default()),
+            layout: Mutex::new(()),
+        });
+        let reader = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("vfio-user-client".into())
+                .spawn(move || {
+                    run_reader(conn, &shared.peer, |item| memory::serve(&shared, item));
+                })
+                .map_err(ClientError::Spawn)?
+        };
+        Ok(Self {
+            shared,
+            reader: Some(reader),
+        })
+    }
+
+    /// The server's VERSION: its version and capabilities.
+    pub fn server_version(&self) -> &Version {
+        &self.shared.server
+    }
+
+    /// Bytes per REGION_READ / REGION_WRITE message.
+    pub fn transfer_size(&self) -> usize {
+        self.shared.xfer
+    }
+
+    /// Bytes of bitmap per dirty bitmap request; also bounds each server mapping's bitmap.
+    pub fn bitmap_capacity(&self) -> u64 {
+        self.shared.bitmap_cap
+    }
+
+    /// `VFIO_USER_DEVICE_GET_INFO`.
+    pub fn device_info(&self) -> Result<DeviceInfo, ClientError> {
+        let command = Command::DeviceGetInfo;
+        let received = self
+            .shared
+            .call(&Request::DeviceGetInfo(DeviceInfo::request()), &[])?;
+        match self.shared.reply(command, &received)? {
+            Reply::DeviceGetInfo(info) => Ok(info),
+            _ => Err(ClientError::unexpected(command, "not a device info")),
+        }
+    }
+
+    /// `VFIO_USER_DEVICE_RESET`.
+    pub fn reset(&self) -> Result<(), ClientError> {
+        let command = Command::DeviceReset;
+        let received = self.shared.call(&Request::DeviceReset, &[])?;
+        match self.shared.reply(command, &received)? {
+            Reply::DeviceReset => Ok(()),
+            _ => Err(ClientError::unexpected(command, "not a reset reply")),
+        }
+    }
+}
+
+impl Drop for Client {
+    /// Shuts the socket down (the server sees the client go) and joins the reader thread.
+    fn drop(&mut self) {
+        self.shared.peer.shutdown();
+        if let Some(reader) = self.reader.take()
+            && reader.join().is_err()
+        {
+            tracing::error!("vfio-user client reader thread panicked");
+        }
+    }
+}

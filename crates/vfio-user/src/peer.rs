@@ -1,0 +1,332 @@
+//! One end of a live session, shared by the client and the server: sends serialized by a lock,
+//! replies routed by `msg_id` to the thread waiting for them, and the reader loop that feeds
+//! both.
+//!
+//! ```text
+//!  caller threads ──call()──▶ [send lock] ──sendmsg──▶ socket
+//!        ▲                                                │
+//!        │ reply (by msg_id)                              ▼
+//!  waiting map ◀──── reply ───── reader thread ◀──── recvmsg (every message)
+//!                                     │
+//!                                     └── command ──▶ on_command (server: the in-order queue;
+//!                                                      client: serve DMA_READ/DMA_WRITE)
+//! ```
+//!
+//! Only the reader thread receives. A caller registers its `msg_id` before sending, so a reply
+//! can never arrive before its waiter exists. When the reader stops (end of stream, a fatal
+//! framing error, or [`Peer::shutdown`]), every waiter is woken with an error and later calls
+//! fail at once: nobody waits for a reply that cannot come.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::net::Shutdown;
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+
+use crate::connection::{Connection, Received};
+use crate::errno::Errno;
+use crate::error::{ConnectionError, MessageError};
+use crate::limits::Limits;
+use crate::message::{Command, Header, MessageKind, Reply, Request};
+
+/// What the reader hands on: a message, or the failure to read one.
+pub(crate) type Delivery = Result<Received, ConnectionError>;
+
+/// Why a call got no reply.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The request does not encode.
+    Encode(MessageError),
+    /// Sending failed.
+    Send(ConnectionError),
+    /// The reply arrived but could not be read (e.g. it carried too many descriptors).
+    Receive(ConnectionError),
+    /// The connection is gone: `ENOTCONN` if it was before the call, `ECONNRESET` if it went
+    /// while the call waited.
+    Closed(Errno),
+}
+
+impl CallError {
+    /// The errno this failure stands for.
+    pub(crate) fn errno(&self) -> Errno {
+        match self {
+            Self::Encode(err) => Errno::from(err),
+            Self::Send(err) | Self::Receive(err) => Errno::from(err),
+            Self::Closed(errno) => *errno,
+        }
+    }
+}
+
+struct Calls {
+    next_id: u16,
+    waiting: HashMap<u16, mpsc::Sender<Delivery>>,
+    closed: bool,
+}
+
+/// The shared end of a connection (see the module docs).
+pub(crate) struct Peer {
+    send: Mutex<Connection>,
+    calls: Mutex<Calls>,
+    /// A handle on the socket used only to shut it down, never blocked behind a send.
+    shutdown: UnixStream,
+    limits: Limits,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before anything that can panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Peer {
+    /// Wraps the sending half of a connection (a [`Connection::try_clone`] of the reader's).
+    pub(crate) fn new(send: Connection) -> Result<Self, ConnectionError> {
+        let shutdown = send
+            .stream()
+            .try_clone()
+            .map_err(|source| ConnectionError::Io { op: "dup", source })?;
+        let limits = *send.limits();
+        Ok(Self {
+            send: Mutex::new(send),
+            calls: Mutex::new(Calls {
+                next_id: 0,
+                waiting: HashMap::new(),
+                closed: false,
+            }),
+            shutdown,
+            limits,
+        })
+    }
+
+    /// The limits replies are decoded with.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Sends `request` with `fds` and waits for its reply.
+    pub(crate) fn call(
+        &self,
+        request: &Request<'_>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Received, CallError> {
+        let body = request.encode().map_err(CallError::Encode)?;
+        self.call_parts(request.command(), &[&body], fds)
+    }
+
+    /// Sends a command whose body is `parts` (already valid wire bytes) and waits for its reply.
+    pub(crate) fn call_parts(
+        &self,
+        command: Command,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Received, CallError> {
+        let body_len = parts.iter().map(|p| p.len()).fold(0, usize::saturating_add);
+        let (msg_id, reply) = self.register()?;
+        let sent = Header::new_command(msg_id, command, body_len)
+            .map_err(CallError::Encode)
+            .and_then(|header| {
+                lock(&self.send)
+                    .send_vectored(&header, parts, fds)
+                    .map_err(CallError::Send)
+            });
+        if let Err(err) = sent {
+            lock(&self.calls).waiting.remove(&msg_id);
+            return Err(err);
+        }
+        match reply.recv() {
+            Ok(Ok(received)) => Ok(received),
+            Ok(Err(err)) => Err(CallError::Receive(err)),
+            Err(mpsc::RecvError) => Err(CallError::Closed(Errno::ECONNRESET)),
+        }
+    }
+
+    /// Picks a `msg_id` no other call is waiting on and registers a waiter for it.
+    fn register(&self) -> Result<(u16, mpsc::Receiver<Delivery>), CallError> {
+        let mut calls = lock(&self.calls);
+        if calls.closed {
+            return Err(CallError::Closed(Errno::ENOTCONN));
+        }
+        // At most 65536 calls can wait; a thread per call makes that unreachable, but the
+        // search is bounded all the same.
+        for _ in 0..=u16::MAX {
+            let id = calls.next_id;
+            calls.next_id = id.wrapping_add(1);
+            if let Entry::Vacant(slot) = calls.waiting.entry(id) {
+                let (tx, rx) = mpsc::channel();
+                slot.insert(tx);
+                return Ok((id, rx));
+            }
+        }
+        Err(CallError::Closed(Errno::new(libc::EAGAIN)))
+    }
+
+    /// Sends the reply to the command whose header is `request` (nothing if it asked for none).
+    pub(crate) fn reply(
+        &self,
+        request: &Header,
+        reply: &Reply<'_>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ConnectionError> {
+        lock(&self.send).send_reply(request, reply, fds)
+    }
+
+    /// Sends a reply whose body is `parts` (already valid wire bytes), unless the command asked
+    /// for none.
+    pub(crate) fn reply_parts(&self, request: &Header, parts: &[&[u8]]) -> Result<(), ConnectionError> {
+        if request.no_reply() {
+            return Ok(());
+        }
+        let body_len = parts.iter().map(|p| p.len()).fold(0, usize::saturating_add);
+        let header = Header::new_reply(request, body_len).map_err(ConnectionError::Encode)?;
+        lock(&self.send).send_vectored(&header, parts, &[])
+    }
+
+    /// Sends the error reply `errno` (nothing if the command asked for no reply).
+    pub(crate) fn reply_error(&self, request: &Header, errno: Errno) -> Result<(), ConnectionError> {
+        lock(&self.send).send_error(request, errno.raw())
+    }
+
+    /// Hands a reply (or the failure to read one) to the call waiting for its `msg_id`.
+    fn deliver(&self, msg_id: u16, item: Delivery) {
+        let waiter = lock(&self.calls).waiting.remove(&msg_id);
+        match waiter {
+            // The waiter may be gone only if its thread panicked; nothing to do then.
+            Some(tx) => drop(tx.send(item)),
+            None => tracing::debug!(msg_id, "reply to no outstanding call dropped"),
+        }
+    }
+
+    /// Marks the connection closed and wakes every waiter with an error.
+    fn close(&self) {
+        let mut calls = lock(&self.calls);
+        calls.closed = true;
+        // Dropping the senders wakes the receivers with `RecvError`.
+        calls.waiting.clear();
+    }
+
+    /// Shuts the socket down both ways: the reader sees the end of the stream and stops, and
+    /// the peer sees it too.
+    pub(crate) fn shutdown(&self) {
+        if let Err(err) = self.shutdown.shutdown(Shutdown::Both) {
+            // ENOTCONN: already shut down by the other side.
+            tracing::trace!(%err, "socket shutdown");
+        }
+    }
+}
+
+/// Whether a message (or the header of the one that failed) is a reply.
+fn is_reply(item: &Delivery) -> Option<u16> {
+    let header = match item {
+        Ok(received) => Some(&received.header),
+        Err(err) => err.header(),
+    }?;
+    matches!(header.kind(), Ok(MessageKind::Reply)).then_some(header.msg_id)
+}
+
+/// The reader loop: receives every message on `conn`, routes replies to their waiters and hands
+/// everything else (commands, and failures that are not about a reply) to `on_command`, which
+/// returns `false` to stop. Stops at the end of the stream or a fatal error, then closes `peer`.
+pub(crate) fn run_reader(
+    mut conn: Connection,
+    peer: &Peer,
+    mut on_command: impl FnMut(Delivery) -> bool,
+) {
+    loop {
+        let item = conn.recv();
+        let fatal = item.as_ref().is_err_and(ConnectionError::is_fatal);
+        let go_on = match is_reply(&item) {
+            Some(msg_id) => {
+                peer.deliver(msg_id, item);
+                true
+            }
+            None => on_command(item),
+        };
+        if fatal || !go_on {
+            break;
+        }
+    }
+    peer.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::thread;
+
+    use super::*;
+    use crate::message::DeviceInfo;
+
+    fn answer_device_info(server: &mut Connection) {
+        let received = server.recv().unwrap();
+        let info = DeviceInfo {
+            argsz: 16,
+            flags: 3,
+            num_regions: 9,
+            num_irqs: 5,
+        };
+        server
+            .send_reply(&received.header, &Reply::DeviceGetInfo(info), &[])
+            .unwrap();
+    }
+
+    #[test]
+    fn a_reply_reaches_its_caller() {
+        let (client, mut server) = Connection::pair().unwrap();
+        let peer = Arc::new(Peer::new(client.try_clone().unwrap()).unwrap());
+        let reader = {
+            let peer = Arc::clone(&peer);
+            thread::spawn(move || run_reader(client, &peer, |_| true))
+        };
+        let server = thread::spawn(move || answer_device_info(&mut server));
+        let received = peer
+            .call(&Request::DeviceGetInfo(DeviceInfo::request()), &[])
+            .unwrap();
+        let reply = received.reply(peer.limits()).unwrap();
+        assert!(matches!(reply, Reply::DeviceGetInfo(i) if i.num_regions == 9));
+        server.join().unwrap();
+        peer.shutdown();
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn a_waiting_call_fails_with_econnreset_when_the_peer_goes() {
+        let (client, mut server) = Connection::pair().unwrap();
+        let peer = Arc::new(Peer::new(client.try_clone().unwrap()).unwrap());
+        let reader = {
+            let peer = Arc::clone(&peer);
+            thread::spawn(move || run_reader(client, &peer, |_| true))
+        };
+        // The server reads the request and hangs up without answering.
+        let server = thread::spawn(move || drop(server.recv().unwrap()));
+        let err = peer
+            .call(&Request::DeviceGetInfo(DeviceInfo::request()), &[])
+            .unwrap_err();
+        assert_eq!(err.errno(), Errno::ECONNRESET);
+        server.join().unwrap();
+        reader.join().unwrap();
+        let err = peer.call(&Request::DeviceReset, &[]).unwrap_err();
+        assert_eq!(err.errno(), Errno::ENOTCONN);
+    }
+
+    #[test]
+    fn a_reply_to_nobody_is_dropped_and_reading_goes_on() {
+        let (client, mut server) = Connection::pair().unwrap();
+        let peer = Arc::new(Peer::new(client.try_clone().unwrap()).unwrap());
+        let reader = {
+            let peer = Arc::clone(&peer);
+            thread::spawn(move || run_reader(client, &peer, |_| true))
+        };
+        let stray = Header::new_command(0x7777, Command::DeviceReset, 0).unwrap();
+        server
+            .send_reply(&stray, &Reply::DeviceReset, &[])
+            .unwrap();
+        let server = thread::spawn(move || answer_device_info(&mut server));
+        assert!(
+            peer.call(&Request::DeviceGetInfo(DeviceInfo::request()), &[])
+                .is_ok()
+        );
+        server.join().unwrap();
+        peer.shutdown();
+        reader.join().unwrap();
+    }
+}

@@ -1,0 +1,261 @@
+//! Dirty bitmaps of big mappings: a 64 GiB mapping fetched in one request and in chunks (a
+//! small negotiated bitmap size on either side, several mappings, one mapping per request),
+//! bits where the device wrote, and ranges of whole mappings only.
+
+mod common;
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use common::*;
+use vfmig_iommu::{Iova, Prot};
+use vfmig_vfio_user::message::{
+    BitmapRange, Command, DirtyPages, DirtyPagesReply, DirtyPagesRequest, DmaMap, Header, Reply,
+    Request,
+};
+use vfmig_vfio_user::{Client, ClientConfig, Errno, Limits};
+use zerocopy::IntoBytes;
+
+const BIG: u64 = 64 * GIB;
+const BASE: u64 = 0x100_0000_0000;
+const PAGES: u64 = BIG / PAGE;
+
+/// Pages the device writes: both ends, word and piece boundaries, and a few in between.
+fn written_pages() -> Vec<u64> {
+    let eight_gib = 8 * GIB / PAGE;
+    vec![
+        0,
+        1,
+        63,
+        64,
+        4095,
+        eight_gib - 1,
+        eight_gib,
+        3 * eight_gib + 17,
+        PAGES / 2 + 12345,
+        PAGES - 1,
+    ]
+}
+
+fn device_writes(server: &TestServer, pages: &[u64]) {
+    for &page in pages {
+        server
+            .container
+            .write(Iova(BASE + page * PAGE), &[0x5a])
+            .unwrap();
+    }
+}
+
+/// Maps 64 GiB of one sparse memfd at `BASE` as one client mapping, starts tracking.
+fn map_big(client: &Client) -> OwnedFd {
+    let fd = memfd(BIG);
+    client
+        .dma_map(Iova(BASE), BIG, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .unwrap();
+    client.dirty_pages_start().unwrap();
+    fd
+}
+
+#[test]
+fn a_64_gib_mapping_is_one_server_mapping_and_one_request() {
+    let (client, server) = connect();
+    assert!(client.bitmap_capacity() >= 2 << 20);
+    let _fd = map_big(&client);
+    assert_eq!(server.container.mappings(), 1);
+    device_writes(&server, &written_pages());
+    let bitmap = client.dirty_pages_get(Iova(BASE), BIG).unwrap();
+    assert_eq!(bitmap.len() as u64, PAGES / 64);
+    assert_eq!(pages_of(&bitmap), written_pages());
+}
+
+#[test]
+fn the_2_mib_bitmap_comes_in_one_reply_on_the_wire() {
+    let (stream, server) = spawn_server(Limits::default());
+    let mut raw = RawClient::negotiated(stream);
+    let fd = memfd(BIG);
+    let map = DmaMap::new(3, 0, BASE, BIG);
+    let header = Header::new_command(raw.next_id(), Command::DmaMap, 32).unwrap();
+    raw.send_raw_with_fds(header, map.as_bytes(), &[fd.as_fd()]);
+    assert_eq!(raw.recv().header.error(), None);
+    raw.request(&Request::DirtyPages(DirtyPagesRequest::Start { argsz: 8 }));
+    device_writes(&server, &written_pages());
+    let range = BitmapRange::new(BASE, BIG, PAGE);
+    let received = raw.request(&Request::DirtyPages(DirtyPagesRequest::get_bitmap(range)));
+    assert_eq!(received.header.msg_size, 16 + 40 + (2 << 20));
+    match received.reply(raw.conn.limits()).unwrap() {
+        Reply::DirtyPages(DirtyPagesReply::Bitmap { argsz, range: echoed, bits }) => {
+            assert_eq!((argsz, echoed), (40 + (2 << 20), range));
+            let words: Vec<u64> = bits
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            assert_eq!(pages_of(&words), written_pages());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_small_client_bitmap_size_splits_the_mapping_and_the_get() {
+    let config = ClientConfig {
+        max_bitmap_size: 256 << 10,
+        ..ClientConfig::default()
+    };
+    let (client, server) = connect_with(config, Limits::default());
+    assert_eq!(client.bitmap_capacity(), 256 << 10);
+    let _fd = map_big(&client);
+    // 256 KiB of bitmap covers 8 GiB: eight server mappings.
+    assert_eq!(server.container.mappings(), 8);
+    device_writes(&server, &written_pages());
+    let bitmap = client.dirty_pages_get(Iova(BASE), BIG).unwrap();
+    assert_eq!(pages_of(&bitmap), written_pages());
+}
+
+#[test]
+fn a_small_server_message_limit_splits_the_mapping_and_the_get() {
+    let limits = Limits {
+        max_msg_size: (1 << 20) + 4096,
+        ..Limits::default()
+    };
+    let (client, server) = connect_with(ClientConfig::default(), limits);
+    assert_eq!(client.bitmap_capacity(), (1 << 20) + 4040);
+    let _fd = map_big(&client);
+    assert_eq!(server.container.mappings(), 2);
+    device_writes(&server, &written_pages());
+    let bitmap = client.dirty_pages_get(Iova(BASE), BIG).unwrap();
+    assert_eq!(pages_of(&bitmap), written_pages());
+}
+
+/// GET_BITMAP requests the client sent, as recorded by a relay.
+fn get_requests(log: &common::relay::Log) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.from == common::relay::Side::Client)
+        .filter(|r| r.bytes[2..4] == Command::DirtyPages.code().to_le_bytes())
+        .filter(|r| r.bytes[20..24] == 4u32.to_le_bytes())
+        .count()
+}
+
+#[test]
+fn several_mappings_share_one_request_or_take_one_each() {
+    for (one_each, requests) in [(false, 1), (true, 8)] {
+        let config = ClientConfig {
+            one_mapping_per_request: one_each,
+            ..ClientConfig::default()
+        };
+        let (server_end, server) = spawn_server(Limits::default());
+        let (client_end, log) = common::relay::relay(server_end);
+        let client = Client::from_stream(client_end, config).unwrap();
+        let fd = memfd(BIG);
+        for i in 0..8 {
+            let iova = BASE + i * 8 * GIB;
+            client
+                .dma_map(Iova(iova), 8 * GIB, Prot::READ_WRITE, Some((fd.as_fd(), i * 8 * GIB)))
+                .unwrap();
+        }
+        client.dirty_pages_start().unwrap();
+        device_writes(&server, &written_pages());
+        let bitmap = client.dirty_pages_get(Iova(BASE), BIG).unwrap();
+        assert_eq!(pages_of(&bitmap), written_pages(), "one each: {one_each}");
+        assert_eq!(get_requests(&log), requests, "one each: {one_each}");
+    }
+}
+
+#[test]
+fn a_split_mapping_is_fetched_in_as_many_requests() {
+    let config = ClientConfig {
+        max_bitmap_size: 256 << 10,
+        ..ClientConfig::default()
+    };
+    let (server_end, server) = spawn_server(Limits::default());
+    let (client_end, log) = common::relay::relay(server_end);
+    let client = Client::from_stream(client_end, config).unwrap();
+    let _fd = map_big(&client);
+    device_writes(&server, &written_pages());
+    client.dirty_pages_get(Iova(BASE), BIG).unwrap();
+    assert_eq!(get_requests(&log), 8);
+}
+
+#[test]
+fn mappings_at_unaligned_page_offsets_land_at_their_bits() {
+    let (client, server) = connect();
+    let fd = memfd(64 * PAGE);
+    // Five mappings of three pages with one-page holes: bit offsets 0, 4, 8, 12, 16.
+    for i in 0..5 {
+        client
+            .dma_map(Iova(i * 4 * PAGE), 3 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), i * 4 * PAGE)))
+            .unwrap();
+    }
+    client.dirty_pages_start().unwrap();
+    for page in [0, 2, 5, 9, 14, 18] {
+        server.container.write(Iova(page * PAGE), &[1]).unwrap();
+    }
+    let bitmap = client.dirty_pages_get(Iova(4 * PAGE), 15 * PAGE).unwrap();
+    // Relative to page 4: pages 5, 9, 14, 18 are bits 1, 5, 10, 14.
+    assert_eq!(pages_of(&bitmap), [1, 5, 10, 14]);
+    // Page 0 and 2 were not in that range and are still dirty.
+    assert_eq!(pages_of(&client.dirty_pages_get(Iova(0), 3 * PAGE).unwrap()), [0, 2]);
+}
+
+#[test]
+fn a_get_that_cuts_a_mapping_is_einval() {
+    let (client, _server) = connect();
+    let fd = memfd(4 * PAGE);
+    client
+        .dma_map(Iova(0), 4 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .unwrap();
+    client.dirty_pages_start().unwrap();
+    for (iova, size) in [(0, 2 * PAGE), (PAGE, 3 * PAGE)] {
+        let err = client.dirty_pages_get(Iova(iova), size).unwrap_err();
+        assert_eq!(err.errno(), Errno::EINVAL);
+    }
+}
+
+#[test]
+fn holes_in_a_get_read_as_clean() {
+    let (client, server) = connect();
+    let fd = memfd(PAGE);
+    client
+        .dma_map(Iova(10 * PAGE), PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .unwrap();
+    client.dirty_pages_start().unwrap();
+    server.container.write(Iova(10 * PAGE), &[1]).unwrap();
+    let bitmap = client.dirty_pages_get(Iova(0), 100 * PAGE).unwrap();
+    assert_eq!(bitmap.len(), 2);
+    assert_eq!(pages_of(&bitmap), [10]);
+}
+
+#[test]
+fn unmap_with_bitmap_of_a_split_mapping_collects_every_piece() {
+    let config = ClientConfig {
+        max_bitmap_size: 256 << 10,
+        ..ClientConfig::default()
+    };
+    let (client, server) = connect_with(config, Limits::default());
+    let _fd = map_big(&client);
+    device_writes(&server, &written_pages());
+    let bitmap = client.dma_unmap(Iova(BASE), BIG, true).unwrap().unwrap();
+    assert_eq!(pages_of(&bitmap), written_pages());
+    assert_eq!(server.container.mappings(), 0);
+}
+
+#[test]
+fn get_with_argsz_too_small_gets_the_size_needed() {
+    let (stream, _server) = spawn_server(Limits::default());
+    let mut raw = RawClient::negotiated(stream);
+    let fd = memfd(128 * PAGE);
+    let header = Header::new_command(raw.next_id(), Command::DmaMap, 32).unwrap();
+    raw.send_raw_with_fds(header, DmaMap::new(3, 0, 0, 128 * PAGE).as_bytes(), &[fd.as_fd()]);
+    assert_eq!(raw.recv().header.error(), None);
+    raw.request(&Request::DirtyPages(DirtyPagesRequest::Start { argsz: 8 }));
+    let range = BitmapRange::new(0, 128 * PAGE, PAGE);
+    let mut body = DirtyPages { argsz: 40, flags: 4 }.as_bytes().to_vec();
+    body.extend_from_slice(range.as_bytes());
+    raw.send_body(Command::DirtyPages, &body);
+    let received = raw.recv();
+    assert_eq!(received.header.msg_size, 24);
+    assert_eq!(
+        received.reply(raw.conn.limits()).unwrap(),
+        Reply::DirtyPages(DirtyPagesReply::TooSmall { argsz: 56 })
+    );
+}

@@ -1,0 +1,151 @@
+//! File descriptors arrive and are usable: guest memory passed with DMA_MAP, the region file
+//! the client mmaps, the eventfd the device signals.
+
+mod common;
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
+use common::dummy::{
+    BAR, CONFIG, IRQ, REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_PATTERN, REG_DMA_READ, REG_DMA_SUM,
+    REG_DMA_WRITE, REG_IRQ,
+};
+use common::*;
+use vfmig_iommu::{Iova, Prot};
+use vfmig_vfio_user::client::IrqValues;
+use vfmig_vfio_user::message::IrqAction;
+use vfmig_vfio_user::{Client, Errno};
+
+const GUEST: u64 = 0x1_0000_0000;
+
+fn write_reg(client: &Client, reg: u64, value: u64) {
+    client.region_write(BAR, reg, &value.to_le_bytes()).unwrap();
+}
+
+fn read_reg(client: &Client, reg: u64) -> u64 {
+    let mut bytes = [0; 8];
+    client.region_read(BAR, reg, &mut bytes).unwrap();
+    u64::from_le_bytes(bytes)
+}
+
+/// Guest RAM in a memfd, mapped for the device at `GUEST`.
+fn guest_ram(client: &Client, size: u64) -> File {
+    let fd = memfd(size);
+    client
+        .dma_map(Iova(GUEST), size, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .unwrap();
+    File::from(fd)
+}
+
+#[test]
+fn a_device_write_into_a_mapped_memfd_is_seen_by_the_client() {
+    let (client, server) = connect();
+    let ram = guest_ram(&client, 16 * PAGE);
+    server.container.write(Iova(GUEST + 0x1234), b"from the device").unwrap();
+    let mut seen = [0; 15];
+    ram.read_exact_at(&mut seen, 0x1234).unwrap();
+    assert_eq!(&seen, b"from the device");
+}
+
+#[test]
+fn a_device_dma_started_by_a_region_write_lands_in_the_memfd() {
+    let (client, _server) = connect();
+    let ram = guest_ram(&client, 16 * PAGE);
+    write_reg(&client, REG_DMA_ADDR, GUEST + 3 * PAGE);
+    write_reg(&client, REG_DMA_LEN, 100);
+    write_reg(&client, REG_DMA_PATTERN, 0xab);
+    write_reg(&client, REG_DMA_WRITE, 1);
+    let mut seen = vec![0; 102];
+    ram.read_exact_at(&mut seen, 3 * PAGE - 1).unwrap();
+    assert_eq!(seen[0], 0);
+    assert!(seen[1..101].iter().all(|&b| b == 0xab));
+    assert_eq!(seen[101], 0);
+}
+
+#[test]
+fn the_device_reads_what_the_client_put_in_the_memfd() {
+    let (client, _server) = connect();
+    let ram = guest_ram(&client, 16 * PAGE);
+    ram.write_all_at(&[2; 50], 5 * PAGE).unwrap();
+    write_reg(&client, REG_DMA_ADDR, GUEST + 5 * PAGE);
+    write_reg(&client, REG_DMA_LEN, 60);
+    write_reg(&client, REG_DMA_READ, 1);
+    assert_eq!(read_reg(&client, REG_DMA_SUM), 100);
+}
+
+#[test]
+fn a_mapping_at_an_fd_offset_maps_that_part_of_the_file() {
+    let (client, server) = connect();
+    let fd = memfd(8 * PAGE);
+    client
+        .dma_map(Iova(GUEST), 2 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 4 * PAGE)))
+        .unwrap();
+    server.container.write(Iova(GUEST), &[7]).unwrap();
+    let mut byte = [0];
+    File::from(fd).read_exact_at(&mut byte, 4 * PAGE).unwrap();
+    assert_eq!(byte, [7]);
+}
+
+#[test]
+fn the_region_fd_is_mmapped_and_shared_with_the_device() {
+    let (client, _server) = connect();
+    let region = client.region_info(BAR).unwrap();
+    let area = region.mmap_area(1).unwrap();
+    assert_eq!(area.len(), 3 << 20);
+    // Written through the mapping, read through the server.
+    area.write_bytes(0x10, b"mmapped").unwrap();
+    area.write::<u32>(0x100, 0xdead_beef).unwrap();
+    let mut seen = [0; 7];
+    client.region_read(BAR, (1 << 20) + 0x10, &mut seen).unwrap();
+    assert_eq!(&seen, b"mmapped");
+    let mut word = [0; 4];
+    client.region_read(BAR, (1 << 20) + 0x100, &mut word).unwrap();
+    assert_eq!(u32::from_le_bytes(word), 0xdead_beef);
+    // Written through the server, read through the mapping.
+    client.region_write(BAR, (1 << 20) + 0x200, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+    assert_eq!(area.read::<u64>(0x200).unwrap(), 0x1122_3344_5566_7788);
+}
+
+#[test]
+fn mmap_area_accesses_are_checked() {
+    let (client, _server) = connect();
+    let region = client.region_info(BAR).unwrap();
+    let area = region.mmap_area(0).unwrap();
+    assert_eq!(area.len(), 0x1000);
+    assert_eq!(area.read::<u32>(0x1000).unwrap_err().errno(), Errno::EINVAL);
+    assert_eq!(area.read::<u32>(2).unwrap_err().errno(), Errno::EINVAL);
+    assert!(area.write_bytes(0xfff, &[0, 0]).is_err());
+    assert!(region.mmap_area(2).is_err());
+    let config = client.region_info(CONFIG).unwrap();
+    assert!(config.mmap_area(0).is_err());
+}
+
+#[test]
+fn the_eventfd_given_with_set_irqs_is_signalled_by_the_device() {
+    let (client, server) = connect();
+    let fd = eventfd();
+    client
+        .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Eventfds(&[fd.as_fd()]))
+        .unwrap();
+    assert!(server.state.lock().unwrap().irq_eventfd.is_some());
+    assert_eq!(eventfd_count(&fd), 0);
+    write_reg(&client, REG_IRQ, 1);
+    write_reg(&client, REG_IRQ, 1);
+    assert_eq!(eventfd_count(&fd), 2);
+}
+
+#[test]
+fn set_irqs_without_eventfds_deassigns() {
+    let (client, server) = connect();
+    let fd = eventfd();
+    client
+        .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Eventfds(&[fd.as_fd()]))
+        .unwrap();
+    client
+        .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Deassign { count: 1 })
+        .unwrap();
+    assert!(server.state.lock().unwrap().irq_eventfd.is_none());
+    write_reg(&client, REG_IRQ, 1);
+    assert_eq!(eventfd_count(&fd), 0);
+}

@@ -1,0 +1,278 @@
+//! Server-to-client DMA for memory mapped without an fd: DMA_WRITE and DMA_READ arriving
+//! while the client waits for a reply, from the server thread or from device threads, split
+//! by the client's transfer size; pages written that way are ORed into the client's GET even
+//! when the server does not report them (libvfio-user does not); a departed client fails the
+//! device's DMA instead of hanging it.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::thread;
+
+use common::dummy::{
+    BAR, REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_PATTERN, REG_DMA_READ, REG_DMA_SUM, REG_DMA_WRITE,
+    REG_SCRATCH,
+};
+use common::*;
+use vfmig_iommu::{Iova, Prot};
+use vfmig_vfio_user::message::{
+    Capabilities, Command, DirtyPagesReply, DirtyPagesRequest, DmaAccess, DmaData,
+    MigrationCapability, Payload, Reply, Request, Version,
+};
+use vfmig_vfio_user::{Client, ClientConfig, Connection, Errno, Limits};
+
+const GUEST: u64 = 0x2_0000_0000;
+const SIZE: u64 = 64 * PAGE;
+
+fn write_reg(client: &Client, reg: u64, value: u64) {
+    client.region_write(BAR, reg, &value.to_le_bytes()).unwrap();
+}
+
+/// A client whose fd-less mappings are served from a `VecMemory` at `GUEST`.
+fn with_memory(config: ClientConfig) -> (Client, TestServer, Arc<VecMemory>) {
+    let memory = VecMemory::new(GUEST, SIZE as usize);
+    let config = ClientConfig {
+        memory: Some(memory.clone()),
+        ..config
+    };
+    let (client, server) = connect_with(config, Limits::default());
+    client
+        .dma_map(Iova(GUEST), SIZE, Prot::READ_WRITE, None)
+        .unwrap();
+    (client, server, memory)
+}
+
+/// Asks the device to write `len` bytes of `pattern` at `addr` while handling a REGION_WRITE.
+fn device_dma_write(client: &Client, addr: u64, len: u64, pattern: u8) {
+    write_reg(client, REG_DMA_ADDR, addr);
+    write_reg(client, REG_DMA_LEN, len);
+    write_reg(client, REG_DMA_PATTERN, pattern.into());
+    write_reg(client, REG_DMA_WRITE, 1);
+}
+
+#[test]
+fn a_dma_write_arrives_while_the_client_waits_for_a_region_write_reply() {
+    let (client, _server, memory) = with_memory(ClientConfig::default());
+    device_dma_write(&client, GUEST + 3 * PAGE + 10, 2 * PAGE, 0xcd);
+    // The REGION_WRITE returned after the DMA_WRITE it caused was served.
+    assert_eq!(memory.get(GUEST + 3 * PAGE + 9, 1), [0]);
+    assert!(memory.get(GUEST + 3 * PAGE + 10, 2 * PAGE as usize).iter().all(|&b| b == 0xcd));
+    assert_eq!(memory.get(GUEST + 5 * PAGE + 10, 1), [0]);
+}
+
+#[test]
+fn a_dma_read_arrives_while_the_client_waits_for_a_region_write_reply() {
+    let (client, _server, memory) = with_memory(ClientConfig::default());
+    memory.set(GUEST + PAGE, &[1; 300]);
+    write_reg(&client, REG_DMA_ADDR, GUEST + PAGE);
+    write_reg(&client, REG_DMA_LEN, 400);
+    write_reg(&client, REG_DMA_READ, 1);
+    let mut sum = [0; 8];
+    client.region_read(BAR, REG_DMA_SUM, &mut sum).unwrap();
+    assert_eq!(u64::from_le_bytes(sum), 300);
+}
+
+#[test]
+fn device_dma_is_split_by_the_clients_transfer_size() {
+    let config = ClientConfig {
+        max_data_xfer_size: 1024,
+        ..ClientConfig::default()
+    };
+    let (client, _server, memory) = with_memory(config);
+    device_dma_write(&client, GUEST + 100, 4 * 1024 + 7, 0x11);
+    assert!(memory.get(GUEST + 100, 4 * 1024 + 7).iter().all(|&b| b == 0x11));
+    assert_eq!(memory.get(GUEST + 100 + 4 * 1024 + 7, 1), [0]);
+}
+
+#[test]
+fn pages_written_by_dma_write_are_in_the_get() {
+    let (client, _server, _memory) = with_memory(ClientConfig::default());
+    client.dirty_pages_start().unwrap();
+    device_dma_write(&client, GUEST + 7 * PAGE + 4000, 200, 0xee);
+    let bitmap = client.dirty_pages_get(Iova(GUEST), SIZE).unwrap();
+    assert_eq!(pages_of(&bitmap), [7, 8]);
+    assert!(pages_of(&client.dirty_pages_get(Iova(GUEST), SIZE).unwrap()).is_empty());
+}
+
+#[test]
+fn device_threads_dma_while_the_client_works() {
+    let (client, server, memory) = with_memory(ClientConfig::default());
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let container = server.container.clone();
+            thread::spawn(move || {
+                for i in 0..50u64 {
+                    let at = Iova(GUEST + (t * 16 + i % 16) * PAGE);
+                    container.write(at, &[t as u8 + 1; 64]).unwrap();
+                    let mut back = [0; 64];
+                    container.read(at, &mut back).unwrap();
+                    assert_eq!(back, [t as u8 + 1; 64]);
+                }
+            })
+        })
+        .collect();
+    for i in 0..200u64 {
+        write_reg(&client, REG_SCRATCH, i);
+        let mut value = [0; 8];
+        client.region_read(BAR, REG_SCRATCH, &mut value).unwrap();
+        assert_eq!(u64::from_le_bytes(value), i);
+    }
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    for t in 0..4u64 {
+        assert_eq!(memory.get(GUEST + t * 16 * PAGE, 64), [t as u8 + 1; 64]);
+    }
+}
+
+#[test]
+fn a_departed_client_fails_a_waiting_device_dma_with_econnreset() {
+    let (stream, server) = spawn_server(Limits::default());
+    let mut raw = RawClient::negotiated(stream);
+    let map = vfmig_vfio_user::message::DmaMap::new(3, 0, GUEST, SIZE);
+    raw.request(&Request::DmaMap(map));
+    let container = server.container.clone();
+    let device = thread::spawn(move || container.write(Iova(GUEST), &[1; 8]));
+    // The DMA_WRITE arrives; the client goes without answering.
+    let received = raw.recv();
+    assert_eq!(received.header.cmd, Command::DmaWrite.code());
+    drop(raw);
+    let err = device.join().unwrap().unwrap_err();
+    assert_eq!(err.errno(), libc::ECONNRESET);
+    server.join();
+}
+
+/// A client connected to a scripted server: VERSION is answered (with migration), then
+/// `script` runs on the server's end.
+fn scripted(
+    config: ClientConfig,
+    script: impl FnOnce(&mut Connection) + Send + 'static,
+) -> (Client, thread::JoinHandle<()>) {
+    let (client_end, server_end) = UnixStream::pair().unwrap();
+    let handle = thread::spawn(move || {
+        let mut conn = Connection::new(server_end).unwrap();
+        let received = conn.recv().unwrap();
+        let reply = Version {
+            major: 0,
+            minor: 2,
+            capabilities: Capabilities {
+                migration: Some(MigrationCapability {
+                    pgsize: Some(PAGE),
+                    max_bitmap_size: 1 << 20,
+                }),
+                ..Capabilities::default()
+            },
+        };
+        conn.send_reply(&received.header, &Reply::Version(reply), &[])
+            .unwrap();
+        script(&mut conn);
+    });
+    (Client::from_stream(client_end, config).unwrap(), handle)
+}
+
+/// Answers the next command (which must be `command`) with `reply`.
+fn answer(conn: &mut Connection, command: Command, reply: Reply<'_>) {
+    let received = conn.recv().unwrap();
+    assert_eq!(received.header.cmd, command.code());
+    conn.send_reply(&received.header, &reply, &[]).unwrap();
+}
+
+/// Sends a DMA_WRITE of `data` at `addr` and returns the reply's errno (`None`: success).
+fn server_dma_write(conn: &mut Connection, addr: u64, data: &[u8]) -> Option<u32> {
+    conn.send_request(0x900, &Request::DmaWrite(DmaData::new(addr, data)), &[])
+        .unwrap();
+    let reply = conn.recv().unwrap();
+    assert_eq!(reply.header.msg_id, 0x900);
+    if reply.header.error().is_none() {
+        let echo = DmaAccess {
+            addr,
+            count: data.len() as u64,
+        };
+        assert_eq!(reply.reply(conn.limits()).unwrap(), Reply::DmaWrite(echo));
+    }
+    reply.header.error()
+}
+
+#[test]
+fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
+    let memory = VecMemory::new(GUEST, SIZE as usize);
+    let config = ClientConfig {
+        memory: Some(memory.clone()),
+        ..ClientConfig::default()
+    };
+    let (client, server) = scripted(config, |conn| {
+        answer(conn, Command::DmaMap, Reply::DmaMap);
+        // Like libvfio-user, this server does not track fd-less memory: it writes through
+        // DMA_WRITE while the client waits for the START reply, then reports every page
+        // clean.
+        let start = conn.recv().unwrap();
+        assert_eq!(start.header.cmd, Command::DirtyPages.code());
+        assert_eq!(server_dma_write(conn, GUEST + 9 * PAGE, &[1; 10]), None);
+        assert_eq!(server_dma_write(conn, GUEST + 62 * PAGE, &[2; PAGE as usize * 2]), None);
+        conn.send_reply(&start.header, &Reply::DirtyPages(DirtyPagesReply::Done), &[])
+            .unwrap();
+        let received = conn.recv().unwrap();
+        let Request::DirtyPages(DirtyPagesRequest::GetBitmap { range, .. }) =
+            received.request(conn.limits()).unwrap()
+        else {
+            panic!("expected a GET_BITMAP");
+        };
+        let clean = vec![0u8; range.bitmap_size as usize];
+        let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
+            argsz: 40 + range.bitmap_size as u32,
+            range,
+            bits: clean.into(),
+        });
+        conn.send_reply(&received.header, &reply, &[]).unwrap();
+    });
+    client
+        .dma_map(Iova(GUEST), SIZE, Prot::READ_WRITE, None)
+        .unwrap();
+    client.dirty_pages_start().unwrap();
+    let bitmap = client.dirty_pages_get(Iova(GUEST), SIZE).unwrap();
+    assert_eq!(pages_of(&bitmap), [9, 62, 63]);
+    assert_eq!(memory.get(GUEST + 9 * PAGE, 10), [1; 10]);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_dma_write_outside_client_memory_is_efault_and_into_read_only_eperm() {
+    let memory = VecMemory::new(GUEST, SIZE as usize);
+    let config = ClientConfig {
+        memory: Some(memory),
+        ..ClientConfig::default()
+    };
+    let (client, server) = scripted(config, |conn| {
+        answer(conn, Command::DmaMap, Reply::DmaMap);
+        // While the client waits for its RESET reply.
+        let reset = conn.recv().unwrap();
+        assert_eq!(reset.header.cmd, Command::DeviceReset.code());
+        assert_eq!(server_dma_write(conn, GUEST + SIZE, &[1]), Some(libc::EFAULT as u32));
+        assert_eq!(server_dma_write(conn, GUEST + SIZE - 1, &[1, 2]), Some(libc::EFAULT as u32));
+        assert_eq!(server_dma_write(conn, GUEST, &[1]), Some(libc::EPERM as u32));
+        // The client answers a server command it does not serve with EINVAL.
+        let body = vfmig_vfio_user::message::DeviceInfo::request().encode().unwrap();
+        let header =
+            vfmig_vfio_user::message::Header::new_command(0x901, Command::DeviceGetInfo, 16)
+                .unwrap();
+        conn.send(&header, &body, &[]).unwrap();
+        assert_eq!(conn.recv().unwrap().header.error(), Some(libc::EINVAL as u32));
+        conn.send_reply(&reset.header, &Reply::DeviceReset, &[]).unwrap();
+    });
+    client.dma_map(Iova(GUEST), SIZE, Prot::READ, None).unwrap();
+    client.reset().unwrap();
+    server.join().unwrap();
+}
+
+#[test]
+fn a_client_waiting_for_a_reply_gets_econnreset_when_the_server_goes() {
+    let (client, server) = scripted(ClientConfig::default(), |conn| {
+        // Reads the request and hangs up.
+        let _ = conn.recv().unwrap();
+    });
+    let err = client.reset().unwrap_err();
+    assert_eq!(err.errno(), Errno::ECONNRESET);
+    server.join().unwrap();
+    assert_eq!(client.reset().unwrap_err().errno(), Errno::ENOTCONN);
+}

@@ -1,0 +1,23 @@
+//! `vfmig`: device processes, VMs and live migration from the command line.
+//!
+//! The command line is parsed raw by clap ([`cli`]), then each subcommand validates it into a
+//! typed configuration and calls the libraries ([`cmd`]). Logs go to stderr; `RUST_LOG` sets
+//! the level (`info` by default).
+
+mod cli;
+mod cmd;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::Cli::parse().command {
+        cli::Command::Device(args) => cmd::device::run(args),
+    }
+}

@@ -1,0 +1,238 @@
+//! End to end: device processes started with `vfmig device`, driven by the vfio-user client,
+//! their state moved from one process to another through the v1 migration region.
+#![allow(clippy::cast_possible_truncation, missing_docs)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use vfmig_abi::DeviceState;
+use vfmig_abi::migration_info::{DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, PENDING_BYTES_OFFSET};
+use vfmig_device::MIGRATION_REGION_INDEX;
+use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, DONE, Descriptor, Op};
+use vfmig_device::memory::SharedMemory;
+use vfmig_iommu::{Iova, Prot};
+use vfmig_vfio_user::{Client, ClientConfig};
+
+/// A device process, killed when dropped.
+struct DeviceProcess {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl DeviceProcess {
+    fn start(args: &[&str], name: &str) -> Self {
+        let socket = std::env::temp_dir().join(format!("vfmig-{}-{name}.sock", std::process::id()));
+        let child = Command::new(env!("CARGO_BIN_EXE_vfmig"))
+            .arg("device")
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start vfmig device");
+        DeviceProcess { child, socket }
+    }
+
+    fn connect(&self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Client::connect(&self.socket, ClientConfig::default()) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("connect {}: {e}", self.socket.display())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn set_state(c: &Client, s: DeviceState) {
+    c.region_write(MIGRATION_REGION_INDEX, 0, &s.raw().to_le_bytes())
+        .unwrap();
+}
+
+fn read_u64(c: &Client, offset: u64) -> u64 {
+    let mut b = [0u8; 8];
+    c.region_read(MIGRATION_REGION_INDEX, offset, &mut b)
+        .unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Drains the chunks pending now, calling `work` before each.
+fn drain(c: &Client, chunks: &mut Vec<Vec<u8>>, mut work: impl FnMut()) -> u64 {
+    let mut bytes = 0;
+    loop {
+        work();
+        if read_u64(c, PENDING_BYTES_OFFSET) == 0 {
+            return bytes;
+        }
+        let offset = read_u64(c, DATA_OFFSET_OFFSET);
+        let mut data = vec![0u8; read_u64(c, DATA_SIZE_OFFSET) as usize];
+        c.region_read(MIGRATION_REGION_INDEX, offset, &mut data)
+            .unwrap();
+        bytes += data.len() as u64;
+        chunks.push(data);
+    }
+}
+
+fn resume(c: &Client, chunks: &[Vec<u8>]) {
+    set_state(c, DeviceState::RESUMING);
+    for chunk in chunks {
+        let offset = read_u64(c, DATA_OFFSET_OFFSET);
+        c.region_write(MIGRATION_REGION_INDEX, offset, chunk)
+            .unwrap();
+        c.region_write(
+            MIGRATION_REGION_INDEX,
+            DATA_SIZE_OFFSET,
+            &(chunk.len() as u64).to_le_bytes(),
+        )
+        .unwrap();
+    }
+    set_state(c, DeviceState::RUNNING);
+}
+
+#[test]
+fn mtty_registers_and_fifo_move_between_device_processes() {
+    let (a, b) = (
+        DeviceProcess::start(&["mtty"], "mtty-a"),
+        DeviceProcess::start(&["mtty"], "mtty-b"),
+    );
+    let (src, dst) = (a.connect(), b.connect());
+    for &byte in b"vfmig" {
+        src.region_write(0, 0, &[byte]).unwrap();
+    }
+    src.region_write(1, 7, &[0x42]).unwrap();
+    let mut chunks = Vec::new();
+    set_state(&src, DeviceState::PRE_COPY);
+    drain(&src, &mut chunks, || {});
+    set_state(&src, DeviceState::STOP_COPY);
+    drain(&src, &mut chunks, || {});
+    set_state(&src, DeviceState::STOP);
+    resume(&dst, &chunks);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let mut byte = [0u8];
+        dst.region_read(0, 0, &mut byte).unwrap();
+        got.push(byte[0]);
+    }
+    assert_eq!(got, b"vfmig");
+    let mut scr = [0u8];
+    dst.region_read(1, 7, &mut scr).unwrap();
+    assert_eq!(scr[0], 0x42);
+}
+
+const GUEST: u64 = 8 << 20;
+const RING: u64 = 0x10_0000;
+
+fn reg_write(c: &Client, offset: u64, v: u64, len: usize) {
+    c.region_write(0, offset, &v.to_le_bytes()[..len]).unwrap();
+}
+
+fn reg_read(c: &Client, offset: u64, len: usize) -> u64 {
+    let mut b = [0u8; 8];
+    c.region_read(0, offset, &mut b[..len]).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn submit(c: &Client, guest: &SharedMemory, d: &Descriptor) {
+    let tail = reg_read(c, 0x18, 4);
+    guest.write(RING + tail * 32, &d.encode()).unwrap();
+    reg_write(c, 0x18, (tail + 1) % 16, 4);
+}
+
+#[test]
+fn dma_engine_device_ram_precopies_over_several_rounds_between_processes() {
+    let guest = SharedMemory::new(c"guest", GUEST as usize).unwrap();
+    guest.write(0x20_0000, &[0xab; 4096]).unwrap();
+    let args = ["dma-engine", "--ram-mib", "4"];
+    let (a, b) = (
+        DeviceProcess::start(&args, "dma-a"),
+        DeviceProcess::start(&args, "dma-b"),
+    );
+    let (src, dst) = (a.connect(), b.connect());
+    for c in [&src, &dst] {
+        c.dma_map(Iova(0), GUEST, Prot::READ_WRITE, Some((guest.fd(), 0)))
+            .unwrap();
+    }
+    reg_write(&src, 0x08, RING, 8);
+    reg_write(&src, 0x10, 16, 4);
+    reg_write(&src, 0x14, u64::from(CONTROL_ENABLE), 4);
+    src.region_write(2, 0x1000, b"device ram").unwrap();
+
+    let mut chunks = Vec::new();
+    let mut rounds = Vec::new();
+    set_state(&src, DeviceState::PRE_COPY);
+    for round in 0..3u64 {
+        let mut n = 0u64;
+        rounds.push(drain(&src, &mut chunks, || {
+            n += 1;
+            if n % 8 == 0 {
+                src.region_write(2, 0x2000 + round * 4096, &n.to_le_bytes())
+                    .unwrap();
+                submit(
+                    &src,
+                    &guest,
+                    &Descriptor {
+                        op: Op::CopyToDevice,
+                        irq: false,
+                        guest: 0x20_0000,
+                        device: 0x3000,
+                        len: 4096,
+                        fill: 0,
+                    },
+                );
+            }
+        }));
+    }
+    set_state(&src, DeviceState::STOP_COPY);
+    let stop_copy = drain(&src, &mut chunks, || {});
+    set_state(&src, DeviceState::STOP);
+    assert!(
+        rounds[1] < rounds[0] / 8,
+        "later rounds carry only changed pages: {rounds:?}"
+    );
+    assert!(
+        stop_copy < rounds[0] / 8,
+        "stop-and-copy is small: {stop_copy} vs {rounds:?}"
+    );
+
+    resume(&dst, &chunks);
+    let mut ram = vec![0u8; 4 << 20];
+    let mut want = vec![0u8; 4 << 20];
+    dst.region_read(2, 0, &mut ram).unwrap();
+    set_state(&src, DeviceState::RUNNING);
+    src.region_read(2, 0, &mut want).unwrap();
+    assert!(ram == want, "device RAM differs after migration");
+    // The destination runs the ring it inherited.
+    submit(
+        &dst,
+        &guest,
+        &Descriptor {
+            op: Op::FillGuest,
+            irq: false,
+            guest: 0x30_0000,
+            device: 0,
+            len: 16,
+            fill: 7,
+        },
+    );
+    let tail = reg_read(&dst, 0x18, 4);
+    let mut word = [0u8; 4];
+    guest
+        .read(RING + (tail + 15) % 16 * 32 + 28, &mut word)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(word), DONE);
+    let mut filled = [0u8; 16];
+    guest.read(0x30_0000, &mut filled).unwrap();
+    assert_eq!(filled, [7; 16]);
+}
