@@ -155,6 +155,12 @@ fn table() -> Vec<(String, u64)> {
         constant!("VFIO_DEVICE_STATE_MASK", DeviceState::MASK),
         constant!(VFIO_REGION_INFO_CAP_SPARSE_MMAP),
         constant!(VFIO_REGION_INFO_CAP_TYPE),
+        // `(1 << 31)` is a negative int in C; the field it goes into is a __u32.
+        constant!(
+            "(unsigned int)VFIO_REGION_TYPE_PCI_VENDOR_TYPE",
+            VFIO_REGION_TYPE_PCI_VENDOR_TYPE
+        ),
+        constant!(VFIO_REGION_TYPE_PCI_VENDOR_MASK),
         constant!(VFIO_REGION_INFO_FLAG_READ),
         constant!(VFIO_REGION_INFO_FLAG_WRITE),
         constant!(VFIO_REGION_INFO_FLAG_MMAP),

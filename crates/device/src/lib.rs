@@ -10,10 +10,12 @@
 //! * [`conformance`]: the save / resume / compare check every migratable device passes.
 //! * [`server`]: the device process entry point (`vfmig device <kind> --socket PATH`).
 //! * [`pci`]: the configuration space and eventfd interrupts every device shares.
+//! * [`digest`]: a fast digest of device state and guest memory, to verify a migration.
 //! * [`memory::SharedMemory`]: memfd-backed memory a device shares with its client.
 
 pub mod conformance;
 pub mod devices;
+pub mod digest;
 pub mod memory;
 pub mod migratable;
 pub mod migration;
@@ -24,4 +26,7 @@ pub mod server;
 
 pub use migratable::{Migratable, MigrationError};
 pub use model::{Bar, BarMemory, DeviceContext, DeviceError, DeviceModel};
-pub use pci_device::{MIGRATION_REGION_INDEX, PciDevice};
+pub use pci_device::{
+    DIGEST_REGION_INDEX, DIGEST_REGION_SUBTYPE, DIGEST_REGION_TYPE, MIGRATION_REGION_INDEX,
+    PciDevice,
+};

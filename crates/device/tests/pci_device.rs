@@ -58,9 +58,9 @@ impl DeviceModel for Plain {
 }
 
 #[test]
-fn a_migratable_device_has_ten_regions_and_the_migration_region_last() {
+fn a_migratable_device_has_the_migration_region_at_9_and_the_digest_at_10() {
     let dev = PciDevice::new(Mtty::new()).unwrap();
-    assert_eq!(dev.device_info().num_regions, 10);
+    assert_eq!(dev.device_info().num_regions, 11);
     let region = dev.region_info(MIGRATION_REGION_INDEX).unwrap();
     assert_eq!(
         region.region_type,
@@ -146,4 +146,31 @@ fn config_space_migrates_with_the_device() {
     src.region_write(7, 0x3c, &[11]).unwrap(); // interrupt line
     vfmig_device::conformance::check(&mut src, &mut dst, 1, |_| {}).unwrap();
     assert_eq!(dst.config().bytes(), src.config().bytes());
+}
+
+fn digest(dev: &mut PciDevice<Mtty>) -> u64 {
+    let mut b = [0u8; 8];
+    dev.region_read(vfmig_device::DIGEST_REGION_INDEX, 0, &mut b)
+        .unwrap();
+    u64::from_le_bytes(b)
+}
+
+#[test]
+fn the_digest_region_tells_equal_devices_from_different_ones() {
+    let mut a = PciDevice::new(Mtty::new()).unwrap();
+    let mut b = PciDevice::new(Mtty::new()).unwrap();
+    assert_eq!(digest(&mut a), digest(&mut b));
+    a.region_write(0, 0, b"x").unwrap();
+    assert_ne!(digest(&mut a), digest(&mut b));
+    vfmig_device::conformance::check(&mut a, &mut b, 1, |_| {}).unwrap();
+    assert_eq!(digest(&mut a), digest(&mut b));
+}
+
+#[test]
+fn the_digest_region_is_read_only() {
+    let mut a = PciDevice::new(Mtty::new()).unwrap();
+    assert_eq!(
+        a.region_write(vfmig_device::DIGEST_REGION_INDEX, 0, &[0; 8]),
+        Err(Errno::EINVAL)
+    );
 }

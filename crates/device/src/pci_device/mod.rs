@@ -8,6 +8,8 @@
 //! | 7 | configuration space (256 bytes) |
 //! | 8 | VGA (absent, size 0) |
 //! | 9 | the v1 migration region, type 3 / subtype 1 (only for a migratable model) |
+//! | 10 | the state digest: 8 read-only bytes, a [`crate::digest`] of the whole device state, so a
+//! VMM can check that a migrated device equals its source (vendor type, only with 9) |
 //!
 //! In STOP and STOP_COPY the device is stopped: BAR accesses are refused (EINVAL), as are the
 //! commands that would change what the device sees (DMA_MAP, DMA_UNMAP), as the reference
@@ -19,7 +21,7 @@ use vfmig_abi::StateKind;
 use vfmig_abi::uapi::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_SUBTYPE_MIGRATION,
-    VFIO_REGION_TYPE_MIGRATION,
+    VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_TYPE_PCI_VENDOR_TYPE,
 };
 use vfmig_vfio_user::Errno;
 use vfmig_vfio_user::message::{Command, IrqSet, SparseMmapArea};
@@ -34,6 +36,15 @@ use migration::PciMigration;
 
 /// Region index of the migration region.
 pub const MIGRATION_REGION_INDEX: u32 = VFIO_PCI_NUM_REGIONS;
+
+/// Region index of the state digest region.
+pub const DIGEST_REGION_INDEX: u32 = VFIO_PCI_NUM_REGIONS + 1;
+
+/// Region type of the state digest: PCI vendor-specific (bit 31) for vendor 0x1af4.
+pub const DIGEST_REGION_TYPE: u32 = VFIO_REGION_TYPE_PCI_VENDOR_TYPE | 0x1af4;
+
+/// Region subtype of the state digest.
+pub const DIGEST_REGION_SUBTYPE: u32 = 1;
 
 /// A device model with everything PCI and vfio-user around it.
 pub struct PciDevice<M: DeviceModel> {
@@ -201,7 +212,7 @@ fn config_for<M: DeviceModel>(model: &M, bars: &[Bar]) -> ConfigSpace {
 
 impl<M: DeviceModel> Backend for PciDevice<M> {
     fn device_info(&self) -> DeviceDescription {
-        let extra = u32::from(self.migration.is_some());
+        let extra = if self.migration.is_some() { 2 } else { 0 };
         DeviceDescription {
             flags: VFIO_DEVICE_FLAGS_RESET | VFIO_DEVICE_FLAGS_PCI,
             num_regions: VFIO_PCI_NUM_REGIONS + extra,
@@ -244,6 +255,15 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
                 }),
             });
         }
+        if index == DIGEST_REGION_INDEX && self.migration.is_some() {
+            return Ok(RegionDescription {
+                size: 8,
+                readable: true,
+                writable: false,
+                region_type: Some((DIGEST_REGION_TYPE, DIGEST_REGION_SUBTYPE)),
+                mmap: None,
+            });
+        }
         let Some(bar) = self.bar(index) else {
             return if index < VFIO_PCI_NUM_REGIONS {
                 Ok(empty)
@@ -279,6 +299,11 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
                 }
             }
             MIGRATION_REGION_INDEX => self.migration_access(offset, Some(data), None),
+            DIGEST_REGION_INDEX if self.migration.is_some() && offset == 0 && data.len() == 8 => {
+                data.copy_from_slice(&crate::digest::digest(&self.snapshot()).to_le_bytes());
+                Ok(())
+            }
+            DIGEST_REGION_INDEX if self.migration.is_some() => Err(Errno::EINVAL),
             _ => self.bar_access(index, offset, Some(data), None),
         }
     }
@@ -293,6 +318,7 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
                 }
             }
             MIGRATION_REGION_INDEX => self.migration_access(offset, None, Some(data)),
+            DIGEST_REGION_INDEX if self.migration.is_some() => Err(Errno::EINVAL),
             _ => self.bar_access(index, offset, None, Some(data)),
         }
     }
