@@ -1,0 +1,202 @@
+//! Devices attached over vfio-user: a device process the VMM spawns (`vfmig device <kind>`),
+//! or a socket it is given. Attaching connects, negotiates, and maps all guest RAM into the
+//! device's container with the RAM's fds, so the device reaches guest memory directly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vfmig_iommu::{Iova, Prot};
+use vfmig_vfio_user::{Client, ClientConfig, ClientError};
+
+use crate::ram::GuestRam;
+
+/// Why a device could not be attached or used.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The device process could not be started.
+    #[error("device {id}: cannot start {program}: {source}")]
+    Spawn {
+        /// Device id.
+        id: String,
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The device never answered on its socket.
+    #[error("device {id}: no vfio-user server on {socket} after {waited:?}: {last}")]
+    Connect {
+        /// Device id.
+        id: String,
+        /// The socket.
+        socket: String,
+        /// How long it was tried.
+        waited: Duration,
+        /// The last error.
+        last: Box<ClientError>,
+    },
+    /// A vfio-user request failed.
+    #[error("device {id}: {what}: {source}")]
+    Request {
+        /// Device id.
+        id: String,
+        /// What was asked.
+        what: &'static str,
+        /// The error, with its errno.
+        source: Box<ClientError>,
+    },
+}
+
+/// What the VMM knows of a device it should attach.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceSpec {
+    /// Unique name in the VM (e.g. `mtty0`).
+    pub id: String,
+    /// Device kind as `vfmig device` names it (`mtty`, `dma-engine`).
+    pub kind: String,
+    /// Extra arguments for the device process (e.g. `--ram-mib 64`).
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+/// A device attached to the VM.
+pub struct AttachedDevice {
+    spec: DeviceSpec,
+    socket: PathBuf,
+    process: Option<Child>,
+    client: Client,
+}
+
+impl std::fmt::Debug for AttachedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachedDevice")
+            .field("id", &self.spec.id)
+            .field("kind", &self.spec.kind)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, DeviceError> {
+    let start = Instant::now();
+    loop {
+        match Client::connect(socket, ClientConfig::default()) {
+            Ok(client) => return Ok(client),
+            Err(last) if start.elapsed() >= timeout => {
+                return Err(DeviceError::Connect {
+                    id: id.to_string(),
+                    socket: socket.display().to_string(),
+                    waited: start.elapsed(),
+                    last: Box::new(last),
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+impl AttachedDevice {
+    /// Starts `program device <kind> --socket <dir>/<id>.sock <args>` and connects to it.
+    pub fn spawn(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, DeviceError> {
+        let socket = dir.join(format!("{}.sock", spec.id));
+        let mut process = Command::new(program)
+            .arg("device")
+            .arg(&spec.kind)
+            .arg("--socket")
+            .arg(&socket)
+            .args(&spec.args)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| DeviceError::Spawn {
+                id: spec.id.clone(),
+                program: program.display().to_string(),
+                source,
+            })?;
+        match connect(&spec.id, &socket, Duration::from_secs(10)) {
+            Ok(client) => Ok(AttachedDevice {
+                spec,
+                socket,
+                process: Some(process),
+                client,
+            }),
+            Err(e) => {
+                let _ = process.kill();
+                let _ = process.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Connects to a device served on `socket` by someone else.
+    pub fn connect(spec: DeviceSpec, socket: &Path) -> Result<Self, DeviceError> {
+        let client = connect(&spec.id, socket, Duration::from_secs(10))?;
+        Ok(AttachedDevice {
+            spec,
+            socket: socket.to_path_buf(),
+            process: None,
+            client,
+        })
+    }
+
+    /// Maps every RAM region into the device's container, by fd.
+    pub fn map_ram(&self, ram: &GuestRam) -> Result<(), DeviceError> {
+        for r in ram.regions() {
+            self.client
+                .dma_map(Iova(r.gpa()), r.size(), Prot::READ_WRITE, Some((r.fd(), 0)))
+                .map_err(|source| self.request("DMA_MAP of guest RAM", source))?;
+        }
+        Ok(())
+    }
+
+    /// An error of a request to this device.
+    pub fn request(&self, what: &'static str, source: ClientError) -> DeviceError {
+        DeviceError::Request {
+            id: self.spec.id.clone(),
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    /// The device's spec.
+    pub fn spec(&self) -> &DeviceSpec {
+        &self.spec
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    /// The vfio-user client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The device process id, if the VMM started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
+    /// True if the VMM started the process and it has exited.
+    pub fn exited(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|p| matches!(p.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for AttachedDevice {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+}

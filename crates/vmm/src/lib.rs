@@ -1,0 +1,25 @@
+//! A minimal VMM: what a VM is to vfmig.
+//!
+//! * [`GuestRam`]: guest RAM in memfds, mapped here and shared with device processes (they map
+//!   the same fds through DMA_MAP), with a dirty log of the VMM's own writes.
+//! * [`AttachedDevice`]: a device over vfio-user, in a process the VMM spawns
+//!   (`vfmig device <kind>`) or on a socket it is given.
+//! * [`Gate`]: how the guest is paused — the switch-over point of a migration.
+//! * [`Workload`]: the guest. Here a synthetic one: threads writing RAM at a set rate over a
+//!   working set, and drivers keeping the devices busy. A KVM vCPU is the next guest: it enters
+//!   the same gate around each `KVM_RUN`, and adds the kernel's dirty log as a source beside
+//!   [`GuestRam`]'s.
+//! * [`Vm`]: all of it together; [`control`]: the JSON-lines control socket.
+
+pub mod control;
+mod devices;
+mod gate;
+mod ram;
+mod vm;
+mod workload;
+
+pub use devices::{AttachedDevice, DeviceError, DeviceSpec};
+pub use gate::{Gate, Running};
+pub use ram::{GuestRam, PAGE, RamError, RamRegion};
+pub use vm::{DeviceHost, Vm, VmConfig, VmDigest, VmError};
+pub use workload::{WORKING_SET_BASE, Workload, WorkloadConfig, WorkloadStats, init_drivers};

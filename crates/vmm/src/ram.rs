@@ -1,0 +1,180 @@
+//! Guest RAM: memfd-backed regions mapped into the VMM and shared with device processes (they
+//! map the same fds through DMA_MAP), with a dirty log of the pages the VMM itself writes.
+//!
+//! Every write through [`GuestRam::write`] marks its pages in the region's [`DirtyBitmap`];
+//! the migration engine takes them with [`GuestRam::take_dirty`]. A KVM vCPU would add the
+//! kernel's dirty log as another source; devices report theirs through their containers.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use vfmig_device::memory::SharedMemory;
+use vfmig_dirty::{DirtyBitmap, DirtyError, PageSize};
+
+/// Guest page size for dirty tracking and migration.
+pub const PAGE: u64 = 4096;
+
+/// One contiguous region of guest-physical memory.
+pub struct RamRegion {
+    gpa: u64,
+    memory: Arc<SharedMemory>,
+    dirty: DirtyBitmap,
+}
+
+impl RamRegion {
+    /// First guest-physical address.
+    pub fn gpa(&self) -> u64 {
+        self.gpa
+    }
+
+    /// Bytes.
+    pub fn size(&self) -> u64 {
+        self.memory.len() as u64
+    }
+
+    /// Pages.
+    pub fn pages(&self) -> u64 {
+        self.size() / PAGE
+    }
+
+    /// The memfd, for DMA_MAP.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.memory.fd()
+    }
+
+    /// The dirty log of VMM writes.
+    pub fn dirty(&self) -> &DirtyBitmap {
+        &self.dirty
+    }
+
+    fn contains(&self, gpa: u64, len: u64) -> bool {
+        gpa >= self.gpa
+            && gpa
+                .checked_add(len)
+                .is_some_and(|end| end <= self.gpa + self.size())
+    }
+}
+
+/// Why a guest RAM access failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RamError {
+    /// No region holds the whole range.
+    #[error("guest range {gpa:#x} + {len:#x} is not RAM")]
+    NotRam {
+        /// Start.
+        gpa: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A region's layout is invalid (unaligned, overlapping, empty).
+    #[error("invalid RAM layout: {0}")]
+    Layout(String),
+    /// Creating or mapping a memfd failed.
+    #[error("guest RAM: {0}")]
+    Io(#[from] io::Error),
+    /// The dirty log refused a range.
+    #[error("dirty log: {0}")]
+    Dirty(#[from] DirtyError),
+}
+
+/// All guest RAM of a VM.
+pub struct GuestRam {
+    regions: Vec<RamRegion>,
+}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.regions.iter().map(|r| (r.gpa, r.size())))
+            .finish()
+    }
+}
+
+impl GuestRam {
+    /// RAM with the given `(gpa, size)` regions, page-aligned, sorted, not overlapping. Each is a
+    /// sparse memfd: untouched pages cost nothing.
+    pub fn new(layout: &[(u64, u64)]) -> Result<Self, RamError> {
+        let mut regions = Vec::with_capacity(layout.len());
+        let mut end = 0u64;
+        for (i, &(gpa, size)) in layout.iter().enumerate() {
+            if size == 0 || gpa % PAGE != 0 || size % PAGE != 0 || gpa < end {
+                return Err(RamError::Layout(format!(
+                    "region {i} at {gpa:#x} + {size:#x}"
+                )));
+            }
+            end = gpa
+                .checked_add(size)
+                .ok_or_else(|| RamError::Layout(format!("region {i} wraps")))?;
+            let len = usize::try_from(size)
+                .map_err(|_| RamError::Layout(format!("region {i} too large")))?;
+            let name = CString::new(format!("vfmig-ram-{i}"))
+                .map_err(|e| RamError::Layout(e.to_string()))?;
+            let memory = Arc::new(SharedMemory::new(&name, len)?);
+            let dirty = DirtyBitmap::new(size / PAGE, PageSize::SIZE_4K)?;
+            regions.push(RamRegion { gpa, memory, dirty });
+        }
+        Ok(GuestRam { regions })
+    }
+
+    /// The regions, in address order.
+    pub fn regions(&self) -> &[RamRegion] {
+        &self.regions
+    }
+
+    /// `(gpa, size)` of every region.
+    pub fn layout(&self) -> Vec<(u64, u64)> {
+        self.regions.iter().map(|r| (r.gpa, r.size())).collect()
+    }
+
+    /// Total bytes.
+    pub fn size(&self) -> u64 {
+        self.regions.iter().map(RamRegion::size).sum()
+    }
+
+    fn region(&self, gpa: u64, len: u64) -> Result<&RamRegion, RamError> {
+        self.regions
+            .iter()
+            .find(|r| r.contains(gpa, len))
+            .ok_or(RamError::NotRam { gpa, len })
+    }
+
+    /// Reads guest memory (within one region).
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RamError> {
+        let r = self.region(gpa, buf.len() as u64)?;
+        Ok(r.memory.read(gpa - r.gpa, buf)?)
+    }
+
+    /// Writes guest memory (within one region) and marks its pages dirty.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
+        let r = self.region(gpa, data.len() as u64)?;
+        r.memory.write(gpa - r.gpa, data)?;
+        r.dirty.mark_bytes(gpa - r.gpa, data.len() as u64)?;
+        Ok(())
+    }
+
+    /// Writes guest memory without marking it dirty: for the migration receiver, which fills
+    /// RAM that is not running yet.
+    pub fn write_untracked(&self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
+        let r = self.region(gpa, data.len() as u64)?;
+        Ok(r.memory.write(gpa - r.gpa, data)?)
+    }
+
+    /// ORs the VMM's dirty pages of region `index` into `out` (bit 0 = the region's first page)
+    /// and clears them.
+    pub fn take_dirty(&self, index: usize, out: &mut [u64]) -> Result<(), RamError> {
+        let r = self
+            .regions
+            .get(index)
+            .ok_or(RamError::NotRam { gpa: 0, len: 0 })?;
+        Ok(r.dirty.read_and_clear(0, r.pages(), out, 0)?)
+    }
+
+    /// Marks every page of every region dirty (the first migration round sends everything).
+    pub fn mark_all_dirty(&self) {
+        for r in &self.regions {
+            r.dirty.set_all();
+        }
+    }
+}
