@@ -18,6 +18,10 @@
 //! stream stays in step and the next message can be read. A header whose `msg_size` cannot be
 //! framed is fatal ([`ConnectionError::is_fatal`]).
 //!
+//! A body is read straight into the storage a receiver provides ([`Connection::recv_with`],
+//! [`Connection::recv_into`]): a recycled buffer, or for a dirty bitmap the caller's own
+//! `u64` words, so a 2 MiB bitmap is neither allocated nor copied on its way in.
+//!
 //! The socket is used in blocking mode. Sends and receives each need `&mut self`; a client that
 //! must receive server commands while it sends can [`Connection::try_clone`] the connection and
 //! use one clone only to receive and the other only to send.
@@ -39,7 +43,8 @@ use socket::ControlBuffer;
 /// A message as it arrived: header, body and file descriptors, not yet decoded.
 #[derive(Debug)]
 pub struct Received {
-    /// The header; its `msg_size` is `16 + body.len()`.
+    /// The header; its `msg_size` is `16 + body.len()`, except for a body split by
+    /// [`Connection::recv_into`] (then the rest of it is in the [`Tail`]).
     pub header: Header,
     /// The body.
     pub body: Vec<u8>,
@@ -63,6 +68,34 @@ impl Received {
     pub fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)
     }
+}
+
+/// Where [`Connection::recv_into`] reads a body.
+#[derive(Debug)]
+pub enum BodyBuffer {
+    /// All of it into this vector's storage (its contents are discarded).
+    Whole(Vec<u8>),
+    /// The first `head` bytes into [`Received::body`], the rest, which must be exactly
+    /// `tail.len()` little-endian `u64` words, over the words of `tail`: a dirty bitmap lands
+    /// in the caller's buffer without a copy.
+    Split {
+        /// Bytes before the words.
+        head: usize,
+        /// The words, as many as the body is expected to carry.
+        tail: Vec<u64>,
+    },
+}
+
+/// What became of the words of a [`BodyBuffer::Split`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// No split was asked for.
+    None,
+    /// The words were read from the body.
+    Filled(Vec<u64>),
+    /// The body did not have the size of the split (an error reply, say): it was read whole
+    /// into [`Received::body`] and the words are given back untouched.
+    Unused(Vec<u64>),
 }
 
 /// One end of a vfio-user socket.
@@ -248,6 +281,30 @@ impl Connection {
 
     /// Receives one message: the header with its descriptors, then the body.
     pub fn recv(&mut self) -> Result<Received, ConnectionError> {
+        self.recv_with(|_| Vec::new())
+    }
+
+    /// As [`Self::recv`], reading the body into the storage of the vector `buffer` returns for
+    /// the body's length (its contents are discarded; no byte is zeroed first). A receiver that
+    /// recycles the bodies of large messages this way avoids allocating, and faulting in, a
+    /// fresh buffer for each.
+    pub fn recv_with(
+        &mut self,
+        buffer: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Result<Received, ConnectionError> {
+        self.recv_into(|_, len| BodyBuffer::Whole(buffer(len)))
+            .map(|(received, _)| received)
+    }
+
+    /// Receives one message, its body read where `choose` says once the header is known (and
+    /// its size checked): into one vector, or split (see [`BodyBuffer::Split`]). A split body
+    /// is returned as [`Tail::Filled`], and then [`Received::body`] holds only its head. A split
+    /// whose size is not the body's is not used: the body is read whole and the vector given
+    /// back as [`Tail::Unused`].
+    pub fn recv_into(
+        &mut self,
+        choose: impl FnOnce(&Header, usize) -> BodyBuffer,
+    ) -> Result<(Received, Tail), ConnectionError> {
         let mut header_bytes = [0u8; HEADER_SIZE];
         let mut fds = Vec::new();
         let mut got = 0;
@@ -276,8 +333,26 @@ impl Connection {
             .checked_body_len(&self.limits)
             .map_err(|source| ConnectionError::BadHeader { header, source })?;
         // Capped by `max_msg_size` above, before anything is allocated.
-        let mut body = vec![0; body_len];
-        self.read_body(&mut body, header.msg_size)?;
+        let (mut body, head, words, split) = match choose(&header, body_len) {
+            BodyBuffer::Whole(body) => (body, body_len, None, false),
+            BodyBuffer::Split { head, tail }
+                if head.checked_add(tail.len().saturating_mul(8)) == Some(body_len) =>
+            {
+                (Vec::new(), head, Some(tail), true)
+            }
+            BodyBuffer::Split { tail, .. } => (Vec::new(), body_len, Some(tail), false),
+        };
+        body.clear();
+        body.reserve_exact(head);
+        self.read_body(&mut body, head, header.msg_size)?;
+        let tail = match words {
+            None => Tail::None,
+            Some(mut words) if split => {
+                self.read_exact(words.as_mut_bytes(), header.msg_size, head)?;
+                Tail::Filled(words)
+            }
+            Some(words) => Tail::Unused(words),
+        };
         let limit = self.limits.recv_fds();
         if truncated || fds.len() > limit {
             let arrived = fds.len();
@@ -295,21 +370,56 @@ impl Connection {
             fds = fds.len(),
             "vfio-user recv"
         );
-        Ok(Received { header, body, fds })
+        Ok((Received { header, body, fds }, tail))
     }
 
-    fn read_body(&mut self, body: &mut [u8], msg_size: u32) -> Result<(), ConnectionError> {
+    /// Fills `buf`, the part of the body after its first `done` bytes, resuming short reads.
+    fn read_exact(
+        &mut self,
+        buf: &mut [u8],
+        msg_size: u32,
+        done: usize,
+    ) -> Result<(), ConnectionError> {
         let mut got = 0;
-        while let Some(rest) = body.get_mut(got..).filter(|rest| !rest.is_empty()) {
+        while let Some(rest) = buf.get_mut(got..).filter(|rest| !rest.is_empty()) {
             match (&self.stream).read(rest) {
                 Ok(0) => {
                     return Err(ConnectionError::Truncated {
                         expected: msg_size.into(),
-                        received: (HEADER_SIZE as u64).saturating_add(got as u64),
+                        received: (HEADER_SIZE as u64)
+                            .saturating_add(done as u64)
+                            .saturating_add(got as u64),
                     });
                 }
                 Ok(n) => got = got.saturating_add(n),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    return Err(ConnectionError::Io {
+                        op: "recv",
+                        source: err,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends exactly `len` bytes of body to the empty `body`, resuming short reads.
+    fn read_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        len: usize,
+        msg_size: u32,
+    ) -> Result<(), ConnectionError> {
+        while body.len() < len {
+            match socket::recv_append(self.stream.as_fd(), body, len - body.len()) {
+                Ok(0) => {
+                    return Err(ConnectionError::Truncated {
+                        expected: msg_size.into(),
+                        received: (HEADER_SIZE as u64).saturating_add(body.len() as u64),
+                    });
+                }
+                Ok(_) => {}
                 Err(err) => {
                     return Err(ConnectionError::Io {
                         op: "recv",

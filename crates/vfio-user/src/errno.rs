@@ -152,6 +152,9 @@ mod tests {
     fn io_errors_keep_their_errno() {
         let err = io::Error::from_raw_os_error(libc::EBUSY);
         assert_eq!(Errno::from(&err), Errno::EBUSY);
-        assert_eq!(io::Error::from(Errno::EBUSY).raw_os_error(), Some(libc::EBUSY));
+        assert_eq!(
+            io::Error::from(Errno::EBUSY).raw_os_error(),
+            Some(libc::EBUSY)
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! vfio-user 0.9.1: the wire messages and a connection that carries them with file
-//! descriptors. The client and the server build on these two layers.
+//! vfio-user 0.9.1, as libvfio-user v1 (`1569a37`) puts it on the wire: messages, a connection
+//! that carries them with file descriptors, a client for the VMM and a server for a device.
 //!
 //! * [`message`]: the 16-byte [`message::Header`] and the payload of each of the 14 commands,
 //!   request and reply, as `#[repr(C)]` zerocopy structs with compile-time size checks;
@@ -8,6 +8,33 @@
 //!   8-byte DMA_WRITE reply count, 48-byte IO-FD entries).
 //! * [`Connection`]: a UNIX stream socket that sends a header, its body and its descriptors in
 //!   one `sendmsg`, and receives them with the descriptors collected on the header read.
+//! * [`server`]: [`Server`] serves one client at a time for a device [`Backend`], keeping DMA
+//!   mappings and dirty pages in a [`vfmig_iommu::Container`] (the kernel's type1 rules).
+//! * [`client`]: [`Client`], a typed API over a session, `Send + Sync`, serving the server's
+//!   DMA from [`ClientMemory`] at any time.
+//! * [`Errno`]: what every failure is reduced to at the protocol boundary.
+//!
+//! # A session
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!     participant C as client (VMM)
+//!     participant S as server (device process)
+//!     C->>S: VERSION 0.2 {max_msg_fds, max_data_xfer_size, migration {pgsize 4096, max_bitmap_size}}
+//!     S-->>C: VERSION 0.2 {8, 1 MiB, migration {4096, max_bitmap_size}}
+//!     C->>S: DEVICE_GET_INFO, GET_REGION_INFO (argsz 32, then the argsz needed: caps + fd)
+//!     C->>S: DMA_MAP guest RAM (+ memfd), DMA_MAP without fd (server DMAs by message)
+//!     C->>S: SET_IRQS (+ eventfds)
+//!     C->>S: DIRTY_PAGES START
+//!     C->>S: REGION_WRITE (a doorbell)
+//!     S->>C: DMA_WRITE (device writes fd-less memory; client records the page)
+//!     C-->>S: DMA_WRITE reply (addr, 8-byte count)
+//!     S-->>C: REGION_WRITE reply
+//!     C->>S: DIRTY_PAGES GET_BITMAP (whole mappings, bitmap within max_bitmap_size)
+//!     S-->>C: range + bitmap (read and cleared); client ORs in its recorded pages
+//!     C->>S: DMA_UNMAP with GET_DIRTY_BITMAP, DIRTY_PAGES STOP
+//!     Note over C,S: end of stream: server unmaps all, stops tracking, disables IRQs,<br/>keeps the device state, waits for the next client
+//! ```
 //!
 //! # Invariants
 //!
@@ -16,14 +43,28 @@
 //!   descriptors against what the command allows. Decoding cannot panic on any input (fuzzed,
 //!   see `fuzz/`), and every error maps to the errno libvfio-user would answer
 //!   ([`MessageError::errno`], [`ConnectionError::errno`]).
+//! * Every failure a peer causes is answered with its errno and the session goes on; a
+//!   command with `NO_REPLY` is never answered. Only a header that cannot be framed (or a
+//!   broken stream) ends a session, since the stream cannot be resynchronized.
+//! * Both ends have one reader thread that receives everything: replies go to the caller
+//!   waiting for their `msg_id` (registered before the request is sent), commands are served
+//!   (by the server in arrival order). So a side always receives the other's DMA or reply
+//!   while it waits, and when the connection goes every waiting call fails (`ECONNRESET`,
+//!   later ones `ENOTCONN`) instead of hanging.
+//! * Dirty bitmaps are the kernel's user layout (bit *n* is page `iova + n * 4096`, LSB-first
+//!   in little-endian `u64` words); one request never carries more than both sides' bitmap
+//!   limits, and the pages a server writes by DMA_WRITE are always in the client's result.
 //! * A received descriptor is an [`std::os::fd::OwnedFd`] from the moment it is read, so no
 //!   error path leaks one; descriptors are received close-on-exec.
-//! * `unsafe` is confined to `connection/socket.rs` (`sendmsg`, `recvmsg`, cmsg handling).
+//! * `unsafe` is confined to `connection/socket.rs` (`sendmsg`, `recvmsg`, cmsg handling, `recv`
+//!   into a buffer's spare capacity) and `client/mmap.rs` (the client's mapping of a region's
+//!   sparse areas).
 //! * The wire is little-endian; wire structs are read in native order, so the crate only
 //!   builds for little-endian targets.
 //!
-//! This crate is mechanism only: it does not decide what a region access or a DMA mapping
-//! means, nor which version to accept (see the client and server for that).
+//! This crate is mechanism only: the device backend decides what a region access means and
+//! which commands its state allows, the container what a DMA mapping is, the VMM where guest
+//! memory lives and when to fetch dirty pages.
 
 pub mod client;
 pub mod connection;
@@ -35,7 +76,7 @@ mod peer;
 pub mod server;
 
 pub use client::{Client, ClientConfig, ClientError, ClientMemory};
-pub use connection::{Connection, Received};
+pub use connection::{BodyBuffer, Connection, Received, Tail};
 pub use errno::Errno;
 pub use error::{ConnectionError, MessageError};
 pub use limits::Limits;

@@ -24,7 +24,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 
-use crate::connection::{Connection, Received};
+use crate::connection::{BodyBuffer, Connection, Received, Tail};
 use crate::errno::Errno;
 use crate::error::{ConnectionError, MessageError};
 use crate::limits::Limits;
@@ -32,6 +32,20 @@ use crate::message::{Command, Header, MessageKind, Reply, Request};
 
 /// What the reader hands on: a message, or the failure to read one.
 pub(crate) type Delivery = Result<Received, ConnectionError>;
+
+/// What a caller gets: its reply (with the words of its split body, if it gave a sink), or the
+/// failure to read it.
+type ReplyDelivery = Result<(Received, Tail), ConnectionError>;
+
+/// Where a caller wants the tail of its reply's body: `head` bytes go to the body, the rest,
+/// if the reply has exactly that size, over the words of `tail` (a dirty bitmap, received
+/// without a copy).
+pub(crate) struct Sink {
+    /// Bytes before the words.
+    pub(crate) head: usize,
+    /// The words expected.
+    pub(crate) tail: Vec<u64>,
+}
 
 /// Why a call got no reply.
 #[derive(Debug)]
@@ -58,9 +72,19 @@ impl CallError {
     }
 }
 
+/// Bodies at least this large are read into recycled buffers.
+const POOL_MIN: usize = 64 << 10;
+/// Most buffers kept for reuse.
+const POOL_MAX: usize = 2;
+
+struct Waiter {
+    reply: mpsc::Sender<ReplyDelivery>,
+    sink: Option<Sink>,
+}
+
 struct Calls {
     next_id: u16,
-    waiting: HashMap<u16, mpsc::Sender<Delivery>>,
+    waiting: HashMap<u16, Waiter>,
     closed: bool,
 }
 
@@ -71,6 +95,9 @@ pub(crate) struct Peer {
     /// A handle on the socket used only to shut it down, never blocked behind a send.
     shutdown: UnixStream,
     limits: Limits,
+    /// Large bodies already read, kept to receive the next large ones into: a 2 MiB bitmap
+    /// then costs no allocation and no page faults.
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +122,7 @@ impl Peer {
             }),
             shutdown,
             limits,
+            buffers: Mutex::new(Vec::new()),
         })
     }
 
@@ -120,8 +148,20 @@ impl Peer {
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
     ) -> Result<Received, CallError> {
+        self.call_into(command, parts, fds, None)
+            .map(|(received, _)| received)
+    }
+
+    /// As [`Self::call_parts`], the reply's body split as `sink` says if it has that size.
+    pub(crate) fn call_into(
+        &self,
+        command: Command,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        sink: Option<Sink>,
+    ) -> Result<(Received, Tail), CallError> {
         let body_len = parts.iter().map(|p| p.len()).fold(0, usize::saturating_add);
-        let (msg_id, reply) = self.register()?;
+        let (msg_id, reply) = self.register(sink)?;
         let sent = Header::new_command(msg_id, command, body_len)
             .map_err(CallError::Encode)
             .and_then(|header| {
@@ -134,14 +174,17 @@ impl Peer {
             return Err(err);
         }
         match reply.recv() {
-            Ok(Ok(received)) => Ok(received),
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(err)) => Err(CallError::Receive(err)),
             Err(mpsc::RecvError) => Err(CallError::Closed(Errno::ECONNRESET)),
         }
     }
 
     /// Picks a `msg_id` no other call is waiting on and registers a waiter for it.
-    fn register(&self) -> Result<(u16, mpsc::Receiver<Delivery>), CallError> {
+    fn register(
+        &self,
+        sink: Option<Sink>,
+    ) -> Result<(u16, mpsc::Receiver<ReplyDelivery>), CallError> {
         let mut calls = lock(&self.calls);
         if calls.closed {
             return Err(CallError::Closed(Errno::ENOTCONN));
@@ -152,8 +195,8 @@ impl Peer {
             let id = calls.next_id;
             calls.next_id = id.wrapping_add(1);
             if let Entry::Vacant(slot) = calls.waiting.entry(id) {
-                let (tx, rx) = mpsc::channel();
-                slot.insert(tx);
+                let (reply, rx) = mpsc::channel();
+                slot.insert(Waiter { reply, sink });
                 return Ok((id, rx));
             }
         }
@@ -172,7 +215,11 @@ impl Peer {
 
     /// Sends a reply whose body is `parts` (already valid wire bytes), unless the command asked
     /// for none.
-    pub(crate) fn reply_parts(&self, request: &Header, parts: &[&[u8]]) -> Result<(), ConnectionError> {
+    pub(crate) fn reply_parts(
+        &self,
+        request: &Header,
+        parts: &[&[u8]],
+    ) -> Result<(), ConnectionError> {
         if request.no_reply() {
             return Ok(());
         }
@@ -182,18 +229,68 @@ impl Peer {
     }
 
     /// Sends the error reply `errno` (nothing if the command asked for no reply).
-    pub(crate) fn reply_error(&self, request: &Header, errno: Errno) -> Result<(), ConnectionError> {
+    pub(crate) fn reply_error(
+        &self,
+        request: &Header,
+        errno: Errno,
+    ) -> Result<(), ConnectionError> {
         lock(&self.send).send_error(request, errno.raw())
     }
 
-    /// Hands a reply (or the failure to read one) to the call waiting for its `msg_id`.
-    fn deliver(&self, msg_id: u16, item: Delivery) {
-        let waiter = lock(&self.calls).waiting.remove(&msg_id);
-        match waiter {
-            // The waiter may be gone only if its thread panicked; nothing to do then.
-            Some(tx) => drop(tx.send(item)),
-            None => tracing::debug!(msg_id, "reply to no outstanding call dropped"),
+    /// A buffer to read a body of `len` bytes into: a recycled one for a large body.
+    fn buffer_for(&self, len: usize) -> Vec<u8> {
+        if len < POOL_MIN {
+            return Vec::new();
         }
+        lock(&self.buffers).pop().unwrap_or_default()
+    }
+
+    /// Gives back the body of a message that was handled, to read a later large one into.
+    pub(crate) fn recycle(&self, body: Vec<u8>) {
+        let max = usize::try_from(self.limits.max_msg_size).unwrap_or(usize::MAX);
+        if (POOL_MIN..=max).contains(&body.capacity()) {
+            let mut buffers = lock(&self.buffers);
+            if buffers.len() < POOL_MAX {
+                buffers.push(body);
+            }
+        }
+    }
+
+    /// Where the body of the message with `header` goes: the sink of the call it answers, if
+    /// that call gave one and the message is a reply of the sink's size without ERROR; else a
+    /// (recycled, if large) vector.
+    fn body_buffer(&self, header: &Header, len: usize) -> BodyBuffer {
+        let is_reply = matches!(header.kind(), Ok(MessageKind::Reply)) && header.error().is_none();
+        if is_reply {
+            let mut calls = lock(&self.calls);
+            if let Some(waiter) = calls.waiting.get_mut(&header.msg_id)
+                && let Some(sink) = waiter
+                    .sink
+                    .take_if(|s| s.head.checked_add(s.tail.len().saturating_mul(8)) == Some(len))
+            {
+                return BodyBuffer::Split {
+                    head: sink.head,
+                    tail: sink.tail,
+                };
+            }
+        }
+        BodyBuffer::Whole(self.buffer_for(len))
+    }
+
+    /// Hands a reply (or the failure to read one) to the call waiting for its `msg_id`, with
+    /// the sink it gave back if the reply did not use it.
+    fn deliver(&self, msg_id: u16, item: ReplyDelivery) {
+        let waiter = lock(&self.calls).waiting.remove(&msg_id);
+        let Some(waiter) = waiter else {
+            tracing::debug!(msg_id, "reply to no outstanding call dropped");
+            return;
+        };
+        let item = item.map(|(received, tail)| match (tail, waiter.sink) {
+            (Tail::None, Some(sink)) => (received, Tail::Unused(sink.tail)),
+            (tail, _) => (received, tail),
+        });
+        // The waiter may be gone only if its thread panicked; nothing to do then.
+        drop(waiter.reply.send(item));
     }
 
     /// Marks the connection closed and wakes every waiter with an error.
@@ -214,10 +311,10 @@ impl Peer {
     }
 }
 
-/// Whether a message (or the header of the one that failed) is a reply.
-fn is_reply(item: &Delivery) -> Option<u16> {
+/// The `msg_id` of a message (or of the one that failed) if it is a reply.
+fn is_reply(item: &ReplyDelivery) -> Option<u16> {
     let header = match item {
-        Ok(received) => Some(&received.header),
+        Ok((received, _)) => Some(&received.header),
         Err(err) => err.header(),
     }?;
     matches!(header.kind(), Ok(MessageKind::Reply)).then_some(header.msg_id)
@@ -232,14 +329,14 @@ pub(crate) fn run_reader(
     mut on_command: impl FnMut(Delivery) -> bool,
 ) {
     loop {
-        let item = conn.recv();
+        let item = conn.recv_into(|header, len| peer.body_buffer(header, len));
         let fatal = item.as_ref().is_err_and(ConnectionError::is_fatal);
         let go_on = match is_reply(&item) {
             Some(msg_id) => {
                 peer.deliver(msg_id, item);
                 true
             }
-            None => on_command(item),
+            None => on_command(item.map(|(received, _)| received)),
         };
         if fatal || !go_on {
             break;
@@ -317,9 +414,7 @@ mod tests {
             thread::spawn(move || run_reader(client, &peer, |_| true))
         };
         let stray = Header::new_command(0x7777, Command::DeviceReset, 0).unwrap();
-        server
-            .send_reply(&stray, &Reply::DeviceReset, &[])
-            .unwrap();
+        server.send_reply(&stray, &Reply::DeviceReset, &[]).unwrap();
         let server = thread::spawn(move || answer_device_info(&mut server));
         assert!(
             peer.call(&Request::DeviceGetInfo(DeviceInfo::request()), &[])

@@ -2,6 +2,8 @@
 //! small negotiated bitmap size on either side, several mappings, one mapping per request),
 //! bits where the device wrote, and ranges of whole mappings only.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -82,7 +84,11 @@ fn the_2_mib_bitmap_comes_in_one_reply_on_the_wire() {
     let received = raw.request(&Request::DirtyPages(DirtyPagesRequest::get_bitmap(range)));
     assert_eq!(received.header.msg_size, 16 + 40 + (2 << 20));
     match received.reply(raw.conn.limits()).unwrap() {
-        Reply::DirtyPages(DirtyPagesReply::Bitmap { argsz, range: echoed, bits }) => {
+        Reply::DirtyPages(DirtyPagesReply::Bitmap {
+            argsz,
+            range: echoed,
+            bits,
+        }) => {
             assert_eq!((argsz, echoed), (40 + (2 << 20), range));
             let words: Vec<u64> = bits
                 .chunks_exact(8)
@@ -150,7 +156,12 @@ fn several_mappings_share_one_request_or_take_one_each() {
         for i in 0..8 {
             let iova = BASE + i * 8 * GIB;
             client
-                .dma_map(Iova(iova), 8 * GIB, Prot::READ_WRITE, Some((fd.as_fd(), i * 8 * GIB)))
+                .dma_map(
+                    Iova(iova),
+                    8 * GIB,
+                    Prot::READ_WRITE,
+                    Some((fd.as_fd(), i * 8 * GIB)),
+                )
                 .unwrap();
         }
         client.dirty_pages_start().unwrap();
@@ -183,7 +194,12 @@ fn mappings_at_unaligned_page_offsets_land_at_their_bits() {
     // Five mappings of three pages with one-page holes: bit offsets 0, 4, 8, 12, 16.
     for i in 0..5 {
         client
-            .dma_map(Iova(i * 4 * PAGE), 3 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), i * 4 * PAGE)))
+            .dma_map(
+                Iova(i * 4 * PAGE),
+                3 * PAGE,
+                Prot::READ_WRITE,
+                Some((fd.as_fd(), i * 4 * PAGE)),
+            )
             .unwrap();
     }
     client.dirty_pages_start().unwrap();
@@ -194,7 +210,10 @@ fn mappings_at_unaligned_page_offsets_land_at_their_bits() {
     // Relative to page 4: pages 5, 9, 14, 18 are bits 1, 5, 10, 14.
     assert_eq!(pages_of(&bitmap), [1, 5, 10, 14]);
     // Page 0 and 2 were not in that range and are still dirty.
-    assert_eq!(pages_of(&client.dirty_pages_get(Iova(0), 3 * PAGE).unwrap()), [0, 2]);
+    assert_eq!(
+        pages_of(&client.dirty_pages_get(Iova(0), 3 * PAGE).unwrap()),
+        [0, 2]
+    );
 }
 
 #[test]
@@ -216,7 +235,12 @@ fn holes_in_a_get_read_as_clean() {
     let (client, server) = connect();
     let fd = memfd(PAGE);
     client
-        .dma_map(Iova(10 * PAGE), PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(10 * PAGE),
+            PAGE,
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     client.dirty_pages_start().unwrap();
     server.container.write(Iova(10 * PAGE), &[1]).unwrap();
@@ -245,11 +269,20 @@ fn get_with_argsz_too_small_gets_the_size_needed() {
     let mut raw = RawClient::negotiated(stream);
     let fd = memfd(128 * PAGE);
     let header = Header::new_command(raw.next_id(), Command::DmaMap, 32).unwrap();
-    raw.send_raw_with_fds(header, DmaMap::new(3, 0, 0, 128 * PAGE).as_bytes(), &[fd.as_fd()]);
+    raw.send_raw_with_fds(
+        header,
+        DmaMap::new(3, 0, 0, 128 * PAGE).as_bytes(),
+        &[fd.as_fd()],
+    );
     assert_eq!(raw.recv().header.error(), None);
     raw.request(&Request::DirtyPages(DirtyPagesRequest::Start { argsz: 8 }));
     let range = BitmapRange::new(0, 128 * PAGE, PAGE);
-    let mut body = DirtyPages { argsz: 40, flags: 4 }.as_bytes().to_vec();
+    let mut body = DirtyPages {
+        argsz: 40,
+        flags: 4,
+    }
+    .as_bytes()
+    .to_vec();
     body.extend_from_slice(range.as_bytes());
     raw.send_body(Command::DirtyPages, &body);
     let received = raw.recv();
@@ -258,4 +291,168 @@ fn get_with_argsz_too_small_gets_the_size_needed() {
         received.reply(raw.conn.limits()).unwrap(),
         Reply::DirtyPages(DirtyPagesReply::TooSmall { argsz: 56 })
     );
+}
+
+#[test]
+fn a_server_stating_no_max_bitmap_size_is_fetched_as_libvfio_user() {
+    // libvfio-user's own VERSION reply (wire notes §4.4): no max_bitmap_size.
+    const LIBVFIO_USER: &str = r#"{ "capabilities": { "max_msg_fds": 8, "max_data_xfer_size": 1048576, "migration": { "pgsize": 4096 } } }"#;
+    let (client_end, server_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut conn = vfmig_vfio_user::Connection::new(server_end).unwrap();
+        let version = conn.recv().unwrap();
+        let mut body = vec![0, 0, 2, 0];
+        body.extend_from_slice(LIBVFIO_USER.as_bytes());
+        body.push(0);
+        let header = Header::new_reply(&version.header, body.len()).unwrap();
+        conn.send(&header, &body, &[]).unwrap();
+        let mut pieces = Vec::new();
+        for _ in 0..3 {
+            let received = conn.recv().unwrap();
+            let Ok(Request::DmaMap(map)) = received.request(conn.limits()) else {
+                panic!("expected DMA_MAP");
+            };
+            pieces.push((map.addr, map.size));
+            conn.send_reply(&received.header, &Reply::DmaMap, &[])
+                .unwrap();
+        }
+        answer(
+            &mut conn,
+            Command::DirtyPages,
+            Reply::DirtyPages(DirtyPagesReply::Done),
+        );
+        for &(addr, size) in &pieces {
+            let received = conn.recv().unwrap();
+            let Ok(Request::DirtyPages(DirtyPagesRequest::GetBitmap { argsz, range })) =
+                received.request(conn.limits())
+            else {
+                panic!("expected GET_BITMAP");
+            };
+            // Exactly one region, within libvfio-user's 1 MiB argsz.
+            assert_eq!((range.iova, range.size), (addr, size));
+            assert!(argsz <= 1 << 20);
+            let mut bits = vec![0u8; range.bitmap_size as usize];
+            bits[0] = 1;
+            let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
+                argsz,
+                range,
+                bits: bits.into(),
+            });
+            conn.send_reply(&received.header, &reply, &[]).unwrap();
+        }
+        pieces
+    });
+    let client = Client::from_stream(client_end, ClientConfig::default()).unwrap();
+    assert_eq!(client.bitmap_capacity(), (1 << 20) - 40);
+    assert!(client.one_mapping_per_request());
+    let _fd = map_big(&client);
+    let bitmap = client.dirty_pages_get(Iova(BASE), BIG).unwrap();
+    let pieces = server.join().unwrap();
+    let piece_pages = ((1 << 20) - 40) * 8;
+    assert_eq!(
+        pieces
+            .iter()
+            .map(|&(_, size)| size / PAGE)
+            .collect::<Vec<_>>(),
+        [piece_pages, piece_pages, PAGES - 2 * piece_pages]
+    );
+    assert_eq!(pages_of(&bitmap), [0, piece_pages, 2 * piece_pages]);
+}
+
+/// A client whose GETs are answered by `answer_get` (after DMA_MAP and START are accepted).
+fn scripted_get(
+    answer_get: impl FnOnce(&mut vfmig_vfio_user::Connection, BitmapRange, Header) + Send + 'static,
+) -> (Client, std::thread::JoinHandle<()>) {
+    scripted(ClientConfig::default(), move |conn| {
+        answer(conn, Command::DmaMap, Reply::DmaMap);
+        answer(
+            conn,
+            Command::DirtyPages,
+            Reply::DirtyPages(DirtyPagesReply::Done),
+        );
+        let received = conn.recv().unwrap();
+        let Ok(Request::DirtyPages(DirtyPagesRequest::GetBitmap { range, .. })) =
+            received.request(conn.limits())
+        else {
+            panic!("expected GET_BITMAP");
+        };
+        answer_get(conn, range, received.header);
+    })
+}
+
+fn map_and_start(client: &Client, pages: u64) -> OwnedFd {
+    let fd = memfd(pages * PAGE);
+    client
+        .dma_map(
+            Iova(0),
+            pages * PAGE,
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
+        .unwrap();
+    client.dirty_pages_start().unwrap();
+    fd
+}
+
+#[test]
+fn an_error_reply_to_a_whole_range_get_keeps_its_errno() {
+    let (client, server) = scripted_get(|conn, _, header| {
+        conn.send_error(&header, libc::EBUSY).unwrap();
+    });
+    let _fd = map_and_start(&client, 64);
+    let mut out = vec![1, 2, 3];
+    let err = client
+        .dirty_pages_get_into(Iova(0), 64 * PAGE, &mut out)
+        .unwrap_err();
+    assert_eq!(err.errno(), Errno::EBUSY);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_bitmap_reply_for_another_range_is_eproto() {
+    let (client, server) = scripted_get(|conn, range, header| {
+        let other = BitmapRange {
+            iova: PAGE,
+            ..range
+        };
+        let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
+            argsz: 48,
+            range: other,
+            bits: vec![0xff; 8].into(),
+        });
+        conn.send_reply(&header, &reply, &[]).unwrap();
+    });
+    let _fd = map_and_start(&client, 64);
+    let err = client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap_err();
+    assert_eq!(err.errno(), Errno::EPROTO);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_too_small_reply_to_a_get_is_eproto() {
+    let (client, server) = scripted_get(|conn, _, header| {
+        let reply = Reply::DirtyPages(DirtyPagesReply::TooSmall { argsz: 48 });
+        conn.send_reply(&header, &reply, &[]).unwrap();
+    });
+    let _fd = map_and_start(&client, 64);
+    let err = client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap_err();
+    assert_eq!(err.errno(), Errno::EPROTO);
+    server.join().unwrap();
+}
+
+#[test]
+fn bits_past_the_range_in_a_reply_are_dropped() {
+    let (client, server) = scripted_get(|conn, range, header| {
+        // Three pages asked for, a whole word of bits answered.
+        let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
+            argsz: 48,
+            range,
+            bits: vec![0xff; 8].into(),
+        });
+        conn.send_reply(&header, &reply, &[]).unwrap();
+    });
+    let _fd = map_and_start(&client, 3);
+    let bitmap = client.dirty_pages_get(Iova(0), 3 * PAGE).unwrap();
+    assert_eq!(bitmap, [0b111]);
+    server.join().unwrap();
 }

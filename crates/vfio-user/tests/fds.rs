@@ -1,6 +1,8 @@
 //! File descriptors arrive and are usable: guest memory passed with DMA_MAP, the region file
 //! the client mmaps, the eventfd the device signals.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::fs::File;
@@ -12,10 +14,13 @@ use common::dummy::{
     REG_DMA_WRITE, REG_IRQ,
 };
 use common::*;
+use vfmig_abi::uapi::{VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ};
 use vfmig_iommu::{Iova, Prot};
 use vfmig_vfio_user::client::IrqValues;
-use vfmig_vfio_user::message::IrqAction;
-use vfmig_vfio_user::{Client, Errno};
+use vfmig_vfio_user::message::{
+    IrqAction, RegionCapsBuilder, RegionInfo, RegionInfoReply, Reply, Request, SparseMmapArea,
+};
+use vfmig_vfio_user::{Client, ClientConfig, Errno};
 
 const GUEST: u64 = 0x1_0000_0000;
 
@@ -42,7 +47,10 @@ fn guest_ram(client: &Client, size: u64) -> File {
 fn a_device_write_into_a_mapped_memfd_is_seen_by_the_client() {
     let (client, server) = connect();
     let ram = guest_ram(&client, 16 * PAGE);
-    server.container.write(Iova(GUEST + 0x1234), b"from the device").unwrap();
+    server
+        .container
+        .write(Iova(GUEST + 0x1234), b"from the device")
+        .unwrap();
     let mut seen = [0; 15];
     ram.read_exact_at(&mut seen, 0x1234).unwrap();
     assert_eq!(&seen, b"from the device");
@@ -79,7 +87,12 @@ fn a_mapping_at_an_fd_offset_maps_that_part_of_the_file() {
     let (client, server) = connect();
     let fd = memfd(8 * PAGE);
     client
-        .dma_map(Iova(GUEST), 2 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 4 * PAGE)))
+        .dma_map(
+            Iova(GUEST),
+            2 * PAGE,
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 4 * PAGE)),
+        )
         .unwrap();
     server.container.write(Iova(GUEST), &[7]).unwrap();
     let mut byte = [0];
@@ -97,13 +110,23 @@ fn the_region_fd_is_mmapped_and_shared_with_the_device() {
     area.write_bytes(0x10, b"mmapped").unwrap();
     area.write::<u32>(0x100, 0xdead_beef).unwrap();
     let mut seen = [0; 7];
-    client.region_read(BAR, (1 << 20) + 0x10, &mut seen).unwrap();
+    client
+        .region_read(BAR, (1 << 20) + 0x10, &mut seen)
+        .unwrap();
     assert_eq!(&seen, b"mmapped");
     let mut word = [0; 4];
-    client.region_read(BAR, (1 << 20) + 0x100, &mut word).unwrap();
+    client
+        .region_read(BAR, (1 << 20) + 0x100, &mut word)
+        .unwrap();
     assert_eq!(u32::from_le_bytes(word), 0xdead_beef);
     // Written through the server, read through the mapping.
-    client.region_write(BAR, (1 << 20) + 0x200, &0x1122_3344_5566_7788u64.to_le_bytes()).unwrap();
+    client
+        .region_write(
+            BAR,
+            (1 << 20) + 0x200,
+            &0x1122_3344_5566_7788u64.to_le_bytes(),
+        )
+        .unwrap();
     assert_eq!(area.read::<u64>(0x200).unwrap(), 0x1122_3344_5566_7788);
 }
 
@@ -126,7 +149,12 @@ fn the_eventfd_given_with_set_irqs_is_signalled_by_the_device() {
     let (client, server) = connect();
     let fd = eventfd();
     client
-        .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Eventfds(&[fd.as_fd()]))
+        .set_irqs(
+            IRQ,
+            0,
+            IrqAction::Trigger,
+            IrqValues::Eventfds(&[fd.as_fd()]),
+        )
         .unwrap();
     assert!(server.state.lock().unwrap().irq_eventfd.is_some());
     assert_eq!(eventfd_count(&fd), 0);
@@ -140,7 +168,12 @@ fn set_irqs_without_eventfds_deassigns() {
     let (client, server) = connect();
     let fd = eventfd();
     client
-        .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Eventfds(&[fd.as_fd()]))
+        .set_irqs(
+            IRQ,
+            0,
+            IrqAction::Trigger,
+            IrqValues::Eventfds(&[fd.as_fd()]),
+        )
         .unwrap();
     client
         .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Deassign { count: 1 })
@@ -148,4 +181,41 @@ fn set_irqs_without_eventfds_deassigns() {
     assert!(server.state.lock().unwrap().irq_eventfd.is_none());
     write_reg(&client, REG_IRQ, 1);
     assert_eq!(eventfd_count(&fd), 0);
+}
+
+#[test]
+fn a_sparse_area_beyond_the_regions_file_is_refused() {
+    let (client, server) = scripted(ClientConfig::default(), |conn| {
+        let file = memfd(PAGE);
+        let info = RegionInfo {
+            flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP,
+            index: 3,
+            size: 2 * PAGE,
+            ..RegionInfo::default()
+        };
+        let area = SparseMmapArea {
+            offset: 0,
+            size: 2 * PAGE,
+        };
+        for _ in 0..2 {
+            let received = conn.recv().unwrap();
+            let Ok(Request::DeviceGetRegionInfo(request)) = received.request(conn.limits()) else {
+                panic!("expected GET_REGION_INFO");
+            };
+            let caps = RegionCapsBuilder::new().sparse_mmap(vec![area]).build();
+            let reply = RegionInfoReply::for_request(request.argsz, info, caps).unwrap();
+            let fds = if reply.caps.is_empty() {
+                vec![]
+            } else {
+                vec![file.as_fd()]
+            };
+            conn.send_reply(&received.header, &Reply::DeviceGetRegionInfo(reply), &fds)
+                .unwrap();
+        }
+    });
+    let region = client.region_info(3).unwrap();
+    assert!(region.fd.is_some());
+    let err = region.mmap_area(0).unwrap_err();
+    assert_eq!(err.errno(), Errno::EINVAL);
+    server.join().unwrap();
 }

@@ -2,6 +2,8 @@
 //! gets nothing; a header that cannot be framed drops the client, and the server takes the
 //! next one. Bytes are sent raw with a `Connection`.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::os::fd::{AsFd, BorrowedFd};
@@ -100,7 +102,11 @@ fn dma_map_with_two_fds_is_einval() {
 
 #[test]
 fn dma_map_of_an_unaligned_range_is_the_containers_einval() {
-    refused(Command::DmaMap, DmaMap::new(3, 0, 0x800, PAGE).as_bytes(), EINVAL);
+    refused(
+        Command::DmaMap,
+        DmaMap::new(3, 0, 0x800, PAGE).as_bytes(),
+        EINVAL,
+    );
 }
 
 #[test]
@@ -207,7 +213,12 @@ fn dirty_pages_get_with_a_wrong_bitmap_size_is_einval() {
         pgsize: PAGE,
         bitmap_size: 8,
     };
-    let mut body = DirtyPages { argsz: 48, flags: 4 }.as_bytes().to_vec();
+    let mut body = DirtyPages {
+        argsz: 48,
+        flags: 4,
+    }
+    .as_bytes()
+    .to_vec();
     body.extend_from_slice(range.as_bytes());
     refused(Command::DirtyPages, &body, EINVAL);
 }
@@ -238,7 +249,11 @@ fn version_after_negotiation_is_einval() {
 
 #[test]
 fn dma_read_from_the_client_is_einval() {
-    refused(Command::DmaRead, DmaAccess { addr: 0, count: 4 }.as_bytes(), EINVAL);
+    refused(
+        Command::DmaRead,
+        DmaAccess { addr: 0, count: 4 }.as_bytes(),
+        EINVAL,
+    );
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! End to end with the server in a process of its own: this test binary re-executes itself
 //! (`--exact <this test>`) with an environment variable telling the child to be the server.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::fs::File;
@@ -10,9 +12,7 @@ use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::dummy::{
-    BAR, REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_PATTERN, REG_DMA_WRITE, REG_SCRATCH,
-};
+use common::dummy::{BAR, REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_PATTERN, REG_DMA_WRITE, REG_SCRATCH};
 use common::*;
 use vfmig_iommu::{Container, Iova, Prot};
 use vfmig_vfio_user::server::SessionEnd;
@@ -39,7 +39,10 @@ fn connect_when_ready(path: &std::path::Path, child: &mut std::process::Child) -
         match Client::connect(path, ClientConfig::default()) {
             Ok(client) => return client,
             Err(_) if Instant::now() < deadline => {
-                assert!(child.try_wait().unwrap().is_none(), "the server exited early");
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "the server exited early"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(err) => panic!("server never came up: {err}"),

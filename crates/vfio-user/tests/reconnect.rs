@@ -1,6 +1,8 @@
 //! A client that goes and comes back finds the device as it left it (registers, config space)
 //! but none of its mappings, eventfds or dirty tracking.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::os::fd::AsFd;
@@ -28,7 +30,12 @@ fn a_reconnecting_client_finds_the_device_state_kept() {
             .dma_map(Iova(0), 16 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
             .unwrap();
         client
-            .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Eventfds(&[irq.as_fd()]))
+            .set_irqs(
+                IRQ,
+                0,
+                IrqAction::Trigger,
+                IrqValues::Eventfds(&[irq.as_fd()]),
+            )
             .unwrap();
         client.dirty_pages_start().unwrap();
         assert_eq!(server.container.mappings(), 1);
@@ -55,7 +62,10 @@ fn a_reconnecting_client_finds_the_device_state_kept() {
         .unwrap();
     drop(client);
     let ends = server.join();
-    assert!(matches!(ends.as_slice(), [SessionEnd::Closed, SessionEnd::Closed]));
+    assert!(matches!(
+        ends.as_slice(),
+        [SessionEnd::Closed, SessionEnd::Closed]
+    ));
 }
 
 #[test]

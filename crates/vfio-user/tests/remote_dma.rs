@@ -4,9 +4,10 @@
 //! when the server does not report them (libvfio-user does not); a departed client fails the
 //! device's DMA instead of hanging it.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread;
 
@@ -17,8 +18,7 @@ use common::dummy::{
 use common::*;
 use vfmig_iommu::{Iova, Prot};
 use vfmig_vfio_user::message::{
-    Capabilities, Command, DirtyPagesReply, DirtyPagesRequest, DmaAccess, DmaData,
-    MigrationCapability, Payload, Reply, Request, Version,
+    Command, DirtyPagesReply, DirtyPagesRequest, DmaAccess, DmaData, Payload, Reply, Request,
 };
 use vfmig_vfio_user::{Client, ClientConfig, Connection, Errno, Limits};
 
@@ -57,7 +57,12 @@ fn a_dma_write_arrives_while_the_client_waits_for_a_region_write_reply() {
     device_dma_write(&client, GUEST + 3 * PAGE + 10, 2 * PAGE, 0xcd);
     // The REGION_WRITE returned after the DMA_WRITE it caused was served.
     assert_eq!(memory.get(GUEST + 3 * PAGE + 9, 1), [0]);
-    assert!(memory.get(GUEST + 3 * PAGE + 10, 2 * PAGE as usize).iter().all(|&b| b == 0xcd));
+    assert!(
+        memory
+            .get(GUEST + 3 * PAGE + 10, 2 * PAGE as usize)
+            .iter()
+            .all(|&b| b == 0xcd)
+    );
     assert_eq!(memory.get(GUEST + 5 * PAGE + 10, 1), [0]);
 }
 
@@ -81,7 +86,12 @@ fn device_dma_is_split_by_the_clients_transfer_size() {
     };
     let (client, _server, memory) = with_memory(config);
     device_dma_write(&client, GUEST + 100, 4 * 1024 + 7, 0x11);
-    assert!(memory.get(GUEST + 100, 4 * 1024 + 7).iter().all(|&b| b == 0x11));
+    assert!(
+        memory
+            .get(GUEST + 100, 4 * 1024 + 7)
+            .iter()
+            .all(|&b| b == 0x11)
+    );
     assert_eq!(memory.get(GUEST + 100 + 4 * 1024 + 7, 1), [0]);
 }
 
@@ -143,41 +153,6 @@ fn a_departed_client_fails_a_waiting_device_dma_with_econnreset() {
     server.join();
 }
 
-/// A client connected to a scripted server: VERSION is answered (with migration), then
-/// `script` runs on the server's end.
-fn scripted(
-    config: ClientConfig,
-    script: impl FnOnce(&mut Connection) + Send + 'static,
-) -> (Client, thread::JoinHandle<()>) {
-    let (client_end, server_end) = UnixStream::pair().unwrap();
-    let handle = thread::spawn(move || {
-        let mut conn = Connection::new(server_end).unwrap();
-        let received = conn.recv().unwrap();
-        let reply = Version {
-            major: 0,
-            minor: 2,
-            capabilities: Capabilities {
-                migration: Some(MigrationCapability {
-                    pgsize: Some(PAGE),
-                    max_bitmap_size: 1 << 20,
-                }),
-                ..Capabilities::default()
-            },
-        };
-        conn.send_reply(&received.header, &Reply::Version(reply), &[])
-            .unwrap();
-        script(&mut conn);
-    });
-    (Client::from_stream(client_end, config).unwrap(), handle)
-}
-
-/// Answers the next command (which must be `command`) with `reply`.
-fn answer(conn: &mut Connection, command: Command, reply: Reply<'_>) {
-    let received = conn.recv().unwrap();
-    assert_eq!(received.header.cmd, command.code());
-    conn.send_reply(&received.header, &reply, &[]).unwrap();
-}
-
 /// Sends a DMA_WRITE of `data` at `addr` and returns the reply's errno (`None`: success).
 fn server_dma_write(conn: &mut Connection, addr: u64, data: &[u8]) -> Option<u32> {
     conn.send_request(0x900, &Request::DmaWrite(DmaData::new(addr, data)), &[])
@@ -209,9 +184,16 @@ fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
         let start = conn.recv().unwrap();
         assert_eq!(start.header.cmd, Command::DirtyPages.code());
         assert_eq!(server_dma_write(conn, GUEST + 9 * PAGE, &[1; 10]), None);
-        assert_eq!(server_dma_write(conn, GUEST + 62 * PAGE, &[2; PAGE as usize * 2]), None);
-        conn.send_reply(&start.header, &Reply::DirtyPages(DirtyPagesReply::Done), &[])
-            .unwrap();
+        assert_eq!(
+            server_dma_write(conn, GUEST + 62 * PAGE, &[2; PAGE as usize * 2]),
+            None
+        );
+        conn.send_reply(
+            &start.header,
+            &Reply::DirtyPages(DirtyPagesReply::Done),
+            &[],
+        )
+        .unwrap();
         let received = conn.recv().unwrap();
         let Request::DirtyPages(DirtyPagesRequest::GetBitmap { range, .. }) =
             received.request(conn.limits()).unwrap()
@@ -248,17 +230,32 @@ fn a_dma_write_outside_client_memory_is_efault_and_into_read_only_eperm() {
         // While the client waits for its RESET reply.
         let reset = conn.recv().unwrap();
         assert_eq!(reset.header.cmd, Command::DeviceReset.code());
-        assert_eq!(server_dma_write(conn, GUEST + SIZE, &[1]), Some(libc::EFAULT as u32));
-        assert_eq!(server_dma_write(conn, GUEST + SIZE - 1, &[1, 2]), Some(libc::EFAULT as u32));
-        assert_eq!(server_dma_write(conn, GUEST, &[1]), Some(libc::EPERM as u32));
+        assert_eq!(
+            server_dma_write(conn, GUEST + SIZE, &[1]),
+            Some(libc::EFAULT as u32)
+        );
+        assert_eq!(
+            server_dma_write(conn, GUEST + SIZE - 1, &[1, 2]),
+            Some(libc::EFAULT as u32)
+        );
+        assert_eq!(
+            server_dma_write(conn, GUEST, &[1]),
+            Some(libc::EPERM as u32)
+        );
         // The client answers a server command it does not serve with EINVAL.
-        let body = vfmig_vfio_user::message::DeviceInfo::request().encode().unwrap();
+        let body = vfmig_vfio_user::message::DeviceInfo::request()
+            .encode()
+            .unwrap();
         let header =
             vfmig_vfio_user::message::Header::new_command(0x901, Command::DeviceGetInfo, 16)
                 .unwrap();
         conn.send(&header, &body, &[]).unwrap();
-        assert_eq!(conn.recv().unwrap().header.error(), Some(libc::EINVAL as u32));
-        conn.send_reply(&reset.header, &Reply::DeviceReset, &[]).unwrap();
+        assert_eq!(
+            conn.recv().unwrap().header.error(),
+            Some(libc::EINVAL as u32)
+        );
+        conn.send_reply(&reset.header, &Reply::DeviceReset, &[])
+            .unwrap();
     });
     client.dma_map(Iova(GUEST), SIZE, Prot::READ, None).unwrap();
     client.reset().unwrap();

@@ -1,17 +1,17 @@
 //! Every command's round trip through our client and our server over a real socket pair,
 //! with the dummy device.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::os::fd::AsFd;
 
-use common::dummy::{
-    BAR, BAR_AREAS, BAR_SIZE, CONFIG, IRQ, REG_IRQ, REG_SCRATCH, REG_STOPPED,
-};
+use common::dummy::{BAR, BAR_AREAS, BAR_SIZE, CONFIG, IRQ, REG_IRQ, REG_SCRATCH, REG_STOPPED};
 use common::*;
 use vfmig_abi::uapi::{
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_IRQ_INFO_NORESIZE, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfmig_iommu::{Iova, Prot};
 use vfmig_vfio_user::client::IrqValues;
@@ -79,7 +79,10 @@ fn region_info_with_caps_takes_two_calls_and_brings_the_fd() {
 fn region_info_of_a_missing_region_is_einval() {
     let (client, _server) = connect();
     let err = client.region_info(2).unwrap_err();
-    assert_eq!(remote_errno(err), (Command::DeviceGetRegionInfo, Errno::EINVAL));
+    assert_eq!(
+        remote_errno(err),
+        (Command::DeviceGetRegionInfo, Errno::EINVAL)
+    );
 }
 
 #[test]
@@ -97,7 +100,10 @@ fn irq_info_round_trips() {
     assert_eq!(info.count, 1);
     assert_eq!(info.flags, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE);
     let err = client.irq_info(1).unwrap_err();
-    assert_eq!(remote_errno(err), (Command::DeviceGetIrqInfo, Errno::EINVAL));
+    assert_eq!(
+        remote_errno(err),
+        (Command::DeviceGetIrqInfo, Errno::EINVAL)
+    );
 }
 
 #[test]
@@ -125,7 +131,10 @@ fn region_write_then_read_round_trips() {
     let mut buf = [0; 4];
     client.region_read(CONFIG, 0x10, &mut buf).unwrap();
     assert_eq!(buf, [1, 2, 3, 4]);
-    assert_eq!(&server.state.lock().unwrap().config[0x10..0x14], &[1, 2, 3, 4]);
+    assert_eq!(
+        &server.state.lock().unwrap().config[0x10..0x14],
+        &[1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -169,10 +178,21 @@ fn dma_map_and_unmap_round_trip() {
     let (client, server) = connect();
     let fd = memfd(16 * PAGE);
     client
-        .dma_map(Iova(0x10_0000), 16 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0x10_0000),
+            16 * PAGE,
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
-    assert_eq!(server.container.mapping_list(), [(Iova(0x10_0000), 16 * PAGE, Prot::READ_WRITE)]);
-    assert_eq!(client.dma_unmap(Iova(0x10_0000), 16 * PAGE, false).unwrap(), None);
+    assert_eq!(
+        server.container.mapping_list(),
+        [(Iova(0x10_0000), 16 * PAGE, Prot::READ_WRITE)]
+    );
+    assert_eq!(
+        client.dma_unmap(Iova(0x10_0000), 16 * PAGE, false).unwrap(),
+        None
+    );
     assert_eq!(server.container.mappings(), 0);
 }
 
@@ -215,7 +235,12 @@ fn dma_unmap_all_removes_every_mapping() {
     let fd = memfd(4 * PAGE);
     for i in 0..4 {
         client
-            .dma_map(Iova(i * 0x10_0000), PAGE, Prot::READ, Some((fd.as_fd(), i * PAGE)))
+            .dma_map(
+                Iova(i * 0x10_0000),
+                PAGE,
+                Prot::READ,
+                Some((fd.as_fd(), i * PAGE)),
+            )
             .unwrap();
     }
     client.dma_unmap_all().unwrap();
@@ -229,14 +254,18 @@ fn dma_unmap_all_removes_every_mapping() {
 #[test]
 fn the_device_state_policy_refuses_dma_map_when_stopped() {
     let (client, _server) = connect();
-    client.region_write(BAR, REG_STOPPED, &1u64.to_le_bytes()).unwrap();
+    client
+        .region_write(BAR, REG_STOPPED, &1u64.to_le_bytes())
+        .unwrap();
     let fd = memfd(PAGE);
     let err = client
         .dma_map(Iova(0), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
         .unwrap_err();
     assert_eq!(remote_errno(err), (Command::DmaMap, Errno::EINVAL));
     // Region accesses are still served, and running again lets the map through.
-    client.region_write(BAR, REG_STOPPED, &0u64.to_le_bytes()).unwrap();
+    client
+        .region_write(BAR, REG_STOPPED, &0u64.to_le_bytes())
+        .unwrap();
     client
         .dma_map(Iova(0), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
         .unwrap();
@@ -252,7 +281,10 @@ fn dirty_pages_start_get_stop_round_trip() {
     client.dirty_pages_start().unwrap();
     assert!(server.container.is_tracking());
     server.container.write(Iova(5 * PAGE), &[1]).unwrap();
-    assert_eq!(pages_of(&client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap()), [5]);
+    assert_eq!(
+        pages_of(&client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap()),
+        [5]
+    );
     // Read and cleared.
     assert!(pages_of(&client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap()).is_empty());
     client.dirty_pages_stop().unwrap();
@@ -279,11 +311,19 @@ fn dma_unmap_with_bitmap_returns_the_dirty_pages() {
     let (client, server) = connect();
     let fd = memfd(128 * PAGE);
     client
-        .dma_map(Iova(0x4000_0000), 128 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0x4000_0000),
+            128 * PAGE,
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     client.dirty_pages_start().unwrap();
     for page in [0, 63, 64, 127] {
-        server.container.write(Iova(0x4000_0000 + page * PAGE), &[9]).unwrap();
+        server
+            .container
+            .write(Iova(0x4000_0000 + page * PAGE), &[9])
+            .unwrap();
     }
     let bitmap = client
         .dma_unmap(Iova(0x4000_0000), 128 * PAGE, true)
@@ -306,8 +346,14 @@ fn device_dma_read_of_fd_less_memory_is_served_by_the_client() {
         .dma_map(Iova(0x8000_0000), 4 * PAGE, Prot::READ_WRITE, None)
         .unwrap();
     let mut buf = [0; 20];
-    server.container.read(Iova(0x8000_0000 + 95), &mut buf).unwrap();
-    assert_eq!(buf, [0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0]);
+    server
+        .container
+        .read(Iova(0x8000_0000 + 95), &mut buf)
+        .unwrap();
+    assert_eq!(
+        buf,
+        [0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0]
+    );
 }
 
 #[test]
@@ -322,12 +368,19 @@ fn set_irqs_trigger_without_data_fires_the_irq() {
     let (client, _server) = connect();
     let fd = eventfd();
     client
-        .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::Eventfds(&[fd.as_fd()]))
+        .set_irqs(
+            IRQ,
+            0,
+            IrqAction::Trigger,
+            IrqValues::Eventfds(&[fd.as_fd()]),
+        )
         .unwrap();
     client
         .set_irqs(IRQ, 0, IrqAction::Trigger, IrqValues::None { count: 1 })
         .unwrap();
     assert_eq!(eventfd_count(&fd), 1);
-    client.region_write(BAR, REG_IRQ, &1u64.to_le_bytes()).unwrap();
+    client
+        .region_write(BAR, REG_IRQ, &1u64.to_le_bytes())
+        .unwrap();
     assert_eq!(eventfd_count(&fd), 1);
 }

@@ -2,20 +2,32 @@
 //!
 //! A GET is split into requests on the server's rules, which the client can follow because it
 //! knows its layout: each request covers whole server mappings, consecutive ones sharing a
-//! request while the span's bitmap fits [`Client::bitmap_capacity`] (or one per request with
-//! [`super::ClientConfig::one_mapping_per_request`]). Each reply lands at its page offset in
+//! request while the span's bitmap fits [`Client::bitmap_capacity`] (or one per request:
+//! [`Client::one_mapping_per_request`]). Each reply lands at its page offset in
 //! the result, then the pages the server wrote through DMA_WRITE into fd-less mappings, as
 //! recorded by the reader thread, are ORed in.
 
 use vfmig_abi::dirty::dirty_bitmap_bytes;
+use vfmig_abi::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
 use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova};
+use zerocopy::FromBytes;
 
-use super::bits::{or_into, to_words};
+use super::bits::{copy_words, mask_tail, or_into};
 use super::dma::check_range;
 use super::error::ClientError;
 use super::mappings::Covered;
 use super::{Client, lock};
-use crate::message::{BitmapRange, Command, DirtyPagesReply, DirtyPagesRequest, Reply, Request};
+
+use crate::connection::Tail;
+use crate::message::{
+    BitmapRange, Command, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
+    Payload, Reply, Request,
+};
+use crate::peer::Sink;
+
+/// Bytes of a GET_BITMAP reply before the bitmap.
+const PREFIX: usize = 40;
+const _: () = assert!(PREFIX as u64 == GET_BITMAP_PREFIX);
 
 /// `argsz` of START and STOP.
 const START_STOP_ARGSZ: u32 = 8;
@@ -28,7 +40,11 @@ struct Span {
 }
 
 /// Groups server mappings (in IOVA order) into spans whose bitmap is at most `cap_pages` bits.
-fn spans(pieces: impl IntoIterator<Item = (u64, u64)>, cap_pages: u64, one_each: bool) -> Vec<Span> {
+fn spans(
+    pieces: impl IntoIterator<Item = (u64, u64)>,
+    cap_pages: u64,
+    one_each: bool,
+) -> Vec<Span> {
     let shift = CONTAINER_PAGE_SIZE.shift();
     let mut spans: Vec<Span> = Vec::new();
     for (iova, size) in pieces {
@@ -71,7 +87,10 @@ impl Client {
         let received = self.shared.call(&Request::DirtyPages(request), &[])?;
         match self.shared.reply(command, &received)? {
             Reply::DirtyPages(DirtyPagesReply::Done) => Ok(()),
-            _ => Err(ClientError::unexpected(command, "START/STOP reply with a payload")),
+            _ => Err(ClientError::unexpected(
+                command,
+                "START/STOP reply with a payload",
+            )),
         }
     }
 
@@ -79,71 +98,153 @@ impl Client {
     /// page `iova + n * 4096`. Every mapping in the range must lie wholly inside it (holes
     /// are allowed, and read as clean); tracking must be on (EINVAL).
     pub fn dirty_pages_get(&self, iova: Iova, size: u64) -> Result<Vec<u64>, ClientError> {
+        let mut out = Vec::new();
+        self.dirty_pages_get_into(iova, size, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Client::dirty_pages_get`] into `out`, whose contents are replaced and whose
+    /// allocation is reused: a migration loop that syncs again and again allocates nothing.
+    /// On error the contents of `out` are unspecified.
+    pub fn dirty_pages_get_into(
+        &self,
+        iova: Iova,
+        size: u64,
+        out: &mut Vec<u64>,
+    ) -> Result<(), ClientError> {
         let end = check_range(iova, size)?;
         let _layout = lock(&self.shared.layout);
         let covered = {
             let table = self.shared.table();
             if !table.tracking() {
-                return Err(ClientError::invalid("dirty tracking is off; GET at", iova.raw()));
+                return Err(ClientError::invalid(
+                    "dirty tracking is off; GET at",
+                    iova.raw(),
+                ));
             }
             table.covered(iova.raw(), end)?
         };
-        let shift = CONTAINER_PAGE_SIZE.shift();
-        let pages = size >> shift;
-        let words = usize::try_from(dirty_bitmap_bytes(pages) / 8)
+        let words = usize::try_from(dirty_bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8)
             .map_err(|_| ClientError::invalid("bitmap too large for", size))?;
         let spans = spans(
             covered.iter().flat_map(|m| m.pieces.iter().copied()),
             self.shared.bitmap_cap.saturating_mul(8),
-            self.shared.config.one_mapping_per_request,
+            self.shared.one_mapping_per_request,
         );
-        let mut out: Option<Vec<u64>> = None;
-        for span in &spans {
-            self.get_span(*span, iova.raw(), pages, words, spans.len(), &mut out)?;
+        // One request for exactly the range: its bitmap is the result, copied once.
+        let whole =
+            matches!(spans.as_slice(), [span] if span.start == iova.raw() && span.end == end);
+        if !whole {
+            out.clear();
+            out.resize(words, 0);
         }
-        let mut out = out.unwrap_or_else(|| vec![0; words]);
-        or_recorded(&covered, iova.raw(), &mut out);
-        Ok(out)
+        for span in spans {
+            self.get_span(span, iova.raw(), whole, out)?;
+        }
+        or_recorded(&covered, iova.raw(), out);
+        Ok(())
     }
 
-    /// One GET_BITMAP of `span`, placed into `out` at its page offset from `base`.
+    /// One GET_BITMAP of `span`: its bitmap replaces `out` (`whole`: the span is the range) or
+    /// is ORed into it at the span's page offset from `base`.
     fn get_span(
         &self,
         span: Span,
         base: u64,
-        pages: u64,
-        words: usize,
-        spans: usize,
-        out: &mut Option<Vec<u64>>,
+        whole: bool,
+        out: &mut Vec<u64>,
     ) -> Result<(), ClientError> {
+        let range = BitmapRange::new(
+            span.start,
+            span.end - span.start,
+            CONTAINER_PAGE_SIZE.bytes(),
+        );
+        if whole {
+            return self.get_whole(range, out);
+        }
         let command = Command::DirtyPages;
-        let shift = CONTAINER_PAGE_SIZE.shift();
-        let range = BitmapRange::new(span.start, span.end - span.start, CONTAINER_PAGE_SIZE.bytes());
         let request = Request::DirtyPages(DirtyPagesRequest::get_bitmap(range));
         let received = self.shared.call(&request, &[])?;
-        let bits = match self.shared.reply(command, &received)? {
+        match self.shared.reply(command, &received)? {
             Reply::DirtyPages(DirtyPagesReply::Bitmap {
                 range: echoed,
                 bits,
                 ..
-            }) if echoed == range => bits,
+            }) if echoed == range => {
+                let shift = CONTAINER_PAGE_SIZE.shift();
+                or_into(
+                    out,
+                    (span.start - base) >> shift,
+                    &bits,
+                    range.size >> shift,
+                );
+            }
             _ => return Err(ClientError::unexpected(command, "not the bitmap asked for")),
-        };
-        let span_pages = range.size >> shift;
-        match out {
-            // One request for the whole range: its bitmap is the result.
-            None if spans == 1 && span.start == base && span_pages == pages => {
-                let mut words_out = to_words(&bits, pages);
-                words_out.resize(words, 0);
-                *out = Some(words_out);
-            }
-            _ => {
-                let out = out.get_or_insert_with(|| vec![0; words]);
-                or_into(out, (span.start - base) >> shift, &bits, span_pages);
-            }
         }
+        self.shared.peer.recycle(received.body);
         Ok(())
     }
+
+    /// One GET_BITMAP of the whole range: the reader thread receives the bitmap straight into
+    /// `out`'s words (resized to the bitmap, so a reused buffer is not even cleared), and only
+    /// the 40 bytes before it are checked here. A reply of another size (an error) is decoded
+    /// as usual.
+    fn get_whole(&self, range: BitmapRange, out: &mut Vec<u64>) -> Result<(), ClientError> {
+        let command = Command::DirtyPages;
+        let words = usize::try_from(range.bitmap_size / 8)
+            .map_err(|_| ClientError::invalid("bitmap too large for", range.size))?;
+        let mut tail = std::mem::take(out);
+        if tail.len() != words {
+            tail.clear();
+            tail.resize(words, 0);
+        }
+        let sink = Sink { head: PREFIX, tail };
+        let request = DirtyPagesRequest::get_bitmap(range)
+            .encode()
+            .map_err(|source| ClientError::Encode { command, source })?;
+        let (received, tail) = self
+            .shared
+            .peer
+            .call_into(command, &[&request], &[], Some(sink))
+            .map_err(|err| ClientError::from_call(command, err))?;
+        match tail {
+            Tail::Filled(words) => {
+                *out = words;
+                check_prefix(&received.body, &range)?;
+                mask_tail(out, range.size >> CONTAINER_PAGE_SIZE.shift());
+                Ok(())
+            }
+            Tail::Unused(words) => {
+                *out = words;
+                // Not a bitmap of the size asked for: an error reply, or a malformed one.
+                match self.shared.reply(command, &received)? {
+                    Reply::DirtyPages(DirtyPagesReply::Bitmap {
+                        range: echoed,
+                        bits,
+                        ..
+                    }) if echoed == range => {
+                        copy_words(out, &bits, range.size >> CONTAINER_PAGE_SIZE.shift());
+                        Ok(())
+                    }
+                    _ => Err(ClientError::unexpected(command, "not the bitmap asked for")),
+                }
+            }
+            Tail::None => Err(ClientError::unexpected(command, "the bitmap went missing")),
+        }
+    }
+}
+
+/// Checks the 40 bytes before a bitmap received in place: GET_BITMAP, the range asked for.
+fn check_prefix(head: &[u8], range: &BitmapRange) -> Result<(), ClientError> {
+    let command = Command::DirtyPages;
+    let (prefix, rest) = DirtyPages::read_from_prefix(head)
+        .map_err(|_| ClientError::unexpected(command, "bitmap reply too short"))?;
+    let echoed = BitmapRange::read_from_bytes(rest)
+        .map_err(|_| ClientError::unexpected(command, "bitmap reply too short"))?;
+    if prefix.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP || echoed != *range {
+        return Err(ClientError::unexpected(command, "not the bitmap asked for"));
+    }
+    Ok(())
 }
 
 /// ORs the pages recorded as written by DMA_WRITE into `out`, clearing the records.
@@ -172,8 +273,14 @@ mod tests {
         assert_eq!(
             spans(pieces, cap, false),
             [
-                Span { start: 0, end: 2 * GIB },
-                Span { start: 4 * GIB, end: 6 * GIB }
+                Span {
+                    start: 0,
+                    end: 2 * GIB
+                },
+                Span {
+                    start: 4 * GIB,
+                    end: 6 * GIB
+                }
             ]
         );
     }

@@ -129,7 +129,8 @@ impl Client {
         for (piece, len) in split(iova.raw(), size, max_piece) {
             let offset = fd.map_or(0, |(_, offset)| offset.saturating_add(piece - iova.raw()));
             let fds: Vec<BorrowedFd<'_>> = fd.map(|(fd, _)| fd).into_iter().collect();
-            if let Err(err) = self.map_piece(DmaMap::new(map_flags(prot), offset, piece, len), &fds) {
+            if let Err(err) = self.map_piece(DmaMap::new(map_flags(prot), offset, piece, len), &fds)
+            {
                 for &(piece, len) in &mapped {
                     if let Err(undo) = self.unmap_piece(piece, len) {
                         tracing::warn!(%undo, piece, "undoing a partial DMA_MAP failed");
@@ -246,7 +247,9 @@ impl Client {
         let shift = CONTAINER_PAGE_SIZE.shift();
         for &(piece, len) in &mapping.pieces {
             match out.as_deref_mut() {
-                Some(out) => self.unmap_piece_with_bitmap(piece, len, out, (piece - base) >> shift)?,
+                Some(out) => {
+                    self.unmap_piece_with_bitmap(piece, len, out, (piece - base) >> shift)?
+                }
                 None => self.unmap_piece(piece, len)?,
             }
             if let Some(m) = self.shared.table().get_mut(mapping.iova) {
@@ -254,7 +257,8 @@ impl Client {
             }
         }
         if let (Some(out), Some(written)) = (out, &mapping.written)
-            && let Err(err) = written.read_and_clear(0, written.pages(), out, (mapping.iova - base) >> shift)
+            && let Err(err) =
+                written.read_and_clear(0, written.pages(), out, (mapping.iova - base) >> shift)
         {
             tracing::warn!(%err, "reporting pages written by DMA_WRITE failed");
         }

@@ -8,8 +8,8 @@ use vfmig_abi::uapi::{
     VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
 };
 
-use super::error::ClientError;
 use super::Client;
+use super::error::ClientError;
 use crate::message::{Command, IrqAction, IrqInfo, IrqSet, IrqSetRequest, Reply, Request};
 
 /// `argsz` of a SET_IRQS without data (eventfds travel as descriptors: the libvfio-user

@@ -61,7 +61,9 @@ fn serve_command(shared: &Shared, received: &Received) {
 }
 
 fn dma_read(shared: &Shared, header: &Header, access: &DmaAccess) -> Result<(), Errno> {
-    let target = shared.table().dma_target(access.addr, access.count, Prot::READ)?;
+    let target = shared
+        .table()
+        .dma_target(access.addr, access.count, Prot::READ)?;
     // `count` was checked against our max_data_xfer_size when the request was decoded.
     let len = usize::try_from(access.count).map_err(|_| Errno::EINVAL)?;
     let mut data = vec![0; len];
@@ -74,7 +76,9 @@ fn dma_read(shared: &Shared, header: &Header, access: &DmaAccess) -> Result<(), 
 
 fn dma_write(shared: &Shared, header: &Header, data: &DmaData<'_>) -> Result<(), Errno> {
     let access = data.access;
-    let target = shared.table().dma_target(access.addr, access.count, Prot::WRITE)?;
+    let target = shared
+        .table()
+        .dma_target(access.addr, access.count, Prot::WRITE)?;
     target.memory.write(Iova(access.addr), &data.data)?;
     // Recorded after the write, so whoever reads the bit sees the data.
     if let Some(written) = &target.written

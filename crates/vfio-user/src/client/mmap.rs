@@ -15,11 +15,32 @@ use super::error::ClientError;
 /// The memory is shared with the device process, which may change it at any time, so it is
 /// never lent out as a Rust reference: typed accesses are single volatile loads and stores of
 /// their natural width (what device registers need), byte ranges are copied in and out.
+///
+/// The area must lie inside the file when it is mapped (checked against the file's size for a
+/// regular file or memfd); a server that shrinks the file afterwards makes accesses fault
+/// (`SIGBUS`), as with any shared mapping a peer controls.
 #[derive(Debug)]
 pub struct MmapArea {
     base: NonNull<u8>,
     len: usize,
     writable: bool,
+}
+
+/// Fails unless `[offset, offset + size)` lies inside `fd` when it is a regular file (a memfd
+/// is one); other files (device nodes) have no size to check against.
+fn check_inside_file(fd: &OwnedFd, offset: u64, size: u64) -> Result<(), ClientError> {
+    let file = std::fs::File::from(fd.try_clone().map_err(ClientError::Mmap)?);
+    let metadata = file.metadata().map_err(ClientError::Mmap)?;
+    let end = offset
+        .checked_add(size)
+        .ok_or(ClientError::invalid("sparse area wraps at", offset))?;
+    if metadata.is_file() && end > metadata.len() {
+        return Err(ClientError::invalid(
+            "sparse area beyond the end of its file at",
+            offset,
+        ));
+    }
+    Ok(())
 }
 
 // SAFETY: the area owns a shared file mapping (a base address and a length) with no thread
@@ -30,7 +51,8 @@ unsafe impl Send for MmapArea {}
 unsafe impl Sync for MmapArea {}
 
 impl MmapArea {
-    /// Maps `size` bytes of `fd` at `offset`.
+    /// Maps `size` bytes of `fd` at `offset`; an area the client may not read is refused (an
+    /// mmappable VFIO region is readable).
     pub(super) fn new(
         fd: &OwnedFd,
         offset: u64,
@@ -44,10 +66,11 @@ impl MmapArea {
             .ok_or(ClientError::invalid("sparse area size", size))?;
         let file_offset = libc::off_t::try_from(offset)
             .map_err(|_| ClientError::invalid("sparse area offset", offset))?;
-        let mut prot = libc::PROT_NONE;
-        if readable {
-            prot |= libc::PROT_READ;
+        if !readable {
+            return Err(ClientError::invalid("region is not readable", offset));
         }
+        check_inside_file(fd, offset, size)?;
+        let mut prot = libc::PROT_READ;
         if writable {
             prot |= libc::PROT_WRITE;
         }
@@ -66,8 +89,9 @@ impl MmapArea {
         if ptr == libc::MAP_FAILED {
             return Err(ClientError::Mmap(io::Error::last_os_error()));
         }
-        let base = NonNull::new(ptr.cast::<u8>())
-            .ok_or(ClientError::Mmap(io::Error::from_raw_os_error(libc::EFAULT)))?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(ClientError::Mmap(
+            io::Error::from_raw_os_error(libc::EFAULT),
+        ))?;
         Ok(Self {
             base,
             len,
@@ -89,7 +113,10 @@ impl MmapArea {
     fn at(&self, offset: usize, len: usize) -> Result<*mut u8, ClientError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(self.base.as_ptr().wrapping_add(offset)),
-            _ => Err(ClientError::invalid("access outside the area at", offset as u64)),
+            _ => Err(ClientError::invalid(
+                "access outside the area at",
+                offset as u64,
+            )),
         }
     }
 

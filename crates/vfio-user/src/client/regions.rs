@@ -8,9 +8,9 @@ use vfmig_abi::uapi::{
 };
 use zerocopy::IntoBytes;
 
+use super::Client;
 use super::error::ClientError;
 use super::mmap::MmapArea;
-use super::Client;
 use crate::message::{
     Command, RegionAccess, RegionInfo, RegionInfoReply, RegionIoFds, RegionIoFdsReply, Reply,
     Request, SparseMmapArea,
@@ -56,15 +56,31 @@ impl Region {
             .fd
             .as_ref()
             .filter(|_| self.flags & VFIO_REGION_INFO_FLAG_MMAP != 0)
-            .ok_or(ClientError::invalid("region is not mmappable", self.index.into()))?;
+            .ok_or(ClientError::invalid(
+                "region is not mmappable",
+                self.index.into(),
+            ))?;
         let found = self
             .sparse_areas
             .get(area)
             .ok_or(ClientError::invalid("no such sparse area", area as u64))?;
+        if found
+            .offset
+            .checked_add(found.size)
+            .is_none_or(|end| end > self.size)
+        {
+            return Err(ClientError::invalid(
+                "sparse area outside the region at",
+                found.offset,
+            ));
+        }
         let offset = self
             .offset
             .checked_add(found.offset)
-            .ok_or(ClientError::invalid("sparse area offset overflows", found.offset))?;
+            .ok_or(ClientError::invalid(
+                "sparse area offset overflows",
+                found.offset,
+            ))?;
         MmapArea::new(fd, offset, found.size, self.readable(), self.writable())
     }
 }
@@ -100,7 +116,10 @@ impl Client {
 
     /// `VFIO_USER_DEVICE_GET_REGION_IO_FDS` of region `index` (two calls if needed, as region
     /// info), with the file descriptors that came with it.
-    pub fn region_io_fds(&self, index: u32) -> Result<(RegionIoFdsReply, Vec<OwnedFd>), ClientError> {
+    pub fn region_io_fds(
+        &self,
+        index: u32,
+    ) -> Result<(RegionIoFdsReply, Vec<OwnedFd>), ClientError> {
         let command = Command::DeviceGetRegionIoFds;
         let mut argsz = IO_FDS_ARGSZ;
         for _ in 0..2 {
@@ -115,7 +134,10 @@ impl Client {
             }
             argsz = reply.head.argsz;
         }
-        Err(ClientError::unexpected(command, "sub-regions still left out"))
+        Err(ClientError::unexpected(
+            command,
+            "sub-regions still left out",
+        ))
     }
 
     /// Reads `buf.len()` bytes at `offset` of region `index`, in pieces of at most
@@ -127,9 +149,12 @@ impl Client {
             let access = access(index, at, piece.len())?;
             let received = self.shared.call(&Request::RegionRead(access), &[])?;
             match self.shared.reply(command, &received)? {
-                Reply::RegionRead(data) if data.access == access => piece.copy_from_slice(&data.data),
+                Reply::RegionRead(data) if data.access == access => {
+                    piece.copy_from_slice(&data.data)
+                }
                 _ => return Err(ClientError::unexpected(command, "not the data asked for")),
             }
+            self.shared.peer.recycle(received.body);
             at = next(at, piece.len())?;
         }
         Ok(())
@@ -142,7 +167,9 @@ impl Client {
         let mut at = offset;
         for piece in data.chunks(self.shared.xfer) {
             let access = access(index, at, piece.len())?;
-            let received = self.shared.call_parts(command, &[access.as_bytes(), piece])?;
+            let received = self
+                .shared
+                .call_parts(command, &[access.as_bytes(), piece])?;
             match self.shared.reply(command, &received)? {
                 Reply::RegionWrite(echo) if echo == access => {}
                 _ => return Err(ClientError::unexpected(command, "not the access echoed")),
@@ -170,7 +197,8 @@ fn region_of(reply: RegionInfoReply, fd: Option<OwnedFd>) -> Region {
 /// The access of `len` bytes at `offset` of `region` (`len` is at most the transfer size,
 /// itself at most `u32::MAX`).
 fn access(region: u32, offset: u64, len: usize) -> Result<RegionAccess, ClientError> {
-    let count = u32::try_from(len).map_err(|_| ClientError::invalid("access too long", len as u64))?;
+    let count =
+        u32::try_from(len).map_err(|_| ClientError::invalid("access too long", len as u64))?;
     Ok(RegionAccess {
         offset,
         region,

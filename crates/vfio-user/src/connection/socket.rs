@@ -1,5 +1,6 @@
-//! The two syscalls that move file descriptors, and the only `unsafe` of the crate:
-//! `sendmsg` with one `SCM_RIGHTS` control message, and `recvmsg` that collects one.
+//! The syscalls of a connection, and the only `unsafe` of the protocol layer: `sendmsg` with
+//! one `SCM_RIGHTS` control message, `recvmsg` that collects one, and `recv` of a body into a
+//! vector's spare capacity.
 //!
 //! Received descriptors are wrapped in [`OwnedFd`] the moment they are read out of the control
 //! buffer, so every path that drops them (an error, a truncated message) closes them. They are
@@ -180,5 +181,38 @@ unsafe fn take_fds(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
         }
         // SAFETY: as for CMSG_FIRSTHDR: the result is null or a header inside the buffer.
         cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+}
+
+/// Receives at most `max` bytes (one `recv`, retrying on `EINTR`) into the spare capacity of
+/// `body`, whose length grows by the bytes received; returns them (0 at end of stream). No
+/// byte of the spare capacity needs to be initialized first.
+pub(super) fn recv_append(
+    socket: BorrowedFd<'_>,
+    body: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    body.reserve(max);
+    let spare = body.spare_capacity_mut();
+    let len = max.min(spare.len());
+    loop {
+        // SAFETY: `spare` is the vector's own, exclusively borrowed, allocated capacity of at
+        // least `len` bytes; the kernel writes at most `len` bytes there and reads nothing.
+        let received = unsafe { libc::recv(socket.as_raw_fd(), spare.as_mut_ptr().cast(), len, 0) };
+        match usize::try_from(received) {
+            Ok(n) => {
+                let new_len = body.len().saturating_add(n.min(len));
+                // SAFETY: the kernel initialized the `n <= len` bytes after the old length, and
+                // `new_len` is within the capacity reserved above.
+                unsafe { body.set_len(new_len) };
+                return Ok(n);
+            }
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
     }
 }

@@ -371,3 +371,50 @@ fn an_error_reply_round_trips() {
     };
     assert_eq!(reply.reply(client.limits()).unwrap(), expected);
 }
+
+/// Sends a GET_BITMAP reply whose bitmap is `words`, from `server` to `client`.
+#[allow(clippy::cast_possible_truncation)]
+fn send_bitmap_reply(server: &mut Connection, words: &[u64]) -> Header {
+    let range = BitmapRange::new(0, words.len() as u64 * 64 * 4096, 4096);
+    let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
+        argsz: 40 + range.bitmap_size as u32,
+        range,
+        bits: Cow::Owned(words.as_bytes().to_vec()),
+    });
+    let request = Header::new_command(9, crate::message::Command::DirtyPages, 40).unwrap();
+    server.send_reply(&request, &reply, &[]).unwrap();
+    request
+}
+
+#[test]
+fn a_split_body_lands_in_the_words_given() {
+    let (mut client, mut server) = pair();
+    let words: Vec<u64> = (0..1000).map(|i| i * 0x0101_0101).collect();
+    send_bitmap_reply(&mut server, &words);
+    let (received, tail) = client
+        .recv_into(|_, _| BodyBuffer::Split {
+            head: 40,
+            tail: vec![7; 1000],
+        })
+        .unwrap();
+    assert_eq!(received.body.len(), 40);
+    assert_eq!(received.header.msg_size as usize, 16 + 40 + 8000);
+    assert_eq!(tail, Tail::Filled(words));
+}
+
+#[test]
+fn a_split_of_another_size_reads_the_body_whole_and_gives_the_words_back() {
+    let (mut client, mut server) = pair();
+    send_bitmap_reply(&mut server, &[1, 2, 3]);
+    let (received, tail) = client
+        .recv_into(|_, _| BodyBuffer::Split {
+            head: 40,
+            tail: vec![7; 4],
+        })
+        .unwrap();
+    assert_eq!(received.body.len(), 40 + 24);
+    assert_eq!(tail, Tail::Unused(vec![7; 4]));
+    // The stream is in step: the next message reads.
+    send_bitmap_reply(&mut server, &[5]);
+    assert_eq!(client.recv().unwrap().body.len(), 48);
+}

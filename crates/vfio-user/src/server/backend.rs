@@ -179,7 +179,10 @@ mod tests {
             automasked: true,
             noresize: false,
         };
-        assert_eq!(irq.flags(), VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_AUTOMASKED);
+        assert_eq!(
+            irq.flags(),
+            VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_AUTOMASKED
+        );
     }
 
     #[test]

@@ -116,6 +116,19 @@ impl SessionEnd {
     }
 }
 
+/// Shuts the socket and closes the queue when dropped, so the reader thread ends.
+struct StopReader<'a> {
+    peer: &'a Peer,
+    queue: &'a CommandQueue,
+}
+
+impl Drop for StopReader<'_> {
+    fn drop(&mut self) {
+        self.peer.shutdown();
+        self.queue.close();
+    }
+}
+
 /// A vfio-user server for one device (see the module docs).
 pub struct Server<B: Backend> {
     backend: B,
@@ -227,6 +240,12 @@ impl<B: Backend> Server<B> {
                     });
                 }
             };
+            // Even if the backend panics, the reader must be woken, or the scope would wait
+            // for it forever.
+            let stop = StopReader {
+                peer: &peer,
+                queue: &queue,
+            };
             let mut session = Session::new(
                 &mut self.backend,
                 &self.container,
@@ -235,8 +254,7 @@ impl<B: Backend> Server<B> {
                 client,
             );
             let end = session.run(&queue);
-            peer.shutdown();
-            queue.close();
+            drop(stop);
             if reader.join().is_err() {
                 tracing::error!("vfio-user reader thread panicked");
             }

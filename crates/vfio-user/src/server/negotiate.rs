@@ -15,8 +15,8 @@ use crate::connection::Connection;
 use crate::errno::Errno;
 use crate::limits::Limits;
 use crate::message::{
-    Capabilities, GET_BITMAP_PREFIX, HEADER_SIZE, MigrationCapability, Reply, Request,
-    TwinSocket, VERSION_MAJOR, VERSION_MINOR, Version,
+    Capabilities, GET_BITMAP_PREFIX, HEADER_SIZE, MigrationCapability, Reply, Request, TwinSocket,
+    VERSION_MAJOR, VERSION_MINOR, Version,
 };
 
 /// What the client stated, as the server uses it.
@@ -46,10 +46,13 @@ fn ours(limits: &Limits, migration: bool, client: &Capabilities) -> Capabilities
             pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
             max_bitmap_size: max_bitmap_size(limits),
         }),
-        twin_socket: client.twin_socket.filter(|t| t.supported).map(|_| TwinSocket {
-            supported: false,
-            fd_index: None,
-        }),
+        twin_socket: client
+            .twin_socket
+            .filter(|t| t.supported)
+            .map(|_| TwinSocket {
+                supported: false,
+                fd_index: None,
+            }),
     }
 }
 
@@ -183,8 +186,17 @@ mod tests {
     fn migration_is_advertised_only_when_capable() {
         let version = client(Capabilities::default());
         let limits = Limits::default();
-        assert!(accept(&version, &limits, false).unwrap().capabilities.migration.is_none());
-        let migration = accept(&version, &limits, true).unwrap().capabilities.migration;
+        assert!(
+            accept(&version, &limits, false)
+                .unwrap()
+                .capabilities
+                .migration
+                .is_none()
+        );
+        let migration = accept(&version, &limits, true)
+            .unwrap()
+            .capabilities
+            .migration;
         assert_eq!(migration.unwrap().pgsize, Some(4096));
     }
 

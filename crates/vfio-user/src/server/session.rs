@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use vfmig_iommu::Container;
 
+use super::SessionEnd;
 use super::backend::{Backend, DeviceDescription};
 use super::handlers;
 use super::negotiate::ClientCaps;
 use super::queue::CommandQueue;
-use super::SessionEnd;
 use crate::connection::Received;
 use crate::errno::Errno;
 use crate::error::ConnectionError;
@@ -35,7 +35,8 @@ pub(super) struct Session<'a, B: Backend> {
     pub(super) device: DeviceDescription,
     /// Size of each region, by index (asked once: VFIO regions do not change size).
     region_sizes: Vec<u64>,
-    /// The buffer dirty bitmaps are built in, kept from one request to the next.
+    /// The buffer dirty bitmaps are built in, kept from one request to the next, and all
+    /// zero between requests (see [`Session::bitmap_buffer`]).
     pub(super) bitmap: Vec<u64>,
 }
 
@@ -88,6 +89,7 @@ impl<'a, B: Backend> Session<'a, B> {
         if let Err(errno) = self.execute(&header, &received.body, fds) {
             self.answer_error(&header, errno);
         }
+        self.peer.recycle(received.body);
     }
 
     fn execute(&mut self, header: &Header, body: &[u8], fds: Vec<OwnedFd>) -> Result<(), Errno> {
@@ -116,7 +118,12 @@ impl<'a, B: Backend> Session<'a, B> {
     }
 
     /// Sends a reply with file descriptors.
-    pub(super) fn reply_with_fds(&self, header: &Header, reply: &Reply<'_>, fds: &[BorrowedFd<'_>]) {
+    pub(super) fn reply_with_fds(
+        &self,
+        header: &Header,
+        reply: &Reply<'_>,
+        fds: &[BorrowedFd<'_>],
+    ) {
         self.sent(self.peer.reply(header, reply, fds));
     }
 
@@ -127,7 +134,12 @@ impl<'a, B: Backend> Session<'a, B> {
 
     /// Fails with EINVAL unless region `index` exists and `[offset, offset + count)` is inside
     /// it.
-    pub(super) fn check_region_access(&self, index: u32, offset: u64, count: u64) -> Result<(), Errno> {
+    pub(super) fn check_region_access(
+        &self,
+        index: u32,
+        offset: u64,
+        count: u64,
+    ) -> Result<(), Errno> {
         let size = usize::try_from(index)
             .ok()
             .and_then(|i| self.region_sizes.get(i))
@@ -156,10 +168,25 @@ impl<'a, B: Backend> Session<'a, B> {
         }
     }
 
-    /// The bitmap buffer, zeroed, `words` long.
+    /// The first `words` words of the bitmap buffer, all zero. Give them back with
+    /// [`Session::rezero_bitmap`] once the reply is sent, so the zeroing is off the path of
+    /// the next request (and done while the client reads this reply).
     pub(super) fn bitmap_buffer(&mut self, words: usize) -> &mut [u64] {
-        self.bitmap.clear();
-        self.bitmap.resize(words, 0);
-        &mut self.bitmap
+        if self.bitmap.len() < words {
+            self.bitmap.resize(words, 0);
+        }
+        self.bitmap.get_mut(..words).unwrap_or_default()
+    }
+
+    /// The first `words` words of the bitmap buffer, as they were filled.
+    pub(super) fn bitmap_words(&self, words: usize) -> &[u64] {
+        self.bitmap.get(..words).unwrap_or_default()
+    }
+
+    /// Zeroes the first `words` words of the bitmap buffer again.
+    pub(super) fn rezero_bitmap(&mut self, words: usize) {
+        if let Some(used) = self.bitmap.get_mut(..words) {
+            used.fill(0);
+        }
     }
 }

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfmig_abi::uapi::{VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
 use vfmig_iommu::{Container, Iova};
+use vfmig_vfio_user::Errno;
 use vfmig_vfio_user::message::{Command, IrqSet, SparseMmapArea};
 use vfmig_vfio_user::server::{
     Backend, DeviceDescription, IrqDescription, IrqSetData, RegionDescription, RegionMmap,
 };
-use vfmig_vfio_user::Errno;
 
 /// Region 0: 256 bytes of config space.
 pub const CONFIG: u32 = 0;
@@ -62,6 +62,8 @@ pub const REG_DMA_READ: u64 = 0x28;
 pub const REG_DMA_SUM: u64 = 0x30;
 /// Doorbell: the device fires its IRQ.
 pub const REG_IRQ: u64 = 0x38;
+/// Longest DMA the device does at once.
+pub const MAX_DMA_LEN: u64 = 16 << 20;
 /// 1: the device is stopped and refuses DMA_MAP / DMA_UNMAP (EINVAL); 0: running.
 pub const REG_STOPPED: u64 = 0x40;
 
@@ -137,10 +139,15 @@ impl Dummy {
             let s = self.state();
             (
                 s.reg(REG_DMA_ADDR),
-                s.reg(REG_DMA_LEN) as usize,
+                s.reg(REG_DMA_LEN),
                 s.reg(REG_DMA_PATTERN) as u8,
             )
         };
+        // The length comes from the client: bounded like any peer-driven allocation.
+        if len > MAX_DMA_LEN {
+            return Err(Errno::EINVAL);
+        }
+        let len = len as usize;
         match offset {
             REG_DMA_WRITE => self
                 .container

@@ -76,11 +76,8 @@ pub fn spawn_server_with(limits: Limits, migration: bool) -> (UnixStream, TestSe
 pub fn socket_path(name: &str) -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!(
-        "vfmig-vu-{}-{}-{name}.sock",
-        std::process::id(),
-        n
-    ));
+    let path =
+        std::env::temp_dir().join(format!("vfmig-vu-{}-{}-{name}.sock", std::process::id(), n));
     let _ = std::fs::remove_file(&path);
     path
 }
@@ -247,7 +244,7 @@ impl RawClient {
         let mut raw = Self::new(stream);
         let reply = raw.request(&Request::Version(client_version()));
         assert!(
-            matches!(reply.header.error(), None),
+            reply.header.error().is_none(),
             "VERSION refused: {:?}",
             reply.header
         );
@@ -315,7 +312,9 @@ impl RawClient {
 
     /// Asserts the server still answers a good command.
     pub fn assert_alive(&mut self) {
-        let body = vfmig_vfio_user::message::DeviceInfo::request().encode().unwrap();
+        let body = vfmig_vfio_user::message::DeviceInfo::request()
+            .encode()
+            .unwrap();
         let sent = self.send_body(Command::DeviceGetInfo, &body);
         let reply = self.recv();
         assert_eq!(reply.header.msg_id, sent.msg_id);
@@ -327,4 +326,39 @@ impl RawClient {
             "DEVICE_GET_INFO works"
         );
     }
+}
+
+/// A client connected to a scripted server: VERSION is answered (with migration), then
+/// `script` runs on the server's end of the socket.
+pub fn scripted(
+    config: ClientConfig,
+    script: impl FnOnce(&mut Connection) + Send + 'static,
+) -> (Client, JoinHandle<()>) {
+    let (client_end, server_end) = UnixStream::pair().unwrap();
+    let handle = thread::spawn(move || {
+        let mut conn = Connection::new(server_end).unwrap();
+        let received = conn.recv().unwrap();
+        let reply = Version {
+            major: 0,
+            minor: 2,
+            capabilities: Capabilities {
+                migration: Some(MigrationCapability {
+                    pgsize: Some(PAGE),
+                    max_bitmap_size: 1 << 20,
+                }),
+                ..Capabilities::default()
+            },
+        };
+        conn.send_reply(&received.header, &Reply::Version(reply), &[])
+            .unwrap();
+        script(&mut conn);
+    });
+    (Client::from_stream(client_end, config).unwrap(), handle)
+}
+
+/// Answers the next command (which must be `command`) with `reply`.
+pub fn answer(conn: &mut Connection, command: Command, reply: Reply<'_>) {
+    let received = conn.recv().unwrap();
+    assert_eq!(received.header.cmd, command.code());
+    conn.send_reply(&received.header, &reply, &[]).unwrap();
 }

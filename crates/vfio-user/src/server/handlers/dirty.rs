@@ -69,14 +69,15 @@ fn get_bitmap<B: Backend>(
         },
     };
     let container = s.container;
-    container.get_dirty_bitmap(&get, s.bitmap_buffer(words))?;
-    let prefix = DirtyPages {
-        argsz: needed,
-        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
-    };
-    s.reply_parts(
-        header,
-        &[prefix.as_bytes(), range.as_bytes(), s.bitmap.as_bytes()],
-    );
-    Ok(())
+    let result = container.get_dirty_bitmap(&get, s.bitmap_buffer(words));
+    if result.is_ok() {
+        let prefix = DirtyPages {
+            argsz: needed,
+            flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+        };
+        let bits = s.bitmap_words(words).as_bytes();
+        s.reply_parts(header, &[prefix.as_bytes(), range.as_bytes(), bits]);
+    }
+    s.rezero_bitmap(words);
+    Ok(result?)
 }

@@ -33,7 +33,8 @@ pub(super) fn map<B: Backend>(
             Backing::Remote(Arc::new(RemoteDma::new(Arc::clone(s.peer), chunk)))
         }
     };
-    s.container.map_dma(map.flags, map.addr, map.size, backing)?;
+    s.container
+        .map_dma(map.flags, map.addr, map.size, backing)?;
     s.reply(header, &Reply::DmaMap);
     Ok(())
 }
@@ -66,11 +67,13 @@ pub(super) fn unmap<B: Backend>(
     };
     let words = bitmap_words(&bitmap, unmap.argsz, max_bitmap_size(&s.limits))?;
     let container = s.container;
-    container.unmap_dma(&container_request, Some(s.bitmap_buffer(words)))?;
-    s.reply_parts(
-        header,
-        &[unmap.as_bytes(), bitmap.as_bytes(), s.bitmap.as_bytes()],
-    );
+    let result = container.unmap_dma(&container_request, Some(s.bitmap_buffer(words)));
+    if result.is_ok() {
+        let bits = s.bitmap_words(words).as_bytes();
+        s.reply_parts(header, &[unmap.as_bytes(), bitmap.as_bytes(), bits]);
+    }
+    s.rezero_bitmap(words);
+    result?;
     Ok(())
 }
 
@@ -79,7 +82,12 @@ pub(super) fn unmap<B: Backend>(
 fn bitmap_words(bitmap: &Bitmap, argsz: u32, max_bitmap: u64) -> Result<usize, Errno> {
     let max_argsz = max_bitmap.saturating_add((size_of::<Bitmap>() + 24) as u64);
     if bitmap.size > max_bitmap || u64::from(argsz) > max_argsz {
-        tracing::debug!(bitmap = bitmap.size, argsz, max_bitmap, "unmap bitmap too large");
+        tracing::debug!(
+            bitmap = bitmap.size,
+            argsz,
+            max_bitmap,
+            "unmap bitmap too large"
+        );
         return Err(Errno::EINVAL);
     }
     // The decoder checked the size is the whole words the range calls for.

@@ -8,8 +8,8 @@ use super::super::backend::{Backend, RegionDescription};
 use super::super::session::Session;
 use crate::errno::Errno;
 use crate::message::{
-    Header, RegionAccess, RegionCapsBuilder, RegionData, RegionInfo, RegionInfoReply,
-    RegionIoFds, RegionIoFdsReply, Reply, SparseMmapArea,
+    Header, RegionAccess, RegionCapsBuilder, RegionData, RegionInfo, RegionInfoReply, RegionIoFds,
+    RegionIoFdsReply, Reply, SparseMmapArea,
 };
 
 /// The capability chain of a region: its type, then (for an mmappable region) its sparse
@@ -83,7 +83,8 @@ pub(super) fn read<B: Backend>(
     // `count` was checked against max_data_xfer_size when the request was decoded.
     let len = usize::try_from(access.count).map_err(|_| Errno::EINVAL)?;
     let mut data = vec![0; len];
-    s.backend.region_read(access.region, access.offset, &mut data)?;
+    s.backend
+        .region_read(access.region, access.offset, &mut data)?;
     s.reply_parts(header, &[access.as_bytes(), &data]);
     Ok(())
 }
@@ -96,7 +97,8 @@ pub(super) fn write<B: Backend>(
 ) -> Result<(), Errno> {
     let access = data.access;
     s.check_region_access(access.region, access.offset, access.count.into())?;
-    s.backend.region_write(access.region, access.offset, &data.data)?;
+    s.backend
+        .region_write(access.region, access.offset, &data.data)?;
     s.reply(header, &Reply::RegionWrite(access));
     Ok(())
 }
