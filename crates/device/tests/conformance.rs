@@ -94,3 +94,31 @@ fn dma_engine_sends_zero_pages_without_their_data() {
     let bytes: usize = moved.chunks.iter().map(Vec::len).sum();
     assert!(bytes < 64 << 10, "256 zero pages cost {bytes} bytes");
 }
+
+#[test]
+fn dma_engine_keeps_a_failure_status_across_migration() {
+    let (mem, container) = guest();
+    let mut src = engine(&container, 1 << 20);
+    // A descriptor outside device RAM fails with EINVAL: STATUS says so.
+    submit(
+        &mut src,
+        &mem,
+        &[Descriptor {
+            op: Op::FillDevice,
+            irq: false,
+            guest: 0,
+            device: 2 << 20,
+            len: 8,
+            fill: 0,
+        }],
+    );
+    assert_eq!(reg_read(&mut src, 0x20, 4), libc::EINVAL as u64);
+    let dst_container = Container::default();
+    map(&dst_container, &mem);
+    let mut dst = PciDevice::new(
+        vfmig_device::devices::dma_engine::DmaEngine::new(dst_container, 1 << 20).unwrap(),
+    )
+    .unwrap();
+    check(&mut src, &mut dst, 1, |_| {}).unwrap();
+    assert_eq!(reg_read(&mut dst, 0x20, 4), libc::EINVAL as u64);
+}

@@ -1,13 +1,23 @@
 //! The device side (what the kernel offers vendor drivers): pin pages, read and write guest
 //! memory by IOVA, report pages written some other way. Every access is checked against the
 //! mappings and their protection: a device never touches memory it was not given.
+//!
+//! A read or write is planned under the shared side of the container lock. Pieces in host
+//! memory are copied (and marked) at once, under it; pieces at the peer are only collected,
+//! then sent after the lock is dropped, so a slow peer never holds up map, unmap, START or STOP
+//! (nor, through the lock's writer preference, the other device threads). A remote write is
+//! marked dirty afterwards under the shared lock again, in the mapping it was planned in if
+//! that mapping, by [`MappingId`], is still there: one unmapped or replaced meanwhile is not
+//! marked, its write lost to dirty tracking as DMA to a just-unmapped IOVA is.
 
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::container::{Container, State, range_end};
 use crate::error::{IommuError, Result};
-use crate::mapping::{Mapping, Memory};
+use crate::host::RemoteMemory;
+use crate::mapping::{Mapping, MappingId, Memory};
 use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Iova, Prot};
 
 /// One piece of an access, inside one mapping.
@@ -54,6 +64,52 @@ fn plan<'a>(state: &'a State, iova: u64, len: usize, need: Prot) -> Result<Vec<P
     Ok(pieces)
 }
 
+/// A piece of an access that goes to the peer, with all it needs to be sent, and marked dirty
+/// after, without the container lock.
+struct RemotePiece {
+    memory: Arc<dyn RemoteMemory>,
+    /// First IOVA of the mapping the piece was planned in, and which mapping that was.
+    mapping: u64,
+    id: MappingId,
+    /// Offset of the piece in the mapping.
+    offset: u64,
+    /// Offset of the piece in the caller's buffer.
+    at: usize,
+    len: usize,
+}
+
+impl RemotePiece {
+    fn new(p: &Piece<'_>, memory: &Arc<dyn RemoteMemory>) -> Self {
+        RemotePiece {
+            memory: Arc::clone(memory),
+            mapping: p.mapping.iova,
+            id: p.mapping.id,
+            offset: p.offset,
+            at: p.at,
+            len: p.len,
+        }
+    }
+
+    /// Where the piece starts. Cannot overflow: the piece lies inside a mapping.
+    fn iova(&self) -> Iova {
+        Iova(self.mapping + self.offset)
+    }
+
+    fn read(&self, buf: &mut [u8]) -> Result<()> {
+        let at = self.iova();
+        self.memory
+            .read(at, &mut buf[self.at..self.at + self.len])
+            .map_err(|source| IommuError::Remote { iova: at, source })
+    }
+
+    fn write(&self, data: &[u8]) -> Result<()> {
+        let at = self.iova();
+        self.memory
+            .write(at, &data[self.at..self.at + self.len])
+            .map_err(|source| IommuError::Remote { iova: at, source })
+    }
+}
+
 /// A length already bounded by a `usize` buffer length.
 #[allow(clippy::cast_possible_truncation)]
 fn to_usize(v: u64) -> usize {
@@ -63,40 +119,92 @@ fn to_usize(v: u64) -> usize {
 impl Container {
     /// Reads guest memory at `iova` into `buf` (the kernel's `vfio_dma_rw`, read side). The
     /// whole range must be mapped readable, possibly across adjacent mappings.
+    ///
+    /// Host memory is read under the container lock, the peer's after it is dropped (see the
+    /// [crate docs](crate#concurrency)): a read racing with an unmap of its range may still be
+    /// answered by the peer, as DMA already in flight is.
     pub fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<()> {
-        let state = self.state();
-        for p in plan(&state, iova.0, buf.len(), Prot::READ)? {
-            let dst = &mut buf[p.at..p.at + p.len];
-            match &p.mapping.memory {
-                Memory::Host(host) => host.read(p.offset, dst),
-                Memory::Remote(remote) => {
-                    let at = Iova(p.mapping.iova + p.offset);
-                    remote
-                        .read(at, dst)
-                        .map_err(|source| IommuError::Remote { iova: at, source })?
+        let remote = {
+            let state = self.state();
+            let mut remote = Vec::new();
+            for p in plan(&state, iova.0, buf.len(), Prot::READ)? {
+                match &p.mapping.memory {
+                    Memory::Host(host) => host.read(p.offset, &mut buf[p.at..p.at + p.len]),
+                    Memory::Remote(memory) => remote.push(RemotePiece::new(&p, memory)),
                 }
             }
+            remote
+        };
+        for r in &remote {
+            r.read(buf)?;
         }
         Ok(())
     }
 
     /// Writes `data` to guest memory at `iova` and marks the written pages dirty while tracking
-    /// is on (the kernel's `vfio_dma_rw`, write side). The whole range must be mapped writable.
+    /// is on (the kernel's `vfio_dma_rw`, write side). The whole range must be mapped writable;
+    /// otherwise nothing is written.
+    ///
+    /// Host memory is written and marked under the container lock; the peer is sent its pieces,
+    /// in IOVA order, after the lock is dropped, and those the peer took are marked afterwards,
+    /// also when a later one fails. A piece whose mapping was unmapped or replaced while it was
+    /// being sent is not marked (see the [crate docs](crate#concurrency)).
     pub fn write(&self, iova: Iova, data: &[u8]) -> Result<()> {
-        let state = self.state();
-        for p in plan(&state, iova.0, data.len(), Prot::WRITE)? {
-            let src = &data[p.at..p.at + p.len];
-            match &p.mapping.memory {
-                Memory::Host(host) => host.write(p.offset, src),
-                Memory::Remote(remote) => {
-                    let at = Iova(p.mapping.iova + p.offset);
-                    remote
-                        .write(at, src)
-                        .map_err(|source| IommuError::Remote { iova: at, source })?
+        let mut remote = {
+            let state = self.state();
+            let mut remote = Vec::new();
+            for p in plan(&state, iova.0, data.len(), Prot::WRITE)? {
+                match &p.mapping.memory {
+                    Memory::Host(host) => {
+                        host.write(p.offset, &data[p.at..p.at + p.len]);
+                        if let Some(bitmap) = &p.mapping.bitmap {
+                            bitmap.mark_bytes(p.offset, p.len as u64)?;
+                        }
+                    }
+                    Memory::Remote(memory) => remote.push(RemotePiece::new(&p, memory)),
                 }
             }
-            if let Some(bitmap) = &p.mapping.bitmap {
-                bitmap.mark_bytes(p.offset, p.len as u64)?;
+            remote
+        };
+        if remote.is_empty() {
+            return Ok(());
+        }
+        let (mut sent, mut failed) = (0, None);
+        for r in &remote {
+            if let Err(e) = r.write(data) {
+                failed = Some(e);
+                break;
+            }
+            sent += 1;
+        }
+        remote.truncate(sent);
+        let marked = self.mark_remote_writes(&remote);
+        match failed {
+            Some(e) => Err(e),
+            None => marked,
+        }
+    }
+
+    /// Marks the pieces a peer has written, each in the mapping it was planned in if that very
+    /// mapping is still there; a piece whose mapping is gone (unmapped, or replaced at the same
+    /// IOVA) marks nothing, and never another mapping's bitmap.
+    fn mark_remote_writes(&self, pieces: &[RemotePiece]) -> Result<()> {
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let state = self.state();
+        for r in pieces {
+            match state.mappings.get(&r.mapping).filter(|m| m.id == r.id) {
+                Some(m) => {
+                    if let Some(bitmap) = &m.bitmap {
+                        bitmap.mark_bytes(r.offset, r.len as u64)?;
+                    }
+                }
+                None => tracing::debug!(
+                    iova = r.iova().0,
+                    len = r.len,
+                    "a remote write raced with the unmap of its mapping: not marked dirty"
+                ),
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! The container: mappings, attached devices, and the map / unmap rules of type1 v2.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vfmig_abi::dirty::DIRTY_BITMAP_PAGES_MAX;
@@ -13,7 +13,7 @@ use vfmig_dirty::DirtyBitmap;
 
 use crate::error::{IommuError, Result};
 use crate::host::{Backing, HostMemory};
-use crate::mapping::{Mapping, Memory};
+use crate::mapping::{Mapping, MappingId, Memory};
 use crate::tracking::{BitmapRequest, check_bitmap_size, report_mapping};
 use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Iova, Prot};
 
@@ -25,17 +25,31 @@ pub trait UnmapNotifier: Send + Sync {
     fn dma_unmap(&self, iova: Iova, size: u64);
 }
 
-/// Limits of a container.
+/// Limits of a container: everything a peer can make it allocate is capped here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContainerConfig {
     /// Most mappings at once (type1's `dma_entry_limit`, 65535 by default).
     pub max_mappings: usize,
+    /// Most bytes of dirty bitmaps at once, over all mappings (1 GiB by default, see
+    /// [`ContainerConfig::DEFAULT_MAX_BITMAP_BYTES`]). Each mapping is charged
+    /// `DIRTY_BITMAP_BYTES(pages)` while tracking is on; a START or a map while tracking that
+    /// would go over is refused with ENOMEM ([`crate::IommuError::BitmapBudget`]).
+    pub max_bitmap_bytes: u64,
+}
+
+impl ContainerConfig {
+    /// The default bitmap budget: 1 GiB, one bit per 4 KiB page of 32 TiB of mappings, more
+    /// guest memory than any VM this runs; a peer that maps more than that without an fd (which
+    /// costs it nothing) cannot make START allocate more. The kernel has no such limit of its
+    /// own: its bitmaps are charged to the VMM's memory cgroup instead.
+    pub const DEFAULT_MAX_BITMAP_BYTES: u64 = 1 << 30;
 }
 
 impl Default for ContainerConfig {
     fn default() -> Self {
         ContainerConfig {
             max_mappings: 65535,
+            max_bitmap_bytes: ContainerConfig::DEFAULT_MAX_BITMAP_BYTES,
         }
     }
 }
@@ -56,6 +70,9 @@ pub(crate) struct State {
     pub(crate) mappings: BTreeMap<u64, Mapping>,
     /// Dirty tracking is on: every mapping has a bitmap.
     pub(crate) tracking: bool,
+    /// Bytes of all the mappings' bitmaps ([`Mapping::bitmap_bytes`] of every mapping while
+    /// tracking, 0 otherwise), charged against [`ContainerConfig::max_bitmap_bytes`].
+    pub(crate) bitmap_bytes: u64,
     pub(crate) devices: BTreeMap<DeviceId, Device>,
 }
 
@@ -65,6 +82,8 @@ pub(crate) struct Shared {
     /// must not see them cleared in between.
     sync: Mutex<()>,
     next_device: AtomicU32,
+    /// The id of the next mapping made.
+    next_mapping: AtomicU64,
     config: ContainerConfig,
 }
 
@@ -90,6 +109,7 @@ impl std::fmt::Debug for Container {
         f.debug_struct("Container")
             .field("mappings", &s.mappings.len())
             .field("tracking", &s.tracking)
+            .field("bitmap_bytes", &s.bitmap_bytes)
             .field("devices", &s.devices.len())
             .finish()
     }
@@ -138,6 +158,16 @@ impl State {
             return Err(cut(m));
         }
         Ok(())
+    }
+
+    /// Removes the mapping at `iova`, and its bitmap's bytes from the budget's account.
+    pub(crate) fn remove(&mut self, iova: u64) -> Option<Mapping> {
+        let m = self.mappings.remove(&iova)?;
+        if m.bitmap.is_some() {
+            debug_assert!(self.bitmap_bytes >= m.bitmap_bytes());
+            self.bitmap_bytes = self.bitmap_bytes.saturating_sub(m.bitmap_bytes());
+        }
+        Some(m)
     }
 
     /// Mappings that start in `[iova, end)`, in IOVA order.
@@ -189,10 +219,12 @@ impl Container {
                 state: RwLock::new(State {
                     mappings: BTreeMap::new(),
                     tracking: false,
+                    bitmap_bytes: 0,
                     devices: BTreeMap::new(),
                 }),
                 sync: Mutex::new(()),
                 next_device: AtomicU32::new(0),
+                next_mapping: AtomicU64::new(0),
                 config,
             }),
         }
@@ -278,7 +310,9 @@ impl Container {
     ///
     /// Checks, in the kernel's order: unknown flags; no protection, zero size, or iova / size /
     /// fd offset not page-aligned (EINVAL); wrap (EINVAL); overlap (EEXIST); the mapping limit
-    /// (ENOSPC). A mapping made while tracking is on gets its bitmap at once.
+    /// (ENOSPC); mapping the fd (its errno). A mapping made while tracking is on gets its bitmap
+    /// at once, which comes last, as in the kernel: more pages than one bitmap covers (EINVAL),
+    /// then the bitmap budget (ENOMEM). A refused mapping maps nothing.
     pub fn map_dma(&self, flags: u32, iova: u64, size: u64, backing: Backing) -> Result<()> {
         let known = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
         if flags & !known != 0 {
@@ -320,13 +354,16 @@ impl Container {
             }
             Backing::Remote(remote) => Memory::Remote(remote),
         };
-        let mut mapping = Mapping::new(iova, size, prot, memory);
+        let id = MappingId(self.shared.next_mapping.fetch_add(1, Ordering::Relaxed));
+        let mut mapping = Mapping::new(id, iova, size, prot, memory);
 
         let mut state = self.state_mut();
         // The state may have changed while the lock was dropped for mmap.
         self.check_insert(&state, iova, size, end)?;
         if state.tracking {
+            let charged = charge_bitmap(&mapping, state.bitmap_bytes, self.max_bitmap_bytes())?;
             mapping.bitmap = Some(new_bitmap(&mapping)?);
+            state.bitmap_bytes = charged;
         }
         state.mappings.insert(iova, mapping);
         tracing::debug!(iova, size, ?prot, "mapped");
@@ -446,7 +483,7 @@ impl Container {
             }
             let mut unmapped = 0u64;
             for key in keys {
-                if let Some(m) = state.mappings.remove(&key) {
+                if let Some(m) = state.remove(key) {
                     unmapped += m.size;
                 }
             }
@@ -457,6 +494,16 @@ impl Container {
             iova: Iova(iova),
             size: end - iova,
         })
+    }
+
+    /// Bytes of dirty bitmaps the container holds now (0 while tracking is off), charged
+    /// against [`ContainerConfig::max_bitmap_bytes`].
+    pub fn bitmap_bytes(&self) -> u64 {
+        self.state().bitmap_bytes
+    }
+
+    pub(crate) fn max_bitmap_bytes(&self) -> u64 {
+        self.shared.config.max_bitmap_bytes
     }
 
     /// Number of mappings.
@@ -474,13 +521,29 @@ impl Container {
     }
 }
 
-/// A zeroed bitmap for a mapping, refusing more pages than a bitmap may cover.
-pub(crate) fn new_bitmap(m: &Mapping) -> Result<DirtyBitmap> {
+/// Checks, allocating nothing, that mapping `m` may get a dirty bitmap while `in_use` bytes of
+/// bitmaps are charged already: no more pages than one bitmap may cover (EINVAL), then no more
+/// than `limit` bytes in all (ENOMEM). Returns the bytes charged with it.
+pub(crate) fn charge_bitmap(m: &Mapping, in_use: u64, limit: u64) -> Result<u64> {
     if m.pages() > DIRTY_BITMAP_PAGES_MAX {
         return Err(IommuError::TooManyPages {
             iova: m.start(),
             pages: m.pages(),
         });
     }
+    let bytes = m.bitmap_bytes();
+    in_use
+        .checked_add(bytes)
+        .filter(|&total| total <= limit)
+        .ok_or(IommuError::BitmapBudget {
+            iova: m.start(),
+            bytes,
+            in_use,
+            limit,
+        })
+}
+
+/// A zeroed bitmap for a mapping that [`charge_bitmap`] accepted.
+pub(crate) fn new_bitmap(m: &Mapping) -> Result<DirtyBitmap> {
     Ok(DirtyBitmap::new(m.pages(), CONTAINER_PAGE_SIZE)?)
 }

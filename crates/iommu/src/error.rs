@@ -124,6 +124,23 @@ pub enum IommuError {
         /// Its page count.
         pages: u64,
     },
+    /// Giving a mapping its dirty bitmap would take the container's bitmaps over their budget,
+    /// [`crate::ContainerConfig::max_bitmap_bytes`].
+    #[error(
+        "the {bytes}-byte dirty bitmap of the mapping at {iova} does not fit the {limit}-byte \
+         bitmap budget ({in_use} bytes charged before it)"
+    )]
+    BitmapBudget {
+        /// The mapping refused a bitmap.
+        iova: Iova,
+        /// Bytes of its bitmap.
+        bytes: u64,
+        /// Bytes of bitmaps charged before it: the other mappings' while tracking, or at START
+        /// the mappings below it.
+        in_use: u64,
+        /// The budget.
+        limit: u64,
+    },
     /// Unmap-all was combined with a range or with GET_DIRTY_BITMAP.
     #[error("unmap-all takes no range and no bitmap")]
     UnmapAllMisused,
@@ -219,7 +236,7 @@ impl IommuError {
             Busy { .. } => libc::EBUSY,
             NotMapped { .. } | NotHostMapped { .. } => libc::EFAULT,
             Permission { .. } => libc::EPERM,
-            Bitmap(_) => libc::ENOMEM,
+            Bitmap(_) | BitmapBudget { .. } => libc::ENOMEM,
             Mmap { source, .. } | Remote { source, .. } => {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }

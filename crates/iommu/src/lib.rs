@@ -12,7 +12,8 @@
 //!   first; unmap-all; pinned pages are first asked back through an [`UnmapNotifier`], and if a
 //!   device keeps them, the unmap fails with EBUSY and removes nothing;
 //! * dirty tracking: START / STOP (idempotent), GET_BITMAP over any range of whole mappings,
-//!   read-and-clear except that pinned pages stay dirty;
+//!   read-and-clear except that pinned pages stay dirty; the bitmaps are held to a memory budget
+//!   (see [Limits](#limits));
 //! * the vendor-driver side: [`Container::pin`] (a [`PinGuard`] lends the host memory),
 //!   [`Container::read`] / [`Container::write`] (writes mark dirty), and
 //!   [`Container::mark_dirty`] for a device that writes some other way;
@@ -20,6 +21,19 @@
 //!   GET) until its first pin makes it [`DirtyScope::Pinned`]; detaching an `AllMapped` device
 //!   while tracking marks every mapped page dirty;
 //! * [`Container::info`]: page sizes and the migration capability in the kernel's layout.
+//!
+//! # Limits
+//!
+//! Everything a peer can make the container allocate is capped by its [`ContainerConfig`]: a
+//! vfio-user client can map without an fd (costing it nothing) up to
+//! [`ContainerConfig::max_mappings`] ranges of up to 8 TiB each, and START would then allocate
+//! a dirty bitmap of up to 256 MiB for each. So every mapping's bitmap is charged
+//! (`DIRTY_BITMAP_BYTES(pages)`, [`Container::bitmap_bytes`] in all) against
+//! [`ContainerConfig::max_bitmap_bytes`], 1 GiB by default, enough for 32 TiB of 4 KiB pages.
+//! START checks every mapping before it allocates anything and, over the budget, fails with
+//! ENOMEM ([`IommuError::BitmapBudget`]) leaving tracking off; a map while tracking that does
+//! not fit fails the same way and maps nothing. Unmap and STOP give the bytes back. The budget
+//! is per container.
 //!
 //! # Concurrency
 //!
@@ -29,11 +43,25 @@
 //! only one small chunk at a time, so a marker never waits for a whole large-bitmap copy. GETs
 //! are serialized among themselves, because each clears and then re-sets the pinned pages.
 //!
+//! The peer is never called with the container lock held. A read or write of a mapping without
+//! an fd ([`RemoteMemory`], a socket round trip) is planned under the shared lock, which then
+//! is dropped while the peer answers: a slow peer holds up no map or unmap, and through the
+//! lock's writer preference no other device thread either. Memory in this process is still
+//! copied under the lock, with no extra cost. A remote write is marked dirty after the peer
+//! took it, under the shared lock again, and only in the very mapping it was planned in
+//! (mappings carry a never-reused id): if that mapping was unmapped or replaced at the same
+//! IOVA meanwhile, nothing is marked, never another mapping's page, and the write is lost to
+//! dirty tracking as a DMA to a just-unmapped IOVA is. A GET that runs between the peer's
+//! answer and the mark misses the page, and the next GET reports it, as with the kernel's
+//! `vfio_dma_rw`, which also marks after the copy.
+//!
 //! # Deviations from the kernel, on purpose
 //!
 //! * GET_BITMAP with a bitmap page size of 0 is EINVAL (the kernel computes `__ffs(0)`).
 //! * A failed bitmap allocation at START leaks and frees nothing twice (5.10's unwind bug).
 //! * A range may not end exactly at 2^64 (the kernel's `iova + size - 1` check allows it).
+//! * Dirty bitmaps have a memory budget, ENOMEM beyond it (see [Limits](#limits)); the kernel
+//!   has none of its own, and charges its bitmaps to the memory cgroup of the VMM instead.
 
 mod access;
 mod container;

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_dirty::DirtyBitmap;
 
 use crate::host::{HostMemory, RemoteMemory};
@@ -17,8 +18,15 @@ pub(crate) enum Memory {
     Remote(Arc<dyn RemoteMemory>),
 }
 
+/// Which mapping this is, among every mapping a container ever made: never reused, so a
+/// mapping unmapped and replaced by another at the same IOVA is told apart from it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct MappingId(pub(crate) u64);
+
 /// A DMA mapping.
 pub(crate) struct Mapping {
+    /// Unique in the container.
+    pub(crate) id: MappingId,
     /// First IOVA.
     pub(crate) iova: u64,
     /// Size in bytes, a multiple of the container page size.
@@ -35,8 +43,9 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
-    pub(crate) fn new(iova: u64, size: u64, prot: Prot, memory: Memory) -> Self {
+    pub(crate) fn new(id: MappingId, iova: u64, size: u64, prot: Prot, memory: Memory) -> Self {
         Mapping {
+            id,
             iova,
             size,
             prot,
@@ -54,6 +63,12 @@ impl Mapping {
     /// Pages in the mapping.
     pub(crate) fn pages(&self) -> u64 {
         self.size >> CONTAINER_PAGE_SIZE.shift()
+    }
+
+    /// Bytes of this mapping's dirty bitmap, as the kernel sizes it (`DIRTY_BITMAP_BYTES`, whole
+    /// `u64` words): what it is charged against [`crate::ContainerConfig::max_bitmap_bytes`].
+    pub(crate) fn bitmap_bytes(&self) -> u64 {
+        dirty_bitmap_bytes(self.pages())
     }
 
     /// True if `iova` lies inside.

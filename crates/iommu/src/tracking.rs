@@ -16,7 +16,7 @@ use vfmig_abi::uapi::{
     VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
 };
 
-use crate::container::{Container, check_aligned, new_bitmap, range_end};
+use crate::container::{Container, charge_bitmap, check_aligned, new_bitmap, range_end};
 use crate::error::{IommuError, Result};
 use crate::mapping::Mapping;
 use crate::types::{CONTAINER_PAGE_SIZE, Iova};
@@ -179,12 +179,23 @@ impl Container {
         }
     }
 
-    /// START: gives every mapping a zeroed bitmap with its pinned pages set. Idempotent. Fails
-    /// (EINVAL) if a mapping has more pages than one bitmap may cover; then nothing changes.
+    /// START: gives every mapping a zeroed bitmap with its pinned pages set. Idempotent.
+    ///
+    /// Every mapping is checked, in IOVA order, before any bitmap is allocated: more pages than
+    /// one bitmap may cover is EINVAL; the bitmaps together over
+    /// [`crate::ContainerConfig::max_bitmap_bytes`] is ENOMEM
+    /// ([`IommuError::BitmapBudget`], naming the first mapping that does not fit). Then nothing
+    /// changes: tracking stays off.
     pub fn start_dirty_tracking(&self) -> Result<()> {
         let mut state = self.state_mut();
         if state.tracking {
             return Ok(());
+        }
+        debug_assert_eq!(state.bitmap_bytes, 0);
+        let limit = self.max_bitmap_bytes();
+        let mut charged = 0;
+        for m in state.mappings.values() {
+            charged = charge_bitmap(m, charged, limit)?;
         }
         let bitmaps = state
             .mappings
@@ -196,7 +207,12 @@ impl Container {
             m.populate_pinned();
         }
         state.tracking = true;
-        tracing::debug!(mappings = state.mappings.len(), "dirty tracking started");
+        state.bitmap_bytes = charged;
+        tracing::debug!(
+            mappings = state.mappings.len(),
+            bitmap_bytes = charged,
+            "dirty tracking started"
+        );
         Ok(())
     }
 
@@ -210,6 +226,7 @@ impl Container {
         for m in state.mappings.values_mut() {
             m.bitmap = None;
         }
+        state.bitmap_bytes = 0;
         tracing::debug!("dirty tracking stopped");
     }
 

@@ -97,7 +97,10 @@ fn map_adjacent_to_an_existing_mapping_succeeds() {
 
 #[test]
 fn map_beyond_the_mapping_limit_is_enospc() {
-    let c = Container::new(ContainerConfig { max_mappings: 2 });
+    let c = Container::new(ContainerConfig {
+        max_mappings: 2,
+        ..ContainerConfig::default()
+    });
     c.map_dma(RW, 0, PAGE, backing(PAGE)).unwrap();
     c.map_dma(RW, PAGE, PAGE, backing(PAGE)).unwrap();
     assert_eq!(
@@ -113,7 +116,10 @@ fn default_mapping_limit_is_65535() {
 
 #[test]
 fn map_checks_overlap_before_the_limit() {
-    let c = Container::new(ContainerConfig { max_mappings: 1 });
+    let c = Container::new(ContainerConfig {
+        max_mappings: 1,
+        ..ContainerConfig::default()
+    });
     c.map_dma(RW, 0, PAGE, backing(PAGE)).unwrap();
     assert_eq!(errno(c.map_dma(RW, 0, PAGE, backing(PAGE))), libc::EEXIST);
 }

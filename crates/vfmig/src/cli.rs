@@ -1,8 +1,9 @@
-//! The command line, as clap parses it.
+//! The command line, as clap parses it. Each subcommand validates its arguments into a typed
+//! configuration before anything starts.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Live migration of VMs with out-of-process vfio-user devices.
 #[derive(Debug, Parser)]
@@ -16,6 +17,12 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Serve one device over vfio-user on a UNIX socket, until killed.
     Device(DeviceArgs),
+    /// Run or control a VM.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Start two VMs with two device processes each, live-migrate one to the other over
+    /// 127.0.0.1 under load, verify the destination equals the source, print the report.
+    Demo(DemoArgs),
 }
 
 /// The sample devices.
@@ -27,7 +34,7 @@ pub(crate) enum DeviceName {
     DmaEngine,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Args)]
 pub(crate) struct DeviceArgs {
     /// Which device.
     pub(crate) kind: DeviceName,
@@ -37,4 +44,135 @@ pub(crate) struct DeviceArgs {
     /// Device RAM of the dma-engine, in MiB (a power of two).
     #[arg(long, default_value_t = 64)]
     pub(crate) ram_mib: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VmCommand {
+    /// Run a VM until told to quit on its control socket.
+    Run(VmRunArgs),
+    /// Migrate a running VM (through its control socket) and show the progress.
+    Migrate(MigrateArgs),
+    /// Print a VM's status.
+    Status(StatusArgs),
+}
+
+/// How the synthetic guest works.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct WorkloadArgs {
+    /// Guest RAM pages written per second (0: idle RAM).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) dirty_rate: u64,
+    /// Bytes of RAM the guest writes over (e.g. 64M).
+    #[arg(long, default_value = "64M")]
+    pub(crate) working_set: String,
+    /// Threads writing RAM.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) writers: usize,
+    /// Device operations per second, per device (0: idle devices).
+    #[arg(long, default_value_t = 500)]
+    pub(crate) device_ops: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VmRunArgs {
+    /// Guest RAM (e.g. 2G, 512M), a multiple of 2 MiB, at most 16G.
+    #[arg(long, default_value = "1G")]
+    pub(crate) mem: String,
+    /// A device to attach (repeat for more): mtty or dma-engine.
+    #[arg(long = "device")]
+    pub(crate) devices: Vec<DeviceName>,
+    /// Device RAM of each dma-engine, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) dma_ram_mib: u64,
+    /// The control socket.
+    #[arg(long)]
+    pub(crate) control: PathBuf,
+    /// Receive the VM from a migration on this address (tcp:HOST:PORT or unix:PATH) instead
+    /// of starting a fresh one.
+    #[arg(long)]
+    pub(crate) incoming: Option<String>,
+    /// Keep the guest paused until `cont` on the control socket.
+    #[arg(long)]
+    pub(crate) paused: bool,
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The VM's control socket.
+    #[arg(long)]
+    pub(crate) control: PathBuf,
+    /// The destination (tcp:HOST:PORT or unix:PATH).
+    #[arg(long)]
+    pub(crate) to: String,
+    /// The downtime limit, in ms.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) downtime_ms: u64,
+    /// Print the statistics as JSON too.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The VM's control socket.
+    #[arg(long)]
+    pub(crate) control: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Guest RAM of each VM.
+    #[arg(long, default_value = "1G")]
+    pub(crate) mem: String,
+    /// Seconds the guest runs before the migration starts.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup_s: u64,
+    /// The downtime limit, in ms.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) downtime_ms: u64,
+    /// Device RAM of the dma-engine, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) dma_ram_mib: u64,
+    /// Print the statistics as JSON too.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
+}
+
+/// Parses a size like `2G`, `512M`, `64K` or `4096` into bytes.
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a size (e.g. 2G, 512M)"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| anyhow::anyhow!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+    }
+
+    #[test]
+    fn a_bad_size_is_an_error() {
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
 }

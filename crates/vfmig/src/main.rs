@@ -19,5 +19,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli::Cli::parse().command {
         cli::Command::Device(args) => cmd::device::run(args),
+        cli::Command::Vm(cmd) => cmd::vm::run(cmd),
+        cli::Command::Demo(args) => cmd::demo::run(args),
     }
 }

@@ -176,7 +176,7 @@ fn dma_engine_device_ram_precopies_over_several_rounds_between_processes() {
         let mut n = 0u64;
         rounds.push(drain(&src, &mut chunks, || {
             n += 1;
-            if n % 8 == 0 {
+            if n.is_multiple_of(8) {
                 src.region_write(2, 0x2000 + round * 4096, &n.to_le_bytes())
                     .unwrap();
                 submit(

@@ -2,6 +2,7 @@
 //! or a socket it is given. Attaching connects, negotiates, and maps all guest RAM into the
 //! device's container with the RAM's fds, so the device reaches guest memory directly.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,7 +101,19 @@ impl AttachedDevice {
     /// Starts `program device <kind> --socket <dir>/<id>.sock <args>` and connects to it.
     pub fn spawn(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, DeviceError> {
         let socket = dir.join(format!("{}.sock", spec.id));
-        let mut process = Command::new(program)
+        let mut command = Command::new(program);
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                // The device process dies with the VMM (the thread that spawned it).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let mut process = command
             .arg("device")
             .arg(&spec.kind)
             .arg("--socket")

@@ -237,10 +237,15 @@ fn device_driver(
         let Some(_running) = gate.enter() else { return };
         for _ in 0..due {
             op += 1;
-            for (i, dev) in devices.iter().enumerate() {
+            let mut dma_index = 0u64;
+            for dev in devices {
                 let r = match dev.spec().kind.as_str() {
                     "mtty" => drive_mtty(dev.client(), op),
-                    "dma-engine" => drive_dma(dev.client(), ram, i as u64, op),
+                    "dma-engine" => {
+                        // The same numbering as `init_drivers`: the n-th dma-engine's ring.
+                        dma_index += 1;
+                        drive_dma(dev.client(), ram, dma_index - 1, op)
+                    }
                     _ => Ok(()),
                 };
                 match r {

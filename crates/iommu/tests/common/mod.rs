@@ -93,3 +93,21 @@ macro_rules! assert_err {
         }
     };
 }
+
+/// A peer that accepts every access and keeps nothing: a mapping without an fd that costs
+/// nothing to make, whatever its size.
+pub struct Nowhere;
+
+impl vfmig_iommu::RemoteMemory for Nowhere {
+    fn read(&self, _: Iova, _: &mut [u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn write(&self, _: Iova, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A backing with no memory here, reached through [`Nowhere`].
+pub fn nowhere() -> Backing {
+    Backing::Remote(std::sync::Arc::new(Nowhere))
+}

@@ -1,3 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod demo;
 pub(crate) mod device;
+mod handler;
+pub(crate) mod vm;

@@ -130,7 +130,7 @@ impl Migratable for DmaEngine {
             StateKind::Running if from == StateKind::Resuming => {
                 self.save = SaveState::default();
                 if self.regs.control & CONTROL_ENABLE != 0 {
-                    self.pin_ring()
+                    self.take_ring_pin()
                         .map_err(|e| MigrationError::new(e.errno, e.what))?;
                 }
             }

@@ -202,31 +202,39 @@ impl DmaEngine {
         Ok(())
     }
 
-    /// Pins the ring; on failure the device stays disabled and STATUS says why.
+    /// Pins the ring as the guest enables it: STATUS is cleared, or on failure says why (and
+    /// the device stays disabled).
     fn pin_ring(&mut self) -> Result<(), DeviceError> {
-        let len = u64::from(self.regs.ring_size) * DESCRIPTOR;
-        if len == 0 {
-            return Err(DeviceError::invalid("enable with a ring of size 0"));
-        }
-        match self.container.pin(
-            self.device,
-            Iova(self.regs.ring_base),
-            len,
-            Prot::READ_WRITE,
-        ) {
-            Ok(pin) => {
-                *lock(&self.ring) = Some(pin);
+        match self.take_ring_pin() {
+            Ok(()) => {
                 self.regs.status = 0;
                 Ok(())
             }
             Err(e) => {
-                self.regs.status = e.errno().unsigned_abs();
-                Err(DeviceError::with_errno(
-                    e.errno(),
-                    format!("pinning the ring: {e}"),
-                ))
+                self.regs.status = e.errno.unsigned_abs();
+                Err(e)
             }
         }
+    }
+
+    /// Pins the ring the registers describe, leaving the registers alone: what a resumed
+    /// device does with the ring it inherited.
+    pub(crate) fn take_ring_pin(&mut self) -> Result<(), DeviceError> {
+        let len = u64::from(self.regs.ring_size) * DESCRIPTOR;
+        if len == 0 {
+            return Err(DeviceError::invalid("enable with a ring of size 0"));
+        }
+        let pin = self
+            .container
+            .pin(
+                self.device,
+                Iova(self.regs.ring_base),
+                len,
+                Prot::READ_WRITE,
+            )
+            .map_err(|e| DeviceError::with_errno(e.errno(), format!("pinning the ring: {e}")))?;
+        *lock(&self.ring) = Some(pin);
+        Ok(())
     }
 
     /// Runs descriptors from HEAD to TAIL.

@@ -1,0 +1,167 @@
+//! The dirty bitmap budget: a peer that maps much memory without an fd cannot make START (or a
+//! map while tracking) allocate more bitmap than `ContainerConfig::max_bitmap_bytes`. One test
+//! per rule.
+
+mod common;
+
+use common::*;
+use vfmig_abi::dirty::{DIRTY_BITMAP_PAGES_MAX, DIRTY_BITMAP_SIZE_MAX};
+use vfmig_iommu::{Container, ContainerConfig, IommuError, Iova};
+
+/// Pages whose bitmap is exactly 4 KiB.
+const PAGES_PER_4K_BITMAP: u64 = 4096 * 8;
+/// A mapping whose bitmap is exactly 4 KiB: 128 MiB.
+const SIZE_4K_BITMAP: u64 = PAGES_PER_4K_BITMAP * PAGE;
+
+fn budgeted(max_bitmap_bytes: u64) -> Container {
+    Container::new(ContainerConfig {
+        max_bitmap_bytes,
+        ..ContainerConfig::default()
+    })
+}
+
+#[test]
+fn default_bitmap_budget_is_1_gib() {
+    assert_eq!(Container::default().config().max_bitmap_bytes, 1 << 30);
+}
+
+#[test]
+fn start_over_the_bitmap_budget_is_enomem_and_leaves_tracking_off() {
+    let c = budgeted(4096);
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+        .unwrap();
+    let err = c.start_dirty_tracking().expect_err("over the budget");
+    assert!(
+        matches!(
+            err,
+            IommuError::BitmapBudget {
+                iova: Iova(SIZE_4K_BITMAP),
+                bytes: 4096,
+                in_use: 4096,
+                limit: 4096,
+            }
+        ),
+        "unexpected error {err:?}"
+    );
+    assert_eq!(err.errno(), libc::ENOMEM);
+    assert!(!c.is_tracking());
+    assert_eq!(c.bitmap_bytes(), 0);
+}
+
+#[test]
+fn start_with_the_default_budget_refuses_five_mappings_of_8_tib() {
+    // What a peer can ask for at no cost to itself: mappings without an fd, each as large as
+    // one bitmap may cover. Four fit 1 GiB exactly; the fifth is refused before any bitmap is
+    // allocated.
+    let c = Container::default();
+    let size = DIRTY_BITMAP_PAGES_MAX * PAGE;
+    let stride = size + PAGE;
+    for i in 0..5 {
+        c.map_dma(RW, i * stride, size, nowhere()).unwrap();
+    }
+    let err = c.start_dirty_tracking().expect_err("over the budget");
+    assert!(
+        matches!(
+            err,
+            IommuError::BitmapBudget { iova, in_use, .. }
+                if iova == Iova(4 * stride) && in_use == 4 * DIRTY_BITMAP_SIZE_MAX
+        ),
+        "unexpected error {err:?}"
+    );
+    assert!(!c.is_tracking());
+}
+
+#[test]
+fn start_checks_the_pages_of_a_mapping_before_charging_it() {
+    let c = budgeted(8);
+    c.map_dma(RW, 0, (DIRTY_BITMAP_PAGES_MAX + 1) * PAGE, nowhere())
+        .unwrap();
+    assert_err!(c.start_dirty_tracking(), IommuError::TooManyPages { .. });
+}
+
+#[test]
+fn map_while_tracking_over_the_bitmap_budget_is_enomem_and_maps_nothing() {
+    let c = budgeted(4096);
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.start_dirty_tracking().unwrap();
+    // Memory in this process: mapped, then refused its bitmap, then unmapped again.
+    assert_eq!(
+        errno(c.map_dma(RW, SIZE_4K_BITMAP, PAGE, backing(PAGE))),
+        libc::ENOMEM
+    );
+    assert_eq!(c.mappings(), 1);
+    assert_eq!(c.bitmap_bytes(), 4096);
+}
+
+#[test]
+fn map_while_tracking_checks_overlap_before_the_bitmap_budget() {
+    let c = budgeted(4096);
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.start_dirty_tracking().unwrap();
+    assert_eq!(errno(c.map_dma(RW, 0, PAGE, nowhere())), libc::EEXIST);
+}
+
+#[test]
+fn mappings_within_the_bitmap_budget_are_tracked() {
+    // Two mappings fill the budget exactly at START, a third fills it again while tracking.
+    let c = budgeted(4096 + 8);
+    let half = SIZE_4K_BITMAP / 2;
+    c.map_dma(RW, 0, half, nowhere()).unwrap();
+    c.map_dma(RW, half, half, nowhere()).unwrap();
+    c.start_dirty_tracking().unwrap();
+    c.map_dma(RW, SIZE_4K_BITMAP, 64 * PAGE, nowhere()).unwrap();
+    assert_eq!(c.bitmap_bytes(), 4096 + 8);
+    c.write(Iova(half + PAGE), &[1]).unwrap();
+    c.write(Iova(SIZE_4K_BITMAP), &[1]).unwrap();
+    let pages = pages_of(&get(&c, 0, SIZE_4K_BITMAP + 64 * PAGE).unwrap());
+    assert_eq!(
+        pages,
+        vec![PAGES_PER_4K_BITMAP / 2 + 1, PAGES_PER_4K_BITMAP]
+    );
+}
+
+#[test]
+fn unmap_gives_back_its_bitmap_bytes() {
+    let c = budgeted(4096);
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.start_dirty_tracking().unwrap();
+    c.unmap_dma(
+        &vfmig_iommu::UnmapRequest {
+            flags: 0,
+            iova: 0,
+            size: SIZE_4K_BITMAP,
+            bitmap: None,
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.bitmap_bytes(), 0);
+    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+        .unwrap();
+    assert_eq!(c.bitmap_bytes(), 4096);
+}
+
+#[test]
+fn stop_gives_back_every_bitmap_byte() {
+    let c = budgeted(4096);
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.start_dirty_tracking().unwrap();
+    c.stop_dirty_tracking();
+    assert_eq!(c.bitmap_bytes(), 0);
+    // Off, mappings cost nothing; START charges them all again.
+    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+        .unwrap();
+    assert_eq!(errno(c.start_dirty_tracking()), libc::ENOMEM);
+}
+
+#[test]
+fn the_bitmap_budget_is_per_container() {
+    let a = budgeted(4096);
+    let b = budgeted(4096);
+    for c in [&a, &b] {
+        c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+        c.start_dirty_tracking().unwrap();
+    }
+    assert_eq!((a.bitmap_bytes(), b.bitmap_bytes()), (4096, 4096));
+}

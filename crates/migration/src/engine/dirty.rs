@@ -1,0 +1,175 @@
+//! The dirty pages of one sync: per RAM region, a bitmap in the kernel's layout (bit k = the
+//! region's page k, LSB-first in `u64` words), ORed from every source — the VMM's own writes,
+//! each device's container (which includes the pages the VMM wrote for it) — and turned into
+//! runs for the stream.
+
+use vfmig_vmm::{GuestRam, PAGE};
+
+use crate::{Gpa, PageRun};
+
+/// Dirty pages of every RAM region.
+pub(crate) struct DirtySet {
+    /// `(gpa, pages, bitmap words)` per region, in the order of [`GuestRam::regions`].
+    regions: Vec<(u64, u64, Vec<u64>)>,
+}
+
+fn words(pages: u64) -> usize {
+    usize::try_from(pages.div_ceil(64)).unwrap_or(0)
+}
+
+impl DirtySet {
+    /// An empty set shaped like `ram`.
+    pub(crate) fn new(ram: &GuestRam) -> Self {
+        let regions = ram
+            .regions()
+            .iter()
+            .map(|r| (r.gpa(), r.pages(), vec![0u64; words(r.pages())]))
+            .collect();
+        DirtySet { regions }
+    }
+
+    /// Adds the VMM's own writes since the last call (and clears them in its log).
+    pub(crate) fn take_ram_log(&mut self, ram: &GuestRam) -> Result<(), vfmig_vmm::RamError> {
+        for (i, (_, _, bits)) in self.regions.iter_mut().enumerate() {
+            ram.take_dirty(i, bits)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a device's bitmap of region `index` (bit 0 = the region's first page). Bits past
+    /// the region are ignored.
+    pub(crate) fn add(&mut self, index: usize, device_bits: &[u64]) {
+        let Some((_, pages, bits)) = self.regions.get_mut(index) else {
+            return;
+        };
+        for (mine, theirs) in bits.iter_mut().zip(device_bits) {
+            *mine |= theirs;
+        }
+        clear_tail(bits, *pages);
+    }
+
+    /// Marks every page (the first iteration sends all RAM).
+    pub(crate) fn mark_all(&mut self) {
+        for (_, pages, bits) in &mut self.regions {
+            bits.fill(u64::MAX);
+            clear_tail(bits, *pages);
+        }
+    }
+
+    /// Dirty pages.
+    pub(crate) fn count(&self) -> u64 {
+        self.regions
+            .iter()
+            .flat_map(|(_, _, b)| b)
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+
+    /// `(gpa, size)` of each region.
+    pub(crate) fn layout(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        self.regions
+            .iter()
+            .enumerate()
+            .map(|(i, (gpa, pages, _))| (i, *gpa, pages * PAGE))
+    }
+
+    /// Takes the dirty pages as maximal runs, leaving the set empty.
+    pub(crate) fn take_runs(&mut self) -> Vec<PageRun> {
+        let mut runs = Vec::new();
+        for (gpa, _, bits) in &mut self.regions {
+            let gpa = *gpa;
+            let mut open: Option<(u64, u64)> = None;
+            let mut close = |open: &mut Option<(u64, u64)>| {
+                if let Some((first, n)) = open.take() {
+                    runs.push(PageRun::new(Gpa(gpa + first * PAGE), n));
+                }
+            };
+            for (w, word) in bits.iter_mut().enumerate() {
+                let x = std::mem::take(word);
+                let base = w as u64 * 64;
+                let mut bit = 0u64;
+                while bit < 64 {
+                    let rest = x >> bit;
+                    if rest == 0 {
+                        close(&mut open);
+                        break;
+                    }
+                    let zeros = u64::from(rest.trailing_zeros());
+                    if zeros > 0 {
+                        close(&mut open);
+                        bit += zeros;
+                        continue;
+                    }
+                    let ones = u64::from(rest.trailing_ones());
+                    match &mut open {
+                        Some((first, n)) if *first + *n == base + bit => *n += ones,
+                        _ => {
+                            close(&mut open);
+                            open = Some((base + bit, ones));
+                        }
+                    }
+                    bit += ones;
+                }
+            }
+            close(&mut open);
+        }
+        runs
+    }
+}
+
+/// Clears the bits past `pages` in the last word.
+fn clear_tail(bits: &mut [u64], pages: u64) {
+    let rem = pages % 64;
+    if rem != 0
+        && let Some(last) = bits.last_mut()
+    {
+        *last &= (1u64 << rem) - 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pages: u64, dirty: &[u64]) -> DirtySet {
+        let mut bits = vec![0u64; words(pages)];
+        for &p in dirty {
+            bits[(p / 64) as usize] |= 1 << (p % 64);
+        }
+        DirtySet {
+            regions: vec![(0x10_0000, pages, bits)],
+        }
+    }
+
+    fn runs(s: &mut DirtySet) -> Vec<(u64, u64)> {
+        s.take_runs()
+            .iter()
+            .map(|r| ((r.gpa.raw() - 0x10_0000) / PAGE, r.pages))
+            .collect()
+    }
+
+    #[test]
+    fn runs_are_maximal_across_words() {
+        let dirty: Vec<u64> = (60..70).chain([5, 127, 128]).collect();
+        assert_eq!(
+            runs(&mut set(200, &dirty)),
+            vec![(5, 1), (60, 10), (127, 2)]
+        );
+    }
+
+    #[test]
+    fn a_full_set_is_one_run_per_region() {
+        let mut s = set(130, &[]);
+        s.mark_all();
+        assert_eq!(s.count(), 130);
+        assert_eq!(runs(&mut s), vec![(0, 130)]);
+        assert_eq!(s.count(), 0, "taking runs empties the set");
+    }
+
+    #[test]
+    fn device_bits_past_the_region_are_ignored() {
+        let mut s = set(10, &[]);
+        s.add(0, &[u64::MAX]);
+        assert_eq!(s.count(), 10);
+    }
+}

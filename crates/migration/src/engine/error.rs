@@ -1,0 +1,69 @@
+//! Why a migration failed. Every error names what failed (the device, the stream, the peer),
+//! so the user learns which part to look at.
+
+use vfmig_vfio_user::ClientError;
+use vfmig_vmm::VmError;
+
+use crate::stream::{ReadError, WriteError};
+use crate::transport::TransportError;
+
+/// A failed migration.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// A device offers no migration region: it cannot migrate, and nothing was started.
+    #[error("device {device} cannot migrate: it offers no v1 migration region")]
+    NotMigratable {
+        /// The device.
+        device: String,
+    },
+    /// A device request failed (its process may be gone).
+    #[error("device {device}: {what}: {source}")]
+    Device {
+        /// The device.
+        device: String,
+        /// What was asked of it.
+        what: &'static str,
+        /// The error, with its errno.
+        source: Box<ClientError>,
+    },
+    /// A device broke the migration region's protocol.
+    #[error("device {device}: {what}")]
+    DeviceProtocol {
+        /// The device.
+        device: String,
+        /// What it did.
+        what: String,
+    },
+    /// A device announced a chunk larger than the stream may carry.
+    #[error("device {device}: a {size}-byte chunk exceeds the stream's limit")]
+    ChunkTooLarge {
+        /// The device.
+        device: String,
+        /// The size it announced.
+        size: u64,
+    },
+    /// Connecting or listening failed.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// Writing the stream failed (the destination may be gone).
+    #[error("sending the stream: {0}")]
+    Send(#[from] WriteError),
+    /// Reading the stream failed: corrupt, truncated, or out of order.
+    #[error("receiving the stream: {0}")]
+    Receive(#[from] ReadError),
+    /// The destination never confirmed that the VM runs there.
+    #[error("the destination did not confirm the switch-over: {0}")]
+    NoAck(String),
+    /// The stream named something this VMM cannot build.
+    #[error("the stream's VM cannot be built here: {0}")]
+    Config(String),
+    /// Building the destination VM failed.
+    #[error("building the destination VM: {0}")]
+    Vm(#[from] Box<VmError>),
+    /// Guest RAM could not be read or written.
+    #[error("guest RAM: {0}")]
+    Ram(#[from] vfmig_vmm::RamError),
+    /// The user cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}

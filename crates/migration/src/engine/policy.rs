@@ -1,0 +1,165 @@
+//! When to stop copying: the convergence policy, injected into the sender.
+//!
+//! The default, [`DowntimeLimit`], switches over when what is left — dirty RAM and the
+//! devices' pending bytes — would cross the wire within the downtime limit at the bandwidth
+//! measured so far, or when pre-copy has run too many iterations or too long.
+
+use std::time::Duration;
+
+/// What the sender knows after an iteration and the sync that follows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// The iteration just finished, from 0.
+    pub iteration: u64,
+    /// Dirty RAM found by the sync, in bytes.
+    pub dirty_bytes: u64,
+    /// Device bytes pending, over all devices.
+    pub device_pending: u64,
+    /// Measured bandwidth, bytes per second.
+    pub bandwidth: f64,
+    /// Pre-copy time so far.
+    pub elapsed: Duration,
+}
+
+impl Estimate {
+    /// The downtime if the switch-over happened now.
+    pub fn expected_downtime(&self) -> Duration {
+        if self.bandwidth <= 0.0 {
+            return Duration::MAX;
+        }
+        let bytes = self.dirty_bytes.saturating_add(self.device_pending) as f64;
+        Duration::try_from_secs_f64(bytes / self.bandwidth).unwrap_or(Duration::MAX)
+    }
+}
+
+/// What to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Another pre-copy iteration.
+    Iterate,
+    /// Pause the guest and copy the rest, for this reason.
+    SwitchOver(SwitchReason),
+}
+
+/// Why pre-copy ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchReason {
+    /// The rest fits in the downtime limit.
+    Converged,
+    /// The iteration cap was reached.
+    IterationCap,
+    /// The time cap was reached.
+    TimeCap,
+}
+
+impl std::fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwitchReason::Converged => "converged",
+            SwitchReason::IterationCap => "iteration cap",
+            SwitchReason::TimeCap => "time cap",
+        })
+    }
+}
+
+/// Decides between another iteration and the switch-over.
+pub trait Convergence: Send {
+    /// Called after each iteration's sync.
+    fn decide(&mut self, estimate: &Estimate) -> Decision;
+}
+
+/// The default policy: the downtime limit, an iteration cap and a time cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DowntimeLimit {
+    /// The longest acceptable downtime (300 ms by default).
+    pub limit: Duration,
+    /// Most pre-copy iterations.
+    pub max_iterations: u64,
+    /// Longest pre-copy.
+    pub max_time: Duration,
+}
+
+impl Default for DowntimeLimit {
+    fn default() -> Self {
+        DowntimeLimit {
+            limit: Duration::from_millis(300),
+            max_iterations: 30,
+            max_time: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Convergence for DowntimeLimit {
+    fn decide(&mut self, e: &Estimate) -> Decision {
+        if e.expected_downtime() <= self.limit {
+            Decision::SwitchOver(SwitchReason::Converged)
+        } else if e.iteration + 1 >= self.max_iterations {
+            Decision::SwitchOver(SwitchReason::IterationCap)
+        } else if e.elapsed >= self.max_time {
+            Decision::SwitchOver(SwitchReason::TimeCap)
+        } else {
+            Decision::Iterate
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn estimate(dirty: u64, bandwidth: f64, iteration: u64) -> Estimate {
+        Estimate {
+            iteration,
+            dirty_bytes: dirty,
+            device_pending: 0,
+            bandwidth,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn switches_over_when_the_rest_fits_the_limit() {
+        let mut p = DowntimeLimit::default();
+        // 100 MB at 1 GB/s: 100 ms.
+        assert_eq!(
+            p.decide(&estimate(100_000_000, 1e9, 0)),
+            Decision::SwitchOver(SwitchReason::Converged)
+        );
+    }
+
+    #[test]
+    fn iterates_while_the_rest_does_not_fit() {
+        let mut p = DowntimeLimit::default();
+        assert_eq!(
+            p.decide(&estimate(1_000_000_000, 1e9, 0)),
+            Decision::Iterate
+        );
+    }
+
+    #[test]
+    fn device_pending_bytes_count_toward_the_estimate() {
+        let mut p = DowntimeLimit::default();
+        let e = Estimate {
+            device_pending: 500_000_000,
+            ..estimate(0, 1e9, 0)
+        };
+        assert_eq!(p.decide(&e), Decision::Iterate);
+    }
+
+    #[test]
+    fn the_iteration_cap_forces_the_switch_over() {
+        let mut p = DowntimeLimit {
+            max_iterations: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            p.decide(&estimate(u64::MAX / 2, 1.0, 2)),
+            Decision::SwitchOver(SwitchReason::IterationCap)
+        );
+    }
+
+    #[test]
+    fn no_bandwidth_measured_means_no_convergence() {
+        assert_eq!(estimate(1, 0.0, 0).expected_downtime(), Duration::MAX);
+    }
+}

@@ -1,0 +1,166 @@
+//! The destination side: accept a stream, build the VM it describes (RAM, device processes,
+//! RAM mapped to them), put the devices in RESUMING, apply RAM and device chunks in order,
+//! devices to RUNNING, confirm to the source. Anything wrong discards the VM (its device
+//! processes end) and tells the source.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use vfmig_abi::DeviceState;
+use vfmig_vmm::{DeviceHost, DeviceSpec, Vm, VmConfig};
+
+use super::device::DeviceLink;
+use super::error::MigrationError;
+use super::{ACK_FAILED, ACK_RUNNING};
+use crate::Gpa;
+use crate::stream::{Section, StreamReader, VmConfig as StreamConfig};
+use crate::transport::{Connection, Listener};
+
+/// What the destination saw.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ReceiveStats {
+    /// From the connection to the confirmation, in ms.
+    pub total_ms: f64,
+    /// Stream bytes read.
+    pub bytes: u64,
+    /// RAM pages applied (data and zero).
+    pub pages: u64,
+    /// Of those, zero pages.
+    pub zero_pages: u64,
+    /// Device chunks applied.
+    pub device_chunks: u64,
+    /// Pre-copy iterations the source announced.
+    pub iterations: u64,
+}
+
+/// The VMM's configuration from the stream's.
+fn vm_config(config: &StreamConfig) -> Result<VmConfig, MigrationError> {
+    let ram = config
+        .ram()
+        .regions()
+        .iter()
+        .map(|r| (r.gpa.raw(), r.size))
+        .collect();
+    let devices = config
+        .devices()
+        .iter()
+        .map(|d| {
+            let spec: DeviceSpec = serde_json::from_slice(&d.config)
+                .map_err(|e| MigrationError::Config(format!("{}: {e}", d.id)))?;
+            if spec.kind != d.kind {
+                return Err(MigrationError::Config(format!(
+                    "{}: kind {} but config says {}",
+                    d.id, d.kind, spec.kind
+                )));
+            }
+            Ok(spec)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(VmConfig { ram, devices })
+}
+
+/// Accepts one migration on `listener` and returns the VM, devices RUNNING and the guest
+/// paused: the caller lets it run.
+pub fn receive(
+    listener: &Listener,
+    host: &DeviceHost,
+) -> Result<(Vm, ReceiveStats), MigrationError> {
+    let conn = listener.accept()?;
+    let start = Instant::now();
+    let mut ack = conn
+        .try_clone()
+        .map_err(|e| MigrationError::NoAck(e.to_string()))?;
+    match receive_on(conn, host, start) {
+        Ok((vm, stats)) => {
+            ack.write_all(format!("{ACK_RUNNING}\n").as_bytes())
+                .map_err(|e| MigrationError::NoAck(format!("confirming to the source: {e}")))?;
+            Ok((vm, stats))
+        }
+        Err(e) => {
+            let _ = ack.write_all(format!("{ACK_FAILED} {e}\n").as_bytes());
+            let _ = ack.shutdown();
+            Err(e)
+        }
+    }
+}
+
+fn receive_on(
+    conn: Connection,
+    host: &DeviceHost,
+    start: Instant,
+) -> Result<(Vm, ReceiveStats), MigrationError> {
+    let mut stats = ReceiveStats::default();
+    let mut reader = StreamReader::new(conn)?;
+    let config = match reader.next_section()? {
+        Section::Config(c) => vm_config(c)?,
+        // The reader refuses any other first section; this is for the type system.
+        other => {
+            return Err(MigrationError::Config(format!(
+                "stream starts with {:?}",
+                other.kind()
+            )));
+        }
+    };
+    tracing::info!(ram = ?config.ram, devices = config.devices.len(), "incoming VM");
+    let vm = Vm::build(config, host, false).map_err(Box::new)?;
+    let mut links = vm
+        .devices()
+        .iter()
+        .map(DeviceLink::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    for link in &links {
+        link.set_state(DeviceState::RESUMING)?;
+    }
+    loop {
+        match reader.next_section()? {
+            Section::RamPages(pages) => {
+                let ram = vm.ram();
+                let mut write = |gpa: Gpa, data: &[u8]| -> io::Result<()> {
+                    ram.write_untracked(gpa.raw(), data)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+                };
+                pages
+                    .apply(&mut write)
+                    .map_err(|e| MigrationError::Config(e.to_string()))?;
+                stats.pages += pages.data_pages() + pages.zero_pages();
+                stats.zero_pages += pages.zero_pages();
+            }
+            Section::DeviceChunk(chunk) => {
+                let link = usize::try_from(chunk.device.0)
+                    .ok()
+                    .and_then(|i| links.get_mut(i))
+                    .ok_or_else(|| {
+                        MigrationError::Config(format!("chunk for unknown {}", chunk.device))
+                    })?;
+                link.write_chunk(chunk.data)?;
+                stats.device_chunks += 1;
+            }
+            Section::DeviceConfig(c) => {
+                let spec: DeviceSpec = serde_json::from_slice(c.data)
+                    .map_err(|e| MigrationError::Config(format!("{}: {e}", c.device)))?;
+                let ours = usize::try_from(c.device.0)
+                    .ok()
+                    .and_then(|i| vm.devices().get(i))
+                    .map(|d| d.spec());
+                if ours != Some(&spec) {
+                    return Err(MigrationError::Config(format!(
+                        "{} config differs from the one built",
+                        c.device
+                    )));
+                }
+            }
+            Section::Iteration(_) => stats.iterations += 1,
+            Section::End(_) => break,
+            Section::Config(_) => {
+                return Err(MigrationError::Config("a second Config section".into()));
+            }
+        }
+    }
+    for link in &links {
+        link.set_state(DeviceState::RUNNING)?;
+    }
+    stats.bytes = reader.bytes_read();
+    stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    drop(links);
+    Ok((vm, stats))
+}

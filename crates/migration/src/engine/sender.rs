@@ -1,0 +1,363 @@
+//! The source side: setup, pre-copy iterations, convergence, stop-and-copy, and the wait for
+//! the destination's confirmation — or, on any failure, the roll-back that leaves the guest
+//! running here.
+
+use std::io::{self, BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use vfmig_abi::DeviceState;
+use vfmig_vmm::{PAGE, Vm};
+
+use super::device::DeviceLink;
+use super::dirty::DirtySet;
+use super::error::MigrationError;
+use super::policy::{Convergence, Decision, Estimate};
+use super::stats::{IterationStats, MigrationStats};
+use super::status::{MigrationState, Progress};
+use super::{ACK_FAILED, ACK_RUNNING, stream_config};
+use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Phase, StreamWriter};
+use crate::transport::{self, Address, Connection};
+use crate::{DeviceId, Gpa};
+
+/// How long the source waits for the destination to confirm the switch-over.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Migrates `vm` to the destination listening at `to`. On success the guest stays paused
+/// here (it runs on the destination); on failure it runs on here, devices RUNNING, tracking
+/// stopped.
+pub fn migrate(
+    vm: &Vm,
+    to: &Address,
+    policy: &mut dyn Convergence,
+    progress: &Progress,
+) -> Result<MigrationStats, MigrationError> {
+    let start = Instant::now();
+    progress.update(|s| {
+        *s = Default::default();
+        s.state = MigrationState::Setup;
+    });
+    let links = vm
+        .devices()
+        .iter()
+        .map(DeviceLink::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let conn = transport::connect(to)?;
+    let ack = conn
+        .try_clone()
+        .map_err(|e| MigrationError::NoAck(e.to_string()))?;
+    let mut sender = Sender {
+        vm,
+        links,
+        writer: StreamWriter::new(conn)?,
+        ack,
+        progress,
+        tracking: false,
+        devices_saving: false,
+        paused: false,
+    };
+    match sender.run(policy, start) {
+        Ok(stats) => {
+            progress.update(|s| {
+                s.state = MigrationState::Completed;
+                s.stats = Some(stats.clone());
+            });
+            Ok(stats)
+        }
+        Err(e) => {
+            sender.roll_back();
+            let state = if matches!(e, MigrationError::Cancelled) {
+                MigrationState::Cancelled
+            } else {
+                MigrationState::Failed
+            };
+            progress.update(|s| {
+                s.state = state;
+                s.error = Some(e.to_string());
+            });
+            tracing::warn!(error = %e, "migration failed; the guest runs on here");
+            Err(e)
+        }
+    }
+}
+
+struct Sender<'a> {
+    vm: &'a Vm,
+    links: Vec<DeviceLink<'a>>,
+    writer: StreamWriter<Connection>,
+    ack: Connection,
+    progress: &'a Progress,
+    tracking: bool,
+    devices_saving: bool,
+    paused: bool,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl Sender<'_> {
+    fn check_cancel(&self) -> Result<(), MigrationError> {
+        if self.progress.is_cancelled() {
+            Err(MigrationError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn set_devices(&self, state: DeviceState) -> Result<(), MigrationError> {
+        self.links.iter().try_for_each(|l| l.set_state(state))
+    }
+
+    fn run(
+        &mut self,
+        policy: &mut dyn Convergence,
+        start: Instant,
+    ) -> Result<MigrationStats, MigrationError> {
+        let mut stats = MigrationStats::default();
+        self.writer.write_config(&stream_config(self.vm)?)?;
+
+        // Setup: every source of dirty pages on before the first sync, devices to pre-copy.
+        let mut dirty = DirtySet::new(self.vm.ram());
+        for link in &self.links {
+            link.start_dirty()?;
+            self.tracking = true;
+        }
+        dirty.take_ram_log(self.vm.ram())?;
+        dirty.mark_all();
+        self.devices_saving = true;
+        self.set_devices(DeviceState::PRE_COPY)?;
+        stats.setup_ms = ms(start.elapsed());
+        self.progress.update(|s| s.state = MigrationState::Active);
+
+        let precopy = Instant::now();
+        let mut sent_before = self.writer.bytes_written();
+        let mut bandwidth = 0.0f64;
+        let mut estimate;
+        let reason = loop {
+            self.check_cancel()?;
+            let number = stats.iterations.len() as u64;
+            let t = Instant::now();
+            let mut it = IterationStats {
+                number,
+                dirty_pages: dirty.count(),
+                ..Default::default()
+            };
+            self.writer.write_iteration(Iteration {
+                number,
+                pages: it.dirty_pages,
+            })?;
+            it.ram_bytes = self.send_ram(&mut dirty, &mut stats)?;
+            it.device_bytes = self.send_device_data(Phase::PreCopy, number, true)?;
+            self.writer.flush()?;
+            let elapsed = t.elapsed();
+            let sent = self.writer.bytes_written() - sent_before;
+            sent_before = self.writer.bytes_written();
+            if elapsed > Duration::ZERO && sent > 0 {
+                bandwidth = sent as f64 / elapsed.as_secs_f64();
+            }
+            it.duration_ms = ms(elapsed);
+            stats.iterations.push(it);
+
+            self.sync(&mut dirty, &mut stats)?;
+            let device_pending = self
+                .links
+                .iter()
+                .map(DeviceLink::pending)
+                .sum::<Result<u64, _>>()?;
+            estimate = Estimate {
+                iteration: number,
+                dirty_bytes: dirty.count() * PAGE,
+                device_pending,
+                bandwidth,
+                elapsed: precopy.elapsed(),
+            };
+            self.progress.update(|s| {
+                s.iteration = number + 1;
+                s.transferred = sent_before;
+                s.remaining = estimate.dirty_bytes + estimate.device_pending;
+                s.bandwidth = bandwidth;
+                s.expected_downtime_ms =
+                    u64::try_from(estimate.expected_downtime().as_millis()).unwrap_or(u64::MAX);
+            });
+            if let Decision::SwitchOver(reason) = policy.decide(&estimate) {
+                break reason;
+            }
+        };
+        stats.switchover = reason.to_string();
+        stats.expected_downtime_ms = ms(estimate
+            .expected_downtime()
+            .min(Duration::from_secs(86_400)));
+        self.check_cancel()?;
+
+        // Stop-and-copy: the guest pauses; the devices stop; the last of everything goes.
+        let paused_at = Instant::now();
+        self.vm.pause();
+        self.paused = true;
+        self.progress.update(|s| s.state = MigrationState::StopCopy);
+        self.set_devices(DeviceState::STOP_COPY)?;
+        self.sync(&mut dirty, &mut stats)?;
+        self.send_ram(&mut dirty, &mut stats)?;
+        let number = stats.iterations.len() as u64;
+        self.send_device_data(Phase::StopCopy, number, false)?;
+        self.set_devices(DeviceState::STOP)?;
+        self.devices_saving = false;
+        for link in &self.links {
+            link.stop_dirty()?;
+        }
+        self.tracking = false;
+        for (i, dev) in self.vm.devices().iter().enumerate() {
+            let spec = serde_json::to_vec(dev.spec())
+                .map_err(|e| MigrationError::Config(e.to_string()))?;
+            self.writer.write_device_config(&DeviceConfig {
+                device: device_id(i),
+                data: &spec,
+            })?;
+        }
+        self.writer.finish()?;
+        self.writer.flush()?;
+        self.wait_for_ack()?;
+        stats.downtime_ms = ms(paused_at.elapsed());
+
+        stats.device_bytes = self.links.iter().map(|l| l.bytes).sum();
+        stats.total_bytes = self.writer.bytes_written();
+        stats.total_ms = ms(start.elapsed());
+        stats.throughput_mbps =
+            stats.total_bytes as f64 / 1e6 / start.elapsed().as_secs_f64().max(1e-9);
+        stats.all_mapped_devices.sort();
+        stats.all_mapped_devices.dedup();
+        Ok(stats)
+    }
+
+    /// Sends the pages of `dirty` (emptying it); returns the stream bytes.
+    fn send_ram(
+        &mut self,
+        dirty: &mut DirtySet,
+        stats: &mut MigrationStats,
+    ) -> Result<u64, MigrationError> {
+        let runs = dirty.take_runs();
+        let ram = self.vm.ram();
+        let read = |gpa: Gpa, buf: &mut [u8]| -> io::Result<()> {
+            ram.read(gpa.raw(), buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+        };
+        let r = self.writer.write_ram(runs, &read)?;
+        stats.pages += r.pages;
+        stats.zero_pages += r.zero_pages;
+        stats.ram_bytes += r.bytes;
+        Ok(r.bytes)
+    }
+
+    /// Sends device chunks. In pre-copy (`bounded`), at most what each device had pending when
+    /// asked, so a busy device cannot hold the iteration forever; in stop-and-copy, until
+    /// nothing is pending.
+    fn send_device_data(
+        &mut self,
+        phase: Phase,
+        iteration: u64,
+        bounded: bool,
+    ) -> Result<u64, MigrationError> {
+        let mut total = 0;
+        for (i, link) in self.links.iter_mut().enumerate() {
+            let budget = link.pending()?;
+            let mut pending = budget;
+            let mut sent = 0u64;
+            while pending > 0 && (!bounded || sent < budget) {
+                let data = link.read_chunk()?;
+                sent += data.len() as u64;
+                self.writer.write_device_chunk(&DeviceChunk {
+                    device: device_id(i),
+                    phase,
+                    iteration,
+                    data: &data,
+                })?;
+                pending = link.pending()?;
+                if data.is_empty() && pending > 0 {
+                    if bounded {
+                        break;
+                    }
+                    return Err(MigrationError::DeviceProtocol {
+                        device: link.id().to_string(),
+                        what: "an empty chunk in stop-and-copy with bytes still pending".into(),
+                    });
+                }
+            }
+            total += sent;
+        }
+        Ok(total)
+    }
+
+    /// One sync: the VMM's log and every device's container.
+    fn sync(
+        &mut self,
+        dirty: &mut DirtySet,
+        stats: &mut MigrationStats,
+    ) -> Result<(), MigrationError> {
+        dirty.take_ram_log(self.vm.ram())?;
+        let layout: Vec<_> = dirty.layout().collect();
+        for link in &self.links {
+            let mut everything = true;
+            for &(index, gpa, size) in &layout {
+                let bits = link.dirty(gpa, size)?;
+                let pages = size / PAGE;
+                everything &= bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() == pages;
+                dirty.add(index, &bits);
+            }
+            if everything {
+                stats.all_mapped_devices.push(link.id().to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for_ack(&self) -> Result<(), MigrationError> {
+        self.ack
+            .set_read_timeout(Some(ACK_TIMEOUT))
+            .map_err(|e| MigrationError::NoAck(e.to_string()))?;
+        let mut line = String::new();
+        let reader = self
+            .ack
+            .try_clone()
+            .map_err(|e| MigrationError::NoAck(e.to_string()))?;
+        BufReader::new(io::Read::take(reader, 4096))
+            .read_line(&mut line)
+            .map_err(|e| MigrationError::NoAck(e.to_string()))?;
+        match line.trim_end() {
+            l if l == ACK_RUNNING => Ok(()),
+            l if l.starts_with(ACK_FAILED) => Err(MigrationError::NoAck(format!(
+                "the destination failed: {}",
+                l[ACK_FAILED.len()..].trim()
+            ))),
+            "" => Err(MigrationError::NoAck(
+                "the destination closed the connection".into(),
+            )),
+            l => Err(MigrationError::NoAck(format!("unexpected reply {l:?}"))),
+        }
+    }
+
+    /// Leaves the guest running here: devices RUNNING, tracking off, guest resumed, the
+    /// destination told by a closed connection.
+    fn roll_back(&mut self) {
+        let _ = self.writer.get_ref().shutdown();
+        if self.devices_saving || self.paused {
+            for link in &self.links {
+                if let Err(e) = link.set_state(DeviceState::RUNNING) {
+                    tracing::warn!(device = link.id(), error = %e, "roll-back: device not back to RUNNING");
+                }
+            }
+        }
+        if self.tracking {
+            for link in &self.links {
+                if let Err(e) = link.stop_dirty() {
+                    tracing::warn!(device = link.id(), error = %e, "roll-back: dirty tracking not stopped");
+                }
+            }
+        }
+        if self.paused {
+            self.vm.resume();
+        }
+    }
+}
+
+fn device_id(index: usize) -> DeviceId {
+    DeviceId(u32::try_from(index).unwrap_or(u32::MAX))
+}

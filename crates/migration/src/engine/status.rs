@@ -1,0 +1,102 @@
+//! What a running migration looks like from outside: its state, progress, and the way to
+//! cancel it. Shared between the migration thread and whoever watches (the control socket).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::stats::MigrationStats;
+
+/// Where a migration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationState {
+    /// None ran yet.
+    None,
+    /// Connecting, tracking dirty pages, devices entering pre-copy.
+    Setup,
+    /// Pre-copy iterations, the guest running.
+    Active,
+    /// The guest paused: the last RAM and device state are on their way.
+    StopCopy,
+    /// The VM runs on the destination.
+    Completed,
+    /// Failed; the guest runs on here.
+    Failed,
+    /// Cancelled; the guest runs on here.
+    Cancelled,
+}
+
+/// A snapshot of a migration's progress.
+#[derive(Clone, Debug, Serialize)]
+pub struct MigrationStatus {
+    /// The state.
+    pub state: MigrationState,
+    /// The current pre-copy iteration.
+    pub iteration: u64,
+    /// Bytes sent so far.
+    pub transferred: u64,
+    /// Dirty bytes still to send (RAM and device data), as of the last sync.
+    pub remaining: u64,
+    /// Estimated downtime if the switch-over happened now, in ms.
+    pub expected_downtime_ms: u64,
+    /// Measured bandwidth, bytes per second.
+    pub bandwidth: f64,
+    /// The final statistics, once completed.
+    pub stats: Option<MigrationStats>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Default for MigrationStatus {
+    fn default() -> Self {
+        MigrationStatus {
+            state: MigrationState::None,
+            iteration: 0,
+            transferred: 0,
+            remaining: 0,
+            expected_downtime_ms: 0,
+            bandwidth: 0.0,
+            stats: None,
+            error: None,
+        }
+    }
+}
+
+/// Shared progress of one migration.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    status: Arc<Mutex<MigrationStatus>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Progress {
+    /// A fresh progress, state `None`.
+    pub fn new() -> Self {
+        Progress::default()
+    }
+
+    /// The status now.
+    pub fn status(&self) -> MigrationStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes the status.
+    pub fn update(&self, f: impl FnOnce(&mut MigrationStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Asks the migration to stop; it rolls back at its next check.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,377 @@
+//! [`StreamWriter`]: the sender's half of the stream.
+
+use std::io::{self, IoSlice, Write};
+
+use zerocopy::IntoBytes;
+
+use crate::stream::config::VmConfig;
+use crate::stream::device::{
+    DeviceChunk, DeviceConfig, End, Iteration, MAX_DEVICE_CHUNK, MAX_DEVICE_CONFIG,
+};
+use crate::stream::error::{OrderError, WriteError};
+use crate::stream::frame::{FRAME_OVERHEAD, FrameHeader, SectionKind};
+use crate::stream::header::{CURRENT_VERSION, StreamHeader};
+use crate::stream::order::{Order, Step};
+use crate::stream::ram::{RamPages, ReadGuestMemory};
+use crate::stream::ram_encode::{EncodeError, RamEncoder, RamStats};
+use crate::stream::section::Section;
+use crate::stream::wire::{len_u32, u64_from};
+use crate::types::PageRun;
+
+/// Small sections are gathered up to this many bytes before they are written. A larger
+/// section goes out in one vectored `write` together with what was gathered, its payload
+/// straight from where it is (the RAM encoder's buffer, the device's chunk): one syscall
+/// and, with `TCP_NODELAY`, no tiny segment for a frame header.
+pub const WRITE_BUFFER: usize = 64 * 1024;
+
+/// The transport, the small sections not sent yet, the byte count, and whether a failed
+/// write left a partial section.
+#[derive(Debug)]
+struct Sink<W: Write> {
+    out: W,
+    pending: Vec<u8>,
+    offset: u64,
+    sections: u64,
+    broken: bool,
+}
+
+impl<W: Write> Sink<W> {
+    fn io_error(&mut self, source: io::Error) -> WriteError {
+        self.broken = true;
+        WriteError::Io {
+            offset: self.offset,
+            source,
+        }
+    }
+
+    /// Writes one frame whose payload is `parts`, in order.
+    fn frame(&mut self, kind: SectionKind, parts: &[&[u8]]) -> Result<(), WriteError> {
+        let len = parts.iter().map(|part| part.len()).sum::<usize>();
+        let max = kind.max_payload();
+        let Some(len32) = len_u32(len).filter(|&len| len <= max) else {
+            return Err(WriteError::TooLong {
+                kind,
+                len: u64_from(len),
+                max,
+            });
+        };
+        if self.broken {
+            return Err(WriteError::Broken);
+        }
+        let header = FrameHeader::new(kind.to_wire(), 0, len32);
+        let crc = header.checksum(parts).to_le_bytes();
+        let total = len + FRAME_OVERHEAD;
+        if self.pending.len() + total <= WRITE_BUFFER {
+            self.pending.extend_from_slice(header.as_bytes());
+            for part in parts {
+                self.pending.extend_from_slice(part);
+            }
+            self.pending.extend_from_slice(&crc);
+        } else {
+            // At most pending, header, three parts, checksum.
+            let mut slices = [IoSlice::new(&[]); 6];
+            let all = [&self.pending[..], header.as_bytes()]
+                .into_iter()
+                .chain(parts.iter().copied())
+                .chain([&crc[..]]);
+            for (slice, bytes) in slices.iter_mut().zip(all) {
+                *slice = IoSlice::new(bytes);
+            }
+            if let Err(source) = write_all_vectored(&mut self.out, &mut slices) {
+                return Err(self.io_error(source));
+            }
+            self.pending.clear();
+        }
+        self.offset += u64_from(total);
+        self.sections += 1;
+        Ok(())
+    }
+
+    /// Writes what was gathered and flushes the transport.
+    fn flush(&mut self) -> Result<(), WriteError> {
+        if let Err(source) = self.out.write_all(&self.pending) {
+            return Err(self.io_error(source));
+        }
+        self.pending.clear();
+        self.out.flush().map_err(|source| self.io_error(source))
+    }
+}
+
+/// `Write::write_all` for a list of buffers (`write_all_vectored` is not stable yet).
+fn write_all_vectored<W: Write>(out: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Writes a migration stream to `W`: the stream header when created, then one section per
+/// call, checked against the order rules before anything is written, then `End` from
+/// [`finish`](Self::finish).
+///
+/// Small sections are gathered ([`WRITE_BUFFER`]); call [`flush`](Self::flush) when the
+/// receiver must see everything so far (e.g. before waiting for it). A failed write leaves a partial
+/// section on the transport: every later call returns [`WriteError::Broken`].
+///
+/// To cancel, shut the transport down (e.g.
+/// [`Connection::shutdown`](crate::transport::Connection::shutdown) through
+/// [`get_ref`](Self::get_ref)): the receiver sees the stream end without `End` and refuses it.
+#[derive(Debug)]
+pub struct StreamWriter<W: Write> {
+    sink: Sink<W>,
+    order: Order,
+    ram: Option<RamEncoder>,
+    ram_section_pages: Option<usize>,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// Starts a stream of the [current version](CURRENT_VERSION) on `inner`.
+    ///
+    /// # Errors
+    /// [`WriteError::Io`] if the header cannot be buffered.
+    pub fn new(inner: W) -> Result<StreamWriter<W>, WriteError> {
+        let mut pending = Vec::with_capacity(WRITE_BUFFER);
+        pending.extend_from_slice(StreamHeader::new(CURRENT_VERSION).as_bytes());
+        let sink = Sink {
+            out: inner,
+            offset: u64_from(pending.len()),
+            pending,
+            sections: 0,
+            broken: false,
+        };
+        Ok(StreamWriter {
+            sink,
+            order: Order::default(),
+            ram: None,
+            ram_section_pages: None,
+        })
+    }
+
+    /// Limits the data of each `RamPages` section to `pages` pages (clamped to
+    /// [`BATCH_PAGES`](crate::stream::BATCH_PAGES)`..=`[`MAX_DATA_PAGES`](crate::stream::MAX_DATA_PAGES)).
+    /// Smaller sections reach the receiver sooner; larger ones amortise framing. The
+    /// default is [`DEFAULT_SECTION_PAGES`](crate::stream::DEFAULT_SECTION_PAGES), 1 MiB.
+    pub fn set_ram_section_pages(&mut self, pages: usize) {
+        self.ram_section_pages = Some(pages);
+        self.ram = None;
+    }
+
+    /// Bytes written so far (buffered ones included), stream header included.
+    pub fn bytes_written(&self) -> u64 {
+        self.sink.offset
+    }
+
+    /// Sections written so far.
+    pub fn sections_written(&self) -> u64 {
+        self.sink.sections
+    }
+
+    /// The config, once written.
+    pub fn config(&self) -> Option<&VmConfig> {
+        self.order.config()
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &W {
+        &self.sink.out
+    }
+
+    /// The transport. Writing to it directly corrupts the stream.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.sink.out
+    }
+
+    /// Sends everything buffered.
+    ///
+    /// # Errors
+    /// [`WriteError::Io`].
+    pub fn flush(&mut self) -> Result<(), WriteError> {
+        self.sink.flush()
+    }
+
+    /// Writes the `Config` section; it must be the first.
+    ///
+    /// # Errors
+    /// [`WriteError::Order`] if a config was written already; [`WriteError::Io`].
+    pub fn write_config(&mut self, config: &VmConfig) -> Result<(), WriteError> {
+        self.order.check(Step::Config)?;
+        let payload = config.encode();
+        self.sink.frame(SectionKind::Config, &[&payload])?;
+        self.order.accept_config(config.clone())?;
+        Ok(())
+    }
+
+    /// Reads `runs` of pages from `mem` and writes them as `RamPages` sections of at most
+    /// 1 MiB of data each (see [`set_ram_section_pages`](Self::set_ram_section_pages)), zero
+    /// pages elided. Every run must lie inside one RAM region of the
+    /// config.
+    ///
+    /// # Errors
+    /// [`WriteError::Order`] before the config or after the end; [`WriteError::Ram`] for a
+    /// run that is empty, unaligned or outside RAM (sections of earlier runs were written);
+    /// [`WriteError::Memory`] if `mem` fails; [`WriteError::Io`].
+    pub fn write_ram<M, I>(&mut self, runs: I, mem: &M) -> Result<RamStats, WriteError>
+    where
+        M: ReadGuestMemory + ?Sized,
+        I: IntoIterator<Item = PageRun>,
+    {
+        self.order.check(Step::RamPages)?;
+        let Some(config) = self.order.config() else {
+            return Err(OrderError::ConfigNotFirst {
+                kind: SectionKind::RamPages,
+            }
+            .into());
+        };
+        let section_pages = self.ram_section_pages;
+        let encoder = self.ram.get_or_insert_with(|| match section_pages {
+            Some(pages) => RamEncoder::with_section_pages(pages),
+            None => RamEncoder::new(),
+        });
+        let sink = &mut self.sink;
+        let start = sink.offset;
+        let result = encoder.encode(config.ram(), runs, mem, |pages| {
+            write_ram_frame(sink, pages)
+        });
+        let mut stats = result.map_err(|err| match err {
+            EncodeError::Ram(err) => WriteError::Ram(err),
+            EncodeError::Memory(err) => WriteError::Memory(err),
+            EncodeError::Sink(err) => err,
+        })?;
+        stats.bytes = sink.offset - start;
+        Ok(stats)
+    }
+
+    /// Writes one prepared `RamPages` section (e.g. one received from another stream), after
+    /// checking its runs against this stream's config.
+    ///
+    /// # Errors
+    /// As [`write_ram`](Self::write_ram).
+    pub fn write_ram_pages(&mut self, pages: &RamPages<'_>) -> Result<(), WriteError> {
+        self.order.check(Step::RamPages)?;
+        let Some(config) = self.order.config() else {
+            return Err(OrderError::ConfigNotFirst {
+                kind: SectionKind::RamPages,
+            }
+            .into());
+        };
+        let pages = RamPages::from_parts(pages.entries(), pages.data(), config.ram())?;
+        write_ram_frame(&mut self.sink, &pages)
+    }
+
+    /// Writes one chunk of a device's migration data, as one section.
+    ///
+    /// # Errors
+    /// [`WriteError::TooLong`] above 16 MiB of data; [`WriteError::Order`] for a device not
+    /// in the config, or after its `DeviceConfig`; [`WriteError::Io`].
+    pub fn write_device_chunk(&mut self, chunk: &DeviceChunk<'_>) -> Result<(), WriteError> {
+        check_len(SectionKind::DeviceChunk, chunk.data.len(), MAX_DEVICE_CHUNK)?;
+        let step = Step::DeviceChunk(chunk.device);
+        self.order.check(step)?;
+        let header = chunk.header();
+        self.sink
+            .frame(SectionKind::DeviceChunk, &[header.as_bytes(), chunk.data])?;
+        self.order.accept(step)?;
+        Ok(())
+    }
+
+    /// Writes a device's configuration: its last section.
+    ///
+    /// # Errors
+    /// [`WriteError::TooLong`] above 1 MiB; [`WriteError::Order`] for a device not in the
+    /// config, or one whose config was written; [`WriteError::Io`].
+    pub fn write_device_config(&mut self, config: &DeviceConfig<'_>) -> Result<(), WriteError> {
+        check_len(
+            SectionKind::DeviceConfig,
+            config.data.len(),
+            MAX_DEVICE_CONFIG,
+        )?;
+        let step = Step::DeviceConfig(config.device);
+        self.order.check(step)?;
+        let header = config.header();
+        self.sink
+            .frame(SectionKind::DeviceConfig, &[header.as_bytes(), config.data])?;
+        self.order.accept(step)?;
+        Ok(())
+    }
+
+    /// Writes an iteration marker.
+    ///
+    /// # Errors
+    /// [`WriteError::Order`] before the config or after the end; [`WriteError::Io`].
+    pub fn write_iteration(&mut self, iteration: Iteration) -> Result<(), WriteError> {
+        self.order.check(Step::Iteration)?;
+        self.sink
+            .frame(SectionKind::Iteration, &[&iteration.encode()])?;
+        self.order.accept(Step::Iteration)?;
+        Ok(())
+    }
+
+    /// Writes any section. `End` is written as [`finish`](Self::finish) writes it: the
+    /// counts in the given one are ignored, the writer's own are sent.
+    ///
+    /// # Errors
+    /// As the method for that section.
+    pub fn write_section(&mut self, section: &Section<'_>) -> Result<(), WriteError> {
+        match section {
+            Section::Config(config) => self.write_config(config),
+            Section::RamPages(pages) => self.write_ram_pages(pages),
+            Section::DeviceChunk(chunk) => self.write_device_chunk(chunk),
+            Section::DeviceConfig(config) => self.write_device_config(config),
+            Section::Iteration(iteration) => self.write_iteration(*iteration),
+            Section::End(_) => self.finish().map(|_| ()),
+        }
+    }
+
+    /// Writes `End` (with the section and byte counts so far) and flushes. Returns what it
+    /// wrote. Every later write is refused.
+    ///
+    /// # Errors
+    /// [`WriteError::Order`] if a device of the config has no `DeviceConfig` yet, or the
+    /// stream was finished; [`WriteError::Io`].
+    pub fn finish(&mut self) -> Result<End, WriteError> {
+        self.order.check(Step::End)?;
+        let end = End {
+            sections: self.sink.sections,
+            bytes: self.sink.offset,
+        };
+        self.sink.frame(SectionKind::End, &[&end.encode()])?;
+        self.order.accept(Step::End)?;
+        self.flush()?;
+        Ok(end)
+    }
+
+    /// The transport, after flushing what is buffered.
+    ///
+    /// # Errors
+    /// [`WriteError::Io`] if the flush fails.
+    pub fn into_inner(mut self) -> Result<W, WriteError> {
+        self.sink.flush()?;
+        Ok(self.sink.out)
+    }
+}
+
+fn check_len(kind: SectionKind, len: usize, max: u32) -> Result<(), WriteError> {
+    if len_u32(len).is_some_and(|len| len <= max) {
+        Ok(())
+    } else {
+        Err(WriteError::TooLong {
+            kind,
+            len: u64_from(len),
+            max,
+        })
+    }
+}
+
+fn write_ram_frame<W: Write>(sink: &mut Sink<W>, pages: &RamPages<'_>) -> Result<(), WriteError> {
+    let header = pages.header();
+    sink.frame(
+        SectionKind::RamPages,
+        &[header.as_bytes(), pages.entries().as_bytes(), pages.data()],
+    )
+}

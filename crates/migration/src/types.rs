@@ -1,0 +1,107 @@
+//! Small types that carry meaning: guest physical addresses, page runs, device ids.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The page size of the stream: every RAM region, run and page is counted in 4 KiB pages.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// [`PAGE_SIZE`] as a `usize`, for buffer lengths.
+pub const PAGE_SIZE_USIZE: usize = 4096;
+
+/// A guest physical address.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Gpa(pub u64);
+
+impl Gpa {
+    /// The raw address.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// `self + bytes`, or `None` on overflow.
+    pub const fn checked_add(self, bytes: u64) -> Option<Gpa> {
+        match self.0.checked_add(bytes) {
+            Some(v) => Some(Gpa(v)),
+            None => None,
+        }
+    }
+
+    /// Whether the address is a multiple of [`PAGE_SIZE`].
+    pub const fn is_page_aligned(self) -> bool {
+        self.0.is_multiple_of(PAGE_SIZE)
+    }
+}
+
+impl From<u64> for Gpa {
+    fn from(v: u64) -> Self {
+        Gpa(v)
+    }
+}
+
+impl fmt::Display for Gpa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gpa {:#x}", self.0)
+    }
+}
+
+impl fmt::Debug for Gpa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Gpa({:#x})", self.0)
+    }
+}
+
+/// `pages` pages of guest RAM from `gpa` on: what a sender hands to
+/// [`StreamWriter::write_ram`](crate::stream::StreamWriter::write_ram), e.g. one run of a
+/// dirty bitmap.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PageRun {
+    /// The first byte of the first page; page-aligned.
+    pub gpa: Gpa,
+    /// The number of pages.
+    pub pages: u64,
+}
+
+impl PageRun {
+    /// `pages` pages from `gpa` on.
+    pub const fn new(gpa: Gpa, pages: u64) -> PageRun {
+        PageRun { gpa, pages }
+    }
+
+    /// The length in bytes, or `None` if it does not fit in a `u64`.
+    pub const fn bytes(&self) -> Option<u64> {
+        self.pages.checked_mul(PAGE_SIZE)
+    }
+
+    /// One past the last byte, or `None` on overflow.
+    pub const fn end(&self) -> Option<Gpa> {
+        match self.bytes() {
+            Some(bytes) => self.gpa.checked_add(bytes),
+            None => None,
+        }
+    }
+}
+
+/// A device of the VM, as named by the [`VmConfig`](crate::stream::VmConfig) and by every
+/// device section of the stream. The VMM chooses the numbers; they are unique within a stream.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct DeviceId(pub u32);
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "device {}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_run_end_detects_overflow() {
+        assert_eq!(PageRun::new(Gpa(0x1000), 2).end(), Some(Gpa(0x3000)));
+        assert_eq!(PageRun::new(Gpa(u64::MAX - 0xfff), 1).end(), None);
+        assert_eq!(PageRun::new(Gpa(0), u64::MAX).bytes(), None);
+    }
+}

@@ -1,0 +1,173 @@
+//! `vfmig vm run | migrate | status`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use vfmig_migration::engine::{MigrationStats, receive};
+use vfmig_migration::transport::{Address, listen};
+use vfmig_vmm::control::{self, request};
+use vfmig_vmm::{DeviceHost, DeviceSpec, Vm, VmConfig, WorkloadConfig};
+
+use super::handler::VmHandler;
+use crate::cli::{DeviceName, MigrateArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size};
+
+pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
+    match cmd {
+        VmCommand::Run(args) => run_vm(args),
+        VmCommand::Migrate(args) => migrate_vm(args),
+        VmCommand::Status(args) => {
+            let status = request(&args.control, "status", Value::Null)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn workload(args: &WorkloadArgs) -> anyhow::Result<WorkloadConfig> {
+    Ok(WorkloadConfig {
+        writers: args.writers.max(1),
+        pages_per_sec: args.dirty_rate,
+        working_set: parse_size(&args.working_set)?,
+        device_ops_per_sec: args.device_ops,
+    })
+}
+
+fn device_specs(devices: &[DeviceName], dma_ram_mib: u64) -> anyhow::Result<Vec<DeviceSpec>> {
+    if !dma_ram_mib.is_power_of_two() || dma_ram_mib > 1024 {
+        bail!("--dma-ram-mib must be a power of two up to 1024");
+    }
+    let mut counts = [0usize; 2];
+    Ok(devices
+        .iter()
+        .map(|d| {
+            let (kind, n, args) = match d {
+                DeviceName::Mtty => ("mtty", &mut counts[0], vec![]),
+                DeviceName::DmaEngine => (
+                    "dma-engine",
+                    &mut counts[1],
+                    vec!["--ram-mib".to_string(), dma_ram_mib.to_string()],
+                ),
+            };
+            let id = format!("{}{}", kind.replace('-', ""), *n);
+            *n += 1;
+            DeviceSpec {
+                id,
+                kind: kind.to_string(),
+                args,
+            }
+        })
+        .collect())
+}
+
+/// A directory for this VM's device sockets.
+fn runtime_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vfmig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
+    let workload = workload(&args.workload)?;
+    let host = DeviceHost {
+        program: std::env::current_exe()?,
+        dir: runtime_dir()?,
+    };
+    let handler = Arc::new(VmHandler::new(workload));
+    let listener = vfmig_device::server::bind(&args.control)
+        .with_context(|| format!("control socket {}", args.control.display()))?;
+    let _control = control::serve(listener, handler.clone());
+    let vm = match &args.incoming {
+        Some(addr) => {
+            let addr: Address = addr.parse()?;
+            let listener = listen(&addr).with_context(|| format!("listening on {addr}"))?;
+            handler.set_incoming(Some("waiting".into()));
+            tracing::info!(%addr, "waiting for an incoming migration");
+            let (vm, stats) = receive(&listener, &host).context("incoming migration")?;
+            handler.set_incoming(Some("completed".into()));
+            tracing::info!(?stats, "incoming migration completed");
+            Arc::new(vm)
+        }
+        None => {
+            let mem = parse_size(&args.mem)?;
+            let config =
+                VmConfig::with_memory(mem, device_specs(&args.devices, args.dma_ram_mib)?)?;
+            Arc::new(Vm::build(config, &host, true)?)
+        }
+    };
+    handler.set_vm(vm);
+    if !args.paused {
+        handler.start_guest().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    tracing::info!(control = %args.control.display(), "VM running");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Polls the migration's status until it ends; shows progress on a terminal, plain lines
+/// otherwise. Returns the final status.
+pub(crate) fn follow_migration(control: &std::path::Path) -> anyhow::Result<Value> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_state = String::new();
+    loop {
+        let status = request(control, "stats", Value::Null)?;
+        let state = status
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let iteration = status.get("iteration").and_then(Value::as_u64).unwrap_or(0);
+        let sent = status
+            .get("transferred")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as f64
+            / f64::from(1u32 << 20);
+        let remaining = status.get("remaining").and_then(Value::as_u64).unwrap_or(0) as f64
+            / f64::from(1u32 << 20);
+        let line = format!(
+            "migration {state}: iteration {iteration}, {sent:.0} MiB sent, {remaining:.1} MiB dirty"
+        );
+        if tty {
+            eprint!("\r{line:<79}");
+            let _ = std::io::stderr().flush();
+        } else if state != last_state {
+            eprintln!("{line}");
+        }
+        last_state = state.clone();
+        if matches!(state.as_str(), "completed" | "failed" | "cancelled") {
+            if tty {
+                eprintln!();
+            }
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(if tty { 100 } else { 50 }));
+    }
+}
+
+fn migrate_vm(args: MigrateArgs) -> anyhow::Result<()> {
+    request(
+        &args.control,
+        "migrate",
+        json!({ "to": args.to, "downtime_ms": args.downtime_ms }),
+    )?;
+    let status = follow_migration(&args.control)?;
+    match status.get("stats").filter(|s| !s.is_null()) {
+        Some(stats) => {
+            let stats: MigrationStats = serde_json::from_value(stats.clone())?;
+            println!("{stats}");
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            }
+            Ok(())
+        }
+        None => bail!(
+            "migration {}: {}",
+            status["state"],
+            status["error"].as_str().unwrap_or("no reason given")
+        ),
+    }
+}
