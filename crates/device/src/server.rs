@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use vfmig_iommu::Container;
+use vfmig_iommu::{Container, DirtyScope};
 use vfmig_vfio_user::{Limits, Server};
 
 use crate::devices::dma_engine::{DEFAULT_RAM, DmaEngine};
@@ -22,6 +22,9 @@ pub enum DeviceKind {
     DmaEngine {
         /// Device RAM in bytes.
         ram: u64,
+        /// `AllMapped`: the engine pins nothing, so every dirty sync reports all of guest RAM
+        /// (a device without precise dirty tracking).
+        all_mapped: bool,
     },
 }
 
@@ -38,7 +41,10 @@ impl DeviceKind {
     pub fn parse(name: &str) -> Option<DeviceKind> {
         match name {
             "mtty" => Some(DeviceKind::Mtty),
-            "dma-engine" => Some(DeviceKind::DmaEngine { ram: DEFAULT_RAM }),
+            "dma-engine" => Some(DeviceKind::DmaEngine {
+                ram: DEFAULT_RAM,
+                all_mapped: false,
+            }),
             _ => None,
         }
     }
@@ -55,10 +61,17 @@ pub fn serve(kind: DeviceKind, socket: &Path) -> io::Error {
     let container = Container::default();
     match kind {
         DeviceKind::Mtty => serve_model(Mtty::new(), container, listener),
-        DeviceKind::DmaEngine { ram } => match DmaEngine::new(container.clone(), ram) {
-            Ok(model) => serve_model(model, container, listener),
-            Err(e) => io::Error::from_raw_os_error(e.errno),
-        },
+        DeviceKind::DmaEngine { ram, all_mapped } => {
+            let scope = if all_mapped {
+                DirtyScope::AllMapped
+            } else {
+                DirtyScope::Pinned
+            };
+            match DmaEngine::with_scope(container.clone(), ram, scope) {
+                Ok(model) => serve_model(model, container, listener),
+                Err(e) => io::Error::from_raw_os_error(e.errno),
+            }
+        }
     }
 }
 

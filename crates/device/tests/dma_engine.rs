@@ -156,3 +156,28 @@ fn device_ram_sizes_must_be_powers_of_two() {
     let (_mem, container) = guest();
     assert!(vfmig_device::devices::dma_engine::DmaEngine::new(container, 3 << 20).is_err());
 }
+
+#[test]
+fn an_all_mapped_engine_pins_nothing_and_makes_every_get_report_all_pages() {
+    use vfmig_device::PciDevice;
+    use vfmig_device::devices::dma_engine::DmaEngine;
+    use vfmig_iommu::DirtyScope;
+    let (mem, container) = guest();
+    let engine = DmaEngine::with_scope(container.clone(), 1 << 20, DirtyScope::AllMapped).unwrap();
+    let mut dev = PciDevice::new(engine).unwrap();
+    reg_write(&mut dev, 0x08, RING, 8);
+    reg_write(&mut dev, 0x10, u64::from(ENTRIES), 4);
+    reg_write(&mut dev, 0x14, 1, 4);
+    assert_eq!(container.pinned_pages(), 0);
+    container.start_dirty_tracking().unwrap();
+    submit(&mut dev, &mem, &[desc(Op::FillGuest, 0x50_0000, 0, 16, 3)]);
+    let mut b = [0u8; 16];
+    mem.read(0x50_0000, &mut b).unwrap();
+    assert_eq!(b, [3; 16], "descriptors still run");
+    assert_eq!(dirty_pages(&container).len() as u64, GUEST / 4096);
+    assert_eq!(
+        dirty_pages(&container).len() as u64,
+        GUEST / 4096,
+        "on every GET"
+    );
+}

@@ -44,6 +44,10 @@ pub(crate) struct DeviceArgs {
     /// Device RAM of the dma-engine, in MiB (a power of two).
     #[arg(long, default_value_t = 64)]
     pub(crate) ram_mib: u64,
+    /// The dma-engine pins nothing: its container reports every mapped page dirty on every
+    /// sync (a device without precise dirty tracking).
+    #[arg(long)]
+    pub(crate) all_mapped: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +88,14 @@ pub(crate) struct VmRunArgs {
     /// Device RAM of each dma-engine, in MiB.
     #[arg(long, default_value_t = 64)]
     pub(crate) dma_ram_mib: u64,
+    /// Run the dma-engines without precise dirty tracking (all-mapped scope).
+    #[arg(long)]
+    pub(crate) dma_all_mapped: bool,
+    /// Emulate a guest vIOMMU: the guest remaps the devices' DMA window now and then, and
+    /// during a migration the VMM unmaps it with GET_DIRTY_BITMAP and carries the bits into
+    /// the next round.
+    #[arg(long)]
+    pub(crate) viommu: bool,
     /// The control socket.
     #[arg(long)]
     pub(crate) control: PathBuf,
@@ -135,6 +147,12 @@ pub(crate) struct DemoArgs {
     /// Device RAM of the dma-engine, in MiB.
     #[arg(long, default_value_t = 64)]
     pub(crate) dma_ram_mib: u64,
+    /// Run the dma-engine without precise dirty tracking (all-mapped scope).
+    #[arg(long)]
+    pub(crate) dma_all_mapped: bool,
+    /// Emulate a guest vIOMMU remapping the DMA window (unmap with dirty bitmap).
+    #[arg(long)]
+    pub(crate) viommu: bool,
     /// Print the statistics as JSON too.
     #[arg(long)]
     pub(crate) json: bool,

@@ -37,6 +37,14 @@ pub enum DeviceError {
         /// The last error.
         last: Box<ClientError>,
     },
+    /// Guest RAM could not be used on the device's behalf.
+    #[error("device {id}: guest RAM: {source}")]
+    Ram {
+        /// Device id.
+        id: String,
+        /// The error.
+        source: crate::ram::RamError,
+    },
     /// A vfio-user request failed.
     #[error("device {id}: {what}: {source}")]
     Request {
@@ -153,13 +161,36 @@ impl AttachedDevice {
     }
 
     /// Maps every RAM region into the device's container, by fd.
-    pub fn map_ram(&self, ram: &GuestRam) -> Result<(), DeviceError> {
+    pub fn map_ram(&self, ram: &GuestRam, window: Option<(u64, u64)>) -> Result<(), DeviceError> {
         for r in ram.regions() {
-            self.client
-                .dma_map(Iova(r.gpa()), r.size(), Prot::READ_WRITE, Some((r.fd(), 0)))
-                .map_err(|source| self.request("DMA_MAP of guest RAM", source))?;
+            let (start, end) = (r.gpa(), r.gpa() + r.size());
+            // A window inside the region is mapped on its own, so it can be unmapped alone.
+            let mut cuts = vec![start];
+            if let Some((w, len)) = window.filter(|&(w, len)| w > start && w + len < end) {
+                cuts.extend([w, w + len]);
+            }
+            cuts.push(end);
+            for piece in cuts.windows(2) {
+                let (from, to) = (piece[0], piece[1]);
+                self.client
+                    .dma_map(
+                        Iova(from),
+                        to - from,
+                        Prot::READ_WRITE,
+                        Some((r.fd(), from - start)),
+                    )
+                    .map_err(|source| self.request("DMA_MAP of guest RAM", source))?;
+            }
         }
         Ok(())
+    }
+
+    /// A guest RAM failure while serving this device.
+    pub fn ram_error(&self, e: crate::ram::RamError) -> DeviceError {
+        DeviceError::Ram {
+            id: self.spec.id.clone(),
+            source: e,
+        }
     }
 
     /// An error of a request to this device.

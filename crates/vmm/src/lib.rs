@@ -9,12 +9,15 @@
 //!   working set, and drivers keeping the devices busy. A KVM vCPU is the next guest: it enters
 //!   the same gate around each `KVM_RUN`, and adds the kernel's dirty log as a source beside
 //!   [`GuestRam`]'s.
+//! * [`viommu`]: an emulated guest vIOMMU that remaps a DMA window, unmapping it with
+//!   GET_DIRTY_BITMAP while a migration tracks dirty pages.
 //! * [`Vm`]: all of it together; [`control`]: the JSON-lines control socket.
 
 pub mod control;
 mod devices;
 mod gate;
 mod ram;
+pub mod viommu;
 mod vm;
 mod workload;
 

@@ -171,6 +171,33 @@ impl GuestRam {
         Ok(r.dirty.read_and_clear(0, r.pages(), out, 0)?)
     }
 
+    /// Marks dirty the pages whose bits are set in `bits` (bit k = the page at `gpa + k * 4096`),
+    /// within one region; returns how many bits were set.
+    pub fn mark_dirty_bits(&self, gpa: u64, bits: &[u64]) -> Result<u64, RamError> {
+        let pages = bits.len() as u64 * 64;
+        let r = self.region(gpa, PAGE)?;
+        let first = (gpa - r.gpa) / PAGE;
+        let mut n = 0;
+        for (w, &word) in bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let page = w as u64 * 64 + u64::from(word.trailing_zeros());
+                word &= word - 1;
+                if page < pages {
+                    r.dirty.mark_page(first + page)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Marks `[gpa, gpa + len)` dirty (within one region).
+    pub fn mark_dirty_range(&self, gpa: u64, len: u64) -> Result<(), RamError> {
+        let r = self.region(gpa, len)?;
+        Ok(r.dirty.mark_bytes(gpa - r.gpa, len)?)
+    }
+
     /// Marks every page of every region dirty (the first migration round sends everything).
     pub fn mark_all_dirty(&self) {
         for r in &self.regions {

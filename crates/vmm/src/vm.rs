@@ -9,6 +9,7 @@ use vfmig_device::digest::Digest;
 use crate::devices::{AttachedDevice, DeviceError, DeviceSpec};
 use crate::gate::Gate;
 use crate::ram::{GuestRam, PAGE, RamError};
+use crate::viommu::{Viommu, ViommuCounters, WINDOW};
 use crate::workload::{Workload, WorkloadConfig, init_drivers};
 
 /// Below 4 GiB, RAM ends at 3 GiB (the rest is the PCI hole); above, it continues at 4 GiB.
@@ -62,6 +63,8 @@ pub struct DeviceHost {
     pub program: PathBuf,
     /// Directory for the device sockets.
     pub dir: PathBuf,
+    /// Emulate a guest vIOMMU that remaps the devices' DMA window ([`crate::viommu`]).
+    pub viommu: bool,
 }
 
 /// Digests of a VM's state: equal digests mean equal guests.
@@ -80,6 +83,7 @@ pub struct Vm {
     devices: Arc<Vec<AttachedDevice>>,
     gate: Arc<Gate>,
     workload: Mutex<Option<Workload>>,
+    viommu: Option<Arc<Viommu>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -98,10 +102,12 @@ impl Vm {
     /// The guest starts paused.
     pub fn build(config: VmConfig, host: &DeviceHost, fresh: bool) -> Result<Vm, VmError> {
         let ram = Arc::new(GuestRam::new(&config.ram)?);
+        let viommu = host.viommu.then(|| Arc::new(Viommu::new()));
+        let window = viommu.as_ref().map(|_| WINDOW);
         let mut devices = Vec::with_capacity(config.devices.len());
         for spec in &config.devices {
             let dev = AttachedDevice::spawn(spec.clone(), &host.program, &host.dir)?;
-            dev.map_ram(&ram)?;
+            dev.map_ram(&ram, window)?;
             devices.push(dev);
         }
         if fresh {
@@ -115,6 +121,7 @@ impl Vm {
             devices: Arc::new(devices),
             gate,
             workload: Mutex::new(None),
+            viommu,
         })
     }
 
@@ -145,6 +152,7 @@ impl Vm {
             self.ram.clone(),
             self.devices.clone(),
             self.gate.clone(),
+            self.viommu.clone(),
         );
         *self.workload.lock().unwrap_or_else(|e| e.into_inner()) = Some(workload);
         self.gate.resume();
@@ -162,6 +170,19 @@ impl Vm {
                 s.device_errors.load(Relaxed),
             )
         })
+    }
+
+    /// Tells the VM whether its devices track dirty pages (the migration sender sets it after
+    /// DIRTY_PAGES START and clears it at STOP): the vIOMMU then unmaps with bitmaps.
+    pub fn set_device_tracking(&self, on: bool) {
+        if let Some(v) = &self.viommu {
+            v.set_tracking(on);
+        }
+    }
+
+    /// What the emulated vIOMMU did, if there is one.
+    pub fn viommu_counters(&self) -> Option<ViommuCounters> {
+        self.viommu.as_ref().map(|v| v.counters())
     }
 
     /// Pauses the guest: on return nothing of it runs.

@@ -23,6 +23,7 @@ use vfmig_vfio_user::Client;
 use crate::devices::{AttachedDevice, DeviceError};
 use crate::gate::Gate;
 use crate::ram::{GuestRam, PAGE};
+use crate::viommu::Viommu;
 
 /// Where the RAM writers' working set starts.
 pub const WORKING_SET_BASE: u64 = 2 << 20;
@@ -118,6 +119,7 @@ impl Workload {
         ram: Arc<GuestRam>,
         devices: Arc<Vec<AttachedDevice>>,
         gate: Arc<Gate>,
+        viommu: Option<Arc<Viommu>>,
     ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WorkloadStats::default());
@@ -141,7 +143,15 @@ impl Workload {
             let rate = config.device_ops_per_sec;
             let (gate, stop, stats) = (gate.clone(), stop.clone(), stats.clone());
             threads.push(thread::spawn(move || {
-                device_driver(rate, &ram, &devices, &gate, &stop, &stats)
+                device_driver(
+                    rate,
+                    &ram,
+                    &devices,
+                    viommu.as_deref(),
+                    &gate,
+                    &stop,
+                    &stats,
+                )
             }));
         }
         Workload {
@@ -221,10 +231,14 @@ fn ram_writer(
     }
 }
 
+/// Device operations between two remaps of the vIOMMU window.
+const REMAP_EVERY: u64 = 64;
+
 fn device_driver(
     rate: u64,
     ram: &GuestRam,
     devices: &[AttachedDevice],
+    viommu: Option<&Viommu>,
     gate: &Gate,
     stop: &AtomicBool,
     stats: &WorkloadStats,
@@ -247,6 +261,12 @@ fn device_driver(
                         drive_dma(dev.client(), ram, dma_index - 1, op)
                     }
                     _ => Ok(()),
+                };
+                let r = match viommu {
+                    Some(v) if r.is_ok() && op.is_multiple_of(REMAP_EVERY) => v
+                        .remap(dev, ram)
+                        .map_err(|e| DriveError::Remap(Box::new(e))),
+                    _ => r,
                 };
                 match r {
                     Ok(()) => stats.device_ops.fetch_add(1, Ordering::Relaxed),
@@ -321,6 +341,8 @@ fn drive_dma(c: &Client, ram: &GuestRam, index: u64, op: u64) -> Result<(), Driv
 
 #[derive(Debug, thiserror::Error)]
 enum DriveError {
+    #[error(transparent)]
+    Remap(Box<DeviceError>),
     #[error(transparent)]
     Client(#[from] vfmig_vfio_user::ClientError),
     #[error(transparent)]

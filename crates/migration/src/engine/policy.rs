@@ -15,10 +15,14 @@ pub struct Estimate {
     pub dirty_bytes: u64,
     /// Device bytes pending, over all devices.
     pub device_pending: u64,
-    /// Measured bandwidth, bytes per second.
+    /// Measured rate of dirty guest memory cleared, bytes per second (zero pages count: they
+    /// cost time, not bytes).
     pub bandwidth: f64,
     /// Pre-copy time so far.
     pub elapsed: Duration,
+    /// Some device reports every mapped page dirty (no precise tracking): every sync will find
+    /// all of guest RAM dirty again, so further iterations cannot shrink what is left.
+    pub all_mapped: bool,
 }
 
 impl Estimate {
@@ -50,6 +54,9 @@ pub enum SwitchReason {
     IterationCap,
     /// The time cap was reached.
     TimeCap,
+    /// A device without precise tracking makes all RAM dirty on every sync: iterating more
+    /// cannot help.
+    AllMapped,
 }
 
 impl std::fmt::Display for SwitchReason {
@@ -58,6 +65,7 @@ impl std::fmt::Display for SwitchReason {
             SwitchReason::Converged => "converged",
             SwitchReason::IterationCap => "iteration cap",
             SwitchReason::TimeCap => "time cap",
+            SwitchReason::AllMapped => "all-mapped device (cannot converge)",
         })
     }
 }
@@ -93,6 +101,8 @@ impl Convergence for DowntimeLimit {
     fn decide(&mut self, e: &Estimate) -> Decision {
         if e.expected_downtime() <= self.limit {
             Decision::SwitchOver(SwitchReason::Converged)
+        } else if e.all_mapped {
+            Decision::SwitchOver(SwitchReason::AllMapped)
         } else if e.iteration + 1 >= self.max_iterations {
             Decision::SwitchOver(SwitchReason::IterationCap)
         } else if e.elapsed >= self.max_time {
@@ -114,6 +124,7 @@ mod tests {
             device_pending: 0,
             bandwidth,
             elapsed: Duration::ZERO,
+            all_mapped: false,
         }
     }
 
@@ -156,6 +167,16 @@ mod tests {
             p.decide(&estimate(u64::MAX / 2, 1.0, 2)),
             Decision::SwitchOver(SwitchReason::IterationCap)
         );
+    }
+
+    #[test]
+    fn an_all_mapped_device_ends_pre_copy_at_once() {
+        let mut p = DowntimeLimit::default();
+        let e = Estimate {
+            all_mapped: true,
+            ..estimate(1 << 40, 1e9, 0)
+        };
+        assert_eq!(p.decide(&e), Decision::SwitchOver(SwitchReason::AllMapped));
     }
 
     #[test]

@@ -122,6 +122,8 @@ impl Sender<'_> {
             link.start_dirty()?;
             self.tracking = true;
         }
+        // From here a vIOMMU unmap must carry its dirty bits into the RAM log.
+        self.vm.set_device_tracking(true);
         dirty.take_ram_log(self.vm.ram())?;
         dirty.mark_all();
         self.devices_saving = true;
@@ -130,7 +132,6 @@ impl Sender<'_> {
         self.progress.update(|s| s.state = MigrationState::Active);
 
         let precopy = Instant::now();
-        let mut sent_before = self.writer.bytes_written();
         let mut bandwidth = 0.0f64;
         let mut estimate;
         let reason = loop {
@@ -150,10 +151,12 @@ impl Sender<'_> {
             it.device_bytes = self.send_device_data(Phase::PreCopy, number, true)?;
             self.writer.flush()?;
             let elapsed = t.elapsed();
-            let sent = self.writer.bytes_written() - sent_before;
-            sent_before = self.writer.bytes_written();
-            if elapsed > Duration::ZERO && sent > 0 {
-                bandwidth = sent as f64 / elapsed.as_secs_f64();
+            let sent_before = self.writer.bytes_written();
+            // The rate at which dirty guest memory is cleared, zero pages included: the
+            // estimate divides dirty guest bytes by it, and zero pages cost time but no bytes.
+            let cleared = it.dirty_pages * PAGE + it.device_bytes;
+            if elapsed > Duration::ZERO && cleared > 0 {
+                bandwidth = cleared as f64 / elapsed.as_secs_f64();
             }
             it.duration_ms = ms(elapsed);
             stats.iterations.push(it);
@@ -170,6 +173,7 @@ impl Sender<'_> {
                 device_pending,
                 bandwidth,
                 elapsed: precopy.elapsed(),
+                all_mapped: !stats.all_mapped_devices.is_empty(),
             };
             self.progress.update(|s| {
                 s.iteration = number + 1;
@@ -201,6 +205,7 @@ impl Sender<'_> {
         self.send_device_data(Phase::StopCopy, number, false)?;
         self.set_devices(DeviceState::STOP)?;
         self.devices_saving = false;
+        self.vm.set_device_tracking(false);
         for link in &self.links {
             link.stop_dirty()?;
         }
@@ -345,6 +350,7 @@ impl Sender<'_> {
                 }
             }
         }
+        self.vm.set_device_tracking(false);
         if self.tracking {
             for link in &self.links {
                 if let Err(e) = link.stop_dirty() {

@@ -70,7 +70,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let to = format!("tcp:127.0.0.1:{port}");
     let w = &args.workload;
-    let common: Vec<String> = vec![
+    let mut common: Vec<String> = vec![
         "--mem".into(),
         args.mem.clone(),
         "--device".into(),
@@ -88,6 +88,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         "--device-ops".into(),
         w.device_ops.to_string(),
     ];
+    if args.dma_all_mapped {
+        common.push("--dma-all-mapped".into());
+    }
+    if args.viommu {
+        common.push("--viommu".into());
+    }
     println!(
         "vfmig demo: two VMs of {} MiB, each with an mtty and a dma-engine ({} MiB device RAM) in their own processes",
         mem >> 20,
@@ -168,6 +174,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         "destination guest after 1 s: {} pages written, {} device ops, {} device errors",
         guest["pages_written"], guest["device_ops"], errors
     );
+    if args.viommu {
+        println!(
+            "vIOMMU on the source: {}",
+            request(&src_ctl, "status", Value::Null)?["viommu"]
+        );
+    }
     let _ = request(&src_ctl, "quit", Value::Null);
     let _ = request(&dst_ctl, "quit", Value::Null);
     let _ = std::fs::remove_dir_all(&dir);

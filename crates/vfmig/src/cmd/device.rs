@@ -18,6 +18,7 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
             DeviceKind::DmaEngine {
                 ram: args.ram_mib << 20,
+                all_mapped: args.all_mapped,
             }
         }
     };

@@ -91,6 +91,7 @@ impl VmHandler {
             "guest": { "pages_written": pages, "device_ops": ops, "device_errors": errors },
             "migration": migration,
             "incoming": incoming,
+            "viommu": vm.viommu_counters(),
         })
     }
 

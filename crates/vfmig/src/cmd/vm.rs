@@ -36,28 +36,37 @@ pub(crate) fn workload(args: &WorkloadArgs) -> anyhow::Result<WorkloadConfig> {
     })
 }
 
-fn device_specs(devices: &[DeviceName], dma_ram_mib: u64) -> anyhow::Result<Vec<DeviceSpec>> {
+fn device_specs(
+    devices: &[DeviceName],
+    dma_ram_mib: u64,
+    all_mapped: bool,
+) -> anyhow::Result<Vec<DeviceSpec>> {
     if !dma_ram_mib.is_power_of_two() || dma_ram_mib > 1024 {
         bail!("--dma-ram-mib must be a power of two up to 1024");
     }
-    let mut counts = [0usize; 2];
+    let (mut mtty, mut dma) = (0usize, 0usize);
     Ok(devices
         .iter()
-        .map(|d| {
-            let (kind, n, args) = match d {
-                DeviceName::Mtty => ("mtty", &mut counts[0], vec![]),
-                DeviceName::DmaEngine => (
-                    "dma-engine",
-                    &mut counts[1],
-                    vec!["--ram-mib".to_string(), dma_ram_mib.to_string()],
-                ),
-            };
-            let id = format!("{}{}", kind.replace('-', ""), *n);
-            *n += 1;
-            DeviceSpec {
-                id,
-                kind: kind.to_string(),
-                args,
+        .map(|d| match d {
+            DeviceName::Mtty => {
+                mtty += 1;
+                DeviceSpec {
+                    id: format!("mtty{}", mtty - 1),
+                    kind: "mtty".into(),
+                    args: vec![],
+                }
+            }
+            DeviceName::DmaEngine => {
+                dma += 1;
+                let mut args = vec!["--ram-mib".to_string(), dma_ram_mib.to_string()];
+                if all_mapped {
+                    args.push("--all-mapped".into());
+                }
+                DeviceSpec {
+                    id: format!("dmaengine{}", dma - 1),
+                    kind: "dma-engine".into(),
+                    args,
+                }
             }
         })
         .collect())
@@ -75,6 +84,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
     let host = DeviceHost {
         program: std::env::current_exe()?,
         dir: runtime_dir()?,
+        viommu: args.viommu,
     };
     let handler = Arc::new(VmHandler::new(workload));
     let listener = vfmig_device::server::bind(&args.control)
@@ -93,8 +103,10 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
         }
         None => {
             let mem = parse_size(&args.mem)?;
-            let config =
-                VmConfig::with_memory(mem, device_specs(&args.devices, args.dma_ram_mib)?)?;
+            let config = VmConfig::with_memory(
+                mem,
+                device_specs(&args.devices, args.dma_ram_mib, args.dma_all_mapped)?,
+            )?;
             Arc::new(Vm::build(config, &host, true)?)
         }
     };

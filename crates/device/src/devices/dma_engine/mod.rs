@@ -70,6 +70,10 @@ pub struct DmaEngine {
     /// Pages of device RAM changed since they were last saved.
     ram_dirty: DirtyBitmap,
     ring: RingSlot,
+    /// `Pinned`: the ring is pinned while enabled (precise dirty tracking). `AllMapped`: the
+    /// device pins nothing and reaches its ring by copies, like a device that can DMA
+    /// anywhere and cannot say where it wrote.
+    scope: DirtyScope,
     save: SaveState,
 }
 
@@ -86,16 +90,23 @@ impl DmaEngine {
     /// A device with `ram` bytes of device RAM (a power of two, at least 4 KiB, at most 1 GiB),
     /// attached to `container` in `Pinned` scope.
     pub fn new(container: Container, ram: u64) -> Result<Self, DeviceError> {
+        DmaEngine::with_scope(container, ram, DirtyScope::Pinned)
+    }
+
+    /// A device whose dirty scope is `scope`. With `AllMapped` it never pins, so it stays in
+    /// that scope: every GET reports all mapped pages dirty.
+    pub fn with_scope(
+        container: Container,
+        ram: u64,
+        scope: DirtyScope,
+    ) -> Result<Self, DeviceError> {
         if !ram.is_power_of_two() || !(RAM_PAGE..=1 << 30).contains(&ram) {
             return Err(DeviceError::invalid(format!(
                 "device RAM of {ram} bytes: need a power of two in 4 KiB..=1 GiB"
             )));
         }
         let ring = RingSlot::default();
-        let device = container.attach_device(
-            DirtyScope::Pinned,
-            Some(Arc::new(RingNotifier(ring.clone()))),
-        );
+        let device = container.attach_device(scope, Some(Arc::new(RingNotifier(ring.clone()))));
         let ram_dirty = DirtyBitmap::new(ram / RAM_PAGE, PageSize::SIZE_4K)
             .map_err(|e| DeviceError::invalid(e.to_string()))?;
         let len = usize::try_from(ram).map_err(|_| DeviceError::invalid("device RAM too large"))?;
@@ -106,8 +117,14 @@ impl DmaEngine {
             ram: vec![0; len],
             ram_dirty,
             ring,
+            scope,
             save: SaveState::default(),
         })
+    }
+
+    /// The device's dirty scope.
+    pub fn scope(&self) -> DirtyScope {
+        self.scope
     }
 
     /// Device RAM size in bytes.
@@ -218,11 +235,14 @@ impl DmaEngine {
     }
 
     /// Pins the ring the registers describe, leaving the registers alone: what a resumed
-    /// device does with the ring it inherited.
+    /// device does with the ring it inherited. An `AllMapped` device pins nothing.
     pub(crate) fn take_ring_pin(&mut self) -> Result<(), DeviceError> {
         let len = u64::from(self.regs.ring_size) * DESCRIPTOR;
         if len == 0 {
             return Err(DeviceError::invalid("enable with a ring of size 0"));
+        }
+        if self.scope == DirtyScope::AllMapped {
+            return Ok(());
         }
         let pin = self
             .container
@@ -237,33 +257,59 @@ impl DmaEngine {
         Ok(())
     }
 
+    /// Reads the descriptor at byte `at` of the ring: through the pin, or (unpinned) by a copy.
+    fn read_descriptor(&self, at: u64) -> Result<[u8; 32], u32> {
+        let mut raw = [0u8; 32];
+        if self.scope == DirtyScope::AllMapped {
+            let iova = Iova(self.regs.ring_base.saturating_add(at));
+            self.container
+                .read(iova, &mut raw)
+                .map_err(|e| e.errno().unsigned_abs())?;
+            return Ok(raw);
+        }
+        let ring = lock(&self.ring);
+        let pin = ring.as_ref().ok_or(STATUS_RING_LOST)?;
+        let at = usize::try_from(at).map_err(|_| STATUS_RING_LOST)?;
+        pin.read_at(at, &mut raw).map_err(|_| STATUS_RING_LOST)?;
+        Ok(raw)
+    }
+
+    /// Writes a descriptor's completion word.
+    fn complete(&self, at: u64, word: u32) {
+        let done = (DONE | word).to_le_bytes();
+        let r = if self.scope == DirtyScope::AllMapped {
+            let iova = Iova(self.regs.ring_base.saturating_add(at + 28));
+            self.container.write(iova, &done).map_err(|e| e.to_string())
+        } else {
+            match (lock(&self.ring).as_ref(), usize::try_from(at + 28)) {
+                (Some(pin), Ok(at)) => pin.write_at(at, &done).map_err(|e| e.to_string()),
+                _ => Err("the ring is not pinned".into()),
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "writing a completion into the ring");
+        }
+    }
+
     /// Runs descriptors from HEAD to TAIL.
     fn run(&mut self, ctx: &mut DeviceContext<'_>) {
         let mut interrupt = false;
         while self.regs.head != self.regs.tail && self.regs.control & CONTROL_ENABLE != 0 {
             let at = u64::from(self.regs.head) * DESCRIPTOR;
-            let ring = lock(&self.ring);
-            let Some(pin) = ring.as_ref() else {
-                drop(ring);
-                self.regs.status = STATUS_RING_LOST;
-                self.regs.control &= !CONTROL_ENABLE;
-                break;
+            let raw = match self.read_descriptor(at) {
+                Ok(raw) => raw,
+                Err(status) => {
+                    // The ring is gone (unmapped under the device): stop until re-enabled.
+                    self.regs.status = status | STATUS_RING_LOST;
+                    self.regs.control &= !CONTROL_ENABLE;
+                    break;
+                }
             };
-            let mut raw = [0u8; 32];
-            let at = usize::try_from(at).unwrap_or(usize::MAX);
-            if pin.read_at(at, &mut raw).is_err() {
-                break;
-            }
-            drop(ring);
             let (word, irq) = match Descriptor::decode(&raw) {
                 Some(d) => (self.execute(&d), d.irq),
                 None => (libc::EINVAL.unsigned_abs(), false),
             };
-            if let Some(pin) = lock(&self.ring).as_ref()
-                && let Err(e) = pin.write_at(at + 28, &(DONE | word).to_le_bytes())
-            {
-                tracing::error!(error = %e, "writing a completion into the pinned ring");
-            }
+            self.complete(at, word);
             if word != 0 {
                 self.regs.status = word;
             }
