@@ -74,22 +74,6 @@ struct Sample {
     receiver_cpu: Duration,
 }
 
-/// Runs the calling thread on `cpu` only, if `VFMIG_BENCH_PIN` is set: sender and receiver
-/// on their own cores, so that loopback TCP is not reordered by a thread moving between
-/// cores (which the kernel then repairs with retransmissions).
-fn pin(cpu: usize) {
-    if std::env::var_os("VFMIG_BENCH_PIN").is_none() {
-        return;
-    }
-    // SAFETY: `set` is a zeroed, valid `cpu_set_t` that `CPU_SET` and
-    // `sched_setaffinity` only read and write within its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// CPU time (user + system) the calling thread has used.
 fn thread_cpu() -> Duration {
     // SAFETY: `getrusage` writes one `rusage` into the zeroed value we pass.
@@ -133,7 +117,6 @@ fn migrate(tcp: bool, config: &VmConfig, source: &Memory, dest: &mut Memory) -> 
         let sending = thread::Builder::new()
             .name("stream-send".into())
             .spawn_scoped(scope, move || {
-                pin(0);
                 let cpu = thread_cpu();
                 let mut writer = StreamWriter::new(&sender).unwrap();
                 writer.write_config(config).unwrap();
@@ -146,7 +129,6 @@ fn migrate(tcp: bool, config: &VmConfig, source: &Memory, dest: &mut Memory) -> 
                 thread_cpu() - cpu
             })
             .unwrap();
-        pin(1);
         let cpu = thread_cpu();
         let mut reader = StreamReader::new(&receiver).unwrap();
         loop {
@@ -174,7 +156,6 @@ fn plain_copy(tcp: bool, source: &Memory, dest: &mut Memory) -> Sample {
         let sending = thread::Builder::new()
             .name("plain-send".into())
             .spawn_scoped(scope, move || {
-                pin(0);
                 let cpu = thread_cpu();
                 for chunk in source.0.chunks(PLAIN_CHUNK) {
                     (&sender).write_all(chunk).unwrap();
@@ -182,7 +163,6 @@ fn plain_copy(tcp: bool, source: &Memory, dest: &mut Memory) -> Sample {
                 thread_cpu() - cpu
             })
             .unwrap();
-        pin(1);
         let cpu = thread_cpu();
         (&receiver).read_exact(&mut dest.0).unwrap();
         let receiver_cpu = thread_cpu() - cpu;
