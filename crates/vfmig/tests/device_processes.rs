@@ -236,3 +236,47 @@ fn dma_engine_device_ram_precopies_over_several_rounds_between_processes() {
     guest.read(0x30_0000, &mut filled).unwrap();
     assert_eq!(filled, [7; 16]);
 }
+
+#[test]
+fn the_migration_data_section_can_be_read_and_written_through_mmap() {
+    let (a, b) = (
+        DeviceProcess::start(&["mtty"], "mtty-mmap-a"),
+        DeviceProcess::start(&["mtty"], "mtty-mmap-b"),
+    );
+    let (src, dst) = (a.connect(), b.connect());
+    src.region_write(0, 0, b"m").unwrap();
+    // The source's chunks read through its mmapped data section instead of REGION_READ.
+    let region = src.region_info(MIGRATION_REGION_INDEX).unwrap();
+    let area = region.mmap_area(0).unwrap();
+    let base = region.sparse_areas[0].offset;
+    set_state(&src, DeviceState::STOP_COPY);
+    let mut chunks = Vec::new();
+    while read_u64(&src, PENDING_BYTES_OFFSET) > 0 {
+        let offset = read_u64(&src, DATA_OFFSET_OFFSET);
+        let mut chunk = vec![0u8; read_u64(&src, DATA_SIZE_OFFSET) as usize];
+        area.read_bytes((offset - base) as usize, &mut chunk)
+            .unwrap();
+        chunks.push(chunk);
+    }
+    set_state(&src, DeviceState::STOP);
+    // Written into the destination's mmapped data section, each followed by data_size.
+    let region = dst.region_info(MIGRATION_REGION_INDEX).unwrap();
+    let area = region.mmap_area(0).unwrap();
+    let base = region.sparse_areas[0].offset;
+    set_state(&dst, DeviceState::RESUMING);
+    for chunk in &chunks {
+        let offset = read_u64(&dst, DATA_OFFSET_OFFSET);
+        area.write_bytes((offset - base) as usize, chunk).unwrap();
+        let size = chunk.len() as u64;
+        dst.region_write(
+            MIGRATION_REGION_INDEX,
+            DATA_SIZE_OFFSET,
+            &size.to_le_bytes(),
+        )
+        .unwrap();
+    }
+    set_state(&dst, DeviceState::RUNNING);
+    let mut byte = [0u8];
+    dst.region_read(0, 0, &mut byte).unwrap();
+    assert_eq!(&byte, b"m");
+}
