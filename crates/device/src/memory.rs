@@ -9,7 +9,7 @@ use std::ptr::NonNull;
 
 /// A memfd and its `MAP_SHARED` mapping in this process, unmapped on drop.
 pub struct SharedMemory {
-    fd: OwnedFd,
+    file: File,
     base: NonNull<u8>,
     len: usize,
 }
@@ -32,10 +32,9 @@ impl SharedMemory {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let file = File::from(fd);
         file.set_len(len as u64)?;
-        let fd = OwnedFd::from(file);
         if len == 0 {
             return Ok(SharedMemory {
-                fd,
+                file,
                 base: NonNull::dangling(),
                 len,
             });
@@ -47,7 +46,7 @@ impl SharedMemory {
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                std::os::fd::AsRawFd::as_raw_fd(&file),
                 0,
             )
         };
@@ -56,7 +55,7 @@ impl SharedMemory {
         }
         let base =
             NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
-        Ok(SharedMemory { fd, base, len })
+        Ok(SharedMemory { file, base, len })
     }
 
     /// Size in bytes.
@@ -71,7 +70,42 @@ impl SharedMemory {
 
     /// The memfd, for the client to map.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.file.as_fd()
+    }
+
+    /// Copies `buf.len()` bytes from `offset` through the file rather than the mapping: a page
+    /// never written reads as zeros without being allocated (a fault on the mapping would
+    /// allocate it). EINVAL if the range is outside.
+    pub fn read_through_file(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check(offset, buf.len())?;
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros by freeing its pages (`fallocate` punching
+    /// a hole): cheap for pages never written, and it gives memory back for the others. Every
+    /// process mapping the memfd sees the zeros. EINVAL if the range is outside.
+    pub fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        let len_usize =
+            usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.check(offset, len_usize)?;
+        let (off, n) = match (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+            (Ok(off), Ok(n)) => (off, n),
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        // SAFETY: fallocate on our own fd has no effect on Rust memory; the mapping stays valid
+        // (the hole reads as zeros).
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                n,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// `offset` as a usize, if `[offset, offset + len)` lies inside.
@@ -134,5 +168,38 @@ impl std::fmt::Debug for SharedMemory {
         f.debug_struct("SharedMemory")
             .field("len", &self.len)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_makes_written_bytes_read_zero() {
+        let m = SharedMemory::new(c"t", 3 * 4096).unwrap();
+        m.write(4096, &[7; 4096]).unwrap();
+        m.zero(4096, 4096).unwrap();
+        let mut b = [1u8; 4096];
+        m.read(4096, &mut b).unwrap();
+        assert_eq!(b, [0; 4096]);
+    }
+
+    #[test]
+    fn reads_through_the_file_see_what_the_mapping_wrote() {
+        let m = SharedMemory::new(c"t", 2 * 4096).unwrap();
+        m.write(100, b"abc").unwrap();
+        let mut b = [0u8; 3];
+        m.read_through_file(100, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+    }
+
+    #[test]
+    fn zero_outside_is_einval() {
+        let m = SharedMemory::new(c"t", 4096).unwrap();
+        assert_eq!(
+            m.zero(4096, 4096).unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
     }
 }

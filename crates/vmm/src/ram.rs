@@ -154,6 +154,20 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Reads guest memory through the memfd instead of the mapping, for the migration sender:
+    /// a page the guest never wrote reads as zeros without being allocated.
+    pub fn read_for_migration(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RamError> {
+        let r = self.region(gpa, buf.len() as u64)?;
+        Ok(r.memory.read_through_file(gpa - r.gpa, buf)?)
+    }
+
+    /// Makes `[gpa, gpa + len)` zero (within one region) by freeing its pages, for the
+    /// migration receiver: zero pages cost it nothing. Not marked dirty.
+    pub fn zero_untracked(&self, gpa: u64, len: u64) -> Result<(), RamError> {
+        let r = self.region(gpa, len)?;
+        Ok(r.memory.zero(gpa - r.gpa, len)?)
+    }
+
     /// Writes guest memory without marking it dirty: for the migration receiver, which fills
     /// RAM that is not running yet.
     pub fn write_untracked(&self, gpa: u64, data: &[u8]) -> Result<(), RamError> {

@@ -15,8 +15,7 @@ pub struct Estimate {
     pub dirty_bytes: u64,
     /// Device bytes pending, over all devices.
     pub device_pending: u64,
-    /// Measured rate of dirty guest memory cleared, bytes per second (zero pages count: they
-    /// cost time, not bytes).
+    /// Measured bandwidth, stream bytes per second.
     pub bandwidth: f64,
     /// Pre-copy time so far.
     pub elapsed: Duration,

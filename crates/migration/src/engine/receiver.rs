@@ -7,14 +7,32 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 use vfmig_abi::DeviceState;
-use vfmig_vmm::{DeviceHost, DeviceSpec, Vm, VmConfig};
+use vfmig_vmm::{DeviceHost, DeviceSpec, GuestRam, Vm, VmConfig};
 
 use super::device::DeviceLink;
 use super::error::MigrationError;
 use super::{ACK_FAILED, ACK_RUNNING};
 use crate::Gpa;
-use crate::stream::{Section, StreamReader, VmConfig as StreamConfig};
+use crate::stream::{Section, StreamReader, VmConfig as StreamConfig, WriteGuestMemory};
 use crate::transport::{Connection, Listener};
+
+/// Guest RAM as the stream fills it: not dirty-tracked (the guest is not running), and zero
+/// runs free their pages instead of writing zeros.
+struct RamWriter<'a>(&'a GuestRam);
+
+fn io_error(e: vfmig_vmm::RamError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+impl WriteGuestMemory for RamWriter<'_> {
+    fn write(&mut self, gpa: Gpa, data: &[u8]) -> io::Result<()> {
+        self.0.write_untracked(gpa.raw(), data).map_err(io_error)
+    }
+
+    fn write_zeroes(&mut self, gpa: Gpa, len: u64) -> io::Result<()> {
+        self.0.zero_untracked(gpa.raw(), len).map_err(io_error)
+    }
+}
 
 /// What the destination saw.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -114,13 +132,8 @@ fn receive_on(
     loop {
         match reader.next_section()? {
             Section::RamPages(pages) => {
-                let ram = vm.ram();
-                let mut write = |gpa: Gpa, data: &[u8]| -> io::Result<()> {
-                    ram.write_untracked(gpa.raw(), data)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
-                };
                 pages
-                    .apply(&mut write)
+                    .apply(&mut RamWriter(vm.ram()))
                     .map_err(|e| MigrationError::Config(e.to_string()))?;
                 stats.pages += pages.data_pages() + pages.zero_pages();
                 stats.zero_pages += pages.zero_pages();

@@ -41,7 +41,7 @@ pub struct MigrationStatus {
     pub remaining: u64,
     /// Estimated downtime if the switch-over happened now, in ms.
     pub expected_downtime_ms: u64,
-    /// Measured rate of dirty guest memory cleared, bytes per second (zero pages count).
+    /// Measured bandwidth, stream bytes per second.
     pub bandwidth: f64,
     /// The final statistics, once completed.
     pub stats: Option<MigrationStats>,

@@ -33,11 +33,16 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn wait_for(control: &Path, what: &str) -> anyhow::Result<Value> {
+/// Waits until the VM behind `control` answers with a status whose state is `state`.
+fn wait_for(control: &Path, what: &str, state: &str) -> anyhow::Result<Value> {
     let start = Instant::now();
     loop {
         match request(control, "status", Value::Null) {
-            Ok(status) => return Ok(status),
+            Ok(status) if status["state"] == state => return Ok(status),
+            Ok(_) if start.elapsed() > Duration::from_secs(60) => {
+                bail!("{what} did not reach {state}")
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) if start.elapsed() > Duration::from_secs(30) => {
                 bail!("{what} did not come up: {e}")
             }
@@ -111,8 +116,8 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--paused",
         ],
     )?;
-    let status = wait_for(&src_ctl, "the source VM")?;
-    wait_for(&dst_ctl, "the destination VM")?;
+    let status = wait_for(&src_ctl, "the source VM", "running")?;
+    wait_for(&dst_ctl, "the destination VM", "incoming")?;
     println!(
         "source VM running, devices {}; destination waiting on {to}",
         status["devices"]
