@@ -1,0 +1,228 @@
+//! Live migration between `vfmig vm run` processes, each VM with an mtty and a dma-engine in
+//! device processes of its own, driven through the VMs' control sockets: what happens when
+//! things go wrong (the destination dies, a device dies, the stream is corrupted or cut, the
+//! user cancels), and the byte-for-byte check of a migration that goes right.
+//!
+//! After a failure or a cancel the source must be as if no migration had started: the guest
+//! running, its devices RUNNING, and a later migration possible. The guest's own device
+//! operations show a device left stopped (STOP, STOP_COPY refuse BAR accesses), which is what
+//! a failure after the switch-over would leave; a device left in PRE_COPY behaves like a
+//! running one to the guest, and only a second migration, verified by digests, shows it.
+//!
+//! Not covered: a VM with a device that cannot migrate (refused before anything starts),
+//! since both device kinds `vfmig device` serves offer the migration region.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vfmig_vmm::VmDigest;
+
+use common::proxy::{Fault, FaultyProxy};
+use common::{
+    BUSY_GUEST, Guest, TestDir, VmProcess, endless_migration, finite_migration, free_port, poll,
+    signal,
+};
+
+fn to(port: u16) -> String {
+    format!("tcp:127.0.0.1:{port}")
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn error_of(migration: &Value) -> &str {
+    migration["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {migration}"))
+}
+
+fn digest(vm: &VmProcess) -> VmDigest {
+    serde_json::from_value(vm.call("digest", Value::Null)).expect("a digest")
+}
+
+/// Kills the destination in the middle of pre-copy and waits for the source to notice.
+fn fail_a_migration_by_killing_its_destination(dir: &TestDir, source: &VmProcess) -> Value {
+    let port = free_port();
+    let mut destination = VmProcess::destination(dir, "dst0", port, BUSY_GUEST);
+    source.call("migrate", endless_migration(&to(port)));
+    source.wait_for_pre_copy(2);
+    signal(destination.pid(), "KILL");
+    destination.wait_for_exit();
+    source.wait_for_migration_end()
+}
+
+#[test]
+fn a_killed_destination_fails_the_migration_and_the_guest_runs_on_at_the_source() {
+    let dir = TestDir::new("dkill");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+
+    let migration = fail_a_migration_by_killing_its_destination(&dir, &source);
+
+    assert_eq!(migration["state"], "failed", "{migration}");
+    assert!(!error_of(&migration).is_empty(), "{migration}");
+    source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn after_a_failed_migration_the_source_migrates_exactly_to_a_fresh_destination() {
+    let dir = TestDir::new("retry");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let failed = fail_a_migration_by_killing_its_destination(&dir, &source);
+    assert_eq!(failed["state"], "failed", "{failed}");
+
+    let port = free_port();
+    let destination = VmProcess::destination(&dir, "dst1", port, BUSY_GUEST);
+    source.call("migrate", finite_migration(&to(port)));
+    let done = source.wait_for_migration_end();
+    assert_eq!(done["state"], "completed", "{done}");
+
+    // The source is paused since the switch-over, the destination by --paused.
+    assert_eq!(source.status()["state"], "paused");
+    destination.wait_until("the incoming VM is built", |s| s["state"] == "paused");
+    assert_eq!(digest(&source), digest(&destination));
+}
+
+#[test]
+fn a_killed_device_process_fails_the_migration_with_an_error_naming_the_device() {
+    let dir = TestDir::new("devkill");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let _destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    source.call("migrate", endless_migration(&to(port)));
+    source.wait_for_pre_copy(2);
+
+    signal(source.device_pid("dmaengine0"), "KILL");
+    let migration = source.wait_for_migration_end();
+
+    assert_eq!(migration["state"], "failed", "{migration}");
+    assert!(
+        error_of(&migration).contains("dmaengine0"),
+        "the error does not name the device: {migration}"
+    );
+}
+
+#[test]
+fn a_corrupted_byte_is_refused_by_the_destination_and_the_source_recovers() {
+    let dir = TestDir::new("corrupt");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let mut destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    let proxy = FaultyProxy::start(local(port), Fault::FlipInFirstRamPages);
+
+    source.call("migrate", endless_migration(&proxy.address()));
+    let migration = source.wait_for_migration_end();
+
+    let offset = proxy.fault_at().expect("the proxy flipped a byte");
+    assert_eq!(migration["state"], "failed", "{migration}");
+    let error = error_of(&migration);
+    assert!(
+        ["destination", "Connection reset", "Broken pipe"]
+            .iter()
+            .any(|s| error.contains(s)),
+        "the source's error names neither the destination nor the lost connection: {error}"
+    );
+    // The destination refused the section holding the byte, and said why.
+    assert!(!destination.wait_for_exit().success());
+    let log = destination.log();
+    assert!(
+        log.contains("(ram-pages)") && log.contains("checksum"),
+        "the destination does not report a checksum error in the section of byte {offset}:\n{log}"
+    );
+    source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn a_connection_lost_after_the_switch_over_resumes_the_guest_and_its_devices_at_the_source() {
+    let dir = TestDir::new("cut");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let _destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    let proxy = FaultyProxy::start(local(port), Fault::CutAtFirstDeviceConfig);
+
+    // The guest paused, the devices stopped: then the connection goes.
+    source.call("migrate", finite_migration(&proxy.address()));
+    let migration = source.wait_for_migration_end();
+
+    assert!(proxy.fault_at().is_some(), "the source never switched over");
+    assert_eq!(migration["state"], "failed", "{migration}");
+    source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn a_cancel_during_pre_copy_leaves_the_guest_running_at_the_source() {
+    let dir = TestDir::new("cancel");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let mut destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    source.call("migrate", endless_migration(&to(port)));
+    source.wait_for_pre_copy(2);
+
+    source.call("cancel", Value::Null);
+    let migration = source.wait_for_migration_end();
+
+    assert_eq!(migration["state"], "cancelled", "{migration}");
+    source.assert_guest_runs_cleanly();
+    // The destination saw the stream end early and gave up.
+    assert!(!destination.wait_for_exit().success());
+}
+
+#[test]
+#[ignore = "engine: a cancel is only checked between iterations; a sender blocked writing to a \
+            stalled destination never sees it (Progress::cancel does not shut the connection)"]
+fn a_cancel_takes_effect_while_the_destination_stalls() {
+    let dir = TestDir::new("stall");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    source.call("migrate", endless_migration(&to(port)));
+    source.wait_for_pre_copy(2);
+
+    // The destination stops reading: the socket buffers fill and the sender blocks in a
+    // write. Wait until no iteration has finished for a second.
+    signal(destination.pid(), "STOP");
+    let mut last = (source.migration()["iteration"].clone(), Instant::now());
+    poll("the sender to block on the stalled destination", || {
+        let now = source.migration()["iteration"].clone();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        (last.1.elapsed() > Duration::from_secs(1)).then_some(())
+    });
+
+    source.call("cancel", Value::Null);
+    let migration = source.wait_for_migration_end();
+
+    assert_eq!(migration["state"], "cancelled", "{migration}");
+    source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn a_busy_vm_migrates_byte_for_byte_and_its_guest_runs_on_at_the_destination() {
+    let dir = TestDir::new("exact");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    // Both devices busy before the migration starts.
+    source.wait_for_guest_progress(Guest::default(), 20_000, 200);
+
+    source.call("migrate", finite_migration(&to(port)));
+    let done = source.wait_for_migration_end();
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(
+        done["stats"]["device_bytes"].as_u64() > Some(0),
+        "no device state moved: {done}"
+    );
+
+    assert_eq!(source.status()["state"], "paused");
+    destination.wait_until("the incoming VM is built", |s| s["state"] == "paused");
+    let (want, got) = (digest(&source), digest(&destination));
+    assert_eq!(want.devices.len(), 2, "{want:?}");
+    assert_eq!(got, want, "the destination differs from the source");
+
+    destination.call("cont", Value::Null);
+    destination.assert_guest_runs_cleanly();
+}
