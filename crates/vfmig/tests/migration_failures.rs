@@ -120,10 +120,8 @@ fn a_corrupted_byte_is_refused_by_the_destination_and_the_source_recovers() {
     assert_eq!(migration["state"], "failed", "{migration}");
     let error = error_of(&migration);
     assert!(
-        ["destination", "Connection reset", "Broken pipe"]
-            .iter()
-            .any(|s| error.contains(s)),
-        "the source's error names neither the destination nor the lost connection: {error}"
+        error.contains("the destination refused the stream") && error.contains("checksum"),
+        "the source's error does not carry the destination's reason: {error}"
     );
     // The destination refused the section holding the byte, and said why.
     assert!(!destination.wait_for_exit().success());
@@ -171,8 +169,6 @@ fn a_cancel_during_pre_copy_leaves_the_guest_running_at_the_source() {
 }
 
 #[test]
-#[ignore = "engine: a cancel is only checked between iterations; a sender blocked writing to a \
-            stalled destination never sees it (Progress::cancel does not shut the connection)"]
 fn a_cancel_takes_effect_while_the_destination_stalls() {
     let dir = TestDir::new("stall");
     let source = VmProcess::source(&dir, "src", BUSY_GUEST);

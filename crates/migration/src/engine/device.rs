@@ -53,7 +53,7 @@ impl<'a> DeviceLink<'a> {
         MigrationError::Device {
             device: self.id().to_string(),
             what,
-            source: Box::new(source),
+            error: Box::new(source),
         }
     }
 

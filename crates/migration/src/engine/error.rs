@@ -17,14 +17,14 @@ pub enum MigrationError {
         device: String,
     },
     /// A device request failed (its process may be gone).
-    #[error("device {device}: {what}: {source}")]
+    #[error("device {device}: {what}: {error}")]
     Device {
         /// The device.
         device: String,
         /// What was asked of it.
         what: &'static str,
         /// The error, with its errno.
-        source: Box<ClientError>,
+        error: Box<ClientError>,
     },
     /// A device broke the migration region's protocol.
     #[error("device {device}: {what}")]
@@ -44,13 +44,19 @@ pub enum MigrationError {
     },
     /// Connecting or listening failed.
     #[error("transport: {0}")]
-    Transport(#[from] TransportError),
+    Transport(TransportError),
     /// Writing the stream failed (the destination may be gone).
     #[error("sending the stream: {0}")]
-    Send(#[from] WriteError),
+    Send(WriteError),
+    /// The destination refused the stream, and said why.
+    #[error("the destination refused the stream: {reason}")]
+    Refused {
+        /// Its reason.
+        reason: String,
+    },
     /// Reading the stream failed: corrupt, truncated, or out of order.
     #[error("receiving the stream: {0}")]
-    Receive(#[from] ReadError),
+    Receive(ReadError),
     /// The destination never confirmed that the VM runs there.
     #[error("the destination did not confirm the switch-over: {0}")]
     NoAck(String),
@@ -59,11 +65,31 @@ pub enum MigrationError {
     Config(String),
     /// Building the destination VM failed.
     #[error("building the destination VM: {0}")]
-    Vm(#[from] Box<VmError>),
+    Vm(Box<VmError>),
     /// Guest RAM could not be read or written.
     #[error("guest RAM: {0}")]
-    Ram(#[from] vfmig_vmm::RamError),
+    Ram(vfmig_vmm::RamError),
     /// The user cancelled.
     #[error("cancelled")]
     Cancelled,
 }
+
+// The causes are part of each message; they are not also chained as `source`, so a report
+// does not print them twice.
+macro_rules! from_cause {
+    ($($t:ty => $v:ident),* $(,)?) => {$(
+        impl From<$t> for MigrationError {
+            fn from(e: $t) -> Self {
+                MigrationError::$v(e)
+            }
+        }
+    )*};
+}
+
+from_cause!(
+    TransportError => Transport,
+    WriteError => Send,
+    ReadError => Receive,
+    Box<VmError> => Vm,
+    vfmig_vmm::RamError => Ram,
+);

@@ -22,6 +22,12 @@ use crate::{DeviceId, Gpa};
 /// How long the source waits for the destination to confirm the switch-over.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a write may block on a destination that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a failed sender listens for the destination's reason.
+const REASON_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Migrates `vm` to the destination listening at `to`. On success the guest stays paused
 /// here (it runs on the destination); on failure it runs on here, devices RUNNING, tracking
 /// stopped.
@@ -42,9 +48,15 @@ pub fn migrate(
         .map(DeviceLink::new)
         .collect::<Result<Vec<_>, _>>()?;
     let conn = transport::connect(to)?;
-    let ack = conn
-        .try_clone()
+    let clone = |c: &Connection| {
+        c.try_clone()
+            .map_err(|e| MigrationError::NoAck(e.to_string()))
+    };
+    // A destination that stops reading fails the migration instead of hanging it.
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))
         .map_err(|e| MigrationError::NoAck(e.to_string()))?;
+    let ack = clone(&conn)?;
+    progress.set_connection(Some(clone(&conn)?));
     let mut sender = Sender {
         vm,
         links,
@@ -55,7 +67,9 @@ pub fn migrate(
         devices_saving: false,
         paused: false,
     };
-    match sender.run(policy, start) {
+    let result = sender.run(policy, start);
+    progress.set_connection(None);
+    match result {
         Ok(stats) => {
             progress.update(|s| {
                 s.state = MigrationState::Completed;
@@ -64,6 +78,13 @@ pub fn migrate(
             Ok(stats)
         }
         Err(e) => {
+            let e = match e {
+                _ if progress.is_cancelled() => MigrationError::Cancelled,
+                MigrationError::Send(_) | MigrationError::NoAck(_) => {
+                    sender.destination_reason().unwrap_or(e)
+                }
+                e => e,
+            };
             sender.roll_back();
             let state = if matches!(e, MigrationError::Cancelled) {
                 MigrationState::Cancelled
@@ -329,15 +350,29 @@ impl Sender<'_> {
             .map_err(|e| MigrationError::NoAck(e.to_string()))?;
         match line.trim_end() {
             l if l == ACK_RUNNING => Ok(()),
-            l if l.starts_with(ACK_FAILED) => Err(MigrationError::NoAck(format!(
-                "the destination failed: {}",
-                l[ACK_FAILED.len()..].trim()
-            ))),
+            l if l.starts_with(ACK_FAILED) => Err(MigrationError::Refused {
+                reason: l[ACK_FAILED.len()..].trim().to_string(),
+            }),
             "" => Err(MigrationError::NoAck(
                 "the destination closed the connection".into(),
             )),
             l => Err(MigrationError::NoAck(format!("unexpected reply {l:?}"))),
         }
+    }
+
+    /// After a failure: the destination's own account of it, if it sent one (a refused
+    /// stream shows up here first as a broken pipe).
+    fn destination_reason(&self) -> Option<MigrationError> {
+        self.ack.set_read_timeout(Some(REASON_TIMEOUT)).ok()?;
+        let mut line = String::new();
+        let reader = self.ack.try_clone().ok()?;
+        BufReader::new(io::Read::take(reader, 4096))
+            .read_line(&mut line)
+            .ok()?;
+        let reason = line.trim_end().strip_prefix(ACK_FAILED)?;
+        Some(MigrationError::Refused {
+            reason: reason.trim().to_string(),
+        })
     }
 
     /// Leaves the guest running here: devices RUNNING, tracking off, guest resumed, the

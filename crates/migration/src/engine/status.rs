@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::stats::MigrationStats;
+use crate::transport::Connection;
 
 /// Where a migration is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -69,6 +70,9 @@ impl Default for MigrationStatus {
 pub struct Progress {
     status: Arc<Mutex<MigrationStatus>>,
     cancel: Arc<AtomicBool>,
+    /// The migration's connection while it runs: a cancel shuts it down, so a sender blocked
+    /// writing to a stalled destination returns at once.
+    connection: Arc<Mutex<Option<Connection>>>,
 }
 
 impl Progress {
@@ -90,9 +94,23 @@ impl Progress {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// Asks the migration to stop; it rolls back at its next check.
+    /// Asks the migration to stop: it rolls back at its next check, or at once if it is
+    /// blocked on the connection (which is shut down).
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Release);
+        if let Some(conn) = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = conn.shutdown();
+        }
+    }
+
+    /// Registers (or, with `None`, forgets) the connection a cancel shuts down.
+    pub(crate) fn set_connection(&self, conn: Option<Connection>) {
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = conn;
     }
 
     /// True once cancelled.

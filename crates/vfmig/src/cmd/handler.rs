@@ -14,6 +14,8 @@ use vfmig_vmm::{Vm, WorkloadConfig};
 /// The VM behind a control socket. The VM itself arrives later for an incoming migration.
 pub(crate) struct VmHandler {
     vm: OnceLock<Arc<Vm>>,
+    /// The VM's runtime directory (device sockets), removed at `quit`.
+    runtime_dir: std::path::PathBuf,
     workload: WorkloadConfig,
     workload_started: Mutex<bool>,
     migration: Mutex<Option<Progress>>,
@@ -21,9 +23,10 @@ pub(crate) struct VmHandler {
 }
 
 impl VmHandler {
-    pub(crate) fn new(workload: WorkloadConfig) -> Self {
+    pub(crate) fn new(workload: WorkloadConfig, runtime_dir: std::path::PathBuf) -> Self {
         VmHandler {
             vm: OnceLock::new(),
+            runtime_dir,
             workload,
             workload_started: Mutex::new(false),
             migration: Mutex::new(None),
@@ -127,6 +130,8 @@ impl VmHandler {
             }
         }
         let progress = Progress::new();
+        // Running from now on, before the lock is let go: a second `migrate` is refused.
+        progress.update(|s| s.state = MigrationState::Setup);
         *slot = Some(progress.clone());
         thread::spawn(move || {
             let _ = migrate(&vm, &to, &mut policy, &progress);
@@ -172,6 +177,10 @@ impl ControlHandler for VmHandler {
                 Ok(json!({}))
             }
             "quit" => {
+                if let Some(vm) = self.vm.get() {
+                    vm.shutdown();
+                }
+                let _ = std::fs::remove_dir_all(&self.runtime_dir);
                 thread::spawn(|| {
                     thread::sleep(Duration::from_millis(50));
                     std::process::exit(0);

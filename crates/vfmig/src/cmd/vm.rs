@@ -86,7 +86,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
         dir: runtime_dir()?,
         viommu: args.viommu,
     };
-    let handler = Arc::new(VmHandler::new(workload));
+    let handler = Arc::new(VmHandler::new(workload, host.dir.clone()));
     let listener = vfmig_device::server::bind(&args.control)
         .with_context(|| format!("control socket {}", args.control.display()))?;
     let _control = control::serve(listener, handler.clone());
