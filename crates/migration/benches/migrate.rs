@@ -1,8 +1,10 @@
 //! The migration engine end to end, against a plain TCP copy, in one process and one run.
 //!
 //! A source [`Vm`] of 2 GiB with no devices, every page filled with non-zero data, migrates
-//! over 127.0.0.1 to a destination built by [`receive`] on another thread, with the default
-//! policy (300 ms downtime limit). The guest is idle: no workload is started, but the gate
+//! over 127.0.0.1 to a destination built by [`receive_into`] on another thread, with the
+//! default policy (300 ms downtime limit). As `vfmig vm run --incoming` does, the destination
+//! prepares its guest RAM (from its own `--mem`) and faults it in before the source connects;
+//! that preparation is not part of the migration's time. The guest is idle: no workload is started, but the gate
 //! is opened (`Vm::resume`), so the sender pauses a running guest at the switch-over as it
 //! would a busy one; nothing dirties RAM, so pre-copy is one pass over all of it and the
 //! stop-and-copy phase finds nothing left. The destination's RAM is checked against the
@@ -28,11 +30,12 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vfmig_migration::crc::crc32c;
-use vfmig_migration::engine::{DowntimeLimit, MigrationStats, Progress, migrate, receive};
+use vfmig_migration::engine::{DowntimeLimit, MigrationStats, Progress, migrate, receive_into};
 use vfmig_migration::transport::{Address, connect, listen};
 use vfmig_vmm::{DeviceHost, GuestRam, PAGE, Vm, VmConfig};
 
@@ -115,9 +118,11 @@ struct Migration {
 fn migrate_once(vm: &Vm, host: &DeviceHost) -> Migration {
     let listener = listen(&"tcp:127.0.0.1:0".parse().expect("address")).expect("listen");
     let to: Address = listener.address().clone();
+    let ram = Arc::new(GuestRam::new(&vm.ram().layout()).expect("destination RAM"));
+    ram.populate().expect("fault in destination RAM");
     let ((stats, sender_cpu), (dest, receiver_cpu)) = thread::scope(|s| {
         let receiving = on_thread(s, "receive", || {
-            receive(&listener, host).expect("receive").0
+            receive_into(&listener, host, Some(ram)).expect("receive").0
         });
         let sending = on_thread(s, "send", || {
             migrate(vm, &to, &mut DowntimeLimit::default(), &Progress::new()).expect("migrate")

@@ -82,6 +82,8 @@ pub enum RamError {
 /// All guest RAM of a VM.
 pub struct GuestRam {
     regions: Vec<RamRegion>,
+    /// Every page is resident ([`GuestRam::populate`] ran to its end).
+    populated: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for GuestRam {
@@ -115,7 +117,10 @@ impl GuestRam {
             let dirty = DirtyBitmap::new(size / PAGE, PageSize::SIZE_4K)?;
             regions.push(RamRegion { gpa, memory, dirty });
         }
-        Ok(GuestRam { regions })
+        Ok(GuestRam {
+            regions,
+            populated: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The regions, in address order.
@@ -161,11 +166,33 @@ impl GuestRam {
         Ok(r.memory.read_through_file(gpa - r.gpa, buf)?)
     }
 
-    /// Makes `[gpa, gpa + len)` zero (within one region) by freeing its pages, for the
-    /// migration receiver: zero pages cost it nothing. Not marked dirty.
+    /// Makes `[gpa, gpa + len)` zero (within one region), for the migration receiver; not
+    /// marked dirty. Resident RAM ([`GuestRam::populate`]) is cleared in place; otherwise the
+    /// pages are freed, so zero pages cost nothing.
     pub fn zero_untracked(&self, gpa: u64, len: u64) -> Result<(), RamError> {
         let r = self.region(gpa, len)?;
-        Ok(r.memory.zero(gpa - r.gpa, len)?)
+        if !self.populated.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(r.memory.zero(gpa - r.gpa, len)?);
+        }
+        static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len - done).map_or(ZEROES.len(), |n| n.min(ZEROES.len()));
+            r.memory.write(gpa - r.gpa + done, &ZEROES[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Faults every page of guest RAM in, so a migration's writes find them resident: a
+    /// destination does it while it waits for the stream.
+    pub fn populate(&self) -> Result<(), RamError> {
+        for r in &self.regions {
+            r.memory.populate()?;
+        }
+        self.populated
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Writes guest memory without marking it dirty: for the migration receiver, which fills

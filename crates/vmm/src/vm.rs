@@ -102,6 +102,24 @@ impl Vm {
     /// The guest starts paused.
     pub fn build(config: VmConfig, host: &DeviceHost, fresh: bool) -> Result<Vm, VmError> {
         let ram = Arc::new(GuestRam::new(&config.ram)?);
+        Vm::build_with_ram(config, ram, host, fresh)
+    }
+
+    /// [`Vm::build`] with RAM made beforehand (a migration destination prepares it while it
+    /// waits); its layout must be the configuration's.
+    pub fn build_with_ram(
+        config: VmConfig,
+        ram: Arc<GuestRam>,
+        host: &DeviceHost,
+        fresh: bool,
+    ) -> Result<Vm, VmError> {
+        if ram.layout() != config.ram {
+            return Err(VmError::Config(format!(
+                "RAM laid out as {:x?}, the VM needs {:x?}",
+                ram.layout(),
+                config.ram
+            )));
+        }
         let viommu = host.viommu.then(|| Arc::new(Viommu::new()));
         let window = viommu.as_ref().map(|_| WINDOW);
         let mut devices = Vec::with_capacity(config.devices.len());

@@ -35,7 +35,7 @@ mod status;
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{Convergence, Decision, DowntimeLimit, Estimate, SwitchReason};
-pub use receiver::{ReceiveStats, receive};
+pub use receiver::{ReceiveStats, receive, receive_into};
 pub use sender::migrate;
 pub use stats::{IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};

@@ -4,6 +4,7 @@
 //! processes end) and tells the source.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use vfmig_abi::DeviceState;
@@ -83,12 +84,22 @@ pub fn receive(
     listener: &Listener,
     host: &DeviceHost,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
+    receive_into(listener, host, None)
+}
+
+/// [`receive`] into guest RAM prepared beforehand (e.g. populated while waiting), used if its
+/// layout is the stream's; otherwise RAM is made from the stream's layout.
+pub fn receive_into(
+    listener: &Listener,
+    host: &DeviceHost,
+    ram: Option<Arc<GuestRam>>,
+) -> Result<(Vm, ReceiveStats), MigrationError> {
     let conn = listener.accept()?;
     let start = Instant::now();
     let mut ack = conn
         .try_clone()
         .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-    match receive_on(conn, host, start) {
+    match receive_on(conn, host, ram, start) {
         Ok((vm, stats)) => {
             ack.write_all(format!("{ACK_RUNNING}\n").as_bytes())
                 .map_err(|e| MigrationError::NoAck(format!("confirming to the source: {e}")))?;
@@ -105,6 +116,7 @@ pub fn receive(
 fn receive_on(
     conn: Connection,
     host: &DeviceHost,
+    ram: Option<Arc<GuestRam>>,
     start: Instant,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
     let mut stats = ReceiveStats::default();
@@ -120,7 +132,11 @@ fn receive_on(
         }
     };
     tracing::info!(ram = ?config.ram, devices = config.devices.len(), "incoming VM");
-    let vm = Vm::build(config, host, false).map_err(Box::new)?;
+    let vm = match ram.filter(|r| r.layout() == config.ram) {
+        Some(ram) => Vm::build_with_ram(config, ram, host, false),
+        None => Vm::build(config, host, false),
+    }
+    .map_err(Box::new)?;
     let mut links = vm
         .devices()
         .iter()

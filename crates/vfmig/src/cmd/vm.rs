@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use vfmig_migration::engine::{MigrationStats, receive};
+use vfmig_migration::engine::{MigrationStats, receive_into};
 use vfmig_migration::transport::{Address, listen};
 use vfmig_vmm::control::{self, request};
-use vfmig_vmm::{DeviceHost, DeviceSpec, Vm, VmConfig, WorkloadConfig};
+use vfmig_vmm::{DeviceHost, DeviceSpec, GuestRam, Vm, VmConfig, WorkloadConfig};
 
 use super::handler::VmHandler;
 use crate::cli::{DeviceName, MigrateArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size};
@@ -96,7 +96,18 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
             let listener = listen(&addr).with_context(|| format!("listening on {addr}"))?;
             handler.set_incoming(Some("waiting".into()));
             tracing::info!(%addr, "waiting for an incoming migration");
-            let (vm, stats) = receive(&listener, &host).context("incoming migration")?;
+            // Guest RAM as --mem lays it out, faulted in while the source connects; used if
+            // the stream's layout is the same (it usually is: both ends get the same --mem).
+            let layout = VmConfig::with_memory(parse_size(&args.mem)?, Vec::new())?.ram;
+            let ram = Arc::new(GuestRam::new(&layout)?);
+            let populating = ram.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = populating.populate() {
+                    tracing::warn!(error = %e, "could not fault in guest RAM ahead of the migration");
+                }
+            });
+            let (vm, stats) =
+                receive_into(&listener, &host, Some(ram)).context("incoming migration")?;
             handler.set_incoming(Some("completed".into()));
             tracing::info!(?stats, "incoming migration completed");
             Arc::new(vm)
