@@ -106,11 +106,28 @@ pub fn receive_into(
             Ok((vm, stats))
         }
         Err(e) => {
-            let _ = ack.write_all(format!("{ACK_FAILED} {e}\n").as_bytes());
-            let _ = ack.shutdown();
+            tell_source(&mut ack, &e);
             Err(e)
         }
     }
+}
+
+/// Sends the source why the stream was refused, then closes gently: a half-close, and what
+/// the source still sends is read and dropped for a moment, so the close does not reset the
+/// connection (a reset would discard the reason before the source reads it).
+fn tell_source(ack: &mut Connection, e: &MigrationError) {
+    let _ = ack.write_all(format!("{ACK_FAILED} {e}\n").as_bytes());
+    let _ = ack.shutdown_write();
+    let _ = ack.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let mut sink = vec![0u8; 64 << 10];
+    while Instant::now() < deadline {
+        match io::Read::read(ack, &mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = ack.shutdown();
 }
 
 fn receive_on(
