@@ -76,7 +76,12 @@ impl fmt::Debug for Errno {
 
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "errno {} ({})", self.0, self.to_io())
+        // io::Error's Display ends with "(os error N)": the number once, after the name.
+        let name = self.to_io().to_string();
+        let name = name
+            .rsplit_once(" (os error")
+            .map_or(name.as_str(), |(n, _)| n);
+        write!(f, "{name} (errno {})", self.0)
     }
 }
 
