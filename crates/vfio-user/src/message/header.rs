@@ -288,6 +288,30 @@ impl Header {
         Ok(body_len)
     }
 
+    /// Checks that this header frames `body` as a message of `kind`: the right type, and a
+    /// `msg_size` within `limits` that matches the body read.
+    pub fn check_framing(
+        &self,
+        kind: MessageKind,
+        body: &[u8],
+        limits: &Limits,
+    ) -> Result<(), MessageError> {
+        let found = self.kind()?;
+        if found != kind {
+            return Err(MessageError::WrongMessageType {
+                expected: kind,
+                found,
+            });
+        }
+        if self.checked_body_len(limits)? != body.len() {
+            return Err(MessageError::SizeMismatch {
+                msg_size: self.msg_size,
+                actual: body.len().saturating_add(16),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads a header from the first 16 bytes of `bytes`, returning it and the rest.
     pub fn split(bytes: &[u8]) -> Result<(Self, &[u8]), MessageError> {
         Self::read_from_prefix(bytes).map_err(|_| MessageError::BodyTooShort {

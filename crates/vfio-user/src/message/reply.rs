@@ -130,21 +130,7 @@ impl<'a> Reply<'a> {
         fds: usize,
         limits: &Limits,
     ) -> Result<Self, MessageError> {
-        match header.kind()? {
-            MessageKind::Reply => {}
-            found => {
-                return Err(MessageError::WrongMessageType {
-                    expected: MessageKind::Reply,
-                    found,
-                });
-            }
-        }
-        if header.checked_body_len(limits)? != body.len() {
-            return Err(MessageError::SizeMismatch {
-                msg_size: header.msg_size,
-                actual: body.len().saturating_add(16),
-            });
-        }
+        header.check_framing(MessageKind::Reply, body, limits)?;
         Self::decode(header.command()?, header.error(), body, fds)
     }
 

@@ -135,21 +135,7 @@ impl<'a> Request<'a> {
         fds: usize,
         limits: &Limits,
     ) -> Result<Self, MessageError> {
-        match header.kind()? {
-            MessageKind::Command => {}
-            found => {
-                return Err(MessageError::WrongMessageType {
-                    expected: MessageKind::Command,
-                    found,
-                });
-            }
-        }
-        if header.checked_body_len(limits)? != body.len() {
-            return Err(MessageError::SizeMismatch {
-                msg_size: header.msg_size,
-                actual: body.len().saturating_add(16),
-            });
-        }
+        header.check_framing(MessageKind::Command, body, limits)?;
         Self::decode(header.command()?, body, fds, limits)
     }
 
