@@ -77,14 +77,28 @@ pub(crate) struct WorkloadArgs {
     pub(crate) device_ops: u64,
 }
 
-#[derive(Debug, Args)]
-pub(crate) struct VmRunArgs {
+impl WorkloadArgs {
+    /// The same options, as a command line gives them.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        vec![
+            "--dirty-rate".into(),
+            self.dirty_rate.to_string(),
+            "--working-set".into(),
+            self.working_set.clone(),
+            "--writers".into(),
+            self.writers.to_string(),
+            "--device-ops".into(),
+            self.device_ops.to_string(),
+        ]
+    }
+}
+
+/// What a VM is made of, besides its devices: RAM, the dma-engines' options, the vIOMMU.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct MachineArgs {
     /// Guest RAM (e.g. 2G, 512M), a multiple of 2 MiB, at most 16G.
     #[arg(long, default_value = "1G")]
     pub(crate) mem: String,
-    /// A device to attach (repeat for more): mtty or dma-engine.
-    #[arg(long = "device")]
-    pub(crate) devices: Vec<DeviceName>,
     /// Device RAM of each dma-engine, in MiB.
     #[arg(long, default_value_t = 64)]
     pub(crate) dma_ram_mib: u64,
@@ -96,6 +110,34 @@ pub(crate) struct VmRunArgs {
     /// the next round.
     #[arg(long)]
     pub(crate) viommu: bool,
+}
+
+impl MachineArgs {
+    /// The same options, as a command line gives them.
+    pub(crate) fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--mem".into(),
+            self.mem.clone(),
+            "--dma-ram-mib".into(),
+            self.dma_ram_mib.to_string(),
+        ];
+        if self.dma_all_mapped {
+            args.push("--dma-all-mapped".into());
+        }
+        if self.viommu {
+            args.push("--viommu".into());
+        }
+        args
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VmRunArgs {
+    #[command(flatten)]
+    pub(crate) machine: MachineArgs,
+    /// A device to attach (repeat for more): mtty or dma-engine.
+    #[arg(long = "device")]
+    pub(crate) devices: Vec<DeviceName>,
     /// The control socket.
     #[arg(long)]
     pub(crate) control: PathBuf,
@@ -135,24 +177,14 @@ pub(crate) struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Guest RAM of each VM.
-    #[arg(long, default_value = "1G")]
-    pub(crate) mem: String,
+    #[command(flatten)]
+    pub(crate) machine: MachineArgs,
     /// Seconds the guest runs before the migration starts.
     #[arg(long, default_value_t = 2)]
     pub(crate) warmup_s: u64,
     /// The downtime limit, in ms.
     #[arg(long, default_value_t = 300)]
     pub(crate) downtime_ms: u64,
-    /// Device RAM of the dma-engine, in MiB.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) dma_ram_mib: u64,
-    /// Run the dma-engine without precise dirty tracking (all-mapped scope).
-    #[arg(long)]
-    pub(crate) dma_all_mapped: bool,
-    /// Emulate a guest vIOMMU remapping the DMA window (unmap with dirty bitmap).
-    #[arg(long)]
-    pub(crate) viommu: bool,
     /// Print the statistics as JSON too.
     #[arg(long)]
     pub(crate) json: bool,

@@ -71,38 +71,16 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("vfmig-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (src_ctl, dst_ctl) = (dir.join("source.sock"), dir.join("destination.sock"));
-    let mem = parse_size(&args.mem)?;
+    let mem = parse_size(&args.machine.mem)?;
     let port = free_port()?;
     let to = format!("tcp:127.0.0.1:{port}");
     let w = &args.workload;
-    let mut common: Vec<String> = vec![
-        "--mem".into(),
-        args.mem.clone(),
-        "--device".into(),
-        "mtty".into(),
-        "--device".into(),
-        "dma-engine".into(),
-        "--dma-ram-mib".into(),
-        args.dma_ram_mib.to_string(),
-        "--dirty-rate".into(),
-        w.dirty_rate.to_string(),
-        "--working-set".into(),
-        w.working_set.clone(),
-        "--writers".into(),
-        w.writers.to_string(),
-        "--device-ops".into(),
-        w.device_ops.to_string(),
-    ];
-    if args.dma_all_mapped {
-        common.push("--dma-all-mapped".into());
-    }
-    if args.viommu {
-        common.push("--viommu".into());
-    }
+    let devices = ["--device", "mtty", "--device", "dma-engine"].map(String::from);
+    let common: Vec<String> = [args.machine.to_args(), devices.to_vec(), w.to_args()].concat();
     println!(
         "vfmig demo: two VMs of {} MiB, each with an mtty and a dma-engine ({} MiB device RAM) in their own processes",
         mem >> 20,
-        args.dma_ram_mib
+        args.machine.dma_ram_mib
     );
     let _source = vm_process(&exe, &common, &["--control", path_str(&src_ctl)?])?;
     let _destination = vm_process(
@@ -179,7 +157,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         "destination guest after 1 s: {} pages written, {} device ops, {} device errors",
         guest["pages_written"], guest["device_ops"], errors
     );
-    if args.viommu {
+    if args.machine.viommu {
         println!(
             "vIOMMU on the source: {}",
             request(&src_ctl, "status", Value::Null)?["viommu"]

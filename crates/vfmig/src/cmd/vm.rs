@@ -84,7 +84,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
     let host = DeviceHost {
         program: std::env::current_exe()?,
         dir: runtime_dir()?,
-        viommu: args.viommu,
+        viommu: args.machine.viommu,
     };
     let handler = Arc::new(VmHandler::new(workload, host.dir.clone()));
     let listener = vfmig_device::server::bind(&args.control)
@@ -98,7 +98,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
             tracing::info!(%addr, "waiting for an incoming migration");
             // Guest RAM as --mem lays it out, faulted in while the source connects; used if
             // the stream's layout is the same (it usually is: both ends get the same --mem).
-            let layout = VmConfig::with_memory(parse_size(&args.mem)?, Vec::new())?.ram;
+            let layout = VmConfig::with_memory(parse_size(&args.machine.mem)?, Vec::new())?.ram;
             let ram = Arc::new(GuestRam::new(&layout)?);
             let populating = ram.clone();
             std::thread::spawn(move || {
@@ -113,10 +113,14 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
             Arc::new(vm)
         }
         None => {
-            let mem = parse_size(&args.mem)?;
+            let mem = parse_size(&args.machine.mem)?;
             let config = VmConfig::with_memory(
                 mem,
-                device_specs(&args.devices, args.dma_ram_mib, args.dma_all_mapped)?,
+                device_specs(
+                    &args.devices,
+                    args.machine.dma_ram_mib,
+                    args.machine.dma_all_mapped,
+                )?,
             )?;
             Arc::new(Vm::build(config, &host, true)?)
         }
