@@ -159,11 +159,11 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Reads guest memory through the memfd instead of the mapping, for the migration sender:
-    /// a page the guest never wrote reads as zeros without being allocated.
+    /// Reads guest memory for the migration sender ([`SharedMemory::read_sparse`]): a page
+    /// the guest never wrote reads as zeros without being allocated.
     pub fn read_for_migration(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RamError> {
         let r = self.region(gpa, buf.len() as u64)?;
-        Ok(r.memory.read_through_file(gpa - r.gpa, buf)?)
+        Ok(r.memory.read_sparse(gpa - r.gpa, buf)?)
     }
 
     /// Makes `[gpa, gpa + len)` zero (within one region), for the migration receiver; not
@@ -178,7 +178,7 @@ impl GuestRam {
         let mut done = 0u64;
         while done < len {
             let n = usize::try_from(len - done).map_or(ZEROES.len(), |n| n.min(ZEROES.len()));
-            r.memory.write(gpa - r.gpa + done, &ZEROES[..n])?;
+            r.memory.write_streaming(gpa - r.gpa + done, &ZEROES[..n])?;
             done += n as u64;
         }
         Ok(())
@@ -195,11 +195,12 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Writes guest memory without marking it dirty: for the migration receiver, which fills
-    /// RAM that is not running yet.
+    /// Writes guest memory without marking it dirty, with non-temporal stores
+    /// ([`SharedMemory::write_streaming`]): for the migration receiver, which fills RAM that
+    /// is not running yet and will not read it soon.
     pub fn write_untracked(&self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
         let r = self.region(gpa, data.len() as u64)?;
-        Ok(r.memory.write(gpa - r.gpa, data)?)
+        Ok(r.memory.write_streaming(gpa - r.gpa, data)?)
     }
 
     /// ORs the VMM's dirty pages of region `index` into `out` (bit 0 = the region's first page)
