@@ -389,3 +389,103 @@ fn memory_errors_keep_their_errno_and_range() {
         (true, Gpa(0x1000), Some(libc::EIO))
     );
 }
+
+/// Writes a stream of `layout` with one `write_ram_parallel(runs)` on `workers` threads and
+/// sections of `section_pages`, returning the stream and stats.
+fn stream_with_ram_parallel(
+    layout: &RamLayout,
+    ram: &GuestRam,
+    runs: &[PageRun],
+    workers: usize,
+    section_pages: usize,
+) -> (Vec<u8>, vfmig_migration::stream::RamStats) {
+    let mut writer = StreamWriter::new(Vec::new()).unwrap();
+    writer.set_ram_section_pages(section_pages);
+    writer.write_config(&config_for(layout)).unwrap();
+    let stats = writer.write_ram_parallel(runs, ram, workers).unwrap();
+    writer.finish().unwrap();
+    (writer.into_inner().unwrap(), stats)
+}
+
+#[test]
+fn parallel_ram_writer_sends_every_page_once_with_the_same_stats() {
+    let layout = sample_layout();
+    let source = sample_ram();
+    // Runs longer than a section, shorter, and crossing the cut between pieces.
+    let runs = [
+        PageRun::new(Gpa(3 * PAGE_SIZE), 200),
+        PageRun::new(Gpa(230 * PAGE_SIZE), 1),
+        PageRun::new(Gpa((1 << 32) + PAGE_SIZE), 63),
+    ];
+    let (_, serial) = stream_with_ram(&layout, &source, &runs);
+    for workers in [2, 3, 5] {
+        let (stream, stats) = stream_with_ram_parallel(&layout, &source, &runs, workers, 64);
+        assert_eq!(
+            (stats.pages, stats.zero_pages, stats.bytes as usize),
+            (
+                serial.pages,
+                serial.zero_pages,
+                stream.len() - 16 - stream_overhead(&stream)
+            ),
+            "{workers} workers"
+        );
+        let mut dest = GuestRam::filled(&layout, 0xee);
+        let tables = apply_stream(&stream, &mut dest);
+        assert!(
+            tables.len() >= 4,
+            "{workers} workers: {} sections",
+            tables.len()
+        );
+        for region in layout.regions() {
+            for page in 0..region.size / PAGE_SIZE {
+                let gpa = region.gpa.raw() + page * PAGE_SIZE;
+                let sent = runs
+                    .iter()
+                    .any(|run| gpa >= run.gpa.raw() && gpa < run.gpa.raw() + run.pages * PAGE_SIZE);
+                if sent {
+                    assert_eq!(dest.page(gpa), source.page(gpa), "page {gpa:#x}");
+                } else {
+                    assert!(dest.page(gpa).iter().all(|&b| b == 0xee), "page {gpa:#x}");
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of `stream` that are not RAM sections: its config section and its end section.
+fn stream_overhead(stream: &[u8]) -> usize {
+    let mut reader = StreamReader::new(stream).unwrap();
+    let mut other = 0;
+    let mut before = reader.bytes_read();
+    loop {
+        let section = reader.next_section().unwrap();
+        let ram = matches!(section, Section::RamPages(_));
+        let end = matches!(section, Section::End(_));
+        let after = reader.bytes_read();
+        if !ram {
+            other += (after - before) as usize;
+        }
+        before = after;
+        if end {
+            return other;
+        }
+    }
+}
+
+#[test]
+fn parallel_ram_writer_refuses_a_run_outside_ram() {
+    let layout = sample_layout();
+    let source = sample_ram();
+    let runs = [
+        PageRun::new(Gpa(0), 100),
+        PageRun::new(Gpa(2 << 20), 1),
+        PageRun::new(Gpa(200 * PAGE_SIZE), 10),
+    ];
+    let mut writer = StreamWriter::new(Vec::new()).unwrap();
+    writer.write_config(&config_for(&layout)).unwrap();
+    let err = writer.write_ram_parallel(&runs, &source, 2).unwrap_err();
+    assert!(
+        matches!(err, WriteError::Ram(RamError::OutsideRam { gpa, pages: 1 }) if gpa == Gpa(2 << 20)),
+        "{err:?}"
+    );
+}

@@ -19,6 +19,10 @@ use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Phase, StreamWriter};
 use crate::transport::{self, Address, Connection};
 use crate::{DeviceId, Gpa};
 
+/// Threads that read, checksum and write RAM sections (see
+/// [`StreamWriter::write_ram_parallel`]).
+const SEND_THREADS: usize = 2;
+
 /// How long the source waits for the destination to confirm the switch-over.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -267,7 +271,7 @@ impl Sender<'_> {
             ram.read_for_migration(gpa.raw(), buf)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
         };
-        let r = self.writer.write_ram(runs, &read)?;
+        let r = self.writer.write_ram_parallel(&runs, &read, SEND_THREADS)?;
         stats.pages += r.pages;
         stats.zero_pages += r.zero_pages;
         stats.ram_bytes += r.bytes;

@@ -1,6 +1,9 @@
 //! [`StreamWriter`]: the sender's half of the stream.
 
 use std::io::{self, IoSlice, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 
 use zerocopy::IntoBytes;
 
@@ -13,10 +16,10 @@ use crate::stream::frame::{FRAME_OVERHEAD, FrameHeader, SectionKind};
 use crate::stream::header::{CURRENT_VERSION, StreamHeader};
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::{RamPages, ReadGuestMemory};
-use crate::stream::ram_encode::{EncodeError, RamEncoder, RamStats};
+use crate::stream::ram_encode::{DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};
 use crate::stream::section::Section;
 use crate::stream::wire::{len_u32, u64_from};
-use crate::types::PageRun;
+use crate::types::{Gpa, PAGE_SIZE, PageRun};
 
 /// Small sections are gathered up to this many bytes before they are written. A larger
 /// section goes out in one vectored `write` together with what was gathered, its payload
@@ -46,20 +49,16 @@ impl<W: Write> Sink<W> {
 
     /// Writes one frame whose payload is `parts`, in order.
     fn frame(&mut self, kind: SectionKind, parts: &[&[u8]]) -> Result<(), WriteError> {
-        let len = parts.iter().map(|part| part.len()).sum::<usize>();
-        let max = kind.max_payload();
-        let Some(len32) = len_u32(len).filter(|&len| len <= max) else {
-            return Err(WriteError::TooLong {
-                kind,
-                len: u64_from(len),
-                max,
-            });
-        };
+        let frame = Frame::new(kind, parts)?;
+        self.write_frame(&frame, parts)
+    }
+
+    /// Writes a frame made by [`Frame::new`] from `parts`.
+    fn write_frame(&mut self, frame: &Frame, parts: &[&[u8]]) -> Result<(), WriteError> {
         if self.broken {
             return Err(WriteError::Broken);
         }
-        let header = FrameHeader::new(kind.to_wire(), 0, len32);
-        let crc = header.checksum(parts).to_le_bytes();
+        let (header, crc, len) = (&frame.header, frame.crc, frame.len);
         let total = len + FRAME_OVERHEAD;
         if self.pending.len() + total <= WRITE_BUFFER {
             self.pending.extend_from_slice(header.as_bytes());
@@ -94,6 +93,32 @@ impl<W: Write> Sink<W> {
         }
         self.pending.clear();
         self.out.flush().map_err(|source| self.io_error(source))
+    }
+}
+
+/// A frame's header and checksum, computed before the sink is needed: the parallel RAM
+/// writer checksums a section on its own thread and holds the sink only to write it.
+struct Frame {
+    header: FrameHeader,
+    crc: [u8; 4],
+    len: usize,
+}
+
+impl Frame {
+    /// The frame of `kind` whose payload is `parts`.
+    fn new(kind: SectionKind, parts: &[&[u8]]) -> Result<Frame, WriteError> {
+        let len = parts.iter().map(|part| part.len()).sum::<usize>();
+        let max = kind.max_payload();
+        let Some(len32) = len_u32(len).filter(|&len| len <= max) else {
+            return Err(WriteError::TooLong {
+                kind,
+                len: u64_from(len),
+                max,
+            });
+        };
+        let header = FrameHeader::new(kind.to_wire(), 0, len32);
+        let crc = header.checksum(parts).to_le_bytes();
+        Ok(Frame { header, crc, len })
     }
 }
 
@@ -247,6 +272,90 @@ impl<W: Write> StreamWriter<W> {
         Ok(stats)
     }
 
+    /// [`write_ram`](Self::write_ram) on `workers` threads. Each takes the next piece of
+    /// `runs` (one section's worth of pages), reads, scans and checksums it into a section of
+    /// its own, and writes that section whole while holding the transport; so one thread's
+    /// copy out of guest memory overlaps another's socket write, and each section stays in
+    /// the cache of the core that made it. The RAM sections of one call may reach the stream
+    /// in any order (each page is in one of them), between the sections written before and
+    /// after the call. One worker is [`write_ram`](Self::write_ram).
+    ///
+    /// # Errors
+    /// As [`write_ram`](Self::write_ram); the first error stops every worker, and sections
+    /// of other pieces may have been written.
+    pub fn write_ram_parallel<M>(
+        &mut self,
+        runs: &[PageRun],
+        mem: &M,
+        workers: usize,
+    ) -> Result<RamStats, WriteError>
+    where
+        M: ReadGuestMemory + Sync + ?Sized,
+        W: Send,
+    {
+        if workers <= 1 {
+            return self.write_ram(runs.iter().copied(), mem);
+        }
+        self.order.check(Step::RamPages)?;
+        let Some(config) = self.order.config() else {
+            return Err(OrderError::ConfigNotFirst {
+                kind: SectionKind::RamPages,
+            }
+            .into());
+        };
+        let section_pages = self.ram_section_pages.unwrap_or(DEFAULT_SECTION_PAGES);
+        let start = self.sink.offset;
+        let pieces = Mutex::new(Pieces::new(runs, section_pages));
+        let sink = Mutex::new(&mut self.sink);
+        let failed = AtomicBool::new(false);
+        let work = || -> Result<RamStats, WriteError> {
+            let mut encoder = RamEncoder::with_section_pages(section_pages);
+            let mut stats = RamStats::default();
+            let mut piece = Vec::new();
+            loop {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(stats);
+                }
+                piece.clear();
+                lock(&pieces).next_into(&mut piece);
+                if piece.is_empty() {
+                    return Ok(stats);
+                }
+                let result = encoder.encode(config.ram(), piece.iter().copied(), mem, |pages| {
+                    let header = pages.header();
+                    let parts = [header.as_bytes(), pages.entries().as_bytes(), pages.data()];
+                    let frame = Frame::new(SectionKind::RamPages, &parts)?;
+                    lock(&sink).write_frame(&frame, &parts)
+                });
+                match result {
+                    Ok(piece_stats) => stats.add(&piece_stats),
+                    Err(err) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(match err {
+                            EncodeError::Ram(err) => WriteError::Ram(err),
+                            EncodeError::Memory(err) => WriteError::Memory(err),
+                            EncodeError::Sink(err) => err,
+                        });
+                    }
+                }
+            }
+        };
+        let results: Vec<_> = thread::scope(|scope| {
+            let helpers: Vec<_> = (1..workers).map(|_| scope.spawn(work)).collect();
+            let mut results = vec![work()];
+            for helper in helpers {
+                results.push(helper.join().unwrap_or(Err(WriteError::Broken)));
+            }
+            results
+        });
+        let mut stats = RamStats::default();
+        for result in results {
+            stats.add(&result?);
+        }
+        stats.bytes = self.sink.offset - start;
+        Ok(stats)
+    }
+
     /// Writes one prepared `RamPages` section (e.g. one received from another stream), after
     /// checking its runs against this stream's config.
     ///
@@ -353,6 +462,53 @@ impl<W: Write> StreamWriter<W> {
     pub fn into_inner(mut self) -> Result<W, WriteError> {
         self.sink.flush()?;
         Ok(self.sink.out)
+    }
+}
+
+/// Locks `mutex`, whatever a panicking holder left.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `runs` cut into pieces of at most `pages` pages, in order: the work of the parallel RAM
+/// writer's threads.
+struct Pieces<'a> {
+    runs: &'a [PageRun],
+    /// Pages of `runs[0]` already handed out.
+    taken: u64,
+    pages: u64,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(runs: &'a [PageRun], pages: usize) -> Pieces<'a> {
+        Pieces {
+            runs,
+            taken: 0,
+            pages: u64_from(pages.max(1)),
+        }
+    }
+
+    /// The next piece into `out` (left empty at the end).
+    fn next_into(&mut self, out: &mut Vec<PageRun>) {
+        let mut left = self.pages;
+        while left > 0 {
+            let Some((run, rest)) = self.runs.split_first() else {
+                return;
+            };
+            let pages = (run.pages - self.taken).min(left);
+            // A run is page-aligned and inside RAM (or the encoder refuses it): no overflow.
+            let gpa = Gpa(run
+                .gpa
+                .raw()
+                .wrapping_add(self.taken.wrapping_mul(PAGE_SIZE)));
+            out.push(PageRun::new(gpa, pages));
+            left -= pages;
+            self.taken += pages;
+            if self.taken >= run.pages {
+                self.runs = rest;
+                self.taken = 0;
+            }
+        }
     }
 }
 
