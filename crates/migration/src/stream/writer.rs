@@ -263,11 +263,7 @@ impl<W: Write> StreamWriter<W> {
         let result = encoder.encode(config.ram(), runs, mem, |pages| {
             write_ram_frame(sink, pages)
         });
-        let mut stats = result.map_err(|err| match err {
-            EncodeError::Ram(err) => WriteError::Ram(err),
-            EncodeError::Memory(err) => WriteError::Memory(err),
-            EncodeError::Sink(err) => err,
-        })?;
+        let mut stats = result.map_err(WriteError::from)?;
         stats.bytes = sink.offset - start;
         Ok(stats)
     }
@@ -331,11 +327,7 @@ impl<W: Write> StreamWriter<W> {
                     Ok(piece_stats) => stats.add(&piece_stats),
                     Err(err) => {
                         failed.store(true, Ordering::Relaxed);
-                        return Err(match err {
-                            EncodeError::Ram(err) => WriteError::Ram(err),
-                            EncodeError::Memory(err) => WriteError::Memory(err),
-                            EncodeError::Sink(err) => err,
-                        });
+                        return Err(err.into());
                     }
                 }
             }
@@ -462,6 +454,16 @@ impl<W: Write> StreamWriter<W> {
     pub fn into_inner(mut self) -> Result<W, WriteError> {
         self.sink.flush()?;
         Ok(self.sink.out)
+    }
+}
+
+impl From<EncodeError<WriteError>> for WriteError {
+    fn from(err: EncodeError<WriteError>) -> WriteError {
+        match err {
+            EncodeError::Ram(err) => WriteError::Ram(err),
+            EncodeError::Memory(err) => WriteError::Memory(err),
+            EncodeError::Sink(err) => err,
+        }
     }
 }
 
