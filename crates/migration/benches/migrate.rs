@@ -14,7 +14,7 @@
 //! transport, so the same socket options): a writer thread writing one 1 MiB buffer over and
 //! over, a reader thread reading into a 1 MiB buffer and discarding it. That is the target's
 //! baseline, and a ceiling: no memory is touched besides the two cache-hot buffers. There are
-//! five such rounds (the source VM resumed and migrated again each time), interleaved so a
+//! seven such rounds (the source VM resumed and migrated again each time), interleaved so a
 //! slow spell of the machine weighs on both sides of a ratio; each round's ratio is printed,
 //! and the median round is reported in full. A last plain copy, for information, writes what
 //! it reads into fresh guest RAM (a new memfd, as a destination VM has): the floor of any
@@ -49,7 +49,7 @@ const RAM: u64 = 2 << 30;
 /// The plain copy's buffers, and the piece size of the fill and the cost measurements.
 const CHUNK: usize = 1 << 20;
 /// Rounds of migration and plain copy; the median is reported.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// Targets of the issue.
 const TARGET_RATIO: f64 = 0.7;
 const TARGET_DOWNTIME_MS: f64 = 50.0;

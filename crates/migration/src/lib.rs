@@ -95,9 +95,12 @@
 //! page stays in the cache from the copy to the socket. The engine sends RAM on two threads
 //! ([`StreamWriter::write_ram_parallel`](stream::StreamWriter::write_ram_parallel)), each
 //! making whole sections and writing each under a lock, so one's copy overlaps the other's
-//! socket write. The receiver reads into one large buffer, taking everything the socket
-//! holds per `read`, verifies each section there and copies its pages into guest memory with
-//! streaming stores (which do not read the destination lines first). `benches/stream.rs`
+//! socket write. The receiver reads into one 4 MiB ring (a memfd mapped twice, back to back,
+//! so a section that wraps around its end is still contiguous and no byte is ever moved),
+//! taking everything the socket holds per `read`, verifies each section there and copies its
+//! pages into guest memory with streaming stores (which do not read the destination lines
+//! first). A thread of its own reading the socket ahead was tried and dropped: on two cores
+//! shared with the sender, its hand-offs cost more than the overlap won. `benches/stream.rs`
 //! measures the format against a plain TCP copy of the same memory in 1 MiB writes, and
 //! `benches/migrate.rs` a whole migration of 2 GiB against a plain copy of 2 GiB.
 

@@ -37,6 +37,7 @@ pub mod device;
 pub mod error;
 pub mod frame;
 pub mod header;
+mod mirror;
 mod order;
 pub mod ram;
 mod ram_encode;

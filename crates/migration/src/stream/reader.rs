@@ -1,12 +1,13 @@
 //! [`StreamReader`]: the receiver's half of the stream.
 //!
-//! The reader owns one buffer and reads into all of its free tail at once, so each `read`
-//! takes everything the transport has (like a plain copy into a large buffer), not one
-//! section at a time: on loopback TCP, reading a section at a time costs a syscall and an
-//! acknowledgement per piece, which made the receiver the bottleneck. Sections are returned
-//! in place, as slices of that buffer; when the next section does not fit behind the
-//! current position, the bytes already received of it move to the front (less than one
-//! section, every few sections).
+//! The reader owns one buffer, a ring ([`Mirror`]: a memfd mapped twice, back to back), and
+//! reads into all of its free space at once, so each `read` takes everything the transport
+//! has (like a plain copy into a large buffer), not one section at a time: on loopback TCP,
+//! reading a section at a time costs a syscall and an acknowledgement per piece, which made
+//! the receiver the bottleneck. Sections are returned in place, as slices of the ring; a
+//! section that wraps around the ring's end is still contiguous in the second view, so no
+//! byte is ever moved to make a section whole (a linear buffer moved the start of the next
+//! section to its front every few sections).
 
 use std::io::{self, Read};
 
@@ -21,24 +22,26 @@ use crate::stream::frame::{
     MAX_OPTIONAL_PAYLOAD, SectionKind,
 };
 use crate::stream::header::{StreamHeader, Version};
+use crate::stream::mirror::{Mirror, page_size};
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::RamPages;
 use crate::stream::section::Section;
-use crate::stream::wire::{u64_from, usize_from};
+use crate::stream::wire::{u64_from, usize_from, usize_from_u64};
 
 /// The reader's buffer once the stream carries bulk data, and so the most it reads ahead of
 /// the section it needs: four 1 MiB RAM sections. Larger sections grow it, to at most the
-/// largest cap.
+/// largest cap (rounded up to the page size).
 pub const READ_BUFFER: usize = 4 << 20;
 
 /// The reader's buffer when it starts: enough for the config and small sections.
 pub const INITIAL_BUFFER: usize = 64 << 10;
 
-/// A verified frame: its payload is `buf[payload.0..payload.1]`.
+/// A verified frame: its payload is the `len` bytes at stream offset `payload`.
 #[derive(Clone, Copy, Debug)]
 struct Frame {
     kind: SectionKind,
-    payload: (usize, usize),
+    payload: u64,
+    len: usize,
     pos: SectionPos,
 }
 
@@ -49,17 +52,18 @@ struct Frame {
 /// decoded, and it was valid where it is in the stream: a receiver may act on every section
 /// it is given. The reader's buffer starts at [`INITIAL_BUFFER`] and grows only when it is
 /// full of received bytes: to [`READ_BUFFER`], then by doubling for a section larger than
-/// that, to at most the largest section cap (16 MiB and a little). A peer that declares a
-/// 16 MiB section and sends 10 bytes makes the reader allocate nothing more.
+/// that, to at most the largest section cap (16 MiB and a little, rounded up to the page
+/// size). A peer that declares a 16 MiB section and sends 10 bytes makes the reader allocate
+/// nothing more ([`buffer_capacity`](Self::buffer_capacity)).
 #[derive(Debug)]
 pub struct StreamReader<R: Read> {
     inner: R,
     version: Version,
-    /// Received bytes: `buf[start..end]` are not consumed yet.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Stream bytes before `buf[start]`.
+    /// The buffer: stream offset `p` is at `p % capacity`. None until the first read.
+    ring: Option<Mirror>,
+    /// Stream bytes received: those in `[consumed, received)` are held, not consumed yet.
+    received: u64,
+    /// Stream bytes consumed (returned as sections, or skipped).
     consumed: u64,
     sections: u64,
     skipped: u64,
@@ -77,9 +81,8 @@ impl<R: Read> StreamReader<R> {
         let mut reader = StreamReader {
             inner,
             version: Version { major: 0, minor: 0 },
-            buf: Vec::new(),
-            start: 0,
-            end: 0,
+            ring: None,
+            received: 0,
             consumed: 0,
             sections: 0,
             skipped: 0,
@@ -88,11 +91,13 @@ impl<R: Read> StreamReader<R> {
         };
         let len = size_of::<StreamHeader>();
         reader.fill(len, StreamPart::StreamHeader, None)?;
-        let bytes = reader.take(len);
-        let header = StreamHeader::read_from_bytes(bytes).map_err(|_| ReadError::Truncated {
-            offset: 0,
-            part: StreamPart::StreamHeader,
-            section: None,
+        let at = reader.take(len);
+        let header = StreamHeader::read_from_bytes(reader.bytes(at, len)).map_err(|_| {
+            ReadError::Truncated {
+                offset: 0,
+                part: StreamPart::StreamHeader,
+                section: None,
+            }
         })?;
         reader.version = header.validate()?;
         Ok(reader)
@@ -136,12 +141,13 @@ impl<R: Read> StreamReader<R> {
     /// The transport, and the bytes received from it but not consumed (none if the peer
     /// sent nothing after `End`).
     pub fn into_inner(self) -> (R, Vec<u8>) {
-        let left = self
-            .buf
-            .get(self.start..self.end)
-            .unwrap_or_default()
-            .to_vec();
+        let left = self.bytes(self.consumed, self.held()).to_vec();
         (self.inner, left)
+    }
+
+    /// The size of the reader's buffer now (0 before the first read).
+    pub fn buffer_capacity(&self) -> usize {
+        self.ring.as_ref().map_or(0, Mirror::capacity)
     }
 
     /// Reads the next section. After `End`, refuses with [`OrderError::AfterEnd`] without
@@ -168,8 +174,9 @@ impl<R: Read> StreamReader<R> {
         self.broken = true;
         let frame = self.read_frame()?;
         let payload = self
-            .buf
-            .get(frame.payload.0..frame.payload.1)
+            .ring
+            .as_ref()
+            .map(|ring| ring.slice(frame.payload, frame.len))
             .ok_or(ReadError::Broken)?;
         let section = decode(frame, payload, &mut self.order)?;
         self.broken = false;
@@ -183,11 +190,8 @@ impl<R: Read> StreamReader<R> {
             let offset = self.consumed;
             let index = self.sections;
             self.fill(FRAME_HEADER_LEN, StreamPart::FrameHeader, None)?;
-            let header = self
-                .buf
-                .get(self.start..self.start + FRAME_HEADER_LEN)
-                .and_then(|bytes| FrameHeader::read_from_bytes(bytes).ok())
-                .ok_or(ReadError::Broken)?;
+            let header = FrameHeader::read_from_bytes(self.bytes(offset, FRAME_HEADER_LEN))
+                .map_err(|_| ReadError::Broken)?;
             let pos = SectionPos {
                 index,
                 kind: header.kind.get(),
@@ -216,9 +220,11 @@ impl<R: Read> StreamReader<R> {
                 Some(pos),
             )?;
             self.fill(frame_len, StreamPart::Checksum, Some(pos))?;
-            let start = self.start;
-            let frame = self.take(frame_len);
-            let (covered, trailer) = frame.split_at(frame_len - FRAME_TRAILER_LEN);
+            let at = self.take(frame_len);
+            let frame = self.bytes(at, frame_len);
+            let (covered, trailer) = frame
+                .split_at_checked(frame_len - FRAME_TRAILER_LEN)
+                .ok_or(ReadError::Broken)?;
             let computed = crc32c(covered);
             let found = trailer
                 .first_chunk::<4>()
@@ -231,12 +237,12 @@ impl<R: Read> StreamReader<R> {
                 });
             }
             self.sections += 1;
-            let payload_start = start + FRAME_HEADER_LEN;
             match kind {
                 Some(kind) => {
                     return Ok(Frame {
                         kind,
-                        payload: (payload_start, payload_start + len),
+                        payload: at + u64_from(FRAME_HEADER_LEN),
+                        len,
                         pos,
                     });
                 }
@@ -248,78 +254,80 @@ impl<R: Read> StreamReader<R> {
         }
     }
 
-    /// Consumes the next `len` bytes, which [`fill`](Self::fill) made present, and returns
-    /// them.
-    fn take(&mut self, len: usize) -> &[u8] {
-        let start = self.start;
-        self.start = (start + len).min(self.end);
-        self.consumed += u64_from(self.start - start);
-        self.buf.get(start..self.start).unwrap_or_default()
+    /// Bytes received and not consumed.
+    fn held(&self) -> usize {
+        usize_from_u64(self.received - self.consumed)
     }
 
-    /// Reads until `buf[start..]` holds at least `len` bytes; the end of the stream is
-    /// [`ReadError::Truncated`]. Each read asks for all the free space behind what is held.
+    /// The `len` bytes at stream offset `at`, which are held or were just consumed (and not
+    /// overwritten by a read since); empty before the first read.
+    fn bytes(&self, at: u64, len: usize) -> &[u8] {
+        self.ring.as_ref().map_or(&[], |ring| ring.slice(at, len))
+    }
+
+    /// Consumes the next `len` bytes, which [`fill`](Self::fill) made present; returns their
+    /// stream offset. They stay in the buffer until the next read.
+    fn take(&mut self, len: usize) -> u64 {
+        let at = self.consumed;
+        self.consumed += u64_from(len.min(self.held()));
+        at
+    }
+
+    /// Reads until at least `len` bytes are held; the end of the stream is
+    /// [`ReadError::Truncated`]. Each read asks for all the free space of the buffer, which
+    /// grows ([`grow`](Self::grow)) only once it is full of received bytes and `len` is more.
     fn fill(
         &mut self,
         len: usize,
         part: StreamPart,
         section: Option<SectionPos>,
     ) -> Result<(), ReadError> {
-        while self.end - self.start < len {
-            if self.start + len > self.buf.len() {
-                self.make_room(len);
+        while self.held() < len {
+            let offset = self.received;
+            if self.held() == self.buffer_capacity() {
+                self.grow(len)
+                    .map_err(|source| ReadError::Io { offset, source })?;
             }
-            let Some(space) = self.buf.get_mut(self.end..) else {
+            let free = self.buffer_capacity() - self.held();
+            let Some(ring) = self.ring.as_mut() else {
                 return Err(ReadError::Broken);
             };
-            match self.inner.read(space) {
+            match self.inner.read(ring.slice_mut(offset, free)) {
                 Ok(0) => {
                     return Err(ReadError::Truncated {
-                        offset: self.consumed + u64_from(self.end - self.start),
+                        offset,
                         part,
                         section,
                     });
                 }
-                Ok(n) => self.end = (self.end + n).min(self.buf.len()),
+                Ok(n) => self.received += u64_from(n.min(free)),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ReadError::Io {
-                        offset: self.consumed + u64_from(self.end - self.start),
-                        source,
-                    });
-                }
+                Err(source) => return Err(ReadError::Io { offset, source }),
             }
         }
         Ok(())
     }
 
-    /// Makes room for `len` bytes from `start` on, with free space behind what is held:
-    /// moves the held bytes to the front, and if the buffer is then full of received bytes,
-    /// grows it: from [`INITIAL_BUFFER`] to [`READ_BUFFER`], then by doubling, never past
-    /// `len`. So the buffer grows only once it is full of bytes the peer sent. A fresh
-    /// zeroed allocation (`calloc`, pages mapped lazily) is cheaper than `Vec::resize`'s
-    /// fill.
-    fn make_room(&mut self, len: usize) {
-        let held = self.end - self.start;
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.start = 0;
-            self.end = held;
-        }
-        if self.end == self.buf.len() {
-            let target = if self.buf.len() < INITIAL_BUFFER {
-                INITIAL_BUFFER
-            } else if self.buf.len() < READ_BUFFER {
-                READ_BUFFER
-            } else {
-                len.min(self.buf.len().saturating_mul(2))
-            };
-            let mut grown = vec![0u8; target];
-            if let (Some(to), Some(from)) = (grown.get_mut(..held), self.buf.get(..held)) {
-                to.copy_from_slice(from);
-            }
-            self.buf = grown;
-        }
+    /// Replaces the buffer, full of held bytes, with a larger one holding the same bytes:
+    /// [`INITIAL_BUFFER`] first, then [`READ_BUFFER`], then twice the size, never more than
+    /// `len` rounded up to the page size.
+    fn grow(&mut self, len: usize) -> io::Result<()> {
+        let capacity = self.buffer_capacity();
+        let target = if capacity < INITIAL_BUFFER {
+            INITIAL_BUFFER
+        } else if capacity < READ_BUFFER {
+            READ_BUFFER
+        } else {
+            len.next_multiple_of(page_size())
+                .min(capacity.saturating_mul(2))
+        };
+        let mut grown = Mirror::new(target)?;
+        let held = self.held();
+        grown
+            .slice_mut(self.consumed, held)
+            .copy_from_slice(self.bytes(self.consumed, held));
+        self.ring = Some(grown);
+        Ok(())
     }
 }
 
