@@ -95,7 +95,7 @@
 //! page stays in the cache from the copy to the socket. The engine sends RAM on two threads
 //! ([`StreamWriter::write_ram_parallel`](stream::StreamWriter::write_ram_parallel)), each
 //! making whole sections and writing each under a lock, so one's copy overlaps the other's
-//! socket write. The receiver reads into one 4 MiB ring (a memfd mapped twice, back to back,
+//! socket write. The receiver reads into one 2 MiB ring (a memfd mapped twice, back to back,
 //! so a section that wraps around its end is still contiguous and no byte is ever moved),
 //! taking everything the socket holds per `read`, verifies each section there and copies its
 //! pages into guest memory with streaming stores (which do not read the destination lines

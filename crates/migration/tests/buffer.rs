@@ -49,7 +49,7 @@ fn expect_chunks<R: std::io::Read>(reader: &mut StreamReader<R>, sizes: &[usize]
 
 #[test]
 fn sections_that_wrap_around_the_buffer_end_arrive_whole() {
-    // 24 chunks of 700,001 bytes: 16 MiB through a 4 MiB buffer, so sections straddle its
+    // 24 chunks of 700,001 bytes: 16 MiB through a 2 MiB buffer, so sections straddle its
     // end at ever different offsets.
     let sizes = vec![700_001; 24];
     let stream = chunks_stream(&sizes);
@@ -69,7 +69,8 @@ fn a_section_larger_than_the_buffer_grows_it_keeping_the_bytes_received() {
     let stream = chunks_stream(&sizes);
     let mut reader = StreamReader::new(stream.as_slice()).unwrap();
     expect_chunks(&mut reader, &sizes);
-    // Doubled from 4 MiB, then clamped to the large frame rounded up to the page size.
+    // Doubled from 2 MiB to 8 MiB, then clamped to the large frame rounded up to the page
+    // size.
     // SAFETY: `sysconf` has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
     let frame = FRAME_OVERHEAD + DEVICE_CHUNK_HEADER_LEN as usize + (10 << 20);
