@@ -333,7 +333,16 @@ impl<W: Write> StreamWriter<W> {
             }
         };
         let results: Vec<_> = thread::scope(|scope| {
-            let helpers: Vec<_> = (1..workers).map(|_| scope.spawn(work)).collect();
+            // Named for profilers. A helper that cannot be started leaves its pieces to the
+            // others, which take pieces until none is left.
+            let helpers: Vec<_> = (1..workers)
+                .filter_map(|_| {
+                    thread::Builder::new()
+                        .name("send-ram".into())
+                        .spawn_scoped(scope, work)
+                        .ok()
+                })
+                .collect();
             let mut results = vec![work()];
             for helper in helpers {
                 results.push(helper.join().unwrap_or(Err(WriteError::Broken)));
