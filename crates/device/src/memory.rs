@@ -23,15 +23,7 @@ unsafe impl Sync for SharedMemory {}
 impl SharedMemory {
     /// A zeroed memfd of `len` bytes, named `name` (for /proc), mapped read-write.
     pub fn new(name: &CStr, len: usize) -> io::Result<Self> {
-        // SAFETY: `name` is a valid NUL-terminated string; the result is checked.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let file = File::from(fd);
-        file.set_len(len as u64)?;
+        let file = memfd(name, len)?;
         if len == 0 {
             return Ok(SharedMemory {
                 file,
@@ -291,8 +283,21 @@ unsafe fn copy_streaming(dst: *mut u8, src: &[u8]) {
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
 }
 
+/// A new memfd of `len` zero bytes, named `name` (for /proc), close-on-exec.
+pub fn memfd(name: &CStr, len: usize) -> io::Result<File> {
+    // SAFETY: `name` is a valid NUL-terminated string; the result is checked.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.set_len(len as u64)?;
+    Ok(file)
+}
+
 /// The host's page size.
-fn host_page_size() -> usize {
+pub fn host_page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *PAGE.get_or_init(|| {
         // SAFETY: sysconf reads a system constant.

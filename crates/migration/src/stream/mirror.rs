@@ -7,10 +7,11 @@
 //! one slice, and nothing is ever moved to the front. Pages are allocated as they are first
 //! written, and freed with the mapping.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+
+use vfmig_device::memory::{host_page_size, memfd};
 
 use crate::stream::wire::{u64_from, usize_from_u64};
 
@@ -31,20 +32,13 @@ impl Mirror {
     /// Maps a new memfd of `capacity` bytes, which must be a multiple of the page size,
     /// twice. EINVAL if it is not, or if it is 0.
     pub(crate) fn new(capacity: usize) -> io::Result<Mirror> {
-        if capacity == 0 || !capacity.is_multiple_of(page_size()) {
+        if capacity == 0 || !capacity.is_multiple_of(host_page_size()) {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let twice = capacity
             .checked_mul(2)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: a NUL-terminated name; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"vfmig-stream".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        file.set_len(u64_from(capacity))?;
+        let file = memfd(c"vfmig-stream", capacity)?;
         // SAFETY: reserves address space at an address the kernel chooses; no Rust object
         // lives there.
         let reserved = unsafe {
@@ -122,20 +116,13 @@ impl Drop for Mirror {
     }
 }
 
-/// The host's page size.
-pub(crate) fn page_size() -> usize {
-    // SAFETY: `sysconf` has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_second_view_is_the_first() {
-        let cap = page_size();
+        let cap = host_page_size();
         let mut ring = Mirror::new(cap).unwrap();
         ring.slice_mut(u64_from(cap - 2), 4)
             .copy_from_slice(&[1, 2, 3, 4]);
@@ -146,7 +133,7 @@ mod tests {
 
     #[test]
     fn a_capacity_off_the_page_size_is_refused() {
-        for cap in [0, 1, page_size() + 1] {
+        for cap in [0, 1, host_page_size() + 1] {
             let err = Mirror::new(cap).unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "capacity {cap}");
         }

@@ -22,11 +22,12 @@ use crate::stream::frame::{
     MAX_OPTIONAL_PAYLOAD, SectionKind,
 };
 use crate::stream::header::{StreamHeader, Version};
-use crate::stream::mirror::{Mirror, page_size};
+use crate::stream::mirror::Mirror;
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::RamPages;
 use crate::stream::section::Section;
 use crate::stream::wire::{u64_from, usize_from, usize_from_u64};
+use vfmig_device::memory::host_page_size;
 
 /// The reader's buffer once the stream carries bulk data, and so the most it reads ahead of
 /// the section it needs: two 1 MiB RAM sections, the size of a core's L2 cache on the
@@ -320,7 +321,7 @@ impl<R: Read> StreamReader<R> {
         } else if capacity < READ_BUFFER {
             READ_BUFFER
         } else {
-            len.next_multiple_of(page_size())
+            len.next_multiple_of(host_page_size())
                 .min(capacity.saturating_mul(2))
         };
         let mut grown = Mirror::new(target)?;
