@@ -99,8 +99,11 @@
 //! so a section that wraps around its end is still contiguous and no byte is ever moved),
 //! taking everything the socket holds per `read`, verifies each section there and copies its
 //! pages into guest memory with streaming stores (which do not read the destination lines
-//! first). A thread of its own reading the socket ahead was tried and dropped: on two cores
-//! shared with the sender, its hand-offs cost more than the overlap won. `benches/stream.rs`
+//! first). Two alternatives were measured and dropped: a thread of its own reading the socket
+//! ahead (on two cores shared with the sender, its hand-offs cost more than the overlap won),
+//! and reading each section's data straight from the socket into guest memory with one
+//! vectored read (the kernel's copy into RAM that is not in the cache cost the receiver more
+//! than the ring's cached copy and the streaming stores together). `benches/stream.rs`
 //! measures the format against a plain TCP copy of the same memory in 1 MiB writes, and
 //! `benches/migrate.rs` a whole migration of 2 GiB against a plain copy of 2 GiB.
 

@@ -222,3 +222,82 @@ fn a_busy_vm_migrates_byte_for_byte_and_its_guest_runs_on_at_the_destination() {
     destination.call("cont", Value::Null);
     destination.assert_guest_runs_cleanly();
 }
+
+/// Migrates through a relay that drops `fault`'s handshake message; returns the source, the
+/// destination and the source's final migration status, once the relay dropped it.
+fn migrate_losing(dir: &TestDir, fault: Fault) -> (VmProcess, VmProcess, Value) {
+    let source = VmProcess::source(dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let destination = VmProcess::destination(dir, "dst", port, BUSY_GUEST);
+    let proxy = FaultyProxy::start(local(port), fault);
+    source.call("migrate", finite_migration(&proxy.address()));
+    let migration = source.wait_for_migration_end();
+    assert!(
+        proxy.fault_at().is_some(),
+        "the relay dropped nothing: {migration}"
+    );
+    (source, destination, migration)
+}
+
+#[test]
+fn a_lost_ready_leaves_the_guest_running_at_the_source_and_the_destination_discards_it() {
+    let dir = TestDir::new("noready");
+    let (source, mut destination, migration) = migrate_losing(&dir, Fault::DropReady);
+
+    assert_eq!(migration["state"], "failed", "{migration}");
+    assert!(!destination.wait_for_exit().success());
+    assert!(
+        destination.log().contains("did not say go"),
+        "the destination does not say why it discarded the VM:\n{}",
+        destination.log()
+    );
+    source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn a_lost_go_leaves_the_guest_paused_at_the_source_and_the_destination_discards_it() {
+    let dir = TestDir::new("nogo");
+    let (source, mut destination, migration) = migrate_losing(&dir, Fault::DropGo);
+
+    assert_eq!(migration["state"], "unconfirmed", "{migration}");
+    assert!(
+        error_of(&migration).contains("did not confirm"),
+        "{migration}"
+    );
+    assert!(!destination.wait_for_exit().success());
+    assert_eq!(source.status()["state"], "paused");
+}
+
+#[test]
+fn cont_after_an_unconfirmed_switch_over_takes_the_guest_and_its_devices_back() {
+    let dir = TestDir::new("reclaim");
+    let (source, mut destination, _) = migrate_losing(&dir, Fault::DropGo);
+    assert!(!destination.wait_for_exit().success());
+
+    source.call("cont", Value::Null);
+
+    source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn a_second_migration_is_refused_while_a_switch_over_is_unconfirmed() {
+    let dir = TestDir::new("nosecond");
+    let (source, _destination, _) = migrate_losing(&dir, Fault::DropGo);
+
+    let refused = source.request("migrate", finite_migration(&to(free_port())));
+
+    let error = refused.expect_err("a second migration started").to_string();
+    assert!(error.contains("unconfirmed"), "{error}");
+}
+
+#[test]
+fn a_lost_running_leaves_the_guest_to_the_destination_alone() {
+    let dir = TestDir::new("norunning");
+    let (source, destination, migration) = migrate_losing(&dir, Fault::DropRunning);
+
+    assert_eq!(migration["state"], "unconfirmed", "{migration}");
+    assert_eq!(source.status()["state"], "paused");
+    destination.wait_until("the incoming VM is built", |s| s["state"] == "paused");
+    destination.call("cont", Value::Null);
+    destination.assert_guest_runs_cleanly();
+}

@@ -60,6 +60,19 @@ pub enum MigrationError {
     /// The destination never confirmed that the VM runs there.
     #[error("the destination did not confirm the switch-over: {0}")]
     NoAck(String),
+    /// The destination, ready, never got the source's go: it discards the VM, which runs on
+    /// at the source.
+    #[error("the source did not say go: {0}")]
+    NoGo(String),
+    /// The source told the destination to run the guest but did not hear that it does:
+    /// the guest stays paused here (see [`MigrationState::Unconfirmed`]).
+    ///
+    /// [`MigrationState::Unconfirmed`]: crate::engine::MigrationState::Unconfirmed
+    #[error(
+        "the destination was told to run the guest but did not confirm it ({0}); the guest \
+         stays paused here: check the destination before resuming it here"
+    )]
+    Unconfirmed(String),
     /// The stream named something this VMM cannot build.
     #[error("the stream's VM cannot be built here: {0}")]
     Config(String),

@@ -15,13 +15,22 @@
 //!     S->>S: pause the guest
 //!     S->>D: STOP_COPY; final GET_BITMAP; chunks until pending_bytes = 0; STOP; DIRTY_PAGES STOP
 //!     S->>R: the rest of RAM, stop-copy chunks, DeviceConfig, End
-//!     R->>R: devices RUNNING
+//!     R->>R: devices RUNNING, the guest still paused
+//!     R-->>S: VFMIG-READY
+//!     S->>R: VFMIG-GO (the source commits: it never resumes the guest on its own again)
+//!     R->>R: the guest may run
 //!     R-->>S: VFMIG-RUNNING (the downtime ends here)
 //! ```
 //!
-//! Failure anywhere before the confirmation — the destination gone, a device error, a
-//! corrupt stream, a cancel — rolls the source back: devices RUNNING, tracking stopped, the
-//! guest resumed. The destination discards what it built.
+//! Failure anywhere before `VFMIG-GO` is sent — the destination gone, a device error, a
+//! corrupt stream, a cancel, no `VFMIG-READY` — rolls the source back: devices RUNNING,
+//! tracking stopped, the guest resumed; the source closes the connection, and the
+//! destination, which runs the VM only on `VFMIG-GO`, discards what it built. So the guest
+//! never runs on both sides, whichever message is lost: the destination runs it only once
+//! told to, and the source never resumes it once it has told. If the connection fails after
+//! `VFMIG-GO` went out and before `VFMIG-RUNNING` came back, the source cannot know which
+//! side has the guest: it leaves it paused and reports the migration
+//! [`MigrationState::Unconfirmed`] (see that state for what to do).
 
 mod device;
 mod dirty;
@@ -36,7 +45,7 @@ pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{Convergence, Decision, DowntimeLimit, Estimate, SwitchReason};
 pub use receiver::{ReceiveStats, receive, receive_into};
-pub use sender::migrate;
+pub use sender::{migrate, reclaim};
 pub use stats::{IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};
 
@@ -45,10 +54,51 @@ use vfmig_vmm::Vm;
 use crate::DeviceId;
 use crate::stream::{DeviceDesc, RamLayout, RamRegion, VmConfig};
 
-/// The destination's confirmation that the VM runs there.
+/// The destination's report that it applied the whole stream, devices RUNNING, and waits
+/// for [`GO`] to run the guest.
+pub const ACK_READY: &str = "VFMIG-READY";
+/// The source's word to the destination, after [`ACK_READY`], to run the guest: from then
+/// on the source never resumes it on its own.
+pub const GO: &str = "VFMIG-GO";
+/// The destination's confirmation, after [`GO`], that the VM runs there.
 pub const ACK_RUNNING: &str = "VFMIG-RUNNING";
 /// The destination's report of a failure, followed by the reason.
 pub const ACK_FAILED: &str = "VFMIG-FAILED";
+
+/// The longest line of the switch-over handshake either side reads (a failure's reason).
+const MAX_REPLY: usize = 4096;
+
+/// Reads one line of the handshake from `conn`, without its end of line, reading a byte at a
+/// time so nothing after the line is consumed: `pending` holds bytes already received (the
+/// stream reader's leftovers) and is used first. An empty line means the peer closed the
+/// connection; a line longer than [`MAX_REPLY`] is an error.
+fn read_line(conn: &mut impl std::io::Read, pending: &mut Vec<u8>) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let byte = if pending.is_empty() {
+            let mut byte = [0u8; 1];
+            match conn.read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) => byte[0],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        } else {
+            pending.remove(0)
+        };
+        if byte == b'\n' {
+            break;
+        }
+        if line.len() == MAX_REPLY {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a handshake line longer than {MAX_REPLY} bytes"),
+            ));
+        }
+        line.push(byte);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
 
 /// The stream's configuration of `vm`: its RAM layout, and each device's kind and spec.
 fn stream_config(vm: &Vm) -> Result<VmConfig, MigrationError> {

@@ -1,7 +1,8 @@
 //! The destination side: accept a stream, build the VM it describes (RAM, device processes,
 //! RAM mapped to them), put the devices in RESUMING, apply RAM and device chunks in order,
-//! devices to RUNNING, confirm to the source. Anything wrong discards the VM (its device
-//! processes end) and tells the source.
+//! devices to RUNNING, tell the source it is ready, and hand the VM over (guest paused) only
+//! once the source says go. Anything wrong, a missing go included, discards the VM (its
+//! device processes end) and tells the source.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use vfmig_vmm::{DeviceHost, DeviceSpec, GuestRam, Vm, VmConfig};
 
 use super::device::DeviceLink;
 use super::error::MigrationError;
-use super::{ACK_FAILED, ACK_RUNNING};
+use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, GO, read_line};
 use crate::Gpa;
 use crate::stream::{Section, StreamReader, VmConfig as StreamConfig, WriteGuestMemory};
 use crate::transport::{Connection, Listener};
@@ -78,8 +79,12 @@ fn vm_config(config: &StreamConfig) -> Result<VmConfig, MigrationError> {
     Ok(VmConfig { ram, devices })
 }
 
+/// How long the destination, ready, waits for the source's go before it discards the VM.
+const GO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Accepts one migration on `listener` and returns the VM, devices RUNNING and the guest
-/// paused: the caller lets it run.
+/// paused: the caller lets it run. It returns only once the source said go (see the
+/// [engine](super)'s handshake): the source will not resume the guest on its side.
 pub fn receive(
     listener: &Listener,
     host: &DeviceHost,
@@ -99,16 +104,50 @@ pub fn receive_into(
     let mut ack = conn
         .try_clone()
         .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-    match receive_on(conn, host, ram, start) {
-        Ok((vm, stats)) => {
-            ack.write_all(format!("{ACK_RUNNING}\n").as_bytes())
-                .map_err(|e| MigrationError::NoAck(format!("confirming to the source: {e}")))?;
+    match receive_on(conn, host, ram, start).and_then(|(vm, stats, conn, left)| {
+        wait_for_go(&mut ack, conn, left)?;
+        Ok((vm, stats))
+    }) {
+        Ok((vm, mut stats)) => {
+            // The VM is ours now, whether or not the source hears it.
+            if let Err(e) = ack.write_all(format!("{ACK_RUNNING}\n").as_bytes()) {
+                tracing::warn!(error = %e, "could not confirm to the source that the VM runs here");
+            }
+            stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
             Ok((vm, stats))
         }
         Err(e) => {
             tell_source(&mut ack, &e);
             Err(e)
         }
+    }
+}
+
+/// Tells the source the VM is ready, then waits on the stream's connection (after `End`;
+/// `left` is what the stream reader received past it) for its go.
+fn wait_for_go(
+    ack: &mut Connection,
+    mut conn: Connection,
+    mut left: Vec<u8>,
+) -> Result<(), MigrationError> {
+    let no_go = |what: String| MigrationError::NoGo(what);
+    ack.write_all(format!("{ACK_READY}\n").as_bytes())
+        .map_err(|e| no_go(format!("telling the source the VM is ready: {e}")))?;
+    conn.set_read_timeout(Some(GO_TIMEOUT))
+        .map_err(|e| no_go(e.to_string()))?;
+    match read_line(&mut conn, &mut left) {
+        Ok(line) if line == GO => Ok(()),
+        Ok(line) if line.is_empty() => Err(no_go("the source closed the connection".into())),
+        Ok(line) => Err(no_go(format!("unexpected message {line:?}"))),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(no_go(format!("nothing in {} s", GO_TIMEOUT.as_secs())))
+        }
+        Err(e) => Err(no_go(e.to_string())),
     }
 }
 
@@ -130,12 +169,14 @@ fn tell_source(ack: &mut Connection, e: &MigrationError) {
     let _ = ack.shutdown();
 }
 
+/// Reads the stream and builds the VM; returns it, devices RUNNING, with the stream's
+/// connection and the bytes received past `End`.
 fn receive_on(
     conn: Connection,
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
     start: Instant,
-) -> Result<(Vm, ReceiveStats), MigrationError> {
+) -> Result<(Vm, ReceiveStats, Connection, Vec<u8>), MigrationError> {
     let mut stats = ReceiveStats::default();
     let mut reader = StreamReader::new(conn)?;
     let config = match reader.next_section()? {
@@ -208,5 +249,6 @@ fn receive_on(
     stats.bytes = reader.bytes_read();
     stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
     drop(links);
-    Ok((vm, stats))
+    let (conn, left) = reader.into_inner();
+    Ok((vm, stats, conn, left))
 }

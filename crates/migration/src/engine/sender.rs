@@ -2,7 +2,7 @@
 //! the destination's confirmation — or, on any failure, the roll-back that leaves the guest
 //! running here.
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use vfmig_abi::DeviceState;
@@ -14,7 +14,7 @@ use super::error::MigrationError;
 use super::policy::{Convergence, Decision, Estimate};
 use super::stats::{IterationStats, MigrationStats};
 use super::status::{MigrationState, Progress};
-use super::{ACK_FAILED, ACK_RUNNING, stream_config};
+use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, GO, read_line, stream_config};
 use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Phase, StreamWriter};
 use crate::transport::{self, Address, Connection};
 use crate::{DeviceId, Gpa};
@@ -23,7 +23,7 @@ use crate::{DeviceId, Gpa};
 /// [`StreamWriter::write_ram_parallel`]).
 const SEND_THREADS: usize = 2;
 
-/// How long the source waits for the destination to confirm the switch-over.
+/// How long the source waits for each of the destination's replies at the switch-over.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a write may block on a destination that does not read.
@@ -34,7 +34,8 @@ const REASON_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Migrates `vm` to the destination listening at `to`. On success the guest stays paused
 /// here (it runs on the destination); on failure it runs on here, devices RUNNING, tracking
-/// stopped.
+/// stopped, except after the destination was told to run it
+/// ([`MigrationError::Unconfirmed`]): then it stays paused here.
 pub fn migrate(
     vm: &Vm,
     to: &Address,
@@ -70,6 +71,7 @@ pub fn migrate(
         tracking: false,
         devices_saving: false,
         paused: false,
+        committed: false,
     };
     let result = sender.run(policy, start);
     progress.set_connection(None);
@@ -80,6 +82,15 @@ pub fn migrate(
                 s.stats = Some(stats.clone());
             });
             Ok(stats)
+        }
+        Err(e) if sender.committed => {
+            // The destination was told to run the guest: resuming it here could run it twice.
+            progress.update(|s| {
+                s.state = MigrationState::Unconfirmed;
+                s.error = Some(e.to_string());
+            });
+            tracing::error!(error = %e, "switch-over unconfirmed; the guest stays paused here");
+            Err(e)
         }
         Err(e) => {
             let e = match e {
@@ -114,6 +125,8 @@ struct Sender<'a> {
     tracking: bool,
     devices_saving: bool,
     paused: bool,
+    /// The destination was told to run the guest: no roll-back from here.
+    committed: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -246,7 +259,8 @@ impl Sender<'_> {
         }
         self.writer.finish()?;
         self.writer.flush()?;
-        self.wait_for_ack()?;
+        self.wait_for_ready()?;
+        self.go()?;
         stats.downtime_ms = ms(paused_at.elapsed());
 
         stats.device_bytes = self.links.iter().map(|l| l.bytes).sum();
@@ -340,20 +354,19 @@ impl Sender<'_> {
         Ok(())
     }
 
-    fn wait_for_ack(&self) -> Result<(), MigrationError> {
-        self.ack
-            .set_read_timeout(Some(ACK_TIMEOUT))
+    /// The destination's next line of the handshake, waiting at most `timeout`.
+    fn reply(&self, timeout: Duration) -> io::Result<String> {
+        self.ack.set_read_timeout(Some(timeout))?;
+        read_line(&mut &self.ack, &mut Vec::new())
+    }
+
+    /// Waits for the destination to say it applied everything and waits for the go.
+    fn wait_for_ready(&self) -> Result<(), MigrationError> {
+        let line = self
+            .reply(ACK_TIMEOUT)
             .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-        let mut line = String::new();
-        let reader = self
-            .ack
-            .try_clone()
-            .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-        BufReader::new(io::Read::take(reader, 4096))
-            .read_line(&mut line)
-            .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-        match line.trim_end() {
-            l if l == ACK_RUNNING => Ok(()),
+        match line.as_str() {
+            l if l == ACK_READY => Ok(()),
             l if l.starts_with(ACK_FAILED) => Err(MigrationError::Refused {
                 reason: l[ACK_FAILED.len()..].trim().to_string(),
             }),
@@ -361,6 +374,27 @@ impl Sender<'_> {
                 "the destination closed the connection".into(),
             )),
             l => Err(MigrationError::NoAck(format!("unexpected reply {l:?}"))),
+        }
+    }
+
+    /// Tells the destination to run the guest, which commits the migration, and waits for
+    /// it to confirm. A cancel before the go still rolls back; a write that fails put
+    /// nothing on the connection, so the destination cannot have seen a go either.
+    fn go(&mut self) -> Result<(), MigrationError> {
+        self.check_cancel()?;
+        let mut conn = self.writer.get_ref();
+        conn.write_all(format!("{GO}\n").as_bytes())
+            .map_err(|e| MigrationError::NoAck(format!("telling the destination to run: {e}")))?;
+        self.committed = true;
+        match self.reply(ACK_TIMEOUT) {
+            Ok(line) if line == ACK_RUNNING => Ok(()),
+            Ok(line) if line.is_empty() => Err(MigrationError::Unconfirmed(
+                "it closed the connection".into(),
+            )),
+            Ok(line) => Err(MigrationError::Unconfirmed(format!(
+                "unexpected reply {line:?}"
+            ))),
+            Err(e) => Err(MigrationError::Unconfirmed(e.to_string())),
         }
     }
 
@@ -402,6 +436,20 @@ impl Sender<'_> {
             self.vm.resume();
         }
     }
+}
+
+/// Takes the guest back at the source after an unconfirmed switch-over
+/// ([`MigrationState::Unconfirmed`]): devices RUNNING, the guest resumed. Only once the
+/// destination is known not to run the VM: otherwise the guest runs twice.
+///
+/// # Errors
+/// The first device that does not return to RUNNING (the guest is not resumed then).
+pub fn reclaim(vm: &Vm) -> Result<(), MigrationError> {
+    for device in vm.devices() {
+        DeviceLink::new(device)?.set_state(DeviceState::RUNNING)?;
+    }
+    vm.resume();
+    Ok(())
 }
 
 fn device_id(index: usize) -> DeviceId {

@@ -27,6 +27,25 @@ pub enum MigrationState {
     Failed,
     /// Cancelled; the guest runs on here.
     Cancelled,
+    /// The destination was told to run the guest (the source had committed) but the
+    /// connection failed before it confirmed. The guest stays paused here, devices stopped:
+    /// it most likely runs on the destination, and resuming it here too would run it twice.
+    /// Check the destination (`vfmig vm status`); only if it has no VM, resume the guest
+    /// here (`cont`).
+    Unconfirmed,
+}
+
+impl MigrationState {
+    /// Whether the migration is over (completed, failed, cancelled or unconfirmed).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MigrationState::Completed
+                | MigrationState::Failed
+                | MigrationState::Cancelled
+                | MigrationState::Unconfirmed
+        )
+    }
 }
 
 /// A snapshot of a migration's progress.

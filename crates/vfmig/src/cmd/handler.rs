@@ -6,7 +6,7 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use vfmig_migration::engine::{DowntimeLimit, MigrationState, Progress, migrate};
+use vfmig_migration::engine::{DowntimeLimit, MigrationState, Progress, migrate, reclaim};
 use vfmig_migration::transport::Address;
 use vfmig_vmm::control::{ControlError, ControlHandler};
 use vfmig_vmm::{Vm, WorkloadConfig};
@@ -98,6 +98,27 @@ impl VmHandler {
         })
     }
 
+    /// The state of the last migration started here, if any.
+    fn last_migration_state(&self) -> Option<MigrationState> {
+        self.migration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p.status().state)
+    }
+
+    /// Overrides the state of the last migration (its error stays).
+    fn set_last_migration_state(&self, state: MigrationState) {
+        if let Some(p) = self
+            .migration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            p.update(|s| s.state = state);
+        }
+    }
+
     fn start_migration(&self, args: &Value) -> Result<Value, ControlError> {
         let vm = self.vm()?.clone();
         let to = args
@@ -122,11 +143,15 @@ impl VmHandler {
         let mut slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = slot.as_ref() {
             let state = p.status().state;
-            if matches!(
-                state,
-                MigrationState::Setup | MigrationState::Active | MigrationState::StopCopy
-            ) {
+            if !state.is_final() {
                 return Err(ControlError::generic("a migration is already running"));
+            }
+            if state == MigrationState::Unconfirmed {
+                // The guest may run at the destination: a second copy must not leave here.
+                return Err(ControlError::generic(
+                    "the last switch-over is unconfirmed: the guest may run at its \
+                     destination; `cont` here first if it does not",
+                ));
             }
         }
         let progress = Progress::new();
@@ -173,6 +198,12 @@ impl ControlHandler for VmHandler {
                 Ok(json!({}))
             }
             "cont" => {
+                if self.last_migration_state() == Some(MigrationState::Unconfirmed) {
+                    // The operator found no VM at the destination: the guest comes back here,
+                    // devices first.
+                    reclaim(self.vm()?).map_err(|e| ControlError::generic(e.to_string()))?;
+                    self.set_last_migration_state(MigrationState::Failed);
+                }
                 self.start_guest()?;
                 Ok(json!({}))
             }

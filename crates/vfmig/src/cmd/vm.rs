@@ -165,7 +165,10 @@ pub(crate) fn follow_migration(control: &std::path::Path) -> anyhow::Result<Valu
             eprintln!("{line}");
         }
         last_state = state.clone();
-        if matches!(state.as_str(), "completed" | "failed" | "cancelled") {
+        if matches!(
+            state.as_str(),
+            "completed" | "failed" | "cancelled" | "unconfirmed"
+        ) {
             if tty {
                 eprintln!();
             }

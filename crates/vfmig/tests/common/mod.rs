@@ -264,7 +264,7 @@ impl VmProcess {
             let m = self.migration();
             matches!(
                 m["state"].as_str(),
-                Some("completed" | "failed" | "cancelled")
+                Some("completed" | "failed" | "cancelled" | "unconfirmed")
             )
             .then_some(m)
         })

@@ -1,16 +1,17 @@
-//! A TCP relay between a migration source and its destination that injects one [`Fault`]
-//! into the stream: a flipped bit well inside it, or the connection cut once the source has
-//! switched over.
+//! A TCP relay between a migration source and its destination that injects one [`Fault`]:
+//! a flipped bit well inside the stream, the connection cut once the source has switched
+//! over, or one message of the switch-over handshake lost.
 //!
 //! It forwards both directions (the destination's answer goes back to the source) and
 //! closes both connections as soon as either side ends or fails, so each side sees what it
 //! would see without the relay: the peer gone.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
+use vfmig_migration::engine::{ACK_READY, ACK_RUNNING, GO};
 use vfmig_migration::stream::{MAGIC, SectionKind};
 
 /// The stream header's length; then frames of an 8-byte header, the payload and a 4-byte
@@ -30,6 +31,15 @@ pub(crate) enum Fault {
     /// connections: the source sends it only after pausing the guest and stopping the
     /// devices, so the connection is lost after the switch-over point.
     CutAtFirstDeviceConfig,
+    /// Relays the whole stream, then drops the destination's `VFMIG-READY` and closes both
+    /// connections: neither side has heard the other commit.
+    DropReady,
+    /// Relays the stream and `VFMIG-READY`, then drops the source's `VFMIG-GO` and closes
+    /// both: the source has committed, the destination never heard it.
+    DropGo,
+    /// Relays everything up to the destination's `VFMIG-RUNNING`, drops that and closes
+    /// both: the destination runs the guest, the source never heard it.
+    DropRunning,
 }
 
 /// The relay, serving one connection.
@@ -68,7 +78,8 @@ impl FaultyProxy {
         format!("tcp:{}", self.address)
     }
 
-    /// The stream offset where the fault was injected, once it was.
+    /// Where the fault was injected, once it was: the stream offset (for a dropped answer,
+    /// the offset of the answer in the destination's replies).
     pub(crate) fn fault_at(&self) -> Option<u64> {
         *self.fault_at.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -90,26 +101,58 @@ fn relay(source: TcpStream, destination: TcpStream, fault: Fault, at: &Mutex<Opt
     let clones = source
         .try_clone()
         .and_then(|s| Ok((s, destination.try_clone()?)));
-    let Ok((mut back_to, mut back_from)) = clones else {
+    let Ok((mut back_to, back_from)) = clones else {
         return;
     };
     let close = |a: &TcpStream, b: &TcpStream| {
         let _ = a.shutdown(Shutdown::Both);
         let _ = b.shutdown(Shutdown::Both);
     };
-    let answers = thread::spawn(move || {
-        let _ = io::copy(&mut back_from, &mut back_to);
-        close(&back_from, &back_to);
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = answer(&back_from, &mut back_to, fault, at);
+            close(&back_from, &back_to);
+        });
+        let (mut from, mut to) = (source, destination);
+        let _ = forward(&mut from, &mut to, fault, at);
+        close(&from, &to);
     });
-    let (mut from, mut to) = (source, destination);
-    let _ = forward(&mut from, &mut to, fault, at);
-    close(&from, &to);
-    let _ = answers.join();
+}
+
+/// Copies the destination's replies to the source line by line; drops the one the fault
+/// names ([`Fault::DropReady`], [`Fault::DropRunning`]), recording its offset, and stops.
+fn answer(
+    from: &TcpStream,
+    to: &mut TcpStream,
+    fault: Fault,
+    at: &Mutex<Option<u64>>,
+) -> io::Result<()> {
+    let dropped = match fault {
+        Fault::DropReady => Some(ACK_READY),
+        Fault::DropRunning => Some(ACK_RUNNING),
+        _ => None,
+    };
+    let mut lines = BufReader::new(from);
+    let mut offset = 0u64;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if dropped == Some(line.trim_end()) {
+            *at.lock().unwrap_or_else(|e| e.into_inner()) = Some(offset);
+            return Ok(());
+        }
+        to.write_all(line.as_bytes())?;
+        offset += line.len() as u64;
+    }
 }
 
 /// Copies the stream from `from` to `to` frame by frame until the fault's section; injects
 /// the fault there, recording its offset in `at`; then copies the rest as it comes
-/// ([`Fault::FlipInFirstRamPages`]) or stops ([`Fault::CutAtFirstDeviceConfig`]).
+/// ([`Fault::FlipInFirstRamPages`]) or stops ([`Fault::CutAtFirstDeviceConfig`]). After
+/// `End`, copies what follows (the source's go), or drops it ([`Fault::DropGo`]).
 fn forward(
     from: &mut TcpStream,
     to: &mut TcpStream,
@@ -148,5 +191,16 @@ fn forward(
         to.write_all(&frame)?;
         to.write_all(&body)?;
         offset += (FRAME_HEADER + len + FRAME_TRAILER) as u64;
+        if kind == SectionKind::End.to_wire() {
+            if fault != Fault::DropGo {
+                io::copy(from, to)?;
+                return Ok(());
+            }
+            let mut go = String::new();
+            BufReader::new(from).read_line(&mut go)?;
+            assert_eq!(go.trim_end(), GO, "proxy: the source did not say go");
+            record(offset);
+            return Ok(());
+        }
     }
 }
