@@ -1,7 +1,8 @@
 //! Live migration between `vfmig vm run` processes, each VM with an mtty and a dma-engine in
 //! device processes of its own, driven through the VMs' control sockets: what happens when
-//! things go wrong (the destination dies, a device dies, the stream is corrupted or cut, the
-//! user cancels), and the byte-for-byte check of a migration that goes right.
+//! things go wrong (the destination dies, a device dies, the stream is corrupted or cut, a
+//! message of the switch-over handshake is lost, the user cancels), the byte-for-byte check
+//! of a migration that goes right, and what a VM terminated by a signal leaves behind.
 //!
 //! After a failure or a cancel the source must be as if no migration had started: the guest
 //! running, its devices RUNNING, and a later migration possible. The guest's own device
@@ -300,4 +301,35 @@ fn a_lost_running_leaves_the_guest_to_the_destination_alone() {
     destination.wait_until("the incoming VM is built", |s| s["state"] == "paused");
     destination.call("cont", Value::Null);
     destination.assert_guest_runs_cleanly();
+}
+
+/// Whether process `pid` has ended (gone, or a zombie not reaped yet).
+fn has_ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_terminated_vm_removes_its_runtime_directory_and_its_device_processes_end() {
+    let dir = TestDir::new("term");
+    let mut vm = VmProcess::source(&dir, "vm", BUSY_GUEST);
+    let devices = [vm.device_pid("mtty0"), vm.device_pid("dmaengine0")];
+    let runtime = dir.path().join(format!("vfmig-{}", vm.pid()));
+    assert!(
+        runtime.is_dir(),
+        "no runtime directory {}",
+        runtime.display()
+    );
+
+    signal(vm.pid(), "TERM");
+
+    assert!(!vm.wait_for_exit().success());
+    assert!(!runtime.exists(), "{} is left behind", runtime.display());
+    for pid in devices {
+        poll(&format!("device process {pid} to end"), || {
+            has_ended(pid).then_some(())
+        });
+    }
 }

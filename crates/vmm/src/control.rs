@@ -188,7 +188,16 @@ mod tests {
         }
     }
 
-    fn socket() -> (std::path::PathBuf, JoinHandle<()>) {
+    /// A served control socket's path, removed when dropped.
+    struct Socket(std::path::PathBuf);
+
+    impl Drop for Socket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn socket() -> (Socket, JoinHandle<()>) {
         let path = std::env::temp_dir().join(format!(
             "vfmig-control-{}-{:?}.sock",
             std::process::id(),
@@ -196,22 +205,24 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
-        (path, serve(listener, Arc::new(Echo)))
+        (Socket(path), serve(listener, Arc::new(Echo)))
     }
 
     #[test]
     fn a_command_returns_its_value() {
-        let (path, _t) = socket();
+        let (socket, _t) = socket();
+        let path = socket.0.as_path();
         assert_eq!(
-            request(&path, "echo", json!({"a": 1})).unwrap(),
+            request(path, "echo", json!({"a": 1})).unwrap(),
             json!({"a": 1})
         );
     }
 
     #[test]
     fn an_unknown_command_is_command_not_found() {
-        let (path, _t) = socket();
-        match request(&path, "nope", Value::Null) {
+        let (socket, _t) = socket();
+        let path = socket.0.as_path();
+        match request(path, "nope", Value::Null) {
             Err(RequestError::Command(e)) => assert_eq!(e.class, "CommandNotFound"),
             other => panic!("{other:?}"),
         }
@@ -219,8 +230,9 @@ mod tests {
 
     #[test]
     fn a_malformed_line_gets_an_error_and_the_connection_goes_on() {
-        let (path, _t) = socket();
-        let mut s = UnixStream::connect(&path).unwrap();
+        let (socket, _t) = socket();
+        let path = socket.0.as_path();
+        let mut s = UnixStream::connect(path).unwrap();
         s.write_all(b"{not json\n{\"execute\":\"echo\",\"arguments\":2}\n")
             .unwrap();
         let mut r = BufReader::new(s);
@@ -233,8 +245,9 @@ mod tests {
 
     #[test]
     fn an_oversized_line_is_refused() {
-        let (path, _t) = socket();
-        let mut s = UnixStream::connect(&path).unwrap();
+        let (socket, _t) = socket();
+        let path = socket.0.as_path();
+        let mut s = UnixStream::connect(path).unwrap();
         let mut big = vec![b' '; 70_000];
         big.push(b'\n');
         s.write_all(&big).unwrap();

@@ -111,11 +111,18 @@ impl AttachedDevice {
         let socket = dir.join(format!("{}.sock", spec.id));
         let mut command = Command::new(program);
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-        // which is async-signal-safe; it touches no memory of the parent.
+        // sigemptyset and sigprocmask, which are async-signal-safe, on its own stack; it
+        // touches no memory of the parent.
         unsafe {
             command.pre_exec(|| {
                 // The device process dies with the VMM (the thread that spawned it).
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // A mask survives exec: the VMM may block the signals it waits for.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

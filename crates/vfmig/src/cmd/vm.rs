@@ -79,6 +79,43 @@ fn runtime_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Makes SIGINT, SIGTERM and SIGHUP end the process as `quit` does, removing `dir` (the
+/// device sockets) first; the device processes end with it (they are killed when their
+/// parent dies). Call it before any other thread starts: the signals are blocked here, every
+/// later thread inherits that, and one thread of its own waits for them.
+fn quit_on_signal(dir: PathBuf) -> anyhow::Result<()> {
+    // SAFETY: `set` is a local signal set, initialised by `sigemptyset` before any use; the
+    // calls only read and write it and the calling thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        let err = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err)).context("blocking signals");
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: `set` is initialised and `signal` is a valid place for the result.
+            let err = unsafe { libc::sigwait(&set, &mut signal) };
+            if err != 0 {
+                tracing::warn!(error = %std::io::Error::from_raw_os_error(err), "waiting for signals");
+                return;
+            }
+            tracing::info!(signal, "signal received: quitting");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::process::exit(128 + signal);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
 fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
     let workload = workload(&args.workload)?;
     let host = DeviceHost {
@@ -86,6 +123,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
         dir: runtime_dir()?,
         viommu: args.machine.viommu,
     };
+    quit_on_signal(host.dir.clone())?;
     let handler = Arc::new(VmHandler::new(workload, host.dir.clone()));
     let listener = vfmig_device::server::bind(&args.control)
         .with_context(|| format!("control socket {}", args.control.display()))?;
