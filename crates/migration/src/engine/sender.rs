@@ -1,6 +1,6 @@
-//! The source side: setup, pre-copy iterations, convergence, stop-and-copy, and the wait for
-//! the destination's confirmation — or, on any failure, the roll-back that leaves the guest
-//! running here.
+//! The source side: setup, pre-copy iterations, convergence, stop-and-copy, and the
+//! switch-over handshake (the destination ready, go, its confirmation) — or, on any failure
+//! before the go, the roll-back that leaves the guest running here.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
