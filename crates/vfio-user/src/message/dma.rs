@@ -352,6 +352,28 @@ impl<'a> Payload<'a> for DmaData<'a> {
 mod tests {
     use super::*;
 
+    /// The body of an unmap of `[0, size)` with `flags`, its bitmap header (4 KiB pages,
+    /// `bitmap_size` bytes) and then `data`.
+    fn unmap_with_bitmap(
+        argsz: u32,
+        flags: u32,
+        size: u64,
+        bitmap_size: u64,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let unmap = DmaUnmap {
+            argsz,
+            flags,
+            addr: 0,
+            size,
+        };
+        let bitmap = Bitmap {
+            pgsize: 4096,
+            size: bitmap_size,
+        };
+        wire::concat(&[unmap.as_bytes(), bitmap.as_bytes(), data])
+    }
+
     const UNMAP_ALL: u32 = VFIO_DMA_UNMAP_FLAG_ALL;
     const GET_DIRTY: u32 = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
 
@@ -455,20 +477,7 @@ mod tests {
 
     #[test]
     fn unmap_all_and_get_bitmap_together_are_einval() {
-        let unmap = DmaUnmap {
-            argsz: 64,
-            flags: UNMAP_ALL | GET_DIRTY,
-            addr: 0,
-            size: 0,
-        };
-        let body = wire::concat(&[
-            unmap.as_bytes(),
-            Bitmap {
-                pgsize: 4096,
-                size: 0,
-            }
-            .as_bytes(),
-        ]);
+        let body = unmap_with_bitmap(64, UNMAP_ALL | GET_DIRTY, 0, 0, &[]);
         let err = DmaUnmapRequest::decode(&body).unwrap_err();
         assert!(matches!(err, MessageError::InvalidFlags { flags: 3, .. }));
     }
@@ -494,20 +503,7 @@ mod tests {
 
     #[test]
     fn unmap_with_bitmap_needs_argsz_for_the_whole_reply() {
-        let unmap = DmaUnmap {
-            argsz: 47,
-            flags: GET_DIRTY,
-            addr: 0,
-            size: 0x1000,
-        };
-        let body = wire::concat(&[
-            unmap.as_bytes(),
-            Bitmap {
-                pgsize: 4096,
-                size: 8,
-            }
-            .as_bytes(),
-        ]);
+        let body = unmap_with_bitmap(47, GET_DIRTY, 0x1000, 8, &[]);
         let err = DmaUnmapRequest::decode(&body).unwrap_err();
         assert!(matches!(
             err,
@@ -521,20 +517,7 @@ mod tests {
 
     #[test]
     fn unmap_with_a_wrong_bitmap_size_is_einval() {
-        let unmap = DmaUnmap {
-            argsz: 1024,
-            flags: GET_DIRTY,
-            addr: 0,
-            size: 0x1000,
-        };
-        let body = wire::concat(&[
-            unmap.as_bytes(),
-            Bitmap {
-                pgsize: 4096,
-                size: 1,
-            }
-            .as_bytes(),
-        ]);
+        let body = unmap_with_bitmap(1024, GET_DIRTY, 0x1000, 1, &[]);
         let err = DmaUnmapRequest::decode(&body).unwrap_err();
         assert!(matches!(
             err,
@@ -548,21 +531,7 @@ mod tests {
 
     #[test]
     fn unmap_reply_bitmap_must_have_the_stated_length() {
-        let unmap = DmaUnmap {
-            argsz: 48,
-            flags: GET_DIRTY,
-            addr: 0,
-            size: 0x1000,
-        };
-        let body = wire::concat(&[
-            unmap.as_bytes(),
-            Bitmap {
-                pgsize: 4096,
-                size: 8,
-            }
-            .as_bytes(),
-            &[0; 7],
-        ]);
+        let body = unmap_with_bitmap(48, GET_DIRTY, 0x1000, 8, &[0; 7]);
         let err = DmaUnmapReply::decode(&body).unwrap_err();
         assert!(matches!(
             err,
