@@ -104,7 +104,7 @@ pub fn receive_into(
     let mut ack = conn
         .try_clone()
         .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-    match receive_on(conn, host, ram, start).and_then(|(vm, stats, conn, left)| {
+    match receive_on(conn, host, ram).and_then(|(vm, stats, conn, left)| {
         wait_for_go(&mut ack, conn, left)?;
         Ok((vm, stats))
     }) {
@@ -175,7 +175,6 @@ fn receive_on(
     conn: Connection,
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
-    start: Instant,
 ) -> Result<(Vm, ReceiveStats, Connection, Vec<u8>), MigrationError> {
     let mut stats = ReceiveStats::default();
     let mut reader = StreamReader::new(conn)?;
@@ -247,7 +246,6 @@ fn receive_on(
         link.set_state(DeviceState::RUNNING)?;
     }
     stats.bytes = reader.bytes_read();
-    stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
     drop(links);
     let (conn, left) = reader.into_inner();
     Ok((vm, stats, conn, left))
