@@ -39,6 +39,17 @@
 //! is dropped, since the stream cannot be resynchronized; the server then waits for the next
 //! client. So is a first message other than a valid VERSION.
 //!
+//! # Who holds the device
+//!
+//! The server serves one client at a time; others wait in the listen backlog. A connected
+//! client must complete VERSION within [`HANDSHAKE_TIMEOUT`] (or the time set with
+//! [`Server::set_handshake_timeout`]): one that sends nothing, or stops in the middle of its
+//! VERSION, is dropped when it runs out and the next client is accepted. Once negotiated, a
+//! client holds the device until it closes its socket, however long it stays idle: it is the
+//! VMM the device is attached to, and an idle VM is no fault. Its messages arrive on its own
+//! schedule, so the session's reads wait for them; a client that dies is seen at once (the
+//! socket closes with it).
+//!
 //! # Deviations from libvfio-user v1, on purpose
 //!
 //! * DMA_MAP, DMA_UNMAP and DIRTY_PAGES follow the container, whose rules are Linux type1 v2:
@@ -65,6 +76,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use vfmig_abi::uapi::{
     VFIO_DMA_UNMAP_FLAG_ALL, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE,
@@ -91,6 +103,9 @@ const QUEUE_BUDGET: usize = 64 << 20;
 /// `argsz` of a SET_IRQS without data.
 const IRQ_SET_ARGSZ: u32 = 20;
 const _: () = assert!(size_of::<IrqSet>() == IRQ_SET_ARGSZ as usize);
+
+/// How long a connected client has to complete VERSION before it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -134,6 +149,7 @@ pub struct Server<B: Backend> {
     backend: B,
     container: Container,
     limits: Limits,
+    handshake_timeout: Duration,
 }
 
 impl<B: Backend> Server<B> {
@@ -147,7 +163,14 @@ impl<B: Backend> Server<B> {
             backend,
             container,
             limits,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         }
+    }
+
+    /// How long a connected client has to complete VERSION ([`HANDSHAKE_TIMEOUT`] unless set;
+    /// a socket timeout cannot be zero, so zero is taken as one millisecond).
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout.max(Duration::from_millis(1));
     }
 
     /// The backend.
@@ -201,6 +224,14 @@ impl<B: Backend> Server<B> {
             ..self.limits
         });
         let migration = self.backend.migration_capable();
+        // A client that does not complete VERSION in time is dropped (see "Who holds the
+        // device"); after it, reads wait for the client's next message.
+        if let Err(source) = conn.stream().set_read_timeout(Some(self.handshake_timeout)) {
+            return SessionEnd::Dropped(ConnectionError::Io {
+                op: "set the handshake timeout",
+                source,
+            });
+        }
         let client = match negotiate(&mut conn, &self.limits, migration) {
             Ok(client) => client,
             Err(end) => {
@@ -208,6 +239,13 @@ impl<B: Backend> Server<B> {
                 return end;
             }
         };
+        if let Err(source) = conn.stream().set_read_timeout(None) {
+            let _ = conn.stream().shutdown(Shutdown::Both);
+            return SessionEnd::Dropped(ConnectionError::Io {
+                op: "clear the handshake timeout",
+                source,
+            });
+        }
         conn.set_limits(Limits {
             max_send_fds: usize::try_from(client.max_msg_fds).unwrap_or(usize::MAX),
             ..self.limits

@@ -84,6 +84,14 @@ pub fn socket_path(name: &str) -> PathBuf {
 
 /// A server listening at a fresh path that serves `clients` clients one after the other.
 pub fn spawn_listener(clients: usize) -> (PathBuf, TestServer) {
+    spawn_listener_with(clients, vfmig_vfio_user::server::HANDSHAKE_TIMEOUT)
+}
+
+/// As [`spawn_listener`], giving each client `handshake_timeout` to complete VERSION.
+pub fn spawn_listener_with(
+    clients: usize,
+    handshake_timeout: std::time::Duration,
+) -> (PathBuf, TestServer) {
     let path = socket_path("listener");
     let listener = UnixListener::bind(&path).unwrap();
     let container = Container::default();
@@ -92,6 +100,7 @@ pub fn spawn_listener(clients: usize) -> (PathBuf, TestServer) {
     let socket = path.clone();
     let handle = thread::spawn(move || {
         let mut server = Server::new(dummy, server_container, Limits::default());
+        server.set_handshake_timeout(handshake_timeout);
         let ends = (0..clients)
             .map(|_| server.serve_one(&listener).unwrap())
             .collect();
