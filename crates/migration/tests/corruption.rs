@@ -205,3 +205,27 @@ fn reader_refuses_to_go_on_after_an_error() {
     ));
     assert!(matches!(reader.next_section(), Err(ReadError::Broken)));
 }
+
+#[test]
+fn a_known_section_flagged_optional_is_refused() {
+    // A config without devices and its End, the End flagged optional: the stream's only
+    // encoding of an End has no flags, so this one is not a stream of ours.
+    let config = vfmig_migration::stream::VmConfig::new(sample_layout(), vec![]).unwrap();
+    let mut stream = StreamHeader::new(CURRENT_VERSION).to_bytes().to_vec();
+    stream.extend(encode_frame(1, 0, &config.encode()));
+    let end = End {
+        sections: 1,
+        bytes: stream.len() as u64,
+    };
+    let optional = vfmig_migration::stream::FLAG_OPTIONAL;
+    stream.extend(encode_frame(
+        SectionKind::End as u16,
+        optional,
+        &end.encode(),
+    ));
+    let err = read(&stream).unwrap_err();
+    assert!(
+        matches!(err, ReadError::Flags { flags, .. } if flags == optional),
+        "{err:?}"
+    );
+}

@@ -208,8 +208,9 @@ pub enum ReadError {
         /// The checksum of what was received.
         computed: u32,
     },
-    /// Flag bits this version does not define.
-    #[error("{pos}: unknown flags {flags:#06x}")]
+    /// Flag bits this version does not define, or `FLAG_OPTIONAL` on a section of a type it
+    /// defines (every such type is required: a stream that marks one optional is not ours).
+    #[error("{pos}: flags {flags:#06x} not allowed on this section")]
     Flags {
         /// The section.
         pos: SectionPos,

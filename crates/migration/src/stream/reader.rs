@@ -205,6 +205,11 @@ impl<R: Read> StreamReader<R> {
                 return Err(ReadError::Flags { pos, flags });
             }
             let kind = SectionKind::from_wire(pos.kind);
+            // Only a type this version does not know may be optional: one that it knows is
+            // required, so a stream has a single encoding of each section.
+            if kind.is_some() && flags & FLAG_OPTIONAL != 0 {
+                return Err(ReadError::Flags { pos, flags });
+            }
             let max = match kind {
                 Some(kind) => kind.max_payload(),
                 None if flags & FLAG_OPTIONAL != 0 => MAX_OPTIONAL_PAYLOAD,
