@@ -45,6 +45,14 @@ pub enum DeviceError {
         /// The error.
         source: crate::ram::RamError,
     },
+    /// The device is not one the VMM can attach as it is.
+    #[error("device {id}: {what}")]
+    Invalid {
+        /// Device id.
+        id: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A vfio-user request failed.
     #[error("device {id}: {what}: {source}")]
     Request {

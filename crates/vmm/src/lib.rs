@@ -16,6 +16,7 @@
 pub mod control;
 mod devices;
 mod gate;
+pub mod pci;
 mod ram;
 pub mod viommu;
 mod vm;

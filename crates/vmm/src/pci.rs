@@ -1,0 +1,898 @@
+//! The guest's PCI bus as the VMM emulates it: configuration mechanism #1 (ports 0xCF8 and
+//! 0xCFC), the BARs, command register and MSI capability the guest programs, and the routing
+//! of the guest's BAR accesses to the devices' regions.
+//!
+//! The VMM owns the parts of configuration space that bind a device into the VM, as QEMU
+//! does: the BAR addresses (their sizes come from REGION_INFO, never from the device's own
+//! emulation), the command register and the MSI capability. The guest's writes to them
+//! update the VMM's copy, a [`PciConfigState`]; command and MSI writes also go to the device,
+//! BAR writes do not. Every other byte of configuration space is the device's: reads and
+//! writes go to its config region. A migration carries each device's [`PciConfigState`] and
+//! writes it back on the destination after the device's own data ([`PciBus::restore`]).
+//!
+//! Device *i* of the VM is bus 0, device *i*, function 0; every other address reads all ones.
+//!
+//! An MSI the guest enables becomes an eventfd the device signals (SET_IRQS) and an
+//! [`InterruptRouter`] turns into the guest interrupt (with KVM: an irqfd on a GSI routed to
+//! the MSI's address and data), so no interrupt passes through the VMM's threads.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use vfmig_abi::uapi::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
+use vfmig_vfio_user::client::IrqValues;
+use vfmig_vfio_user::message::IrqAction;
+
+use crate::devices::{AttachedDevice, DeviceError};
+
+/// The configuration address port.
+pub const CONFIG_ADDRESS: u16 = 0xcf8;
+/// The first configuration data port (0xCFC..=0xCFF).
+pub const CONFIG_DATA: u16 = 0xcfc;
+
+const COMMAND: u64 = 0x04;
+const BAR0: u64 = 0x10;
+const BARS: usize = 6;
+const CAP_PTR: u64 = 0x34;
+const CAP_ID_MSI: u8 = 0x05;
+const COMMAND_IO: u16 = 1 << 0;
+const COMMAND_MEMORY: u16 = 1 << 1;
+/// Bytes of configuration space the bus decodes (conventional PCI).
+const CONFIG_SIZE: u64 = 256;
+/// MSI control: enable.
+const MSI_ENABLE: u16 = 1 << 0;
+/// MSI control: the function can send 64-bit addresses.
+const MSI_64BIT: u16 = 1 << 7;
+/// Bytes of the MSI capability the VMM keeps (a 64-bit one without per-vector masking).
+const MSI_IMAGE: usize = 14;
+
+/// What a BAR decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BarKind {
+    /// I/O space.
+    Io,
+    /// 32-bit memory space.
+    Memory32,
+    /// 64-bit memory space: this BAR and the next hold the address.
+    Memory64,
+}
+
+/// One BAR as the device has it: kind and size fixed when the device is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bar {
+    kind: BarKind,
+    size: u64,
+    /// The low bits of the register (space, type, prefetchable), as the device reports them.
+    flags: u32,
+}
+
+impl Bar {
+    /// The address bits of the low register.
+    fn mask(self) -> u32 {
+        // Sizes are powers of two of at least 4 (I/O) or 16 (memory) bytes.
+        let low = u32::try_from(self.size.min(1 << 31)).unwrap_or(1 << 31);
+        let flag_bits = if self.kind == BarKind::Io { 0x3 } else { 0xf };
+        !(low - 1) & !flag_bits
+    }
+}
+
+/// What the guest programmed into a function's configuration space that the VMM owns: saved
+/// and restored by the VMM, whatever the device does with its own configuration space.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciConfigState {
+    /// The command register.
+    pub command: u16,
+    /// The six BAR registers' address bits as the guest wrote them.
+    pub bars: [u32; BARS],
+    /// The MSI capability from its control word on (control, address, [upper address], data),
+    /// as the guest wrote it; empty if the function has none.
+    pub msi: Vec<u8>,
+}
+
+/// Where the MSI capability is.
+#[derive(Clone, Copy, Debug)]
+struct MsiCap {
+    offset: u64,
+    wide: bool,
+}
+
+impl MsiCap {
+    /// Bytes from the control word to the end of the data word.
+    fn len(self) -> usize {
+        if self.wide { MSI_IMAGE - 2 } else { 8 }
+    }
+
+    /// `(enabled, address, data)` of an image from the control word on.
+    fn decode(self, image: &[u8]) -> Option<(u64, u32)> {
+        let bytes = |at: usize, out: &mut [u8]| {
+            if let Some(b) = image.get(at..at + out.len()) {
+                out.copy_from_slice(b);
+            }
+        };
+        let (mut control, mut low, mut high, mut data) = ([0; 2], [0; 4], [0; 4], [0; 2]);
+        bytes(0, &mut control);
+        if u16::from_le_bytes(control) & MSI_ENABLE == 0 {
+            return None;
+        }
+        bytes(2, &mut low);
+        if self.wide {
+            bytes(6, &mut high);
+            bytes(10, &mut data);
+        } else {
+            bytes(6, &mut data);
+        }
+        let address =
+            u64::from(u32::from_le_bytes(low) & !0x3) | u64::from(u32::from_le_bytes(high)) << 32;
+        Some((address, u32::from(u16::from_le_bytes(data))))
+    }
+}
+
+/// Turns a device's MSI eventfd into the guest interrupt.
+pub trait InterruptRouter: Send + Sync {
+    /// From now on, a signal on `eventfd` raises the MSI `(address, data)` for function `slot`
+    /// (replacing what it raised before).
+    fn route_msi(
+        &self,
+        slot: u8,
+        eventfd: BorrowedFd<'_>,
+        address: u64,
+        data: u32,
+    ) -> io::Result<()>;
+    /// A signal on `slot`'s eventfd raises nothing.
+    fn unroute_msi(&self, slot: u8, eventfd: BorrowedFd<'_>) -> io::Result<()>;
+}
+
+/// One function on the bus.
+struct Function {
+    bars: [Option<Bar>; BARS],
+    msi_cap: Option<MsiCap>,
+    state: PciConfigState,
+    /// The MSI routed now, if any.
+    routed: Option<(u64, u32)>,
+    eventfd: OwnedFd,
+}
+
+/// A decoded BAR: where the guest put it.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    io: bool,
+    base: u64,
+    size: u64,
+    slot: usize,
+    bar: u32,
+}
+
+/// The bus.
+pub struct PciBus {
+    devices: Arc<Vec<AttachedDevice>>,
+    functions: Vec<Mutex<Function>>,
+    /// The BARs that decode now (command enable bit set, address assigned).
+    windows: RwLock<Vec<Window>>,
+    address: AtomicU32,
+    router: Arc<dyn InterruptRouter>,
+}
+
+impl std::fmt::Debug for PciBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciBus")
+            .field("functions", &self.functions.len())
+            .finish()
+    }
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn read_config(dev: &AttachedDevice, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+    dev.client()
+        .region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset, buf)
+        .map_err(|e| dev.request("read configuration space", e))
+}
+
+fn write_config(dev: &AttachedDevice, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+    dev.client()
+        .region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
+        .map_err(|e| dev.request("write configuration space", e))
+}
+
+fn config_u32(dev: &AttachedDevice, offset: u64) -> Result<u32, DeviceError> {
+    let mut b = [0; 4];
+    read_config(dev, offset, &mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn invalid(dev: &AttachedDevice, what: String) -> DeviceError {
+    DeviceError::Invalid {
+        id: dev.id().to_string(),
+        what,
+    }
+}
+
+/// The device's BARs: kinds from its BAR registers, sizes from REGION_INFO.
+fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], DeviceError> {
+    let mut bars = [None; BARS];
+    let mut i = 0;
+    while i < BARS {
+        let index = u32::try_from(i).unwrap_or(0);
+        let register = config_u32(dev, BAR0 + 4 * u64::from(index))?;
+        let region = dev
+            .client()
+            .region_info(index)
+            .map_err(|e| dev.request("REGION_INFO of a BAR", e))?;
+        let kind = if register & 1 == 1 {
+            BarKind::Io
+        } else if register & 0x6 == 0x4 {
+            BarKind::Memory64
+        } else {
+            BarKind::Memory32
+        };
+        let (min, max) = match kind {
+            BarKind::Io => (4, 1 << 16),
+            BarKind::Memory32 => (16, 1 << 31),
+            BarKind::Memory64 => (16, 1 << 40),
+        };
+        if region.size != 0 {
+            if !region.size.is_power_of_two() || region.size < min || region.size > max {
+                return Err(invalid(
+                    dev,
+                    format!("BAR{i} of {} bytes is not a PCI BAR size", region.size),
+                ));
+            }
+            let flag_bits = if kind == BarKind::Io { 0x3 } else { 0xf };
+            bars[i] = Some(Bar {
+                kind,
+                size: region.size,
+                flags: register & flag_bits,
+            });
+        }
+        i += if kind == BarKind::Memory64 { 2 } else { 1 };
+    }
+    Ok(bars)
+}
+
+/// The MSI capability, found by walking the capability list.
+fn probe_msi(dev: &AttachedDevice) -> Result<Option<MsiCap>, DeviceError> {
+    let mut status = [0; 2];
+    read_config(dev, 0x06, &mut status)?;
+    if u16::from_le_bytes(status) & 0x10 == 0 {
+        return Ok(None);
+    }
+    let mut ptr = [0; 1];
+    read_config(dev, CAP_PTR, &mut ptr)?;
+    let mut at = u64::from(ptr[0] & !0x3);
+    // A list longer than the space can hold is a loop.
+    for _ in 0..48 {
+        if at < 0x40 || at + 4 > CONFIG_SIZE {
+            return Ok(None);
+        }
+        let header = config_u32(dev, at)?;
+        let [id, next, control_lo, control_hi] = header.to_le_bytes();
+        if id == CAP_ID_MSI {
+            let control = u16::from_le_bytes([control_lo, control_hi]);
+            let wide = control & MSI_64BIT != 0;
+            let cap = MsiCap { offset: at, wide };
+            if at + 2 + cap.len() as u64 > CONFIG_SIZE {
+                return Err(invalid(
+                    dev,
+                    "MSI capability past configuration space".into(),
+                ));
+            }
+            return Ok(Some(cap));
+        }
+        at = u64::from(next & !0x3);
+    }
+    Ok(None)
+}
+
+/// Overlap of `[a, a + alen)` and `[b, b + blen)`, as `(start, end)`.
+fn overlap(a: u64, alen: u64, b: u64, blen: u64) -> Option<(u64, u64)> {
+    let (start, end) = (a.max(b), (a + alen).min(b + blen));
+    (start < end).then_some((start, end))
+}
+
+impl Function {
+    fn bar_address(&self, i: usize) -> Option<u64> {
+        let bar = self.bars.get(i).copied().flatten()?;
+        let low = u64::from(self.state.bars[i] & bar.mask());
+        let high = match bar.kind {
+            BarKind::Memory64 => u64::from(self.state.bars.get(i + 1).copied().unwrap_or(0)),
+            _ => 0,
+        };
+        Some(low | high << 32)
+    }
+
+    /// The value the guest reads from BAR register `i`.
+    fn bar_register(&self, i: usize) -> u32 {
+        match self.bars.get(i).copied().flatten() {
+            Some(bar) => self.state.bars[i] & bar.mask() | bar.flags,
+            None => match i.checked_sub(1).and_then(|p| self.bars[p]) {
+                // The upper half of a 64-bit BAR: address bits above the size are writable.
+                Some(low) if low.kind == BarKind::Memory64 => {
+                    let high_mask = !u32::try_from((low.size - 1) >> 32).unwrap_or(u32::MAX);
+                    self.state.bars[i] & high_mask
+                }
+                _ => 0,
+            },
+        }
+    }
+
+    /// Applies a guest write of `data` at `offset` to the BAR registers.
+    fn write_bars(&mut self, offset: u64, data: &[u8]) {
+        for (k, byte) in data.iter().enumerate() {
+            let at = offset + k as u64;
+            if !(BAR0..BAR0 + 4 * BARS as u64).contains(&at) {
+                continue;
+            }
+            let (i, shift) = (usize::try_from((at - BAR0) / 4).unwrap_or(0), (at % 4) * 8);
+            let r = &mut self.state.bars[i];
+            *r = *r & !(0xff << shift) | u32::from(*byte) << shift;
+        }
+    }
+
+    fn msi_image(&mut self) -> Option<(MsiCap, &mut Vec<u8>)> {
+        let cap = self.msi_cap?;
+        self.state.msi.resize(cap.len(), 0);
+        Some((cap, &mut self.state.msi))
+    }
+
+    /// The windows this function decodes now.
+    fn windows(&self, slot: usize) -> impl Iterator<Item = Window> + '_ {
+        (0..BARS).filter_map(move |i| {
+            let bar = self.bars[i]?;
+            let io = bar.kind == BarKind::Io;
+            let enable = if io { COMMAND_IO } else { COMMAND_MEMORY };
+            let base = self.bar_address(i)?;
+            (self.state.command & enable != 0 && base != 0).then_some(Window {
+                io,
+                base,
+                size: bar.size,
+                slot,
+                bar: u32::try_from(i).unwrap_or(0),
+            })
+        })
+    }
+}
+
+impl PciBus {
+    /// A bus with `devices` at device numbers 0, 1, …, their BARs and MSI capability probed;
+    /// their MSIs reach the guest through `router`.
+    pub fn new(
+        devices: Arc<Vec<AttachedDevice>>,
+        router: Arc<dyn InterruptRouter>,
+    ) -> Result<PciBus, DeviceError> {
+        if devices.len() > 32 {
+            return Err(DeviceError::Invalid {
+                id: "pci".into(),
+                what: format!("{} devices: one bus holds 32", devices.len()),
+            });
+        }
+        let mut functions = Vec::with_capacity(devices.len());
+        for dev in devices.iter() {
+            let bars = probe_bars(dev)?;
+            let msi_cap = probe_msi(dev)?;
+            let eventfd = eventfd().map_err(|e| invalid(dev, format!("eventfd: {e}")))?;
+            functions.push(Mutex::new(Function {
+                bars,
+                msi_cap,
+                state: PciConfigState {
+                    msi: vec![0; msi_cap.map_or(0, MsiCap::len)],
+                    ..PciConfigState::default()
+                },
+                routed: None,
+                eventfd,
+            }));
+        }
+        Ok(PciBus {
+            devices,
+            functions,
+            windows: RwLock::new(Vec::new()),
+            address: AtomicU32::new(0),
+            router,
+        })
+    }
+
+    fn function(&self, slot: usize) -> Option<MutexGuard<'_, Function>> {
+        self.functions
+            .get(slot)
+            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The function and register a configuration data access at `port` selects, if any.
+    fn selected(&self, port: u16) -> Option<(usize, u64)> {
+        let address = self.address.load(Ordering::Relaxed);
+        let (enabled, bus) = (address >> 31 == 1, (address >> 16) & 0xff);
+        let (device, function) = ((address >> 11) & 0x1f, (address >> 8) & 0x7);
+        if !enabled || bus != 0 || function != 0 {
+            return None;
+        }
+        let register = u64::from(address & 0xfc) + u64::from(port - CONFIG_DATA);
+        let slot = usize::try_from(device).ok()?;
+        (slot < self.functions.len()).then_some((slot, register))
+    }
+
+    /// A port read by the guest, if it is the bus's (configuration mechanism #1); `Ok(false)`
+    /// for a port that is not.
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) -> Result<bool, DeviceError> {
+        match port {
+            CONFIG_ADDRESS if data.len() == 4 => {
+                data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes());
+            }
+            CONFIG_DATA..=0xcff => match self.selected(port) {
+                Some((slot, register)) => self.config_read(slot, register, data)?,
+                None => data.fill(0xff),
+            },
+            _ => return self.bar_access(true, u64::from(port), Access::Read(data)),
+        }
+        Ok(true)
+    }
+
+    /// A port write by the guest; `Ok(false)` for a port that is not the bus's.
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> Result<bool, DeviceError> {
+        match port {
+            CONFIG_ADDRESS if data.len() == 4 => {
+                let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                self.address.store(v, Ordering::Relaxed);
+            }
+            CONFIG_DATA..=0xcff => {
+                if let Some((slot, register)) = self.selected(port) {
+                    self.config_write(slot, register, data)?;
+                }
+            }
+            _ => return self.bar_access(true, u64::from(port), Access::Write(data)),
+        }
+        Ok(true)
+    }
+
+    /// A guest read of MMIO at `gpa`; `Ok(false)` if no BAR decodes it.
+    pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) -> Result<bool, DeviceError> {
+        self.bar_access(false, gpa, Access::Read(data))
+    }
+
+    /// A guest write of MMIO at `gpa`; `Ok(false)` if no BAR decodes it.
+    pub fn mmio_write(&self, gpa: u64, data: &[u8]) -> Result<bool, DeviceError> {
+        self.bar_access(false, gpa, Access::Write(data))
+    }
+
+    fn bar_access(&self, io: bool, addr: u64, access: Access<'_>) -> Result<bool, DeviceError> {
+        let len = access.len();
+        let hit = self
+            .windows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|w| w.io == io && addr >= w.base && addr + len <= w.base + w.size)
+            .copied();
+        let Some(w) = hit else {
+            return Ok(false);
+        };
+        let Some(dev) = self.devices.get(w.slot) else {
+            return Ok(false);
+        };
+        let offset = addr - w.base;
+        match access {
+            Access::Read(buf) => dev
+                .client()
+                .region_read(w.bar, offset, buf)
+                .map_err(|e| dev.request("read a BAR", e))?,
+            Access::Write(data) => dev
+                .client()
+                .region_write(w.bar, offset, data)
+                .map_err(|e| dev.request("write a BAR", e))?,
+        }
+        Ok(true)
+    }
+
+    fn config_read(&self, slot: usize, register: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        let (Some(f), Some(dev)) = (self.function(slot), self.devices.get(slot)) else {
+            data.fill(0xff);
+            return Ok(());
+        };
+        if register + data.len() as u64 > CONFIG_SIZE {
+            data.fill(0xff);
+            return Ok(());
+        }
+        read_config(dev, register, data)?;
+        // The VMM's registers over the device's bytes.
+        for (k, byte) in data.iter_mut().enumerate() {
+            let at = register + k as u64;
+            if (COMMAND..COMMAND + 2).contains(&at) {
+                *byte = f.state.command.to_le_bytes()[usize::try_from(at - COMMAND).unwrap_or(0)];
+            } else if (BAR0..BAR0 + 4 * BARS as u64).contains(&at) {
+                let i = usize::try_from((at - BAR0) / 4).unwrap_or(0);
+                *byte = f.bar_register(i).to_le_bytes()[usize::try_from(at % 4).unwrap_or(0)];
+            } else if let Some(cap) = f.msi_cap
+                && let Some((start, _)) = overlap(at, 1, cap.offset + 2, cap.len() as u64)
+            {
+                let i = usize::try_from(start - cap.offset - 2).unwrap_or(0);
+                // The capability bits of control come from the device; the rest as written.
+                let written = f.state.msi.get(i).copied().unwrap_or(0);
+                *byte = match i {
+                    0 => *byte & !0x71 | written & 0x71,
+                    1 => *byte,
+                    _ => written,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn config_write(&self, slot: usize, register: u64, data: &[u8]) -> Result<(), DeviceError> {
+        let (Some(mut f), Some(dev)) = (self.function(slot), self.devices.get(slot)) else {
+            return Ok(());
+        };
+        let len = data.len() as u64;
+        if register + len > CONFIG_SIZE {
+            return Ok(());
+        }
+        let mut windows_changed = false;
+        if overlap(register, len, BAR0, 4 * BARS as u64).is_some() {
+            f.write_bars(register, data);
+            windows_changed = true;
+        }
+        if let Some((start, end)) = overlap(register, len, COMMAND, 2) {
+            let mut command = f.state.command.to_le_bytes();
+            for at in start..end {
+                command[usize::try_from(at - COMMAND).unwrap_or(0)] =
+                    data[usize::try_from(at - register).unwrap_or(0)];
+            }
+            f.state.command = u16::from_le_bytes(command);
+            windows_changed = true;
+        }
+        let mut msi_changed = false;
+        if let Some((cap, image)) = f.msi_image()
+            && let Some((start, end)) = overlap(register, len, cap.offset + 2, cap.len() as u64)
+        {
+            for at in start..end {
+                let i = usize::try_from(at - cap.offset - 2).unwrap_or(0);
+                image[i] = data[usize::try_from(at - register).unwrap_or(0)];
+            }
+            msi_changed = true;
+        }
+        // Everything but the BARs goes to the device too (its copy of command and MSI tells
+        // it how to decode and which interrupt to raise).
+        if overlap(register, len, BAR0, 4 * BARS as u64).is_none() {
+            write_config(dev, register, data)?;
+        }
+        if msi_changed {
+            Self::apply_msi(&self.router, dev, slot, &mut f)?;
+        }
+        drop(f);
+        if windows_changed {
+            self.rebuild_windows();
+        }
+        Ok(())
+    }
+
+    /// Routes (or unroutes) the function's MSI as its image says, and tells the device.
+    fn apply_msi(
+        router: &Arc<dyn InterruptRouter>,
+        dev: &AttachedDevice,
+        slot: usize,
+        f: &mut Function,
+    ) -> Result<(), DeviceError> {
+        let Some(cap) = f.msi_cap else {
+            return Ok(());
+        };
+        let wanted = cap.decode(&f.state.msi);
+        if wanted == f.routed {
+            return Ok(());
+        }
+        let slot = u8::try_from(slot).unwrap_or(u8::MAX);
+        let route_error = |e: io::Error| invalid(dev, format!("routing its MSI: {e}"));
+        match wanted {
+            Some((address, data)) => {
+                router
+                    .route_msi(slot, f.eventfd.as_fd(), address, data)
+                    .map_err(route_error)?;
+                if f.routed.is_none() {
+                    dev.client()
+                        .set_irqs(
+                            VFIO_PCI_MSI_IRQ_INDEX,
+                            0,
+                            IrqAction::Trigger,
+                            IrqValues::Eventfds(&[f.eventfd.as_fd()]),
+                        )
+                        .map_err(|e| dev.request("give the device its MSI eventfd", e))?;
+                }
+            }
+            None => {
+                dev.client()
+                    .set_irqs(
+                        VFIO_PCI_MSI_IRQ_INDEX,
+                        0,
+                        IrqAction::Trigger,
+                        IrqValues::None { count: 0 },
+                    )
+                    .map_err(|e| dev.request("disable the device's MSI", e))?;
+                router
+                    .unroute_msi(slot, f.eventfd.as_fd())
+                    .map_err(route_error)?;
+            }
+        }
+        f.routed = wanted;
+        Ok(())
+    }
+
+    fn rebuild_windows(&self) {
+        let windows: Vec<Window> = self
+            .functions
+            .iter()
+            .enumerate()
+            .flat_map(|(slot, f)| {
+                let f = f.lock().unwrap_or_else(|e| e.into_inner());
+                f.windows(slot).collect::<Vec<_>>()
+            })
+            .collect();
+        *self.windows.write().unwrap_or_else(|e| e.into_inner()) = windows;
+    }
+
+    /// What the guest programmed into each function, in device order.
+    pub fn save(&self) -> Vec<PciConfigState> {
+        self.functions
+            .iter()
+            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).state.clone())
+            .collect()
+    }
+
+    /// Writes back what the guest programmed (after the devices' own data was restored):
+    /// the VMM's copy, the command register and MSI capability into each device, and the
+    /// MSI routes.
+    pub fn restore(&self, states: &[PciConfigState]) -> Result<(), DeviceError> {
+        if states.len() != self.functions.len() {
+            return Err(DeviceError::Invalid {
+                id: "pci".into(),
+                what: format!(
+                    "configuration of {} functions for a bus of {}",
+                    states.len(),
+                    self.functions.len()
+                ),
+            });
+        }
+        for (slot, state) in states.iter().enumerate() {
+            let (Some(mut f), Some(dev)) = (self.function(slot), self.devices.get(slot)) else {
+                continue;
+            };
+            let expected = f.msi_cap.map_or(0, MsiCap::len);
+            if state.msi.len() != expected {
+                return Err(invalid(
+                    dev,
+                    format!(
+                        "an MSI capability of {} bytes, the device's has {expected}",
+                        state.msi.len()
+                    ),
+                ));
+            }
+            f.state = state.clone();
+            write_config(dev, COMMAND, &state.command.to_le_bytes())?;
+            if let Some(cap) = f.msi_cap {
+                write_config(dev, cap.offset + 2, &state.msi)?;
+            }
+            f.routed = None;
+            Self::apply_msi(&self.router, dev, slot, &mut f)?;
+        }
+        self.rebuild_windows();
+        Ok(())
+    }
+}
+
+/// A BAR access's direction and bytes.
+enum Access<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Access<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Access::Read(b) => b.len() as u64,
+            Access::Write(b) => b.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+
+    use vfmig_device::server::{DeviceKind, serve};
+
+    use super::*;
+    use crate::devices::DeviceSpec;
+
+    /// A device of `kind` served by a thread of this process over a real socket, attached.
+    fn served(kind: &str) -> (AttachedDevice, PathBuf) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("vfmig-pci-{}-{n}.sock", std::process::id()));
+        let device = DeviceKind::parse(kind).unwrap();
+        let socket = path.clone();
+        std::thread::spawn(move || serve(device, &socket));
+        let spec = DeviceSpec {
+            id: format!("{kind}{n}"),
+            kind: kind.into(),
+            args: Vec::new(),
+        };
+        (AttachedDevice::connect(spec, &path).unwrap(), path)
+    }
+
+    /// Records what the bus asked of the interrupt controller.
+    /// A route asked for: the slot, and the MSI's address and data (`None`: unrouted).
+    type Route = (u8, Option<(u64, u32)>);
+
+    #[derive(Default)]
+    struct Routes(Mutex<Vec<Route>>);
+
+    impl InterruptRouter for Routes {
+        fn route_msi(
+            &self,
+            slot: u8,
+            _: BorrowedFd<'_>,
+            address: u64,
+            data: u32,
+        ) -> io::Result<()> {
+            self.0.lock().unwrap().push((slot, Some((address, data))));
+            Ok(())
+        }
+        fn unroute_msi(&self, slot: u8, _: BorrowedFd<'_>) -> io::Result<()> {
+            self.0.lock().unwrap().push((slot, None));
+            Ok(())
+        }
+    }
+
+    struct Bus {
+        bus: PciBus,
+        routes: Arc<Routes>,
+        sockets: Vec<PathBuf>,
+    }
+
+    impl Drop for Bus {
+        fn drop(&mut self) {
+            for s in &self.sockets {
+                let _ = std::fs::remove_file(s);
+            }
+        }
+    }
+
+    fn bus(kinds: &[&str]) -> Bus {
+        let (devices, sockets): (Vec<_>, Vec<_>) = kinds.iter().map(|k| served(k)).unzip();
+        let routes = Arc::new(Routes::default());
+        let bus = PciBus::new(Arc::new(devices), routes.clone()).unwrap();
+        Bus {
+            bus,
+            routes,
+            sockets,
+        }
+    }
+
+    fn select(bus: &PciBus, slot: u32, register: u32) {
+        let address = 0x8000_0000 | slot << 11 | register & 0xfc;
+        assert!(
+            bus.pio_write(CONFIG_ADDRESS, &address.to_le_bytes())
+                .unwrap()
+        );
+    }
+
+    fn read32(bus: &PciBus, slot: u32, register: u32) -> u32 {
+        select(bus, slot, register);
+        let mut b = [0; 4];
+        assert!(bus.pio_read(CONFIG_DATA, &mut b).unwrap());
+        u32::from_le_bytes(b)
+    }
+
+    fn write32(bus: &PciBus, slot: u32, register: u32, v: u32) {
+        select(bus, slot, register);
+        assert!(bus.pio_write(CONFIG_DATA, &v.to_le_bytes()).unwrap());
+    }
+
+    /// Puts BAR0 of the dma-engine at `base` and turns memory decoding on.
+    fn place_regs(bus: &PciBus, base: u32) {
+        write32(bus, 0, 0x10, base);
+        write32(bus, 0, 0x04, u32::from(COMMAND_MEMORY));
+    }
+
+    #[test]
+    fn configuration_reads_reach_the_device_at_its_number() {
+        let b = bus(&["mtty", "dma-engine"]);
+        assert_eq!(read32(&b.bus, 1, 0), 0x10f0_1af4);
+    }
+
+    #[test]
+    fn an_empty_slot_reads_all_ones() {
+        let b = bus(&["dma-engine"]);
+        assert_eq!(read32(&b.bus, 5, 0), u32::MAX);
+    }
+
+    #[test]
+    fn a_bar_written_with_all_ones_reads_back_its_size() {
+        let b = bus(&["dma-engine"]);
+        write32(&b.bus, 0, 0x10, u32::MAX);
+        assert_eq!(read32(&b.bus, 0, 0x10), !(4096 - 1));
+    }
+
+    #[test]
+    fn an_io_bar_sizes_with_its_space_bit() {
+        let b = bus(&["mtty"]);
+        write32(&b.bus, 0, 0x10, u32::MAX);
+        assert_eq!(read32(&b.bus, 0, 0x10), !(8 - 1) & !0x3 | 1);
+    }
+
+    #[test]
+    fn mmio_in_a_placed_bar_reaches_the_device_register() {
+        let b = bus(&["dma-engine"]);
+        place_regs(&b.bus, 0xc000_0000);
+        let mut id = [0; 4];
+        assert!(b.bus.mmio_read(0xc000_0000, &mut id).unwrap());
+        assert_eq!(id, *b"DMAE");
+        assert!(b.bus.mmio_write(0xc000_0010, &16u32.to_le_bytes()).unwrap());
+        let mut size = [0; 4];
+        assert!(b.bus.mmio_read(0xc000_0010, &mut size).unwrap());
+        assert_eq!(u32::from_le_bytes(size), 16);
+    }
+
+    #[test]
+    fn a_bar_does_not_decode_while_memory_space_is_off() {
+        let b = bus(&["dma-engine"]);
+        write32(&b.bus, 0, 0x10, 0xc000_0000);
+        assert!(!b.bus.mmio_read(0xc000_0000, &mut [0; 4]).unwrap());
+    }
+
+    #[test]
+    fn enabling_msi_routes_the_programmed_address_and_data() {
+        let b = bus(&["dma-engine"]);
+        // The sample devices' MSI capability is at 0x40: address at +4, data at +8.
+        write32(&b.bus, 0, 0x44, 0xfee0_0000);
+        write32(&b.bus, 0, 0x48, 0x31);
+        assert!(b.routes.0.lock().unwrap().is_empty());
+        write32(&b.bus, 0, 0x40, 1 << 16 | 0x05);
+        assert_eq!(
+            *b.routes.0.lock().unwrap(),
+            vec![(0, Some((0xfee0_0000, 0x31)))]
+        );
+    }
+
+    #[test]
+    fn disabling_msi_unroutes_it() {
+        let b = bus(&["dma-engine"]);
+        write32(&b.bus, 0, 0x44, 0xfee0_0000);
+        write32(&b.bus, 0, 0x40, 1 << 16);
+        write32(&b.bus, 0, 0x40, 0);
+        assert_eq!(b.routes.0.lock().unwrap().last(), Some(&(0, None)));
+    }
+
+    #[test]
+    fn restored_configuration_decodes_and_routes_as_saved() {
+        let source = bus(&["dma-engine"]);
+        place_regs(&source.bus, 0xc010_0000);
+        write32(&source.bus, 0, 0x44, 0xfee0_0000);
+        write32(&source.bus, 0, 0x48, 0x42);
+        write32(&source.bus, 0, 0x40, 1 << 16);
+        let saved = source.bus.save();
+
+        let dest = bus(&["dma-engine"]);
+        dest.bus.restore(&saved).unwrap();
+        assert_eq!(dest.bus.save(), saved);
+        let mut id = [0; 4];
+        assert!(dest.bus.mmio_read(0xc010_0000, &mut id).unwrap());
+        assert_eq!(id, *b"DMAE");
+        assert_eq!(
+            *dest.routes.0.lock().unwrap(),
+            vec![(0, Some((0xfee0_0000, 0x42)))]
+        );
+    }
+
+    #[test]
+    fn a_restore_for_another_bus_shape_is_refused() {
+        let b = bus(&["dma-engine"]);
+        assert!(b.bus.restore(&[]).is_err());
+    }
+}
