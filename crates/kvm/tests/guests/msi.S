@@ -2,7 +2,8 @@
  * msi.S: counts interrupts. Builds an IDT at GPA 0x20_0000 whose vector 0x40 entry points
  * at a handler that increments the u64 at GPA 0x9000 (the status page) and writes the
  * LAPIC's EOI register; software-enables the LAPIC (spurious vector register, bit 8);
- * then waits with `sti; hlt` in a loop, so each interrupt wakes it from HLT.
+ * writes 1 to GPA 0x9008 (ready: an MSI from now on is taken); then waits with
+ * `sti; hlt` in a loop, so each interrupt wakes it from HLT.
  * The stack is the boot contract's (RSP set by the VMM).
  */
 #define IDT 0x200000
@@ -33,6 +34,7 @@ _start:
     mov     LAPIC_SVR(%rbx), %eax
     or      $0x1FF, %eax            /* enable, spurious vector 0xFF */
     mov     %eax, LAPIC_SVR(%rbx)
+    movq    $1, STATUS_PAGE + 8
 
 wait:
     sti
