@@ -147,6 +147,9 @@ pub enum StateError {
         /// Whether the VM has a PIT.
         vm: bool,
     },
+    /// The host's XSAVE area is larger than the 4 KiB `kvm_xsave` this format carries.
+    #[error("XSAVE area of {0} bytes does not fit the 4 KiB kvm_xsave")]
+    XsaveTooLarge(usize),
     /// A building block of the MSR list could not be made.
     #[error("MSR list: {0}")]
     MsrList(String),
