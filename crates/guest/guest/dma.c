@@ -1,0 +1,171 @@
+/*
+ * The dma-engine driver (crates/device/src/devices/dma_engine/{mod,regs}.rs): registers in
+ * BAR0, device RAM in BAR2, a ring of 32-byte descriptors in guest RAM (IOVA = GPA).
+ *
+ * Round r writes a 512-byte pattern of r into guest RAM and queues three descriptors with one
+ * doorbell (TAIL):
+ *   A  COPY_TO_DEVICE  pattern(r)        -> device page s(r)
+ *   B  COPY_TO_GUEST   device page s(r)  -> dst_a        (checked against pattern(r))
+ *   C  COPY_TO_GUEST   device page s(r-1)-> dst_b        (checked against pattern(r-1)),
+ *                                                        interrupt on completion
+ * C reads what the previous round left in device RAM, perhaps before a migration: device RAM
+ * that came back stale or zero is found here. Completion is the DONE bit in each descriptor's
+ * word; the MSI says when to look.
+ */
+#include "guest.h"
+
+#define REG_ID        0x00
+#define REG_RING_BASE 0x08
+#define REG_RING_SIZE 0x10
+#define REG_CONTROL   0x14
+#define REG_TAIL      0x18
+#define REG_HEAD      0x1c
+#define REG_STATUS    0x20
+#define REG_RAM_PAGES 0x24
+#define DMA_ID        0x45414d44u /* "DMAE" */
+#define CONTROL_ENABLE 1u
+#define CONTROL_IRQ    2u
+#define OP_COPY_TO_DEVICE 1u
+#define OP_COPY_TO_GUEST  2u
+#define FLAG_IRQ 1u
+#define DONE (1u << 31)
+
+#define RING_SIZE 64u
+#define RING_GPA  (VFMIG_SCRATCH_GPA)
+#define SRC_GPA   (VFMIG_SCRATCH_GPA + 0x10000)
+#define DST_A_GPA (VFMIG_SCRATCH_GPA + 0x11000)
+#define DST_B_GPA (VFMIG_SCRATCH_GPA + 0x12000)
+#define LEN       512u
+#define WORDS     (LEN / 8)
+#define WAIT_US   200000
+
+struct descriptor {
+	uint32_t op;
+	uint32_t flags;
+	uint64_t guest;
+	uint64_t device;
+	uint32_t len;
+	uint32_t word; /* in: fill byte; out: DONE | errno */
+};
+
+static uint64_t regs;
+static uint64_t ram_pages;
+static uint32_t tail;
+static uint64_t round;
+
+static volatile struct descriptor *const ring = (volatile struct descriptor *)RING_GPA;
+
+int dma_init(const struct pci_found *f)
+{
+	if (f->bar_size[0] < 0x1000 || f->bar_size[2] == 0)
+		return 0;
+	regs = f->bar[0];
+	uint32_t id = mmio_read32(regs + REG_ID);
+	ram_pages = mmio_read32(regs + REG_RAM_PAGES);
+	PUBLISH(status->dma_bdf, f->bdf);
+	PUBLISH(status->dma_regs, f->bar[0]);
+	PUBLISH(status->dma_ram, f->bar[2]);
+	PUBLISH(status->dma_ram_size, f->bar_size[2]);
+	if (id != DMA_ID || ram_pages < 2) {
+		report_error(VFMIG_ERR_DMA_DEVICE, id, ram_pages, 0);
+		return 0;
+	}
+	for (uint32_t i = 0; i < RING_SIZE; i++)
+		ring[i].word = 0;
+	pci_enable_msi(f->bdf, VEC_DMA);
+	mmio_write64(regs + REG_RING_BASE, RING_GPA);
+	mmio_write32(regs + REG_RING_SIZE, RING_SIZE);
+	mmio_write32(regs + REG_CONTROL, CONTROL_ENABLE | CONTROL_IRQ);
+	uint32_t st = mmio_read32(regs + REG_STATUS);
+	if (st != 0) {
+		report_error(VFMIG_ERR_DMA_STATUS, 0, 0, st);
+		return 0;
+	}
+	tail = 0;
+	return 1;
+}
+
+static uint64_t pattern(uint64_t r, uint32_t k)
+{
+	return mix64(r << 8 | k) ^ 0xd3a0000000000000ULL;
+}
+
+static uint64_t slot(uint64_t r)
+{
+	return (r % ram_pages) * PAGE_SIZE;
+}
+
+static uint32_t queue(uint32_t op, uint64_t guest, uint64_t device, int irq)
+{
+	uint32_t at = tail;
+	volatile struct descriptor *d = &ring[at];
+	d->op = op;
+	d->flags = irq ? FLAG_IRQ : 0;
+	d->guest = guest;
+	d->device = device;
+	d->len = LEN;
+	d->word = 0;
+	tail = (tail + 1) % RING_SIZE;
+	return at;
+}
+
+/* Compares LEN bytes at `gpa` with pattern(r); reports the first difference. */
+static int check(uint64_t gpa, uint64_t r)
+{
+	const volatile uint64_t *w = (const volatile uint64_t *)gpa;
+	for (uint32_t k = 0; k < WORDS; k++) {
+		uint64_t want = pattern(r, k);
+		if (w[k] != want) {
+			report_error(VFMIG_ERR_DMA_DATA, gpa + 8 * k, want, w[k]);
+			return 0;
+		}
+	}
+	return 1;
+}
+
+void dma_round(void)
+{
+	volatile struct vfmig_vcpu_status *me = my_status();
+	volatile uint64_t *src = (volatile uint64_t *)SRC_GPA;
+	uint32_t idx[3];
+	uint32_t n = 0;
+
+	for (uint32_t k = 0; k < WORDS; k++)
+		src[k] = pattern(round, k);
+	idx[n++] = queue(OP_COPY_TO_DEVICE, SRC_GPA, slot(round), 0);
+	idx[n++] = queue(OP_COPY_TO_GUEST, DST_A_GPA, slot(round), round == 0);
+	if (round > 0)
+		idx[n++] = queue(OP_COPY_TO_GUEST, DST_B_GPA, slot(round - 1), 1);
+
+	uint64_t irqs = me->irq_dma;
+	barrier();
+	mmio_write32(regs + REG_TAIL, tail);
+	COUNT(me->dma_submitted, n);
+
+	if (!wait_count(&me->irq_dma, irqs, WAIT_US))
+		report_error(VFMIG_ERR_IRQ_TIMEOUT, VEC_DMA, irqs, me->irq_dma);
+
+	uint64_t deadline = tsc_after_us(WAIT_US);
+	int ok[3] = { 0, 0, 0 };
+	for (uint32_t i = 0; i < n; i++) {
+		volatile struct descriptor *d = &ring[idx[i]];
+		while (!(d->word & DONE) && rdtsc() < deadline)
+			idle();
+		uint32_t word = d->word;
+		if (!(word & DONE)) {
+			report_error(VFMIG_ERR_DMA_TIMEOUT, idx[i], mmio_read32(regs + REG_HEAD), tail);
+			continue;
+		}
+		COUNT(me->dma_completed, 1);
+		if (word != DONE)
+			report_error(VFMIG_ERR_DMA_STATUS, idx[i], word, mmio_read32(regs + REG_STATUS));
+		else
+			ok[i] = 1;
+	}
+	/* A and B are checked together: B brings back what A took. */
+	if (ok[0] && ok[1] && check(DST_A_GPA, round))
+		COUNT(me->dma_checked, 2);
+	if (n == 3 && ok[2] && check(DST_B_GPA, round - 1))
+		COUNT(me->dma_checked, 1);
+	round++;
+}
