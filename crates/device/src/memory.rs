@@ -50,6 +50,11 @@ impl SharedMemory {
         Ok(SharedMemory { file, base, len })
     }
 
+    /// The first byte of the mapping, for those that map it elsewhere too (a KVM memslot).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr().cast()
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> usize {
         self.len

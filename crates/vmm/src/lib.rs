@@ -16,8 +16,11 @@
 pub mod control;
 mod devices;
 mod gate;
+pub mod machine;
 pub mod pci;
 mod ram;
+#[cfg(test)]
+mod test_support;
 pub mod viommu;
 mod vm;
 mod workload;

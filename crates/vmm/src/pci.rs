@@ -17,13 +17,14 @@
 //! the MSI's address and data), so no interrupt passes through the VMM's threads.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vfmig_abi::uapi::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
 use vfmig_vfio_user::client::IrqValues;
 use vfmig_vfio_user::message::IrqAction;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::{AttachedDevice, DeviceError};
 
@@ -133,15 +134,9 @@ impl MsiCap {
 pub trait InterruptRouter: Send + Sync {
     /// From now on, a signal on `eventfd` raises the MSI `(address, data)` for function `slot`
     /// (replacing what it raised before).
-    fn route_msi(
-        &self,
-        slot: u8,
-        eventfd: BorrowedFd<'_>,
-        address: u64,
-        data: u32,
-    ) -> io::Result<()>;
+    fn route_msi(&self, slot: u8, eventfd: &EventFd, address: u64, data: u32) -> io::Result<()>;
     /// A signal on `slot`'s eventfd raises nothing.
-    fn unroute_msi(&self, slot: u8, eventfd: BorrowedFd<'_>) -> io::Result<()>;
+    fn unroute_msi(&self, slot: u8, eventfd: &EventFd) -> io::Result<()>;
 }
 
 /// One function on the bus.
@@ -151,7 +146,7 @@ struct Function {
     state: PciConfigState,
     /// The MSI routed now, if any.
     routed: Option<(u64, u32)>,
-    eventfd: OwnedFd,
+    eventfd: EventFd,
 }
 
 /// A decoded BAR: where the guest put it.
@@ -180,16 +175,6 @@ impl std::fmt::Debug for PciBus {
             .field("functions", &self.functions.len())
             .finish()
     }
-}
-
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn read_config(dev: &AttachedDevice, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
@@ -379,7 +364,8 @@ impl PciBus {
         for dev in devices.iter() {
             let bars = probe_bars(dev)?;
             let msi_cap = probe_msi(dev)?;
-            let eventfd = eventfd().map_err(|e| invalid(dev, format!("eventfd: {e}")))?;
+            let eventfd =
+                EventFd::new(EFD_NONBLOCK).map_err(|e| invalid(dev, format!("eventfd: {e}")))?;
             functions.push(Mutex::new(Function {
                 bars,
                 msi_cap,
@@ -591,15 +577,17 @@ impl PciBus {
         match wanted {
             Some((address, data)) => {
                 router
-                    .route_msi(slot, f.eventfd.as_fd(), address, data)
+                    .route_msi(slot, &f.eventfd, address, data)
                     .map_err(route_error)?;
                 if f.routed.is_none() {
+                    // SAFETY: the eventfd is the function's and outlives this call.
+                    let fd = unsafe { BorrowedFd::borrow_raw(f.eventfd.as_raw_fd()) };
                     dev.client()
                         .set_irqs(
                             VFIO_PCI_MSI_IRQ_INDEX,
                             0,
                             IrqAction::Trigger,
-                            IrqValues::Eventfds(&[f.eventfd.as_fd()]),
+                            IrqValues::Eventfds(&[fd]),
                         )
                         .map_err(|e| dev.request("give the device its MSI eventfd", e))?;
                 }
@@ -613,9 +601,7 @@ impl PciBus {
                         IrqValues::None { count: 0 },
                     )
                     .map_err(|e| dev.request("disable the device's MSI", e))?;
-                router
-                    .unroute_msi(slot, f.eventfd.as_fd())
-                    .map_err(route_error)?;
+                router.unroute_msi(slot, &f.eventfd).map_err(route_error)?;
             }
         }
         f.routed = wanted;
@@ -702,30 +688,10 @@ impl Access<'_> {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
-    use std::sync::atomic::AtomicUsize;
-
-    use vfmig_device::server::{DeviceKind, serve};
 
     use super::*;
-    use crate::devices::DeviceSpec;
+    use crate::test_support::served;
 
-    /// A device of `kind` served by a thread of this process over a real socket, attached.
-    fn served(kind: &str) -> (AttachedDevice, PathBuf) {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("vfmig-pci-{}-{n}.sock", std::process::id()));
-        let device = DeviceKind::parse(kind).unwrap();
-        let socket = path.clone();
-        std::thread::spawn(move || serve(device, &socket));
-        let spec = DeviceSpec {
-            id: format!("{kind}{n}"),
-            kind: kind.into(),
-            args: Vec::new(),
-        };
-        (AttachedDevice::connect(spec, &path).unwrap(), path)
-    }
-
-    /// Records what the bus asked of the interrupt controller.
     /// A route asked for: the slot, and the MSI's address and data (`None`: unrouted).
     type Route = (u8, Option<(u64, u32)>);
 
@@ -733,17 +699,11 @@ mod tests {
     struct Routes(Mutex<Vec<Route>>);
 
     impl InterruptRouter for Routes {
-        fn route_msi(
-            &self,
-            slot: u8,
-            _: BorrowedFd<'_>,
-            address: u64,
-            data: u32,
-        ) -> io::Result<()> {
+        fn route_msi(&self, slot: u8, _: &EventFd, address: u64, data: u32) -> io::Result<()> {
             self.0.lock().unwrap().push((slot, Some((address, data))));
             Ok(())
         }
-        fn unroute_msi(&self, slot: u8, _: BorrowedFd<'_>) -> io::Result<()> {
+        fn unroute_msi(&self, slot: u8, _: &EventFd) -> io::Result<()> {
             self.0.lock().unwrap().push((slot, None));
             Ok(())
         }

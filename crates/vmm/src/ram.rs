@@ -39,6 +39,11 @@ impl RamRegion {
         self.size() / PAGE
     }
 
+    /// Where the region is mapped in this process (a KVM memslot maps the guest onto it).
+    pub fn host_address(&self) -> u64 {
+        self.memory.as_ptr() as u64
+    }
+
     /// The memfd, for DMA_MAP.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.memory.fd()

@@ -1,0 +1,586 @@
+//! The KVM guest: vCPUs running the guest program of `vfmig-guest` in a KVM VM whose RAM is
+//! the VM's [`GuestRam`] (every region a memslot with dirty logging, so the memfds the device
+//! processes map are the very pages the guest writes), whose port and MMIO exits go to the
+//! [`PciBus`], and whose device interrupts arrive by irqfd without passing through the VMM.
+//!
+//! ```text
+//!  vCPU thread i:  KVM_RUN ──exit──▶ PciBus (0xCF8/0xCFC, BAR windows) ──▶ REGION_READ/WRITE
+//!  device process: eventfd (SET_IRQS MSI) ──irqfd──▶ GSI 24 + slot ──route──▶ LAPIC vector
+//!  migration:      pause (immediate_exit + kick) ─ dirty log (GET + CLEAR) ─ KVM state
+//! ```
+//!
+//! A fresh machine boots: the VMM writes the boot contract's tables, the image and the boot
+//! page into RAM, and every vCPU enters long mode at the image. A migration destination's
+//! machine does not boot: it waits, paused, for the source's [`Machine::restore`], and the guest
+//! continues where it was.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use vfmig_guest::{BOOT_PAGE_GPA, BootPage, IMAGE, STATUS_PAGE_GPA, StatusPage, Workloads};
+use vfmig_kvm::{
+    DirtyTracking, EventFd, ExitHandler, FIRST_MSI_GSI, KvmVm, Memslot, MsiMessage, Snapshot,
+    Throttle, VcpuControl, VcpuStateHandle,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::pci::{InterruptRouter, PciBus};
+use crate::ram::GuestRam;
+
+/// Bytes of low RAM the boot writes: the tables, the boot page and the image.
+const BOOT_AREA: usize = vfmig_kvm::MIN_RAM;
+
+/// Why the KVM guest could not be built or used.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// KVM refused something, with its errno.
+    #[error("KVM: {0}")]
+    Kvm(#[from] vfmig_kvm::VmError),
+    /// Capturing or restoring KVM state failed.
+    #[error("KVM state: {0}")]
+    State(#[from] vfmig_kvm::StateError),
+    /// The state bytes from the source do not decode.
+    #[error("KVM state from the source: {0}")]
+    Snapshot(#[from] vfmig_kvm::SnapshotError),
+    /// The boot layout does not fit.
+    #[error("boot: {0}")]
+    Boot(#[from] vfmig_kvm::BootError),
+    /// A vCPU could not be put at the boot entry.
+    #[error("boot: {0}")]
+    BootState(#[from] vfmig_kvm::BootStateError),
+    /// Guest RAM.
+    #[error(transparent)]
+    Ram(#[from] crate::ram::RamError),
+    /// A thread could not be started.
+    #[error("starting a vCPU thread: {0}")]
+    Thread(io::Error),
+    /// A configuration that cannot run.
+    #[error("invalid KVM guest: {0}")]
+    Config(String),
+}
+
+/// What the guest program does: the parameters of its boot page.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestProgram {
+    /// vCPUs, 1..=16.
+    pub vcpus: u32,
+    /// Bytes of the working set the dirtier stamps (from 4 MiB up).
+    pub working_set: u64,
+    /// Pages each vCPU stamps per second (0: as fast as it can).
+    pub dirty_rate: u64,
+    /// Device rounds per second (0: as fast as it can).
+    pub device_rate: u64,
+    /// Stamp and check the working set.
+    pub dirtier: bool,
+    /// Drive the devices it finds.
+    pub devices: bool,
+}
+
+impl Default for GuestProgram {
+    fn default() -> Self {
+        GuestProgram {
+            vcpus: 1,
+            working_set: 64 << 20,
+            dirty_rate: 20_000,
+            device_rate: 200,
+            dirtier: true,
+            devices: true,
+        }
+    }
+}
+
+/// Where the working set starts: right after the guest's scratch area.
+pub const WORKING_SET_GPA: u64 = vfmig_guest::layout::SCRATCH_END;
+
+/// The guest's interrupts: one irqfd and MSI route per PCI function, on GSI 24 + slot.
+struct Router {
+    kvm: Arc<KvmVm>,
+    /// Slots whose eventfd is registered as an irqfd.
+    registered: Mutex<Vec<u8>>,
+}
+
+fn os(e: vfmig_kvm::VmError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl InterruptRouter for Router {
+    fn route_msi(&self, slot: u8, eventfd: &EventFd, address: u64, data: u32) -> io::Result<()> {
+        let gsi = FIRST_MSI_GSI + u32::from(slot);
+        self.kvm
+            .set_msi_route(gsi, MsiMessage { address, data })
+            .map_err(os)?;
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if !registered.contains(&slot) {
+            self.kvm.register_irqfd(eventfd, gsi).map_err(os)?;
+            registered.push(slot);
+        }
+        Ok(())
+    }
+
+    fn unroute_msi(&self, slot: u8, eventfd: &EventFd) -> io::Result<()> {
+        let gsi = FIRST_MSI_GSI + u32::from(slot);
+        let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = registered.iter().position(|&s| s == slot) {
+            self.kvm.unregister_irqfd(eventfd, gsi).map_err(os)?;
+            registered.swap_remove(at);
+        }
+        self.kvm.remove_msi_route(gsi).map_err(os)
+    }
+}
+
+/// What the vCPUs' exits go to: the PCI bus; ports and addresses no device decodes read as
+/// all ones and ignore writes, as on a PC.
+struct Exits {
+    bus: Arc<PciBus>,
+    /// Exits handled, and device accesses that failed (the guest saw all ones).
+    exits: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Exits {
+    fn result(&self, r: Result<bool, crate::devices::DeviceError>, data: Option<&mut [u8]>) {
+        self.exits.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(d) = data {
+                    d.fill(0xff);
+                }
+            }
+            Err(e) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "a guest device access failed (reads all ones)");
+                }
+                if let Some(d) = data {
+                    d.fill(0xff);
+                }
+            }
+        }
+    }
+}
+
+impl ExitHandler for Exits {
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> io::Result<()> {
+        let r = self.bus.pio_read(port, data);
+        self.result(r, Some(data));
+        Ok(())
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) -> io::Result<()> {
+        let r = self.bus.pio_write(port, data);
+        self.result(r, None);
+        Ok(())
+    }
+
+    fn mmio_read(&self, gpa: u64, data: &mut [u8]) -> io::Result<()> {
+        let r = self.bus.mmio_read(gpa, data);
+        self.result(r, Some(data));
+        Ok(())
+    }
+
+    fn mmio_write(&self, gpa: u64, data: &[u8]) -> io::Result<()> {
+        let r = self.bus.mmio_write(gpa, data);
+        self.result(r, None);
+        Ok(())
+    }
+}
+
+/// The KVM guest of a VM.
+pub struct Machine {
+    kvm: Arc<KvmVm>,
+    control: VcpuControl,
+    bus: Arc<PciBus>,
+    exits: Arc<Exits>,
+    ram: Arc<GuestRam>,
+    handles: Vec<VcpuStateHandle>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The first vCPU run loop that ended in an error.
+    failure: Arc<Mutex<Option<String>>>,
+    program: GuestProgram,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("vcpus", &self.handles.len())
+            .field("paused", &self.control.is_paused())
+            .finish()
+    }
+}
+
+/// TSC ticks per second, measured against the monotonic clock over 20 ms. The guest's TSC is
+/// the host's here (no TSC scaling on this KVM), and the guest paces itself by it.
+fn tsc_hz() -> u64 {
+    let rdtsc = || {
+        // SAFETY: RDTSC reads a counter; it has no memory effects.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    };
+    let (t0, c0) = (Instant::now(), rdtsc());
+    thread::sleep(Duration::from_millis(20));
+    let (c1, t1) = (rdtsc(), Instant::now());
+    let ns = u64::try_from(t1.duration_since(t0).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    u64::try_from(u128::from(c1.wrapping_sub(c0)) * 1_000_000_000 / u128::from(ns))
+        .unwrap_or(u64::MAX)
+}
+
+impl Machine {
+    /// A KVM VM over `ram` with `program.vcpus` vCPUs and the devices of `bus` (whose
+    /// interrupt router it becomes, through [`Machine::router_for`]). With `boot`, the guest
+    /// program is loaded and every vCPU put at its entry; without, the vCPUs wait for
+    /// [`Machine::restore`]. The vCPU threads start paused.
+    pub fn new(
+        kvm: Arc<KvmVm>,
+        ram: Arc<GuestRam>,
+        bus: Arc<PciBus>,
+        program: GuestProgram,
+        boot: bool,
+    ) -> Result<Machine, MachineError> {
+        let vcpus = program.vcpus;
+        if vcpus == 0 || vcpus > vfmig_kvm::MAX_VCPUS {
+            return Err(MachineError::Config(format!(
+                "{vcpus} vCPUs: from 1 to {}",
+                vfmig_kvm::MAX_VCPUS
+            )));
+        }
+        let low = ram.regions().first().map_or(0, |r| r.size());
+        if ram.regions().first().map(|r| r.gpa()) != Some(0) || low < BOOT_AREA as u64 {
+            return Err(MachineError::Config(format!(
+                "RAM must start at 0 with at least {} MiB",
+                BOOT_AREA >> 20
+            )));
+        }
+        for (i, region) in ram.regions().iter().enumerate() {
+            let slot = Memslot {
+                slot: u32::try_from(i)
+                    .map_err(|_| MachineError::Config("too many regions".into()))?,
+                gpa: region.gpa(),
+                host: region.host_address(),
+                size: region.size(),
+                log_dirty: true,
+            };
+            // SAFETY: the region's mapping lives as long as `ram`, which this machine holds
+            // until its drop has removed every memslot.
+            unsafe { kvm.add_memslot(slot)? };
+        }
+        if boot {
+            write_boot(&ram, &program)?;
+        }
+        let control = VcpuControl::new();
+        control.pause();
+        let exits = Arc::new(Exits {
+            bus: bus.clone(),
+            exits: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let failure = Arc::new(Mutex::new(None));
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..vcpus {
+            let mut vcpu = kvm.create_vcpu(index)?;
+            if boot {
+                vcpu.set_boot_state()?;
+            }
+            handles.push(vcpu.state_handle(&kvm)?);
+            let (exits, control, failure) = (exits.clone(), control.clone(), failure.clone());
+            let thread = thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    if let Err(e) = vcpu.run(exits.as_ref(), &control) {
+                        tracing::error!(vcpu = index, error = %e, "vCPU stopped");
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert_with(|| format!("vCPU {index}: {e}"));
+                    }
+                })
+                .map_err(MachineError::Thread)?;
+            threads.push(thread);
+        }
+        Ok(Machine {
+            kvm,
+            control,
+            bus,
+            exits,
+            ram,
+            handles,
+            threads: Mutex::new(threads),
+            failure,
+            program,
+        })
+    }
+
+    /// The interrupt router a [`PciBus`] of this KVM VM needs.
+    pub fn router_for(kvm: &Arc<KvmVm>) -> Arc<dyn InterruptRouter> {
+        Arc::new(Router {
+            kvm: kvm.clone(),
+            registered: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A KVM VM with the dirty bitmap (measured faster than the dirty ring here: see
+    /// `vfmig-kvm`'s docs).
+    pub fn create_vm() -> Result<Arc<KvmVm>, MachineError> {
+        Ok(Arc::new(KvmVm::new(vfmig_kvm::VmConfig {
+            pit: false,
+            dirty_tracking: DirtyTracking::Bitmap,
+        })?))
+    }
+
+    /// True if this host can run a KVM guest (`/dev/kvm` opens and has what we need).
+    pub fn available() -> bool {
+        KvmVm::new(vfmig_kvm::VmConfig::default()).is_ok()
+    }
+
+    /// What the guest program was started with.
+    pub fn program(&self) -> &GuestProgram {
+        &self.program
+    }
+
+    /// The PCI bus.
+    pub fn bus(&self) -> &Arc<PciBus> {
+        &self.bus
+    }
+
+    /// Stops every vCPU; on return no guest instruction runs until [`Machine::resume`].
+    pub fn pause(&self) {
+        self.control.pause();
+    }
+
+    /// Lets the vCPUs run.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Lets the vCPUs run only `run_percent` of each 20 ms (auto-converge); `None` or 100
+    /// lifts the throttle.
+    pub fn set_throttle(&self, run_percent: Option<u8>) -> io::Result<()> {
+        let throttle = run_percent.filter(|&p| p < 100).map(|p| Throttle {
+            run_percent: p.max(1),
+            period: Duration::from_millis(20),
+        });
+        self.control.set_throttle(throttle)
+    }
+
+    /// The share of time the vCPUs may run now, in percent.
+    pub fn throttle(&self) -> u8 {
+        self.control.throttle().map_or(100, |t| t.run_percent)
+    }
+
+    /// ORs the pages the guest wrote in RAM region `index` since the last call into `out`
+    /// (bit k = the region's page k) and re-arms them; returns how many there were.
+    pub fn take_dirty(&self, index: usize, out: &mut [u64]) -> Result<u64, MachineError> {
+        let slot = u32::try_from(index).map_err(|_| MachineError::Config("region".into()))?;
+        Ok(self.kvm.dirty_log().read_slot_words(slot, out)?)
+    }
+
+    /// The KVM state of the VM and every vCPU, as bytes for the stream. Call it paused.
+    pub fn save(&self) -> Result<Vec<u8>, MachineError> {
+        Ok(self.kvm.save_state(&self.handles)?.to_bytes())
+    }
+
+    /// Restores KVM state saved by [`Machine::save`] (RAM in place first). Paused.
+    pub fn restore(&self, bytes: &[u8]) -> Result<(), MachineError> {
+        let snapshot = Snapshot::from_bytes(bytes)?;
+        Ok(self.kvm.restore_state(&self.handles, &snapshot)?)
+    }
+
+    /// The guest's status page, read while it runs (see `vfmig-guest`'s layout docs).
+    pub fn status(&self) -> Result<StatusPage, MachineError> {
+        let mut page = vec![0u8; size_of::<StatusPage>()];
+        self.ram.read(STATUS_PAGE_GPA, &mut page)?;
+        StatusPage::read_from_bytes(&page)
+            .map_err(|_| MachineError::Config("status page size".into()))
+    }
+
+    /// Exits handled, and device accesses that failed, so far.
+    pub fn exit_counters(&self) -> (u64, u64) {
+        (
+            self.exits.exits.load(Ordering::Relaxed),
+            self.exits.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The first vCPU failure, if a run loop ended in an error.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ends the vCPU threads for good.
+    pub fn shutdown(&self) {
+        self.control.stop();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.shutdown();
+        // The VM may outlive this machine (the bus's router holds it): its memslots must
+        // not outlive the RAM mappings they point into.
+        for slot in 0..self.ram.regions().len() {
+            if let Ok(slot) = u32::try_from(slot)
+                && let Err(e) = self.kvm.remove_memslot(slot)
+            {
+                tracing::warn!(slot, error = %e, "removing a memslot failed");
+            }
+        }
+    }
+}
+
+/// Writes the boot contract's tables, the image and the boot page into low RAM.
+fn write_boot(ram: &GuestRam, program: &GuestProgram) -> Result<(), MachineError> {
+    let mut low = vec![0u8; BOOT_AREA];
+    vfmig_kvm::write_tables(&mut low)?;
+    vfmig_kvm::load_image(&mut low, IMAGE)?;
+    let mut workloads = Workloads(0);
+    if program.dirtier {
+        workloads = workloads | Workloads::DIRTIER;
+    }
+    if program.devices {
+        workloads = workloads | Workloads::MTTY | Workloads::DMA;
+    }
+    let ram_end = ram.regions().first().map_or(0, |r| r.size());
+    let ws_size = program.working_set / 4096 * 4096;
+    if ws_size < u64::from(program.vcpus) * 4096 || WORKING_SET_GPA + ws_size > ram_end {
+        return Err(MachineError::Config(format!(
+            "a working set of {} bytes does not fit in {} MiB of low RAM above {WORKING_SET_GPA:#x}",
+            program.working_set,
+            ram_end >> 20
+        )));
+    }
+    let mut boot = BootPage::new(program.vcpus, ram.size(), tsc_hz(), workloads);
+    boot.ws_base = WORKING_SET_GPA;
+    boot.ws_size = ws_size;
+    boot.dirty_rate = program.dirty_rate;
+    boot.device_rate = program.device_rate;
+    let at = usize::try_from(BOOT_PAGE_GPA).unwrap_or(0);
+    if let Some(page) = low.get_mut(at..at + size_of::<BootPage>()) {
+        page.copy_from_slice(boot.as_bytes());
+    }
+    ram.write(0, &low)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::test_support::served;
+
+    /// A booted KVM guest with `kinds` devices and 64 MiB of RAM, its sockets, paused.
+    struct Booted {
+        machine: Machine,
+        sockets: Vec<PathBuf>,
+    }
+
+    impl Drop for Booted {
+        fn drop(&mut self) {
+            self.machine.shutdown();
+            for s in &self.sockets {
+                let _ = std::fs::remove_file(s);
+            }
+        }
+    }
+
+    fn boot(kinds: &[&str], program: GuestProgram) -> Booted {
+        let (devices, sockets): (Vec<_>, Vec<_>) = kinds.iter().map(|k| served(k)).unzip();
+        let ram = Arc::new(GuestRam::new(&[(0, 64 << 20)]).unwrap());
+        for d in &devices {
+            d.map_ram(&ram, None).unwrap();
+        }
+        let kvm = Machine::create_vm().unwrap();
+        let bus = Arc::new(PciBus::new(Arc::new(devices), Machine::router_for(&kvm)).unwrap());
+        let machine = Machine::new(kvm, ram, bus, program, true).unwrap();
+        Booted { machine, sockets }
+    }
+
+    fn small(devices: bool) -> GuestProgram {
+        GuestProgram {
+            vcpus: 1,
+            working_set: 8 << 20,
+            dirty_rate: 2000,
+            device_rate: 50,
+            dirtier: true,
+            devices,
+        }
+    }
+
+    /// Runs the guest until `done` holds of its status page (30 s at most).
+    fn run_until(m: &Machine, what: &str, done: impl Fn(&StatusPage) -> bool) -> StatusPage {
+        m.resume();
+        let start = Instant::now();
+        loop {
+            let s = m.status().unwrap();
+            assert_eq!(m.failure(), None);
+            assert_eq!(s.errors, 0, "guest error: {:?}", s.first_error());
+            if done(&s) {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}: {s:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_guest_finds_both_devices_on_the_bus() {
+        let b = boot(&["mtty", "dma-engine"], small(true));
+        let s = run_until(&b.machine, "devices found", |s| s.devices == 0b11);
+        assert_eq!(s.pci_functions, 2);
+    }
+
+    #[test]
+    fn the_guest_moves_bytes_through_mtty_by_interrupt() {
+        let b = boot(&["mtty", "dma-engine"], small(true));
+        let s = run_until(&b.machine, "mtty bytes checked", |s| {
+            s.total(|v| v.mtty_checked) >= 64
+        });
+        assert!(s.total(|v| v.irq_mtty) > 0);
+    }
+
+    #[test]
+    fn the_guest_copies_through_the_dma_engine_with_completion_msis() {
+        let b = boot(&["mtty", "dma-engine"], small(true));
+        let s = run_until(&b.machine, "DMA checked", |s| {
+            s.total(|v| v.dma_checked) >= 8
+        });
+        assert!(s.total(|v| v.irq_dma) > 0);
+    }
+
+    #[test]
+    fn the_dirty_log_reports_the_pages_the_guest_stamps() {
+        let b = boot(&[], small(false));
+        run_until(&b.machine, "pages written", |s| {
+            s.total(|v| v.pages_written) > 64
+        });
+        b.machine.pause();
+        let mut words = vec![0u64; (64 << 20) / 4096 / 64];
+        b.machine.take_dirty(0, &mut words).unwrap();
+        let first_ws_page = usize::try_from(WORKING_SET_GPA / 4096).unwrap();
+        let ws_dirty: u32 = words[first_ws_page / 64..]
+            .iter()
+            .map(|w| w.count_ones())
+            .sum();
+        assert!(ws_dirty > 0);
+        // Paused, nothing more is written: a second read is empty.
+        let mut again = vec![0u64; words.len()];
+        b.machine.take_dirty(0, &mut again).unwrap();
+        assert!(again.iter().all(|&w| w == 0));
+    }
+}
