@@ -27,6 +27,8 @@ mod workload;
 
 pub use devices::{AttachedDevice, DeviceError, DeviceSpec};
 pub use gate::{Gate, Running};
+pub use machine::{GuestProgram, Machine, MachineError};
+pub use pci::PciConfigState;
 pub use ram::{GuestRam, PAGE, RamError, RamRegion};
 pub use vm::{DeviceHost, Vm, VmConfig, VmDigest, VmError};
 pub use workload::{WORKING_SET_BASE, Workload, WorkloadConfig, WorkloadStats, init_drivers};

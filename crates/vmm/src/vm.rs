@@ -1,13 +1,15 @@
 //! A VM: guest RAM, attached devices, the guest, and the gate that pauses it.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use vfmig_device::DIGEST_REGION_INDEX;
 use vfmig_device::digest::Digest;
 
 use crate::devices::{AttachedDevice, DeviceError, DeviceSpec};
 use crate::gate::Gate;
+use crate::machine::{GuestProgram, Machine, MachineError};
+use crate::pci::{PciBus, PciConfigState};
 use crate::ram::{GuestRam, PAGE, RamError};
 use crate::viommu::{Viommu, ViommuCounters, WINDOW};
 use crate::workload::{Workload, WorkloadConfig, init_drivers};
@@ -25,6 +27,9 @@ pub enum VmError {
     /// A device.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The KVM guest.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
     /// A configuration that cannot be run.
     #[error("invalid VM configuration: {0}")]
     Config(String),
@@ -83,6 +88,8 @@ pub struct Vm {
     devices: Arc<Vec<AttachedDevice>>,
     gate: Arc<Gate>,
     workload: Mutex<Option<Workload>>,
+    /// The KVM guest, once booted or migrated in.
+    machine: OnceLock<Machine>,
     viommu: Option<Arc<Viommu>>,
 }
 
@@ -139,6 +146,7 @@ impl Vm {
             devices: Arc::new(devices),
             gate,
             workload: Mutex::new(None),
+            machine: OnceLock::new(),
             viommu,
         })
     }
@@ -161,6 +169,92 @@ impl Vm {
     /// The gate that pauses the guest.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
+    }
+
+    /// The KVM guest, if the VM has one.
+    pub fn machine(&self) -> Option<&Machine> {
+        self.machine.get()
+    }
+
+    /// A KVM guest over this VM's RAM and devices: a new KVM VM, the PCI bus its exits and
+    /// MSIs go through, and `program.vcpus` vCPUs, booted at the guest program (`boot`) or
+    /// waiting, paused, for [`Vm::restore_machine`]. Once per VM.
+    fn make_machine(&self, program: &GuestProgram, boot: bool) -> Result<&Machine, VmError> {
+        if self.machine.get().is_some() {
+            return Err(VmError::Config("the VM has a KVM guest already".into()));
+        }
+        let kvm = Machine::create_vm()?;
+        let bus = Arc::new(PciBus::new(
+            self.devices.clone(),
+            Machine::router_for(&kvm),
+        )?);
+        let machine = Machine::new(kvm, self.ram.clone(), bus, program.clone(), boot)?;
+        Ok(self.machine.get_or_init(|| machine))
+    }
+
+    /// Boots the KVM guest program (with devices programmed by it, not by the VMM) and lets
+    /// it run.
+    pub fn boot(&self, program: &GuestProgram) -> Result<(), VmError> {
+        self.make_machine(program, true)?;
+        self.resume();
+        Ok(())
+    }
+
+    /// The KVM state of the guest (`None` without a KVM guest). Call it paused.
+    pub fn save_machine(&self) -> Result<Option<Vec<u8>>, VmError> {
+        self.machine
+            .get()
+            .map(|m| m.save().map_err(VmError::from))
+            .transpose()
+    }
+
+    /// Builds the KVM guest a migration brings (`program` as the source ran it) and restores
+    /// its KVM state; it stays paused. RAM must be in place.
+    pub fn restore_machine(&self, program: &GuestProgram, state: &[u8]) -> Result<(), VmError> {
+        self.make_machine(program, false)?.restore(state)?;
+        Ok(())
+    }
+
+    /// What the guest programmed into each device's PCI configuration (`None` without a
+    /// KVM guest: no guest program touched it).
+    pub fn pci_state(&self) -> Option<Vec<PciConfigState>> {
+        self.machine.get().map(|m| m.bus().save())
+    }
+
+    /// Writes back what the guest programmed into each device's PCI configuration, after the
+    /// devices' own state: BARs, command, MSI and its routes.
+    pub fn restore_pci(&self, states: &[PciConfigState]) -> Result<(), VmError> {
+        let machine = self.machine.get().ok_or_else(|| {
+            VmError::Config("PCI configuration for a VM without a KVM guest".into())
+        })?;
+        Ok(machine.bus().restore(states)?)
+    }
+
+    /// ORs the pages of RAM region `index` written since the last call — by the VMM and by
+    /// the KVM guest's vCPUs — into `out`, and clears them in their logs.
+    pub fn take_dirty(&self, index: usize, out: &mut [u64]) -> Result<(), VmError> {
+        self.ram.take_dirty(index, out)?;
+        if let Some(m) = self.machine.get() {
+            m.take_dirty(index, out)?;
+        }
+        Ok(())
+    }
+
+    /// Lets the vCPUs run only `run_percent` of the time (auto-converge); `None` lifts it.
+    /// A VM without a KVM guest cannot be throttled.
+    pub fn set_throttle(&self, run_percent: Option<u8>) -> Result<(), VmError> {
+        match self.machine.get() {
+            Some(m) => m
+                .set_throttle(run_percent)
+                .map_err(|e| VmError::Config(format!("throttling the vCPUs: {e}"))),
+            None if run_percent.is_none() => Ok(()),
+            None => Err(VmError::Config("only a KVM guest can be throttled".into())),
+        }
+    }
+
+    /// The vCPUs' share of time in percent (100: not throttled).
+    pub fn throttle(&self) -> u8 {
+        self.machine.get().map_or(100, Machine::throttle)
     }
 
     /// Starts the guest's workload (replacing a running one) and lets the guest run.
@@ -203,14 +297,26 @@ impl Vm {
         self.viommu.as_ref().map(|v| v.counters())
     }
 
-    /// Pauses the guest: on return nothing of it runs.
+    /// Pauses the guest: on return nothing of it runs (no synthetic operation in flight, no
+    /// vCPU in the guest).
     pub fn pause(&self) {
         self.gate.pause();
+        if let Some(m) = self.machine.get() {
+            m.pause();
+        }
     }
 
     /// Lets the guest run.
     pub fn resume(&self) {
+        if let Some(m) = self.machine.get() {
+            m.resume();
+        }
         self.gate.resume();
+    }
+
+    /// True while the guest is paused.
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
     }
 
     /// Digests of guest RAM and of every device (read from its state digest region). Call it
@@ -241,6 +347,9 @@ impl Vm {
 
     /// Stops the guest for good and detaches the devices (their processes end).
     pub fn shutdown(&self) {
+        if let Some(m) = self.machine.get() {
+            m.shutdown();
+        }
         self.gate.stop();
         self.workload
             .lock()
