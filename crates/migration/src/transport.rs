@@ -122,6 +122,20 @@ impl fmt::Display for Address {
     }
 }
 
+/// An address travels as its string (`tcp:HOST:PORT`, `unix:PATH`), parsed on arrival.
+impl serde::Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Address, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A transport operation that failed. Each keeps the address and the `io::Error` (errno).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

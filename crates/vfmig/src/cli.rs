@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use vfmig_migration::engine::DowntimeLimit;
+use vfmig_migration::transport::Address;
 
 /// Live migration of VMs with out-of-process vfio-user devices.
 #[derive(Debug, Parser)]
@@ -159,13 +163,44 @@ pub(crate) struct MigrateArgs {
     pub(crate) control: PathBuf,
     /// The destination (tcp:HOST:PORT or unix:PATH).
     #[arg(long)]
-    pub(crate) to: String,
-    /// The downtime limit, in ms.
-    #[arg(long, default_value_t = 300)]
-    pub(crate) downtime_ms: u64,
+    pub(crate) to: Address,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
     /// Print the statistics as JSON too.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// When pre-copy ends: the parameters of the engine's convergence policy. The defaults shown
+/// are the engine's own ([`DowntimeLimit::default`]).
+#[derive(Clone, Debug, Args)]
+pub(crate) struct PolicyArgs {
+    /// The downtime limit, in ms: the switch-over comes once what is left would cross the wire
+    /// within it.
+    #[arg(long, default_value_t = millis(DowntimeLimit::default().limit))]
+    pub(crate) downtime_ms: u64,
+    /// Most pre-copy iterations; the switch-over comes after the last, converged or not.
+    #[arg(long, default_value_t = DowntimeLimit::default().max_iterations)]
+    pub(crate) max_iterations: u64,
+    /// Longest pre-copy, in ms; the switch-over comes after it, converged or not.
+    #[arg(long, default_value_t = millis(DowntimeLimit::default().max_time))]
+    pub(crate) max_time_ms: u64,
+}
+
+impl PolicyArgs {
+    /// The policy these options describe.
+    pub(crate) fn policy(&self) -> DowntimeLimit {
+        DowntimeLimit {
+            limit: Duration::from_millis(self.downtime_ms),
+            max_iterations: self.max_iterations,
+            max_time: Duration::from_millis(self.max_time_ms),
+        }
+    }
+}
+
+/// Whole milliseconds of `d`, for a default shown on the command line.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Args)]
@@ -182,9 +217,8 @@ pub(crate) struct DemoArgs {
     /// Seconds the guest runs before the migration starts.
     #[arg(long, default_value_t = 2)]
     pub(crate) warmup_s: u64,
-    /// The downtime limit, in ms.
-    #[arg(long, default_value_t = 300)]
-    pub(crate) downtime_ms: u64,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
     /// Print the statistics as JSON too.
     #[arg(long)]
     pub(crate) json: bool,
@@ -212,6 +246,52 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn migrate_args(extra: &[&str]) -> MigrateArgs {
+        let mut argv = vec![
+            "vfmig",
+            "vm",
+            "migrate",
+            "--control",
+            "/c",
+            "--to",
+            "tcp:h:1",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Vm(VmCommand::Migrate(args)) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn migrate_options_left_out_are_the_engines_defaults() {
+        assert_eq!(migrate_args(&[]).policy.policy(), DowntimeLimit::default());
+    }
+
+    #[test]
+    fn max_iterations_reaches_the_policy() {
+        let policy = migrate_args(&["--max-iterations", "4"]).policy.policy();
+        assert_eq!(policy.max_iterations, 4);
+    }
+
+    #[test]
+    fn max_time_ms_reaches_the_policy() {
+        let policy = migrate_args(&["--max-time-ms", "1500"]).policy.policy();
+        assert_eq!(policy.max_time, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn downtime_ms_reaches_the_policy() {
+        let policy = migrate_args(&["--downtime-ms", "20"]).policy.policy();
+        assert_eq!(policy.limit, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn a_bad_destination_is_refused_by_the_command_line() {
+        let argv = ["vfmig", "vm", "migrate", "--control", "/c", "--to", "h:1"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

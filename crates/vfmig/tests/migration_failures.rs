@@ -13,6 +13,7 @@
 //! Not covered: a VM with a device that cannot migrate (refused before anything starts),
 //! since both device kinds `vfmig device` serves offer the migration region.
 
+#[allow(dead_code)] // each test binary uses a part of the helpers
 mod common;
 
 use std::net::SocketAddr;
@@ -195,6 +196,20 @@ fn a_cancel_takes_effect_while_the_destination_stalls() {
 
     assert_eq!(migration["state"], "cancelled", "{migration}");
     source.assert_guest_runs_cleanly();
+}
+
+#[test]
+fn a_migration_that_cannot_connect_is_reported_failed_with_the_reason() {
+    let dir = TestDir::new("noconn");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    // Nothing listens on the port: the migration fails before its stream starts.
+    source.call("migrate", finite_migration(&to(free_port())));
+    let migration = source.wait_for_migration_end();
+    assert_eq!(migration["state"], "failed", "{migration}");
+    assert!(
+        error_of(&migration).contains("refused"),
+        "the reason is not the connect error: {migration}"
+    );
 }
 
 #[test]

@@ -9,9 +9,14 @@
 //! <- {"error": {"class": "CommandNotFound", "desc": "no command nope"}}
 //! ```
 //!
-//! The VMM provides the protocol; what each command does is a [`ControlHandler`] the program
-//! installs (the migration engine lives above this crate). Lines are capped at
-//! [`MAX_LINE`] bytes; a longer or malformed line gets an error and the connection goes on.
+//! This module is the framing only: lines, the `return` / `error` envelope of a reply
+//! ([`Response`]), the error classes ([`ErrorClass`]), a server ([`serve`]) and a client
+//! ([`request`]). The commands themselves are a type the program defines (a serde enum
+//! tagged by `execute`, its arguments under `arguments`) and a [`ControlHandler`] that
+//! executes them: the commands of `vfmig vm run` take the migration engine's parameters,
+//! and the engine lives above this crate. Requests and replies are typed on both sides; no
+//! handler sees raw JSON. Lines are capped at [`MAX_LINE`] bytes; a longer or malformed line
+//! gets an error and the connection goes on.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,17 +24,42 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Longest request line accepted.
 pub const MAX_LINE: u64 = 64 << 10;
 
+/// Longest reply line a client reads.
+pub const MAX_REPLY: u64 = 16 << 20;
+
+/// The class of a failed command, as QMP names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// No such command.
+    CommandNotFound,
+    /// Not a request, or bad arguments.
+    InvalidArgument,
+    /// Anything else.
+    GenericError,
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorClass::CommandNotFound => "CommandNotFound",
+            ErrorClass::InvalidArgument => "InvalidArgument",
+            ErrorClass::GenericError => "GenericError",
+        })
+    }
+}
+
 /// A failed command.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{class}: {desc}")]
 pub struct ControlError {
-    /// `CommandNotFound`, `InvalidArgument` or `GenericError`.
-    pub class: &'static str,
+    /// What kind of failure.
+    pub class: ErrorClass,
     /// What went wrong.
     pub desc: String,
 }
@@ -38,7 +68,7 @@ impl ControlError {
     /// No such command.
     pub fn not_found(command: &str) -> Self {
         ControlError {
-            class: "CommandNotFound",
+            class: ErrorClass::CommandNotFound,
             desc: format!("no command {command}"),
         }
     }
@@ -46,7 +76,7 @@ impl ControlError {
     /// Bad arguments.
     pub fn invalid(desc: impl Into<String>) -> Self {
         ControlError {
-            class: "InvalidArgument",
+            class: ErrorClass::InvalidArgument,
             desc: desc.into(),
         }
     }
@@ -54,36 +84,73 @@ impl ControlError {
     /// Anything else.
     pub fn generic(desc: impl Into<String>) -> Self {
         ControlError {
-            class: "GenericError",
+            class: ErrorClass::GenericError,
             desc: desc.into(),
         }
     }
 }
 
+/// A reply line: `{"return": R}` or `{"error": {"class": ..., "desc": ...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response<R> {
+    /// The command's result.
+    Return(R),
+    /// Why it failed.
+    Error(ControlError),
+}
+
 /// Executes control commands.
 pub trait ControlHandler: Send + Sync + 'static {
-    /// Runs `command` with `arguments` (`null` if none were given).
-    fn execute(&self, command: &str, arguments: &Value) -> Result<Value, ControlError>;
+    /// A request line, parsed whole: typically an enum tagged by `execute`, its arguments
+    /// under `arguments`.
+    type Command: DeserializeOwned;
+    /// What a command returns.
+    type Reply: Serialize;
+    /// The `execute` names of [`Self::Command`]: a request that names none of them is
+    /// `CommandNotFound`, one that names one but does not parse is `InvalidArgument`.
+    const COMMANDS: &'static [&'static str];
+
+    /// Runs `command`.
+    fn execute(&self, command: Self::Command) -> Result<Self::Reply, ControlError>;
 }
 
-#[derive(serde::Deserialize)]
-struct Request {
+/// Just the name of a request, to tell an unknown command from bad arguments.
+#[derive(Deserialize)]
+struct Named {
     execute: String,
-    #[serde(default)]
-    arguments: Value,
 }
 
-fn respond(handler: &dyn ControlHandler, line: &str) -> Value {
-    let result = serde_json::from_str::<Request>(line)
-        .map_err(|e| ControlError::invalid(format!("not a request: {e}")))
-        .and_then(|r| handler.execute(&r.execute, &r.arguments));
-    match result {
-        Ok(value) => json!({ "return": value }),
-        Err(e) => json!({ "error": { "class": e.class, "desc": e.desc } }),
-    }
+/// The command of a request line.
+fn parse<H: ControlHandler + ?Sized>(line: &str) -> Result<H::Command, ControlError> {
+    serde_json::from_str(line).map_err(|e| match serde_json::from_str::<Named>(line) {
+        Ok(Named { execute }) if !H::COMMANDS.contains(&execute.as_str()) => {
+            ControlError::not_found(&execute)
+        }
+        _ => ControlError::invalid(format!("not a request: {e}")),
+    })
 }
 
-fn serve_connection(stream: UnixStream, handler: &dyn ControlHandler) -> io::Result<()> {
+/// The reply line to a request line.
+fn respond<H: ControlHandler + ?Sized>(handler: &H, line: &str) -> String {
+    let response = match parse::<H>(line).and_then(|command| handler.execute(command)) {
+        Ok(reply) => Response::Return(reply),
+        Err(e) => Response::Error(e),
+    };
+    serde_json::to_string(&response).unwrap_or_else(|e| {
+        serde_json::to_string(&Response::<()>::Error(ControlError::generic(format!(
+            "the reply does not serialize: {e}"
+        ))))
+        .unwrap_or_default()
+    })
+}
+
+/// A reply to a line that is not a request at all.
+fn refuse(desc: &str) -> String {
+    serde_json::to_string(&Response::<()>::Error(ControlError::invalid(desc))).unwrap_or_default()
+}
+
+fn serve_connection<H: ControlHandler + ?Sized>(stream: UnixStream, handler: &H) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -98,11 +165,11 @@ fn serve_connection(stream: UnixStream, handler: &dyn ControlHandler) -> io::Res
             // Skip the rest of the oversized line.
             let mut rest = Vec::new();
             reader.read_until(b'\n', &mut rest)?;
-            json!({ "error": { "class": "InvalidArgument", "desc": "request line too long" } })
+            refuse("request line too long")
         } else {
             match std::str::from_utf8(&line) {
                 Ok(text) => respond(handler, text.trim()),
-                Err(_) => json!({ "error": { "class": "InvalidArgument", "desc": "not UTF-8" } }),
+                Err(_) => refuse("not UTF-8"),
             }
         };
         writer.write_all(format!("{reply}\n").as_bytes())?;
@@ -111,7 +178,7 @@ fn serve_connection(stream: UnixStream, handler: &dyn ControlHandler) -> io::Res
 
 /// Serves the control socket on `listener`, one thread per connection, until the listener
 /// fails.
-pub fn serve(listener: UnixListener, handler: Arc<dyn ControlHandler>) -> JoinHandle<()> {
+pub fn serve<H: ControlHandler>(listener: UnixListener, handler: Arc<H>) -> JoinHandle<()> {
     thread::spawn(move || {
         for stream in listener.incoming() {
             match stream {
@@ -138,54 +205,67 @@ pub enum RequestError {
     /// The socket.
     #[error("control socket: {0}")]
     Io(#[from] io::Error),
-    /// The reply was not JSON of the expected shape.
+    /// The request did not serialize, or the reply was not JSON of the expected shape.
     #[error("control reply: {0}")]
-    Reply(String),
+    Reply(#[from] serde_json::Error),
     /// The command failed.
     #[error(transparent)]
     Command(ControlError),
 }
 
-/// Sends one command on the control socket at `path` and returns its result.
-pub fn request(path: &Path, command: &str, arguments: Value) -> Result<Value, RequestError> {
+/// Sends `command` on the control socket at `path` and returns its result, typed as the
+/// caller expects it.
+pub fn request<C: Serialize, R: DeserializeOwned>(
+    path: &Path,
+    command: &C,
+) -> Result<R, RequestError> {
     let mut stream = UnixStream::connect(path)?;
-    let line = json!({ "execute": command, "arguments": arguments });
-    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut line = serde_json::to_vec(command)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
     let mut reply = String::new();
-    BufReader::new(stream.take(16 << 20)).read_line(&mut reply)?;
-    let mut reply: Value =
-        serde_json::from_str(&reply).map_err(|e| RequestError::Reply(e.to_string()))?;
-    if let Some(value) = reply.get_mut("return") {
-        return Ok(value.take());
+    BufReader::new(stream.take(MAX_REPLY)).read_line(&mut reply)?;
+    match serde_json::from_str::<Response<R>>(&reply)? {
+        Response::Return(value) => Ok(value),
+        Response::Error(e) => Err(RequestError::Command(e)),
     }
-    let err = reply
-        .get("error")
-        .ok_or_else(|| RequestError::Reply(reply.to_string()))?;
-    let desc = err
-        .get("desc")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let class = match err.get("class").and_then(Value::as_str) {
-        Some("CommandNotFound") => "CommandNotFound",
-        Some("InvalidArgument") => "InvalidArgument",
-        _ => "GenericError",
-    };
-    Err(RequestError::Command(ControlError { class, desc }))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// The commands of the test server.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "execute", content = "arguments", rename_all = "lowercase")]
+    enum TestCommand {
+        /// Returns its arguments.
+        Echo(Value),
+        /// Returns the number plus one.
+        Increment(u64),
+        /// Returns `"pong"`.
+        Ping,
+    }
 
     struct Echo;
     impl ControlHandler for Echo {
-        fn execute(&self, command: &str, arguments: &Value) -> Result<Value, ControlError> {
-            match command {
-                "echo" => Ok(arguments.clone()),
-                other => Err(ControlError::not_found(other)),
-            }
+        type Command = TestCommand;
+        type Reply = Value;
+        const COMMANDS: &'static [&'static str] = &["echo", "increment", "ping"];
+
+        fn execute(&self, command: TestCommand) -> Result<Value, ControlError> {
+            Ok(match command {
+                TestCommand::Echo(v) => v,
+                TestCommand::Increment(n) => json!(n + 1),
+                TestCommand::Ping => json!("pong"),
+            })
         }
+    }
+
+    fn call(path: &Path, request: &Value) -> Result<Value, RequestError> {
+        super::request(path, request)
     }
 
     /// A served control socket's path, removed when dropped.
@@ -212,20 +292,36 @@ mod tests {
     fn a_command_returns_its_value() {
         let (socket, _t) = socket();
         let path = socket.0.as_path();
-        assert_eq!(
-            request(path, "echo", json!({"a": 1})).unwrap(),
-            json!({"a": 1})
-        );
+        let reply: Value = request(path, &TestCommand::Echo(json!({"a": 1}))).unwrap();
+        assert_eq!(reply, json!({"a": 1}));
     }
 
     #[test]
     fn an_unknown_command_is_command_not_found() {
         let (socket, _t) = socket();
         let path = socket.0.as_path();
-        match request(path, "nope", Value::Null) {
-            Err(RequestError::Command(e)) => assert_eq!(e.class, "CommandNotFound"),
+        match call(path, &json!({"execute": "nope"})) {
+            Err(RequestError::Command(e)) => assert_eq!(e.class, ErrorClass::CommandNotFound),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn bad_arguments_of_a_known_command_are_invalid_argument() {
+        let (socket, _t) = socket();
+        let path = socket.0.as_path();
+        match call(path, &json!({"execute": "increment", "arguments": "one"})) {
+            Err(RequestError::Command(e)) => assert_eq!(e.class, ErrorClass::InvalidArgument),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_command_without_arguments_may_carry_null_arguments() {
+        let (socket, _t) = socket();
+        let path = socket.0.as_path();
+        let reply = call(path, &json!({"execute": "ping", "arguments": null})).unwrap();
+        assert_eq!(reply, json!("pong"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Viommu {
 }
 
 /// What the vIOMMU did so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ViommuCounters {
     /// Window remaps.
     pub remaps: u64,

@@ -5,26 +5,32 @@
 //!     participant S as source VMM
 //!     participant D as source devices
 //!     participant R as destination VMM
+//!     Note over S,D: Sender::setup
 //!     S->>R: Config (RAM layout, devices)
 //!     R->>R: build the VM: RAM, device processes, DMA_MAP; devices RESUMING
 //!     S->>D: DIRTY_PAGES START; RAM log on; device_state = PRE_COPY
-//!     loop pre-copy, the guest running
+//!     loop Sender::pre_copy_iteration, the guest running
 //!         S->>R: Iteration, dirty RAM (log ∪ every device's GET_BITMAP), device chunks
 //!         S->>S: sync, estimate, ask the convergence policy
 //!     end
+//!     Note over S,D: Sender::stop_and_copy
 //!     S->>S: pause the guest
 //!     S->>D: STOP_COPY; final GET_BITMAP; chunks until pending_bytes = 0; STOP; DIRTY_PAGES STOP
 //!     S->>R: the rest of RAM, stop-copy chunks, DeviceConfig, End
 //!     R->>R: devices RUNNING, the guest still paused
+//!     Note over S,R: Sender::switch_over
 //!     R-->>S: VFMIG-READY
 //!     S->>R: VFMIG-GO (the source commits: it never resumes the guest on its own again)
 //!     R->>R: the guest may run
 //!     R-->>S: VFMIG-RUNNING (the downtime ends here)
 //! ```
 //!
+//! Each `Note` and the loop name the function of the sender (`sender.rs`) that runs that
+//! phase.
+//!
 //! Failure anywhere before `VFMIG-GO` is sent — the destination gone, a device error, a
-//! corrupt stream, a cancel, no `VFMIG-READY` — rolls the source back: devices RUNNING,
-//! tracking stopped, the guest resumed; the source closes the connection, and the
+//! corrupt stream, a cancel, no `VFMIG-READY` — rolls the source back
+//! (`Sender::roll_back`): devices RUNNING, tracking stopped, the guest resumed; the source closes the connection, and the
 //! destination, which runs the VM only on `VFMIG-GO`, discards what it built. So the guest
 //! never runs on both sides, whichever message is lost: the destination runs it only once
 //! told to, and the source never resumes it once it has told. If the connection fails after

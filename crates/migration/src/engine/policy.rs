@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// What the sender knows after an iteration and the sync that follows it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Estimate {
@@ -76,14 +78,37 @@ pub trait Convergence: Send {
 }
 
 /// The default policy: the downtime limit, an iteration cap and a time cap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Its [`Default`] is the one place the defaults are written: the command line shows them
+/// and the control socket fills in what a request leaves out from it. On the wire (the
+/// `migrate` command's arguments) the fields are `downtime_ms`, `max_iterations` and
+/// `max_time_ms`, each optional.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DowntimeLimit {
     /// The longest acceptable downtime (300 ms by default).
+    #[serde(rename = "downtime_ms", with = "millis")]
     pub limit: Duration,
-    /// Most pre-copy iterations.
+    /// Most pre-copy iterations (30 by default).
     pub max_iterations: u64,
-    /// Longest pre-copy.
+    /// Longest pre-copy (120 s by default).
+    #[serde(rename = "max_time_ms", with = "millis")]
     pub max_time: Duration,
+}
+
+/// A duration as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 impl Default for DowntimeLimit {
@@ -176,6 +201,31 @@ mod tests {
             ..estimate(1 << 40, 1e9, 0)
         };
         assert_eq!(p.decide(&e), Decision::SwitchOver(SwitchReason::AllMapped));
+    }
+
+    #[test]
+    fn fields_left_out_of_the_wire_form_take_the_defaults() {
+        let p: DowntimeLimit = serde_json::from_str(r#"{"max_iterations": 5}"#).unwrap();
+        assert_eq!(
+            p,
+            DowntimeLimit {
+                max_iterations: 5,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn the_wire_form_is_in_milliseconds() {
+        let p = DowntimeLimit {
+            limit: Duration::from_millis(250),
+            max_iterations: 7,
+            max_time: Duration::from_secs(9),
+        };
+        assert_eq!(
+            serde_json::to_value(p).unwrap(),
+            serde_json::json!({"downtime_ms": 250, "max_iterations": 7, "max_time_ms": 9000})
+        );
     }
 
     #[test]

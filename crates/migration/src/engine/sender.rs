@@ -1,6 +1,8 @@
-//! The source side: setup, pre-copy iterations, convergence, stop-and-copy, and the
-//! switch-over handshake (the destination ready, go, its confirmation) — or, on any failure
-//! before the go, the roll-back that leaves the guest running here.
+//! The source side, one function per phase of the engine's sequence diagram:
+//! `Sender::setup`, `Sender::pre_copy_iteration` (repeated until the convergence policy says
+//! switch over), `Sender::stop_and_copy` and `Sender::switch_over` (the destination ready,
+//! go, its confirmation) — or, on any failure before the go, `Sender::roll_back`, which
+//! leaves the guest running here. `Sender::run` strings them together.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
@@ -146,15 +148,55 @@ impl Sender<'_> {
         self.links.iter().try_for_each(|l| l.set_state(state))
     }
 
+    /// The whole migration, phase by phase as the sequence diagram of the [engine](super)
+    /// draws them: [`setup`](Self::setup), [`pre_copy_iteration`](Self::pre_copy_iteration)
+    /// until the policy says switch over, [`stop_and_copy`](Self::stop_and_copy), and
+    /// [`switch_over`](Self::switch_over).
     fn run(
         &mut self,
         policy: &mut dyn Convergence,
         start: Instant,
     ) -> Result<MigrationStats, MigrationError> {
         let mut stats = MigrationStats::default();
-        self.writer.write_config(&stream_config(self.vm)?)?;
+        let mut dirty = self.setup()?;
+        stats.setup_ms = ms(start.elapsed());
+        self.progress.update(|s| s.state = MigrationState::Active);
 
-        // Setup: every source of dirty pages on before the first sync, devices to pre-copy.
+        let precopy = Instant::now();
+        let mut bandwidth = 0.0f64;
+        let (reason, estimate) = loop {
+            self.check_cancel()?;
+            let estimate = self.pre_copy_iteration(&mut dirty, &mut stats, bandwidth, precopy)?;
+            bandwidth = estimate.bandwidth;
+            if let Decision::SwitchOver(reason) = policy.decide(&estimate) {
+                break (reason, estimate);
+            }
+        };
+        stats.switchover = reason.to_string();
+        stats.expected_downtime_ms = ms(estimate
+            .expected_downtime()
+            .min(Duration::from_secs(86_400)));
+        self.check_cancel()?;
+
+        let paused_at = Instant::now();
+        self.stop_and_copy(&mut dirty, &mut stats)?;
+        self.switch_over()?;
+        stats.downtime_ms = ms(paused_at.elapsed());
+
+        stats.device_bytes = self.links.iter().map(|l| l.bytes).sum();
+        stats.total_bytes = self.writer.bytes_written();
+        stats.total_ms = ms(start.elapsed());
+        stats.throughput_mbps =
+            stats.total_bytes as f64 / 1e6 / start.elapsed().as_secs_f64().max(1e-9);
+        stats.all_mapped_devices.sort();
+        stats.all_mapped_devices.dedup();
+        Ok(stats)
+    }
+
+    /// Setup: the config goes first; every source of dirty pages is on before the first sync;
+    /// devices enter pre-copy. Returns the dirty set of the first iteration: all of RAM.
+    fn setup(&mut self) -> Result<DirtySet, MigrationError> {
+        self.writer.write_config(&stream_config(self.vm)?)?;
         let mut dirty = DirtySet::new(self.vm.ram());
         for link in &self.links {
             link.start_dirty()?;
@@ -166,80 +208,83 @@ impl Sender<'_> {
         dirty.mark_all();
         self.devices_saving = true;
         self.set_devices(DeviceState::PRE_COPY)?;
-        stats.setup_ms = ms(start.elapsed());
-        self.progress.update(|s| s.state = MigrationState::Active);
+        Ok(dirty)
+    }
 
-        let precopy = Instant::now();
-        let mut bandwidth = 0.0f64;
-        let mut estimate;
-        let reason = loop {
-            self.check_cancel()?;
-            let number = stats.iterations.len() as u64;
-            let t = Instant::now();
-            let mut it = IterationStats {
-                number,
-                dirty_pages: dirty.count(),
-                ..Default::default()
-            };
-            self.writer.write_iteration(Iteration {
-                number,
-                pages: it.dirty_pages,
-            })?;
-            it.ram_bytes = self.send_ram(&mut dirty, &mut stats)?;
-            it.device_bytes = self.send_device_data(Phase::PreCopy, number, true)?;
-            self.writer.flush()?;
-            let elapsed = t.elapsed();
-            let sent_before = self.writer.bytes_written();
-            // Bytes on the wire per second. The estimate divides the dirty pages, counted as
-            // data (pages the guest writes are rarely zero), by it: QEMU's estimate, and on
-            // the safe side when zero pages made the last iteration cheap.
-            let sent = it.ram_bytes + it.device_bytes;
-            if elapsed > Duration::ZERO && sent > 0 {
-                bandwidth = sent as f64 / elapsed.as_secs_f64();
-            }
-            it.duration_ms = ms(elapsed);
-            stats.iterations.push(it);
-
-            self.sync(&mut dirty, &mut stats)?;
-            let device_pending = self
-                .links
-                .iter()
-                .map(DeviceLink::pending)
-                .sum::<Result<u64, _>>()?;
-            estimate = Estimate {
-                iteration: number,
-                dirty_bytes: dirty.count() * PAGE,
-                device_pending,
-                bandwidth,
-                elapsed: precopy.elapsed(),
-                all_mapped: !stats.all_mapped_devices.is_empty(),
-            };
-            self.progress.update(|s| {
-                s.iteration = number + 1;
-                s.transferred = sent_before;
-                s.remaining = estimate.dirty_bytes + estimate.device_pending;
-                s.bandwidth = bandwidth;
-                s.expected_downtime_ms =
-                    u64::try_from(estimate.expected_downtime().as_millis()).unwrap_or(u64::MAX);
-            });
-            if let Decision::SwitchOver(reason) = policy.decide(&estimate) {
-                break reason;
-            }
+    /// One pre-copy iteration, the guest running: the dirty pages and what the devices have
+    /// pending go out, then a sync finds what was dirtied meanwhile. Returns what the policy
+    /// decides on; `bandwidth` is the last iteration's, kept if this one sent nothing.
+    fn pre_copy_iteration(
+        &mut self,
+        dirty: &mut DirtySet,
+        stats: &mut MigrationStats,
+        mut bandwidth: f64,
+        precopy: Instant,
+    ) -> Result<Estimate, MigrationError> {
+        let number = stats.iterations.len() as u64;
+        let t = Instant::now();
+        let mut it = IterationStats {
+            number,
+            dirty_pages: dirty.count(),
+            ..Default::default()
         };
-        stats.switchover = reason.to_string();
-        stats.expected_downtime_ms = ms(estimate
-            .expected_downtime()
-            .min(Duration::from_secs(86_400)));
-        self.check_cancel()?;
+        self.writer.write_iteration(Iteration {
+            number,
+            pages: it.dirty_pages,
+        })?;
+        it.ram_bytes = self.send_ram(dirty, stats)?;
+        it.device_bytes = self.send_device_data(Phase::PreCopy, number, true)?;
+        self.writer.flush()?;
+        let elapsed = t.elapsed();
+        let sent_before = self.writer.bytes_written();
+        // Bytes on the wire per second. The estimate divides the dirty pages, counted as
+        // data (pages the guest writes are rarely zero), by it: QEMU's estimate, and on
+        // the safe side when zero pages made the last iteration cheap.
+        let sent = it.ram_bytes + it.device_bytes;
+        if elapsed > Duration::ZERO && sent > 0 {
+            bandwidth = sent as f64 / elapsed.as_secs_f64();
+        }
+        it.duration_ms = ms(elapsed);
+        stats.iterations.push(it);
 
-        // Stop-and-copy: the guest pauses; the devices stop; the last of everything goes.
-        let paused_at = Instant::now();
+        self.sync(dirty, stats)?;
+        let device_pending = self
+            .links
+            .iter()
+            .map(DeviceLink::pending)
+            .sum::<Result<u64, _>>()?;
+        let estimate = Estimate {
+            iteration: number,
+            dirty_bytes: dirty.count() * PAGE,
+            device_pending,
+            bandwidth,
+            elapsed: precopy.elapsed(),
+            all_mapped: !stats.all_mapped_devices.is_empty(),
+        };
+        self.progress.update(|s| {
+            s.iteration = number + 1;
+            s.transferred = sent_before;
+            s.remaining = estimate.dirty_bytes + estimate.device_pending;
+            s.bandwidth = bandwidth;
+            s.expected_downtime_ms =
+                u64::try_from(estimate.expected_downtime().as_millis()).unwrap_or(u64::MAX);
+        });
+        Ok(estimate)
+    }
+
+    /// Stop-and-copy: the guest pauses; the devices stop; the last of RAM and of the devices'
+    /// data, their configs and the end of the stream go out.
+    fn stop_and_copy(
+        &mut self,
+        dirty: &mut DirtySet,
+        stats: &mut MigrationStats,
+    ) -> Result<(), MigrationError> {
         self.vm.pause();
         self.paused = true;
         self.progress.update(|s| s.state = MigrationState::StopCopy);
         self.set_devices(DeviceState::STOP_COPY)?;
-        self.sync(&mut dirty, &mut stats)?;
-        self.send_ram(&mut dirty, &mut stats)?;
+        self.sync(dirty, stats)?;
+        self.send_ram(dirty, stats)?;
         let number = stats.iterations.len() as u64;
         self.send_device_data(Phase::StopCopy, number, false)?;
         self.set_devices(DeviceState::STOP)?;
@@ -259,18 +304,14 @@ impl Sender<'_> {
         }
         self.writer.finish()?;
         self.writer.flush()?;
-        self.wait_for_ready()?;
-        self.go()?;
-        stats.downtime_ms = ms(paused_at.elapsed());
+        Ok(())
+    }
 
-        stats.device_bytes = self.links.iter().map(|l| l.bytes).sum();
-        stats.total_bytes = self.writer.bytes_written();
-        stats.total_ms = ms(start.elapsed());
-        stats.throughput_mbps =
-            stats.total_bytes as f64 / 1e6 / start.elapsed().as_secs_f64().max(1e-9);
-        stats.all_mapped_devices.sort();
-        stats.all_mapped_devices.dedup();
-        Ok(stats)
+    /// Switch-over: the destination says it is ready, the source says go (and commits), the
+    /// destination confirms that the guest runs there.
+    fn switch_over(&mut self) -> Result<(), MigrationError> {
+        self.wait_for_ready()?;
+        self.go()
     }
 
     /// Sends the pages of `dirty` (emptying it); returns the stream bytes.

@@ -4,13 +4,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::stats::MigrationStats;
 use crate::transport::Connection;
 
 /// Where a migration is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MigrationState {
     /// None ran yet.
@@ -49,7 +49,7 @@ impl MigrationState {
 }
 
 /// A snapshot of a migration's progress.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MigrationStatus {
     /// The state.
     pub state: MigrationState,

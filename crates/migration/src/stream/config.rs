@@ -20,9 +20,9 @@ use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
+pub use crate::stream::error::ConfigError;
 use crate::stream::error::PayloadError;
-use crate::stream::frame::MAX_CONFIG_PAYLOAD;
-use crate::stream::wire::{Cursor, u64_from, usize_from};
+use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from};
 use crate::types::{DeviceId, Gpa, PAGE_SIZE};
 
 /// The most RAM regions a VM may have: far more than any layout with hot-plugged memory.
@@ -33,6 +33,10 @@ pub const MAX_DEVICES: usize = 256;
 
 /// The longest device kind name, in bytes.
 pub const MAX_KIND_LEN: usize = 64;
+
+/// The cap on the VM configuration: 1 MiB holds the RAM layout and the configuration of a
+/// few hundred devices; a VM layout is not data, and a larger one is a bug or an attack.
+pub const MAX_CONFIG_PAYLOAD: u32 = 1 << 20;
 
 /// One region of guest RAM.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -133,89 +137,6 @@ pub struct VmConfig {
     devices: Vec<DeviceDesc>,
 }
 
-/// Why a VM configuration was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// More regions than [`MAX_REGIONS`].
-    #[error("{count} RAM regions, at most {max} allowed")]
-    TooManyRegions {
-        /// The number of regions.
-        count: u64,
-        /// [`MAX_REGIONS`].
-        max: usize,
-    },
-    /// A region that is empty or not page-aligned in address or size.
-    #[error("RAM region at {gpa} of {size:#x} bytes is empty or not page-aligned")]
-    BadRegion {
-        /// The region's address.
-        gpa: Gpa,
-        /// The region's size.
-        size: u64,
-    },
-    /// A region whose end does not fit in 64 bits.
-    #[error("RAM region at {gpa} of {size:#x} bytes wraps around the address space")]
-    RegionOverflow {
-        /// The region's address.
-        gpa: Gpa,
-        /// The region's size.
-        size: u64,
-    },
-    /// A region that starts inside the one before it.
-    #[error("RAM region at {gpa} overlaps the region before it")]
-    RegionsOverlap {
-        /// The later region's address.
-        gpa: Gpa,
-    },
-    /// A region listed after one at a higher address (the encoding lists them sorted).
-    #[error("RAM region at {gpa} is listed after a region above it")]
-    RegionsUnsorted {
-        /// The region out of place.
-        gpa: Gpa,
-    },
-    /// More devices than [`MAX_DEVICES`].
-    #[error("{count} devices, at most {max} allowed")]
-    TooManyDevices {
-        /// The number of devices.
-        count: u64,
-        /// [`MAX_DEVICES`].
-        max: usize,
-    },
-    /// Two devices with the same id.
-    #[error("{id} appears twice")]
-    DuplicateDevice {
-        /// The id.
-        id: DeviceId,
-    },
-    /// A kind name that is empty or longer than [`MAX_KIND_LEN`].
-    #[error("{id}: kind name of {len} bytes, must be 1 to {MAX_KIND_LEN}")]
-    BadKind {
-        /// The device.
-        id: DeviceId,
-        /// The name's length.
-        len: usize,
-    },
-    /// A kind name that is not UTF-8.
-    #[error("{id}: kind name is not UTF-8")]
-    KindNotUtf8 {
-        /// The device.
-        id: DeviceId,
-    },
-    /// A page size other than 4 KiB.
-    #[error("page size {found}, only {PAGE_SIZE} is supported")]
-    PageSize {
-        /// The page size declared.
-        found: u32,
-    },
-    /// A configuration whose encoding exceeds the section cap.
-    #[error("configuration encodes to {bytes} bytes, the cap is {max}")]
-    TooLarge {
-        /// The encoded size.
-        bytes: u64,
-        /// [`MAX_CONFIG_PAYLOAD`].
-        max: u32,
-    },
-}
-
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct ConfigHeader {
@@ -265,6 +186,7 @@ impl VmConfig {
             }
             if device.kind.is_empty() || device.kind.len() > MAX_KIND_LEN {
                 return Err(ConfigError::BadKind {
+                    max: MAX_KIND_LEN,
                     id: device.id,
                     len: device.kind.len(),
                 });
@@ -406,15 +328,6 @@ impl VmConfig {
         }
         cursor.finish()?;
         Ok(VmConfig::new(ram, devices)?)
-    }
-}
-
-/// Refuses a reserved field that is not zero.
-pub(crate) fn reserved_zero(field: &'static str, value: u64) -> Result<(), PayloadError> {
-    if value == 0 {
-        Ok(())
-    } else {
-        Err(PayloadError::Reserved { field, value })
     }
 }
 

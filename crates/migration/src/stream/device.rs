@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::stream::config::reserved_zero;
 use crate::stream::error::PayloadError;
-use crate::stream::frame::SectionKind;
-use crate::stream::wire::Cursor;
+use crate::stream::kind::SectionKind;
+use crate::stream::wire::{Cursor, reserved_zero};
 use crate::types::DeviceId;
 
 /// The largest device chunk: 16 MiB, more than any device data area the sender reads from.

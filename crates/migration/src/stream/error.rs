@@ -7,11 +7,9 @@
 use std::fmt;
 use std::io;
 
-use crate::stream::config::ConfigError;
-use crate::stream::frame::SectionKind;
 use crate::stream::header::HeaderError;
-use crate::stream::ram::RamError;
-use crate::types::{DeviceId, Gpa};
+use crate::stream::kind::SectionKind;
+use crate::types::{DeviceId, Gpa, PAGE_SIZE};
 
 /// Where a section starts: its index (the stream's first section is 0), its type as found on
 /// the wire, and the byte offset of its frame header from the start of the stream.
@@ -106,6 +104,136 @@ pub enum PayloadError {
     /// An invalid RAM pages table.
     #[error(transparent)]
     Ram(#[from] RamError),
+}
+
+/// Why a VM configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// More regions than `MAX_REGIONS`.
+    #[error("{count} RAM regions, at most {max} allowed")]
+    TooManyRegions {
+        /// The number of regions.
+        count: u64,
+        /// `MAX_REGIONS`.
+        max: usize,
+    },
+    /// A region that is empty or not page-aligned in address or size.
+    #[error("RAM region at {gpa} of {size:#x} bytes is empty or not page-aligned")]
+    BadRegion {
+        /// The region's address.
+        gpa: Gpa,
+        /// The region's size.
+        size: u64,
+    },
+    /// A region whose end does not fit in 64 bits.
+    #[error("RAM region at {gpa} of {size:#x} bytes wraps around the address space")]
+    RegionOverflow {
+        /// The region's address.
+        gpa: Gpa,
+        /// The region's size.
+        size: u64,
+    },
+    /// A region that starts inside the one before it.
+    #[error("RAM region at {gpa} overlaps the region before it")]
+    RegionsOverlap {
+        /// The later region's address.
+        gpa: Gpa,
+    },
+    /// A region listed after one at a higher address (the encoding lists them sorted).
+    #[error("RAM region at {gpa} is listed after a region above it")]
+    RegionsUnsorted {
+        /// The region out of place.
+        gpa: Gpa,
+    },
+    /// More devices than `MAX_DEVICES`.
+    #[error("{count} devices, at most {max} allowed")]
+    TooManyDevices {
+        /// The number of devices.
+        count: u64,
+        /// `MAX_DEVICES`.
+        max: usize,
+    },
+    /// Two devices with the same id.
+    #[error("{id} appears twice")]
+    DuplicateDevice {
+        /// The id.
+        id: DeviceId,
+    },
+    /// A kind name that is empty or longer than `MAX_KIND_LEN`.
+    #[error("{id}: kind name of {len} bytes, must be 1 to {max}")]
+    BadKind {
+        /// The device.
+        id: DeviceId,
+        /// The name's length.
+        len: usize,
+        /// `MAX_KIND_LEN`.
+        max: usize,
+    },
+    /// A kind name that is not UTF-8.
+    #[error("{id}: kind name is not UTF-8")]
+    KindNotUtf8 {
+        /// The device.
+        id: DeviceId,
+    },
+    /// A page size other than 4 KiB.
+    #[error("page size {found}, only {PAGE_SIZE} is supported")]
+    PageSize {
+        /// The page size declared.
+        found: u32,
+    },
+    /// A configuration whose encoding exceeds the section cap.
+    #[error("configuration encodes to {bytes} bytes, the cap is {max}")]
+    TooLarge {
+        /// The encoded size.
+        bytes: u64,
+        /// `MAX_CONFIG_PAYLOAD`.
+        max: u32,
+    },
+}
+
+/// Why a RAM run or table was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RamError {
+    /// More table entries than `MAX_RUNS`.
+    #[error("{runs} runs in one section, at most {max} allowed")]
+    TooManyRuns {
+        /// The count in the header.
+        runs: u32,
+        /// `MAX_RUNS`.
+        max: usize,
+    },
+    /// A run that is empty or not page-aligned.
+    #[error("run of {pages} pages at {gpa} is empty or not page-aligned")]
+    BadRun {
+        /// Its address.
+        gpa: Gpa,
+        /// Its pages.
+        pages: u64,
+    },
+    /// A run with flag bits other than `RUN_ZERO`.
+    #[error("run at {gpa} has unknown flags {flags:#x}")]
+    RunFlags {
+        /// Its address.
+        gpa: Gpa,
+        /// Its flags.
+        flags: u32,
+    },
+    /// A run not inside one RAM region of the configuration.
+    #[error("run of {pages} pages at {gpa} is not inside one RAM region")]
+    OutsideRam {
+        /// Its address.
+        gpa: Gpa,
+        /// Its pages.
+        pages: u64,
+    },
+    /// The data is not exactly the pages of the data runs.
+    #[error("table declares {declared_pages} pages of data, payload has {data_bytes} bytes")]
+    DataLength {
+        /// Pages of the runs without `RUN_ZERO`.
+        declared_pages: u64,
+        /// Bytes of data present.
+        data_bytes: u64,
+    },
 }
 
 /// A section that is valid in itself but not where it is in the stream. Both the writer

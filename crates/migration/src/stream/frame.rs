@@ -12,14 +12,14 @@
 //! `type` ([`SectionKind::max_payload`]) before a byte of payload is read, so a peer can make
 //! a reader allocate at most the cap of the largest type, 16 MiB and a little.
 
-use std::fmt;
-
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::crc::{crc32c, crc32c_append};
+use crate::stream::config::MAX_CONFIG_PAYLOAD;
 use crate::stream::device::{DEVICE_CHUNK_HEADER_LEN, DEVICE_CONFIG_HEADER_LEN};
 use crate::stream::device::{MARKER_PAYLOAD_LEN, MAX_DEVICE_CHUNK, MAX_DEVICE_CONFIG};
+use crate::stream::kind::SectionKind;
 use crate::stream::ram::MAX_RAM_PAYLOAD;
 
 /// Flag of a section that a reader which does not know its type skips (after checking its
@@ -29,10 +29,6 @@ pub const FLAG_OPTIONAL: u16 = 1 << 15;
 
 /// The flags this version defines; a section with any other flag set is refused.
 pub const KNOWN_FLAGS: u16 = FLAG_OPTIONAL;
-
-/// The cap on the VM configuration: 1 MiB holds the RAM layout and the configuration of a
-/// few hundred devices; a VM layout is not data, and a larger one is a bug or an attack.
-pub const MAX_CONFIG_PAYLOAD: u32 = 1 << 20;
 
 /// The cap on a section of an unknown type flagged [`FLAG_OPTIONAL`], which the reader reads
 /// only to verify and drop.
@@ -47,47 +43,7 @@ pub const FRAME_TRAILER_LEN: usize = 4;
 /// Bytes a section adds to the stream besides its payload.
 pub const FRAME_OVERHEAD: usize = FRAME_HEADER_LEN + FRAME_TRAILER_LEN;
 
-/// The type of a section. Numbers are wire values and never reused.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[repr(u16)]
-pub enum SectionKind {
-    /// The VM layout: RAM regions and devices. Always the first section.
-    Config = 1,
-    /// A table of RAM runs and the data of the non-zero ones.
-    RamPages = 2,
-    /// One chunk of a device's migration data, exactly as the device produced it.
-    DeviceChunk = 3,
-    /// A device's configuration, after its last data chunk.
-    DeviceConfig = 4,
-    /// The start of a pre-copy iteration (statistics only).
-    Iteration = 5,
-    /// The end of the stream, with counts that detect truncation.
-    End = 6,
-}
-
 impl SectionKind {
-    /// Every kind, in wire order.
-    pub const ALL: [SectionKind; 6] = [
-        SectionKind::Config,
-        SectionKind::RamPages,
-        SectionKind::DeviceChunk,
-        SectionKind::DeviceConfig,
-        SectionKind::Iteration,
-        SectionKind::End,
-    ];
-
-    /// The kind of a wire value, if this version knows it.
-    pub fn from_wire(value: u16) -> Option<SectionKind> {
-        SectionKind::ALL
-            .into_iter()
-            .find(|kind| kind.to_wire() == value)
-    }
-
-    /// The wire value.
-    pub const fn to_wire(self) -> u16 {
-        self as u16
-    }
-
     /// The largest payload a section of this kind may have:
     ///
     /// | kind | cap | why |
@@ -105,24 +61,6 @@ impl SectionKind {
             SectionKind::DeviceConfig => MAX_DEVICE_CONFIG + DEVICE_CONFIG_HEADER_LEN,
             SectionKind::Iteration | SectionKind::End => MARKER_PAYLOAD_LEN,
         }
-    }
-
-    /// A short lower-case name, for messages.
-    pub const fn name(self) -> &'static str {
-        match self {
-            SectionKind::Config => "config",
-            SectionKind::RamPages => "ram-pages",
-            SectionKind::DeviceChunk => "device-chunk",
-            SectionKind::DeviceConfig => "device-config",
-            SectionKind::Iteration => "iteration",
-            SectionKind::End => "end",
-        }
-    }
-}
-
-impl fmt::Display for SectionKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

@@ -7,7 +7,7 @@
 //!             crc32c over type, flags, length and payload
 //! ```
 //!
-//! All integers are little-endian. See [`header`], [`frame`] and the module of each payload
+//! All integers are little-endian. See [`header`], [`frame`], [`kind`] and the module of each payload
 //! ([`config`], [`ram`], [`device`]) for their layouts, and the crate documentation for the
 //! whole picture.
 //!
@@ -37,6 +37,7 @@ pub mod device;
 pub mod error;
 pub mod frame;
 pub mod header;
+pub mod kind;
 mod mirror;
 mod order;
 pub mod ram;
@@ -51,8 +52,9 @@ pub use device::{DeviceChunk, DeviceConfig, End, Iteration, Phase};
 pub use error::{
     MemoryError, OrderError, PayloadError, ReadError, SectionPos, StreamPart, WriteError,
 };
-pub use frame::{FLAG_OPTIONAL, SectionKind, encode_frame};
+pub use frame::{FLAG_OPTIONAL, encode_frame};
 pub use header::{CURRENT_VERSION, HeaderError, MAGIC, StreamHeader, Version};
+pub use kind::SectionKind;
 pub use ram::{
     MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamError, RamPages, RamRun, ReadGuestMemory, RunEntry,
     Runs, WriteGuestMemory, is_zero_page,

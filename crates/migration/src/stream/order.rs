@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use crate::stream::config::VmConfig;
 use crate::stream::error::OrderError;
-use crate::stream::frame::SectionKind;
+use crate::stream::kind::SectionKind;
 use crate::types::DeviceId;
 
 /// A section, as far as the order rules care.

@@ -23,9 +23,10 @@ use std::iter::FusedIterator;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::stream::config::{RamLayout, reserved_zero};
+use crate::stream::config::RamLayout;
+pub use crate::stream::error::RamError;
 use crate::stream::error::{MemoryError, PayloadError};
-use crate::stream::wire::{Cursor, u64_from, usize_from, usize_from_u64};
+use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from, usize_from_u64};
 use crate::types::{Gpa, PAGE_SIZE, PAGE_SIZE_USIZE};
 
 /// The most pages of data one section carries: 8 MiB.
@@ -74,49 +75,6 @@ pub struct RunEntry {
 
 const _: () = assert!(size_of::<RamHeader>() == RAM_HEADER_LEN);
 const _: () = assert!(size_of::<RunEntry>() == 16);
-
-/// Why a RAM run or table was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RamError {
-    /// More table entries than [`MAX_RUNS`].
-    #[error("{runs} runs in one section, at most {MAX_RUNS} allowed")]
-    TooManyRuns {
-        /// The count in the header.
-        runs: u32,
-    },
-    /// A run that is empty or not page-aligned.
-    #[error("run of {pages} pages at {gpa} is empty or not page-aligned")]
-    BadRun {
-        /// Its address.
-        gpa: Gpa,
-        /// Its pages.
-        pages: u64,
-    },
-    /// A run with flag bits other than [`RUN_ZERO`].
-    #[error("run at {gpa} has unknown flags {flags:#x}")]
-    RunFlags {
-        /// Its address.
-        gpa: Gpa,
-        /// Its flags.
-        flags: u32,
-    },
-    /// A run not inside one RAM region of the configuration.
-    #[error("run of {pages} pages at {gpa} is not inside one RAM region")]
-    OutsideRam {
-        /// Its address.
-        gpa: Gpa,
-        /// Its pages.
-        pages: u64,
-    },
-    /// The data is not exactly the pages of the data runs.
-    #[error("table declares {declared_pages} pages of data, payload has {data_bytes} bytes")]
-    DataLength {
-        /// Pages of the runs without [`RUN_ZERO`].
-        declared_pages: u64,
-        /// Bytes of data present.
-        data_bytes: u64,
-    },
-}
 
 /// Reads guest memory for the sender. Implemented for closures
 /// `Fn(Gpa, &mut [u8]) -> io::Result<()>`.
@@ -224,6 +182,7 @@ impl<'a> RamPages<'a> {
         if count > MAX_RUNS {
             return Err(RamError::TooManyRuns {
                 runs: header.runs.get(),
+                max: MAX_RUNS,
             }
             .into());
         }

@@ -19,9 +19,10 @@ use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
 use crate::stream::error::{OrderError, PayloadError, ReadError, SectionPos, StreamPart};
 use crate::stream::frame::{
     FLAG_OPTIONAL, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, FrameHeader, KNOWN_FLAGS,
-    MAX_OPTIONAL_PAYLOAD, SectionKind,
+    MAX_OPTIONAL_PAYLOAD,
 };
 use crate::stream::header::{StreamHeader, Version};
+use crate::stream::kind::SectionKind;
 use crate::stream::mirror::Mirror;
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::RamPages;

@@ -2,7 +2,7 @@
 
 use crate::stream::config::VmConfig;
 use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
-use crate::stream::frame::SectionKind;
+use crate::stream::kind::SectionKind;
 use crate::stream::ram::RamPages;
 
 /// A section of the stream. The reader returns it borrowing its buffer (no copy, no

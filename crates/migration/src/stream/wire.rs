@@ -93,3 +93,12 @@ pub(crate) fn usize_from_u64(value: u64) -> usize {
 pub(crate) fn u64_from(value: usize) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
+
+/// Refuses a reserved field that is not zero.
+pub(crate) fn reserved_zero(field: &'static str, value: u64) -> Result<(), PayloadError> {
+    if value == 0 {
+        Ok(())
+    } else {
+        Err(PayloadError::Reserved { field, value })
+    }
+}

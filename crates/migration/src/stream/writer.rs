@@ -12,8 +12,9 @@ use crate::stream::device::{
     DeviceChunk, DeviceConfig, End, Iteration, MAX_DEVICE_CHUNK, MAX_DEVICE_CONFIG,
 };
 use crate::stream::error::{OrderError, WriteError};
-use crate::stream::frame::{FRAME_OVERHEAD, FrameHeader, SectionKind};
+use crate::stream::frame::{FRAME_OVERHEAD, FrameHeader};
 use crate::stream::header::{CURRENT_VERSION, StreamHeader};
+use crate::stream::kind::SectionKind;
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::{RamPages, ReadGuestMemory};
 use crate::stream::ram_encode::{DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};

@@ -37,8 +37,6 @@
 //! All integers are little-endian on the wire; the crate reads wire structs in native order
 //! and refuses to build for a big-endian target.
 
-mod capabilities;
-mod caps;
 mod device;
 mod dirty;
 mod dma;
@@ -46,19 +44,13 @@ mod header;
 mod io_fds;
 mod irq;
 mod region;
+mod region_caps;
 mod reply;
 mod request;
 mod version;
+mod version_caps;
 mod wire;
 
-pub use capabilities::{
-    Capabilities, DEFAULT_MAX_BITMAP_SIZE, DEFAULT_MAX_DATA_XFER_SIZE, DEFAULT_MAX_MSG_FDS,
-    MigrationCapability, TwinSocket,
-};
-pub use caps::{
-    CapHeader, RegionCap, RegionCapsBuilder, RegionTypeCap, SparseMmapArea, SparseMmapCap,
-    encode_caps, parse_caps,
-};
 pub use device::DeviceInfo;
 pub use dirty::{
     BitmapRange, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
@@ -77,9 +69,17 @@ pub use io_fds::{
 };
 pub use irq::{IrqAction, IrqData, IrqInfo, IrqSet, IrqSetRequest};
 pub use region::{RegionAccess, RegionData, RegionInfo, RegionInfoReply};
+pub use region_caps::{
+    CapHeader, RegionCap, RegionCapsBuilder, RegionTypeCap, SparseMmapArea, SparseMmapCap,
+    encode_caps, parse_caps,
+};
 pub use reply::Reply;
 pub use request::Request;
 pub use version::{VERSION_MAJOR, VERSION_MINOR, Version, VersionHeader};
+pub use version_caps::{
+    Capabilities, DEFAULT_MAX_BITMAP_SIZE, DEFAULT_MAX_DATA_XFER_SIZE, DEFAULT_MAX_MSG_FDS,
+    MigrationCapability, TwinSocket,
+};
 
 use crate::error::MessageError;
 

@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use vfmig_abi::uapi::{VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, vfio_region_info};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::caps::{RegionCap, SparseMmapArea, encode_caps, parse_caps};
+use super::region_caps::{RegionCap, SparseMmapArea, encode_caps, parse_caps};
 use super::{Payload, wire};
 use crate::error::MessageError;
 

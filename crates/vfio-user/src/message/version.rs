@@ -14,7 +14,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::capabilities::Capabilities;
+use super::version_caps::Capabilities;
 use super::{Payload, wire};
 use crate::error::MessageError;
 

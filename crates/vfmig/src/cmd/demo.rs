@@ -9,12 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
-use vfmig_migration::engine::MigrationStats;
-use vfmig_vmm::VmDigest;
-use vfmig_vmm::control::request;
+use vfmig::control::{self, Client, IncomingState, VmInfo, VmState, VmStatus};
 
-use super::vm::follow_migration;
+use super::vm::{completed, follow_migration};
 use crate::cli::{DemoArgs, parse_size};
 
 /// A child process, killed when dropped.
@@ -33,14 +30,18 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Waits until the VM behind `control` answers with a status whose state is `state`.
-fn wait_for(control: &Path, what: &str, state: &str) -> anyhow::Result<Value> {
+/// Waits until the VM behind `control` answers with a status that `ready` accepts.
+fn wait_for(
+    control: &Client,
+    what: &str,
+    ready: impl Fn(&VmStatus) -> bool,
+) -> anyhow::Result<VmStatus> {
     let start = Instant::now();
     loop {
-        match request(control, "status", Value::Null) {
-            Ok(status) if status["state"] == state => return Ok(status),
+        match control.status() {
+            Ok(status) if ready(&status) => return Ok(status),
             Ok(_) if start.elapsed() > Duration::from_secs(60) => {
-                bail!("{what} did not reach {state}")
+                bail!("{what} did not get ready")
             }
             Ok(_) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) if start.elapsed() > Duration::from_secs(30) => {
@@ -49,6 +50,11 @@ fn wait_for(control: &Path, what: &str, state: &str) -> anyhow::Result<Value> {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// The part of `status` that exists once the VM does.
+fn vm_info(status: VmStatus, what: &str) -> anyhow::Result<VmInfo> {
+    status.vm.ok_or_else(|| anyhow::anyhow!("{what} has no VM"))
 }
 
 fn vm_process(exe: &Path, args: &[String], extra: &[&str]) -> anyhow::Result<Process> {
@@ -70,10 +76,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir: PathBuf = std::env::temp_dir().join(format!("vfmig-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (src_ctl, dst_ctl) = (dir.join("source.sock"), dir.join("destination.sock"));
+    let (src_path, dst_path) = (dir.join("source.sock"), dir.join("destination.sock"));
+    let (src_ctl, dst_ctl) = (Client::new(&src_path), Client::new(&dst_path));
     let mem = parse_size(&args.machine.mem)?;
     let port = free_port()?;
     let to = format!("tcp:127.0.0.1:{port}");
+    let address = to.parse()?;
     let w = &args.workload;
     let devices = ["--device", "mtty", "--device", "dma-engine"].map(String::from);
     let common: Vec<String> = [args.machine.to_args(), devices.to_vec(), w.to_args()].concat();
@@ -82,23 +90,30 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         mem >> 20,
         args.machine.dma_ram_mib
     );
-    let _source = vm_process(&exe, &common, &["--control", path_str(&src_ctl)?])?;
+    let _source = vm_process(&exe, &common, &["--control", path_str(&src_path)?])?;
     let _destination = vm_process(
         &exe,
         &common,
         &[
             "--control",
-            path_str(&dst_ctl)?,
+            path_str(&dst_path)?,
             "--incoming",
             &to,
             "--paused",
         ],
     )?;
-    let status = wait_for(&src_ctl, "the source VM", "running")?;
-    wait_for(&dst_ctl, "the destination VM", "incoming")?;
+    let status = wait_for(&src_ctl, "the source VM", |s| s.state == VmState::Running)?;
+    wait_for(&dst_ctl, "the destination VM", |s| {
+        s.incoming == Some(IncomingState::Waiting)
+    })?;
+    let devices: Vec<String> = vm_info(status, "the source")?
+        .devices
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
     println!(
         "source VM running, devices {}; destination waiting on {to}",
-        status["devices"]
+        devices.join(", ")
     );
     println!(
         "guest writing {} pages/s over {}, {} device ops/s per device; warming up {} s",
@@ -106,28 +121,19 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     std::thread::sleep(Duration::from_secs(args.warmup_s));
 
-    request(
-        &src_ctl,
-        "migrate",
-        json!({ "to": to, "downtime_ms": args.downtime_ms }),
-    )?;
-    let status = follow_migration(&src_ctl)?;
-    let Some(stats) = status.get("stats").filter(|s| !s.is_null()) else {
-        bail!(
-            "migration {}: {}",
-            status["state"],
-            status["error"].as_str().unwrap_or("no reason given")
-        );
-    };
-    let stats: MigrationStats = serde_json::from_value(stats.clone())?;
+    src_ctl.migrate(control::MigrateArgs {
+        to: address,
+        policy: args.policy.policy(),
+    })?;
+    let stats = completed(follow_migration(&src_ctl)?)?;
     println!("{stats}");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     }
 
     // Both guests are paused now: the source since the switch-over, the destination by --paused.
-    let source: VmDigest = serde_json::from_value(request(&src_ctl, "digest", Value::Null)?)?;
-    let destination: VmDigest = serde_json::from_value(request(&dst_ctl, "digest", Value::Null)?)?;
+    let source = src_ctl.digest()?;
+    let destination = dst_ctl.digest()?;
     let mut same = true;
     println!("verification at the switch-over:");
     let ram_ok = source.ram == destination.ram;
@@ -147,24 +153,21 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     same &= source.devices.len() == destination.devices.len();
 
-    request(&dst_ctl, "cont", Value::Null)?;
+    dst_ctl.cont()?;
     std::thread::sleep(Duration::from_secs(1));
-    let after = request(&dst_ctl, "status", Value::Null)?;
-    let guest = &after["guest"];
-    let runs = guest["pages_written"].as_u64().unwrap_or(0) > 0 || w.dirty_rate == 0;
-    let errors = guest["device_errors"].as_u64().unwrap_or(0);
+    let guest = vm_info(dst_ctl.status()?, "the destination")?.guest;
+    let runs = guest.pages_written > 0 || w.dirty_rate == 0;
+    let errors = guest.device_errors;
     println!(
         "destination guest after 1 s: {} pages written, {} device ops, {} device errors",
-        guest["pages_written"], guest["device_ops"], errors
+        guest.pages_written, guest.device_ops, errors
     );
     if args.machine.viommu {
-        println!(
-            "vIOMMU on the source: {}",
-            request(&src_ctl, "status", Value::Null)?["viommu"]
-        );
+        let viommu = vm_info(src_ctl.status()?, "the source")?.viommu;
+        println!("vIOMMU on the source: {}", serde_json::to_string(&viommu)?);
     }
-    let _ = request(&src_ctl, "quit", Value::Null);
-    let _ = request(&dst_ctl, "quit", Value::Null);
+    let _ = src_ctl.quit();
+    let _ = dst_ctl.quit();
     let _ = std::fs::remove_dir_all(&dir);
     if !same || !runs || errors > 0 {
         bail!("the destination does not match the source, or does not run cleanly");

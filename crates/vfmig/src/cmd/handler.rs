@@ -5,9 +5,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use vfmig_migration::engine::{DowntimeLimit, MigrationState, Progress, migrate, reclaim};
-use vfmig_migration::transport::Address;
+use vfmig::control::{
+    Command, DeviceStatus, Done, GuestCounters, IncomingState, MigrateArgs, Reply, VmInfo, VmState,
+    VmStatus,
+};
+use vfmig_migration::engine::{
+    MigrationError, MigrationState, MigrationStats, Progress, migrate, reclaim,
+};
 use vfmig_vmm::control::{ControlError, ControlHandler};
 use vfmig_vmm::{Vm, WorkloadConfig};
 
@@ -19,7 +23,7 @@ pub(crate) struct VmHandler {
     workload: WorkloadConfig,
     workload_started: Mutex<bool>,
     migration: Mutex<Option<Progress>>,
-    incoming: Mutex<Option<String>>,
+    incoming: Mutex<Option<IncomingState>>,
 }
 
 impl VmHandler {
@@ -40,7 +44,7 @@ impl VmHandler {
     }
 
     /// Notes an incoming migration's state for `status` before the VM exists.
-    pub(crate) fn set_incoming(&self, state: Option<String>) {
+    pub(crate) fn set_incoming(&self, state: Option<IncomingState>) {
         *self.incoming.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
@@ -66,36 +70,50 @@ impl VmHandler {
             .ok_or_else(|| ControlError::generic("no VM yet (an incoming migration is pending)"))
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> VmStatus {
         let migration = self
             .migration
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(Progress::status);
-        let incoming = self
-            .incoming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let incoming = *self.incoming.lock().unwrap_or_else(|e| e.into_inner());
         let Some(vm) = self.vm.get() else {
-            return json!({ "state": "incoming", "incoming": incoming });
+            return VmStatus {
+                state: VmState::Incoming,
+                incoming,
+                vm: None,
+            };
         };
-        let (pages, ops, errors) = vm.guest_counters();
-        let devices: Vec<Value> = vm
+        let (pages_written, device_ops, device_errors) = vm.guest_counters();
+        let devices = vm
             .devices()
             .iter()
-            .map(|d| json!({ "id": d.id(), "kind": d.spec().kind, "pid": d.pid() }))
+            .map(|d| DeviceStatus {
+                id: d.id().to_string(),
+                kind: d.spec().kind.clone(),
+                pid: d.pid(),
+            })
             .collect();
-        json!({
-            "state": if vm.gate().is_paused() { "paused" } else { "running" },
-            "ram_bytes": vm.ram().size(),
-            "devices": devices,
-            "guest": { "pages_written": pages, "device_ops": ops, "device_errors": errors },
-            "migration": migration,
-            "incoming": incoming,
-            "viommu": vm.viommu_counters(),
-        })
+        VmStatus {
+            state: if vm.gate().is_paused() {
+                VmState::Paused
+            } else {
+                VmState::Running
+            },
+            incoming,
+            vm: Some(VmInfo {
+                ram_bytes: vm.ram().size(),
+                devices,
+                guest: GuestCounters {
+                    pages_written,
+                    device_ops,
+                    device_errors,
+                },
+                migration,
+                viommu: vm.viommu_counters(),
+            }),
+        }
     }
 
     /// The state of the last migration started here, if any.
@@ -119,27 +137,8 @@ impl VmHandler {
         }
     }
 
-    fn start_migration(&self, args: &Value) -> Result<Value, ControlError> {
+    fn start_migration(&self, args: MigrateArgs) -> Result<Done, ControlError> {
         let vm = self.vm()?.clone();
-        let to = args
-            .get("to")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ControlError::invalid("migrate needs \"to\""))?;
-        let to: Address = to
-            .parse()
-            .map_err(|e| ControlError::invalid(format!("{e}")))?;
-        let mut policy = DowntimeLimit::default();
-        if let Some(ms) = args.get("downtime_ms") {
-            let ms = ms
-                .as_u64()
-                .ok_or_else(|| ControlError::invalid("downtime_ms must be a number"))?;
-            policy.limit = Duration::from_millis(ms);
-        }
-        if let Some(n) = args.get("max_iterations") {
-            policy.max_iterations = n
-                .as_u64()
-                .ok_or_else(|| ControlError::invalid("max_iterations must be a number"))?;
-        }
         let mut slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = slot.as_ref() {
             let state = p.status().state;
@@ -158,46 +157,85 @@ impl VmHandler {
         // Running from now on, before the lock is let go: a second `migrate` is refused.
         progress.update(|s| s.state = MigrationState::Setup);
         *slot = Some(progress.clone());
-        thread::spawn(move || {
-            let _ = migrate(&vm, &to, &mut policy, &progress);
-        });
-        Ok(json!({}))
+        let recorded = progress.clone();
+        let spawned = thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || {
+                let mut policy = args.policy;
+                let result = migrate(&vm, &args.to, &mut policy, &progress);
+                record_outcome(&progress, &result);
+            });
+        if let Err(e) = spawned {
+            let e = ControlError::generic(format!("starting the migration thread: {e}"));
+            recorded.update(|s| {
+                s.state = MigrationState::Failed;
+                s.error = Some(e.desc.clone());
+            });
+            return Err(e);
+        }
+        Ok(Done {})
+    }
+}
+
+/// Records how a migration ended where `stats` and `status` read it. The engine records the
+/// end of every migration that got as far as a connection; one that fails before (a device
+/// that cannot be linked, a destination that does not answer) would otherwise stay in
+/// `setup` for ever, and refuse the next `migrate`.
+fn record_outcome(progress: &Progress, result: &Result<MigrationStats, MigrationError>) {
+    match result {
+        Ok(stats) => tracing::info!(
+            downtime_ms = stats.downtime_ms,
+            iterations = stats.iterations.len(),
+            "migration completed"
+        ),
+        Err(e) => {
+            progress.update(|s| {
+                if !s.state.is_final() {
+                    s.state = MigrationState::Failed;
+                    s.error = Some(e.to_string());
+                }
+            });
+            tracing::warn!(error = %e, "migration failed");
+        }
     }
 }
 
 impl ControlHandler for VmHandler {
-    fn execute(&self, command: &str, arguments: &Value) -> Result<Value, ControlError> {
+    type Command = Command;
+    type Reply = Reply;
+    const COMMANDS: &'static [&'static str] = Command::NAMES;
+
+    fn execute(&self, command: Command) -> Result<Reply, ControlError> {
+        let done = Reply::Done(Done {});
         match command {
-            "status" => Ok(self.status()),
-            "migrate" => self.start_migration(arguments),
-            "cancel" => {
+            Command::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Command::Migrate(args) => self.start_migration(args).map(Reply::Done),
+            Command::Cancel => {
                 let slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
                 let p = slot
                     .as_ref()
                     .ok_or_else(|| ControlError::generic("no migration to cancel"))?;
                 p.cancel();
-                Ok(json!({}))
+                Ok(done)
             }
-            "stats" => {
+            Command::Stats => {
                 let slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
                 let status = slot
                     .as_ref()
                     .map(Progress::status)
                     .ok_or_else(|| ControlError::generic("no migration yet"))?;
-                serde_json::to_value(status).map_err(|e| ControlError::generic(e.to_string()))
+                Ok(Reply::Stats(Box::new(status)))
             }
-            "digest" => {
-                let d = self
-                    .vm()?
-                    .digest()
-                    .map_err(|e| ControlError::generic(e.to_string()))?;
-                serde_json::to_value(d).map_err(|e| ControlError::generic(e.to_string()))
-            }
-            "stop" => {
+            Command::Digest => self
+                .vm()?
+                .digest()
+                .map(Reply::Digest)
+                .map_err(|e| ControlError::generic(e.to_string())),
+            Command::Stop => {
                 self.vm()?.pause();
-                Ok(json!({}))
+                Ok(done)
             }
-            "cont" => {
+            Command::Cont => {
                 if self.last_migration_state() == Some(MigrationState::Unconfirmed) {
                     // The operator found no VM at the destination: the guest comes back here,
                     // devices first.
@@ -205,9 +243,9 @@ impl ControlHandler for VmHandler {
                     self.set_last_migration_state(MigrationState::Failed);
                 }
                 self.start_guest()?;
-                Ok(json!({}))
+                Ok(done)
             }
-            "quit" => {
+            Command::Quit => {
                 if let Some(vm) = self.vm.get() {
                     vm.shutdown();
                 }
@@ -216,9 +254,8 @@ impl ControlHandler for VmHandler {
                     thread::sleep(Duration::from_millis(50));
                     std::process::exit(0);
                 });
-                Ok(json!({}))
+                Ok(done)
             }
-            other => Err(ControlError::not_found(other)),
         }
     }
 }

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
-use vfmig_migration::engine::{MigrationStats, receive_into};
+use vfmig::control::{self, Client, IncomingState};
+use vfmig_migration::engine::{MigrationStatus, receive_into};
 use vfmig_migration::transport::{Address, listen};
-use vfmig_vmm::control::{self, request};
 use vfmig_vmm::{DeviceHost, DeviceSpec, GuestRam, Vm, VmConfig, WorkloadConfig};
 
 use super::handler::VmHandler;
@@ -20,7 +19,7 @@ pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Run(args) => run_vm(args),
         VmCommand::Migrate(args) => migrate_vm(args),
         VmCommand::Status(args) => {
-            let status = request(&args.control, "status", Value::Null)?;
+            let status = Client::new(&args.control).status()?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
@@ -127,12 +126,12 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
     let handler = Arc::new(VmHandler::new(workload, host.dir.clone()));
     let listener = vfmig_device::server::bind(&args.control)
         .with_context(|| format!("control socket {}", args.control.display()))?;
-    let _control = control::serve(listener, handler.clone());
+    let _control = vfmig_vmm::control::serve(listener, handler.clone());
     let vm = match &args.incoming {
         Some(addr) => {
             let addr: Address = addr.parse()?;
             let listener = listen(&addr).with_context(|| format!("listening on {addr}"))?;
-            handler.set_incoming(Some("waiting".into()));
+            handler.set_incoming(Some(IncomingState::Waiting));
             tracing::info!(%addr, "waiting for an incoming migration");
             // Guest RAM as --mem lays it out, faulted in while the source connects; used if
             // the stream's layout is the same (it usually is: both ends get the same --mem).
@@ -146,7 +145,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
             });
             let (vm, stats) =
                 receive_into(&listener, &host, Some(ram)).context("incoming migration")?;
-            handler.set_incoming(Some("completed".into()));
+            handler.set_incoming(Some(IncomingState::Completed));
             tracing::info!(?stats, "incoming migration completed");
             Arc::new(vm)
         }
@@ -175,38 +174,27 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
 
 /// Polls the migration's status until it ends; shows progress on a terminal, plain lines
 /// otherwise. Returns the final status.
-pub(crate) fn follow_migration(control: &std::path::Path) -> anyhow::Result<Value> {
+pub(crate) fn follow_migration(control: &Client) -> anyhow::Result<MigrationStatus> {
     let tty = std::io::stderr().is_terminal();
-    let mut last_state = String::new();
+    let mut last_state = None;
     loop {
-        let status = request(control, "stats", Value::Null)?;
-        let state = status
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
-        let iteration = status.get("iteration").and_then(Value::as_u64).unwrap_or(0);
-        let sent = status
-            .get("transferred")
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as f64
-            / f64::from(1u32 << 20);
-        let remaining = status.get("remaining").and_then(Value::as_u64).unwrap_or(0) as f64
-            / f64::from(1u32 << 20);
+        let status = control.stats()?;
+        let state = status.state;
+        let sent = status.transferred as f64 / f64::from(1u32 << 20);
+        let remaining = status.remaining as f64 / f64::from(1u32 << 20);
         let line = format!(
-            "migration {state}: iteration {iteration}, {sent:.0} MiB sent, {remaining:.1} MiB dirty"
+            "migration {}: iteration {}, {sent:.0} MiB sent, {remaining:.1} MiB dirty",
+            state_name(&status),
+            status.iteration
         );
         if tty {
             eprint!("\r{line:<79}");
             let _ = std::io::stderr().flush();
-        } else if state != last_state {
+        } else if last_state != Some(state) {
             eprintln!("{line}");
         }
-        last_state = state.clone();
-        if matches!(
-            state.as_str(),
-            "completed" | "failed" | "cancelled" | "unconfirmed"
-        ) {
+        last_state = Some(state);
+        if state.is_final() {
             if tty {
                 eprintln!();
             }
@@ -216,26 +204,38 @@ pub(crate) fn follow_migration(control: &std::path::Path) -> anyhow::Result<Valu
     }
 }
 
-fn migrate_vm(args: MigrateArgs) -> anyhow::Result<()> {
-    request(
-        &args.control,
-        "migrate",
-        json!({ "to": args.to, "downtime_ms": args.downtime_ms }),
-    )?;
-    let status = follow_migration(&args.control)?;
-    match status.get("stats").filter(|s| !s.is_null()) {
-        Some(stats) => {
-            let stats: MigrationStats = serde_json::from_value(stats.clone())?;
-            println!("{stats}");
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            }
-            Ok(())
-        }
+/// The state's name as the control socket spells it (`stop-copy`, `unconfirmed`, ...).
+fn state_name(status: &MigrationStatus) -> String {
+    serde_json::to_value(status.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{:?}", status.state))
+}
+
+/// The statistics of a completed migration, or why it did not complete.
+pub(crate) fn completed(
+    status: MigrationStatus,
+) -> anyhow::Result<vfmig_migration::engine::MigrationStats> {
+    match status.stats {
+        Some(stats) => Ok(stats),
         None => bail!(
             "migration {}: {}",
-            status["state"],
-            status["error"].as_str().unwrap_or("no reason given")
+            state_name(&status),
+            status.error.as_deref().unwrap_or("no reason given")
         ),
     }
+}
+
+fn migrate_vm(args: MigrateArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.control);
+    client.migrate(control::MigrateArgs {
+        to: args.to.clone(),
+        policy: args.policy.policy(),
+    })?;
+    let stats = completed(follow_migration(&client)?)?;
+    println!("{stats}");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    }
+    Ok(())
 }

@@ -187,9 +187,18 @@ impl VmProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends a control command.
+    /// The control socket's path.
+    pub(crate) fn control(&self) -> &Path {
+        &self.control
+    }
+
+    /// Sends a control command as the wire has it: `{"execute": command, "arguments":
+    /// arguments}` (`null` arguments for a command without any).
     pub(crate) fn request(&self, command: &str, arguments: Value) -> Result<Value, RequestError> {
-        request(&self.control, command, arguments)
+        request(
+            &self.control,
+            &json!({ "execute": command, "arguments": arguments }),
+        )
     }
 
     /// Sends a control command that must succeed.

@@ -1,4 +1,6 @@
-//! Region-info capability chains: parser and builder.
+//! Region-info capability chains (`vfio_info_cap_header` and what follows it in a
+//! `DEVICE_GET_REGION_INFO` reply): parser and builder. The capabilities JSON of VERSION is
+//! in `version_caps.rs`.
 //!
 //! A chain hangs off a `DEVICE_GET_REGION_INFO` reply: `cap_offset` points at the first
 //! `struct vfio_info_cap_header {u16 id; u16 version; u32 next}`, each `next` at the following

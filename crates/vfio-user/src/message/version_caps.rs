@@ -1,4 +1,6 @@
-//! The capabilities JSON of `VFIO_USER_VERSION`.
+//! The capabilities JSON of `VFIO_USER_VERSION` (what each side supports: fds per message,
+//! transfer size, migration, twin socket); not to be confused with the capability chains of
+//! region info (`region_caps.rs`).
 //!
 //! ```json
 //! {"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,

@@ -1,0 +1,334 @@
+//! The commands of a VM's control socket, and what each returns.
+//!
+//! ```text
+//! -> {"execute": "migrate", "arguments": {"to": "tcp:10.0.0.2:4444", "downtime_ms": 300,
+//!                                         "max_iterations": 30, "max_time_ms": 120000}}
+//! <- {"return": {}}
+//! -> {"execute": "stats"}
+//! <- {"return": {"state": "active", "iteration": 3, ...}}
+//! ```
+//!
+//! | command | arguments | returns |
+//! |---|---|---|
+//! | `status` | — | [`VmStatus`] |
+//! | `migrate` | [`MigrateArgs`] | `{}` |
+//! | `cancel` | — | `{}` |
+//! | `stats` | — | [`MigrationStatus`] of the last migration |
+//! | `digest` | — | [`VmDigest`] |
+//! | `stop`, `cont`, `quit` | — | `{}` |
+//!
+//! Every argument of `migrate` but `to` may be left out: it then takes the engine's default
+//! ([`DowntimeLimit::default`], the one place the defaults are written). The framing — lines,
+//! envelope, error classes — is `vfmig_vmm::control`; [`Client`] sends these commands over it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vfmig_migration::engine::{DowntimeLimit, MigrationStatus};
+use vfmig_migration::transport::Address;
+use vfmig_vmm::VmDigest;
+use vfmig_vmm::control::{RequestError, request};
+use vfmig_vmm::viommu::ViommuCounters;
+
+/// A request on the control socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "execute", content = "arguments", rename_all = "kebab-case")]
+pub enum Command {
+    /// The VM's state, devices, guest counters and last migration.
+    Status,
+    /// Starts a migration, on a thread of its own; `stats` follows it.
+    Migrate(MigrateArgs),
+    /// Cancels the running migration (the guest runs on here).
+    Cancel,
+    /// The last migration's status.
+    Stats,
+    /// Digests of guest RAM and of each device's state.
+    Digest,
+    /// Pauses the guest.
+    Stop,
+    /// Runs the guest (after an unconfirmed switch-over: takes it back, devices first).
+    Cont,
+    /// Ends the VM and its device processes.
+    Quit,
+}
+
+impl Command {
+    /// The `execute` name of every command.
+    pub const NAMES: &'static [&'static str] = &[
+        "status", "migrate", "cancel", "stats", "digest", "stop", "cont", "quit",
+    ];
+
+    /// The `execute` name of this command.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Migrate(_) => "migrate",
+            Command::Cancel => "cancel",
+            Command::Stats => "stats",
+            Command::Digest => "digest",
+            Command::Stop => "stop",
+            Command::Cont => "cont",
+            Command::Quit => "quit",
+        }
+    }
+}
+
+/// The arguments of `migrate`: where to, and the convergence policy's parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateArgs {
+    /// The destination.
+    pub to: Address,
+    /// `downtime_ms`, `max_iterations`, `max_time_ms`; each defaults to the engine's.
+    #[serde(flatten)]
+    pub policy: DowntimeLimit,
+}
+
+/// What a command returns.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// Of `status`.
+    Status(Box<VmStatus>),
+    /// Of `stats`.
+    Stats(Box<MigrationStatus>),
+    /// Of `digest`.
+    Digest(VmDigest),
+    /// Of the other commands: `{}`.
+    Done(Done),
+}
+
+/// The empty result, `{}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+/// Whether the guest runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// No VM yet: an incoming migration is awaited.
+    Incoming,
+    /// The guest is paused.
+    Paused,
+    /// The guest runs.
+    Running,
+}
+
+/// Where an incoming migration is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncomingState {
+    /// Listening for the source.
+    Waiting,
+    /// The VM was received.
+    Completed,
+}
+
+/// The reply to `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmStatus {
+    /// Whether the guest runs.
+    pub state: VmState,
+    /// The incoming migration, for a VM started with `--incoming`.
+    pub incoming: Option<IncomingState>,
+    /// The VM, once it exists.
+    #[serde(flatten)]
+    pub vm: Option<VmInfo>,
+}
+
+/// What `status` says of a VM that exists.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// Bytes of guest RAM.
+    pub ram_bytes: u64,
+    /// The devices.
+    pub devices: Vec<DeviceStatus>,
+    /// What the guest did so far.
+    pub guest: GuestCounters,
+    /// The last migration started here, if any.
+    pub migration: Option<MigrationStatus>,
+    /// The emulated vIOMMU, if the VM has one.
+    pub viommu: Option<ViommuCounters>,
+}
+
+/// One device of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Its id in the VM (`mtty0`, `dmaengine0`, ...).
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its process, if the VMM spawned one.
+    pub pid: Option<u32>,
+}
+
+/// The guest's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestCounters {
+    /// RAM pages written.
+    pub pages_written: u64,
+    /// Device operations done.
+    pub device_ops: u64,
+    /// Device operations that failed.
+    pub device_errors: u64,
+}
+
+/// The sending end of a control socket: one method per command, each returning its typed
+/// result.
+#[derive(Clone, Debug)]
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    /// A client of the control socket at `path` (connected afresh for each command).
+    pub fn new(path: impl Into<PathBuf>) -> Client {
+        Client { path: path.into() }
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `status`.
+    pub fn status(&self) -> Result<VmStatus, RequestError> {
+        request(&self.path, &Command::Status)
+    }
+
+    /// `migrate`.
+    pub fn migrate(&self, args: MigrateArgs) -> Result<(), RequestError> {
+        self.done(&Command::Migrate(args))
+    }
+
+    /// `cancel`.
+    pub fn cancel(&self) -> Result<(), RequestError> {
+        self.done(&Command::Cancel)
+    }
+
+    /// `stats`.
+    pub fn stats(&self) -> Result<MigrationStatus, RequestError> {
+        request(&self.path, &Command::Stats)
+    }
+
+    /// `digest`.
+    pub fn digest(&self) -> Result<VmDigest, RequestError> {
+        request(&self.path, &Command::Digest)
+    }
+
+    /// `stop`.
+    pub fn stop(&self) -> Result<(), RequestError> {
+        self.done(&Command::Stop)
+    }
+
+    /// `cont`.
+    pub fn cont(&self) -> Result<(), RequestError> {
+        self.done(&Command::Cont)
+    }
+
+    /// `quit`.
+    pub fn quit(&self) -> Result<(), RequestError> {
+        self.done(&Command::Quit)
+    }
+
+    fn done(&self, command: &Command) -> Result<(), RequestError> {
+        request::<_, Done>(&self.path, command).map(|Done {}| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn every_command() -> Vec<Command> {
+        let to: Address = "tcp:127.0.0.1:4444".parse().unwrap();
+        vec![
+            Command::Status,
+            Command::Migrate(MigrateArgs {
+                to,
+                policy: DowntimeLimit::default(),
+            }),
+            Command::Cancel,
+            Command::Stats,
+            Command::Digest,
+            Command::Stop,
+            Command::Cont,
+            Command::Quit,
+        ]
+    }
+
+    #[test]
+    fn names_lists_the_execute_name_of_every_command() {
+        let names: Vec<String> = every_command()
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap()["execute"].to_string())
+            .map(|n| n.trim_matches('"').to_string())
+            .collect();
+        assert_eq!(names, Command::NAMES);
+        for c in every_command() {
+            assert!(Command::NAMES.contains(&c.name()), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_command_without_arguments_is_just_its_name() {
+        assert_eq!(
+            serde_json::to_value(Command::Status).unwrap(),
+            json!({"execute": "status"})
+        );
+    }
+
+    #[test]
+    fn migrate_arguments_left_out_take_the_engines_defaults() {
+        let c: Command =
+            serde_json::from_value(json!({"execute": "migrate", "arguments": {"to": "unix:/s"}}))
+                .unwrap();
+        let Command::Migrate(args) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(args.policy, DowntimeLimit::default());
+    }
+
+    #[test]
+    fn every_migrate_parameter_is_read_from_the_request() {
+        let c: Command = serde_json::from_value(json!({"execute": "migrate", "arguments": {
+            "to": "tcp:h:1", "downtime_ms": 5, "max_iterations": 6, "max_time_ms": 7
+        }}))
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Migrate(MigrateArgs {
+                to: "tcp:h:1".parse().unwrap(),
+                policy: DowntimeLimit {
+                    limit: Duration::from_millis(5),
+                    max_iterations: 6,
+                    max_time: Duration::from_millis(7),
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_destination_is_refused_when_the_request_is_read() {
+        let r = serde_json::from_value::<Command>(
+            json!({"execute": "migrate", "arguments": {"to": "ftp:x"}}),
+        );
+        assert!(r.unwrap_err().to_string().contains("tcp: or unix:"));
+    }
+
+    #[test]
+    fn an_incoming_status_has_no_vm_fields() {
+        let s = VmStatus {
+            state: VmState::Incoming,
+            incoming: Some(IncomingState::Waiting),
+            vm: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"state": "incoming", "incoming": "waiting"})
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! `vfmig vm migrate`, the command: each option of the convergence policy reaches the
+//! engine. A busy guest and a downtime limit of 0 never converge, so the switch-over comes
+//! from the cap under test, and the engine's statistics (`stats` on the control socket) say
+//! which cap it was.
+
+#[allow(dead_code)] // each test binary uses a part of the helpers
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use common::{BUSY_GUEST, TestDir, VmProcess, free_port};
+
+/// Runs `vfmig vm migrate` from `source` to a fresh destination with `options`, and returns
+/// the source's final migration status.
+fn migrate_with(tag: &str, options: &[&str]) -> Value {
+    let dir = TestDir::new(tag);
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    let _destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    let out = Command::new(env!("CARGO_BIN_EXE_vfmig"))
+        .args(["vm", "migrate", "--control"])
+        .arg(source.control())
+        .args(["--to", &format!("tcp:127.0.0.1:{port}")])
+        .args(options)
+        .env("TMPDIR", dir.path())
+        .output()
+        .expect("run vfmig vm migrate");
+    assert!(
+        out.status.success(),
+        "vfmig vm migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    source.migration()
+}
+
+#[test]
+fn max_iterations_from_the_command_line_caps_pre_copy() {
+    let m = migrate_with("maxit", &["--downtime-ms", "0", "--max-iterations", "2"]);
+    assert_eq!(m["stats"]["switchover"], "iteration cap", "{m}");
+    assert_eq!(
+        m["stats"]["iterations"].as_array().map(Vec::len),
+        Some(2),
+        "{m}"
+    );
+}
+
+#[test]
+fn max_time_ms_from_the_command_line_caps_pre_copy() {
+    let options = [
+        "--downtime-ms",
+        "0",
+        "--max-iterations",
+        "1000000",
+        "--max-time-ms",
+        "1",
+    ];
+    let m = migrate_with("maxtime", &options);
+    assert_eq!(m["stats"]["switchover"], "time cap", "{m}");
+}
