@@ -64,16 +64,34 @@ pub(crate) enum VmCommand {
     Status(StatusArgs),
 }
 
-/// How the synthetic guest works.
+/// Which guest a VM runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GuestChoice {
+    /// The KVM guest where `/dev/kvm` works, the synthetic one elsewhere.
+    Auto,
+    /// The guest program on KVM vCPUs.
+    Kvm,
+    /// Host threads writing RAM and driving the devices.
+    Synthetic,
+}
+
+/// What the guest is and how hard it works.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct WorkloadArgs {
+    /// The guest: a KVM VM running the guest program, or the synthetic guest.
+    #[arg(long, value_enum, default_value_t = GuestChoice::Auto)]
+    pub(crate) guest: GuestChoice,
+    /// vCPUs of the KVM guest (1 to 16); vCPU 0 drives the devices, every vCPU dirties its
+    /// slice of the working set.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) vcpus: u32,
     /// Guest RAM pages written per second (0: idle RAM).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) dirty_rate: u64,
     /// Bytes of RAM the guest writes over (e.g. 64M).
     #[arg(long, default_value = "64M")]
     pub(crate) working_set: String,
-    /// Threads writing RAM.
+    /// Threads writing RAM (synthetic guest).
     #[arg(long, default_value_t = 1)]
     pub(crate) writers: usize,
     /// Device operations per second, per device (0: idle devices).
@@ -85,6 +103,12 @@ impl WorkloadArgs {
     /// The same options, as a command line gives them.
     pub(crate) fn to_args(&self) -> Vec<String> {
         vec![
+            "--guest".into(),
+            self.guest
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string()),
+            "--vcpus".into(),
+            self.vcpus.to_string(),
             "--dirty-rate".into(),
             self.dirty_rate.to_string(),
             "--working-set".into(),

@@ -61,6 +61,54 @@ impl VmConfig {
     }
 }
 
+/// The guest a VM runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GuestPlan {
+    /// The guest program on KVM vCPUs.
+    Kvm(GuestProgram),
+    /// Host threads that write RAM and drive the devices (for hosts without `/dev/kvm`).
+    Synthetic(WorkloadConfig),
+}
+
+/// What a KVM guest reports of itself (its status page) and what the VMM saw of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvmGuestReport {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// vCPUs that entered the guest.
+    pub vcpus_started: u32,
+    /// Main-loop iterations, all vCPUs.
+    pub loops: u64,
+    /// Working-set pages stamped.
+    pub pages_written: u64,
+    /// Pages found holding their last stamp when visited again.
+    pub pages_verified: u64,
+    /// mtty bytes read back and checked.
+    pub mtty_checked: u64,
+    /// DMA copies checked.
+    pub dma_checked: u64,
+    /// MSIs from mtty.
+    pub irq_mtty: u64,
+    /// MSIs from the dma-engine.
+    pub irq_dma: u64,
+    /// LAPIC timer interrupts.
+    pub irq_timer: u64,
+    /// Errors the guest found.
+    pub errors: u64,
+    /// The first of them.
+    pub first_error: Option<String>,
+    /// A vCPU stopped on a fatal error.
+    pub fatal: bool,
+    /// Port and MMIO exits handled by the VMM.
+    pub exits: u64,
+    /// Of them, device accesses that failed (the guest read all ones).
+    pub failed_exits: u64,
+    /// A vCPU run loop that ended in an error.
+    pub vcpu_failure: Option<String>,
+    /// The share of time the vCPUs may run (100: not throttled).
+    pub throttle_percent: u8,
+}
+
 /// Where the VMM runs device processes.
 #[derive(Clone, Debug)]
 pub struct DeviceHost {
@@ -270,9 +318,71 @@ impl Vm {
         self.gate.resume();
     }
 
-    /// Pages written and device operations done by the guest so far.
+    /// Starts the guest of `plan` once: a KVM guest booted, or the synthetic workload. A VM
+    /// that already has its KVM guest (migrated in) or that came from a migration without
+    /// one (the source ran the synthetic guest) runs what it has: the guest continues.
+    pub fn start_guest(&self, plan: &GuestPlan, fresh: bool) -> Result<(), VmError> {
+        match plan {
+            _ if self.machine.get().is_some() => {
+                self.resume();
+                Ok(())
+            }
+            GuestPlan::Kvm(program) if fresh => self.boot(program),
+            GuestPlan::Kvm(_) => {
+                self.start_workload(&WorkloadConfig::default());
+                Ok(())
+            }
+            GuestPlan::Synthetic(config) => {
+                self.start_workload(config);
+                Ok(())
+            }
+        }
+    }
+
+    /// What the KVM guest reports of itself (`None` without one).
+    pub fn kvm_report(&self) -> Option<KvmGuestReport> {
+        let m = self.machine.get()?;
+        let (exits, failed_exits) = m.exit_counters();
+        let report = match m.status() {
+            Ok(s) => KvmGuestReport {
+                vcpus: m.program().vcpus,
+                vcpus_started: s.vcpus_started,
+                loops: s.total(|v| v.loops),
+                pages_written: s.total(|v| v.pages_written),
+                pages_verified: s.total(|v| v.pages_verified),
+                mtty_checked: s.total(|v| v.mtty_checked),
+                dma_checked: s.total(|v| v.dma_checked),
+                irq_mtty: s.total(|v| v.irq_mtty),
+                irq_dma: s.total(|v| v.irq_dma),
+                irq_timer: s.total(|v| v.irq_timer),
+                errors: s.errors,
+                first_error: s.first_error().map(|e| e.to_string()),
+                fatal: s.fatal != 0,
+                exits,
+                failed_exits,
+                vcpu_failure: m.failure(),
+                throttle_percent: m.throttle(),
+            },
+            Err(e) => KvmGuestReport {
+                vcpus: m.program().vcpus,
+                vcpu_failure: Some(format!("status page unreadable: {e}")),
+                exits,
+                failed_exits,
+                ..KvmGuestReport::default()
+            },
+        };
+        Some(report)
+    }
+
+    /// Pages written, device operations done, and errors, by the guest so far. For a KVM
+    /// guest: pages it stamped; DMA copies and mtty bytes it checked; the errors it found,
+    /// device accesses that failed and a vCPU that stopped.
     pub fn guest_counters(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
+        if let Some(r) = self.kvm_report() {
+            let errors = r.errors + r.failed_exits + u64::from(r.vcpu_failure.is_some());
+            return (r.pages_written, r.dma_checked + r.mtty_checked, errors);
+        }
         let w = self.workload.lock().unwrap_or_else(|e| e.into_inner());
         w.as_ref().map_or((0, 0, 0), |w| {
             let s = w.stats();

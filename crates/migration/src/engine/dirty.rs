@@ -3,7 +3,7 @@
 //! each device's container (which includes the pages the VMM wrote for it) — and turned into
 //! runs for the stream.
 
-use vfmig_vmm::{GuestRam, PAGE};
+use vfmig_vmm::{GuestRam, PAGE, Vm};
 
 use crate::{Gpa, PageRun};
 
@@ -28,10 +28,11 @@ impl DirtySet {
         DirtySet { regions }
     }
 
-    /// Adds the VMM's own writes since the last call (and clears them in its log).
-    pub(crate) fn take_ram_log(&mut self, ram: &GuestRam) -> Result<(), vfmig_vmm::RamError> {
+    /// Adds the pages the VM wrote since the last call — the VMM's own writes and its KVM
+    /// guest's, from KVM's dirty log — and clears them in their logs.
+    pub(crate) fn take_vm_log(&mut self, vm: &Vm) -> Result<(), vfmig_vmm::VmError> {
         for (i, (_, _, bits)) in self.regions.iter_mut().enumerate() {
-            ram.take_dirty(i, bits)?;
+            vm.take_dirty(i, bits)?;
         }
         Ok(())
     }

@@ -79,6 +79,9 @@ pub enum MigrationError {
     /// Building the destination VM failed.
     #[error("building the destination VM: {0}")]
     Vm(Box<VmError>),
+    /// The running VM failed: its dirty log, or its guest's state.
+    #[error("the VM: {0}")]
+    Guest(Box<VmError>),
     /// Guest RAM could not be read or written.
     #[error("guest RAM: {0}")]
     Ram(vfmig_vmm::RamError),

@@ -71,6 +71,17 @@ pub const ACK_RUNNING: &str = "VFMIG-RUNNING";
 /// The destination's report of a failure, followed by the reason.
 pub const ACK_FAILED: &str = "VFMIG-FAILED";
 
+/// What the stream carries for each device in its `DeviceConfig` section: the device as the
+/// source attached it, and what the guest programmed into its PCI configuration (absent
+/// without a KVM guest), written back on the destination after the device's own data.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DeviceRecord {
+    /// The device.
+    pub(crate) spec: vfmig_vmm::DeviceSpec,
+    /// The guest's PCI configuration of it.
+    pub(crate) pci: Option<vfmig_vmm::PciConfigState>,
+}
+
 /// The longest line of the switch-over handshake either side reads (a failure's reason).
 const MAX_REPLY: usize = 4096;
 

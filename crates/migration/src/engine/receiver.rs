@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vfmig_abi::DeviceState;
-use vfmig_vmm::{DeviceHost, DeviceSpec, GuestRam, Vm, VmConfig};
+use vfmig_vmm::{DeviceHost, DeviceSpec, GuestProgram, GuestRam, PciConfigState, Vm, VmConfig};
 
 use super::device::DeviceLink;
 use super::error::MigrationError;
-use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, GO, read_line};
+use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line};
 use crate::Gpa;
 use crate::stream::{Section, StreamReader, VmConfig as StreamConfig, WriteGuestMemory};
 use crate::transport::{Connection, Listener};
@@ -202,6 +202,7 @@ fn receive_on(
     for link in &links {
         link.set_state(DeviceState::RESUMING)?;
     }
+    let mut pci: Vec<Option<PciConfigState>> = vec![None; vm.devices().len()];
     loop {
         match reader.next_section()? {
             Section::RamPages(pages) => {
@@ -221,18 +222,31 @@ fn receive_on(
                 link.write_chunk(chunk.data)?;
                 stats.device_chunks += 1;
             }
+            Section::Machine(m) => {
+                let program: GuestProgram = serde_json::from_slice(m.program)
+                    .map_err(|e| MigrationError::Config(format!("the guest program: {e}")))?;
+                if program.vcpus != m.vcpus {
+                    return Err(MigrationError::Config(format!(
+                        "the machine section says {} vCPUs, its program {}",
+                        m.vcpus, program.vcpus
+                    )));
+                }
+                vm.restore_machine(&program, m.state)
+                    .map_err(|e| MigrationError::Guest(Box::new(e)))?;
+            }
             Section::DeviceConfig(c) => {
-                let spec: DeviceSpec = serde_json::from_slice(c.data)
+                let record: DeviceRecord = serde_json::from_slice(c.data)
                     .map_err(|e| MigrationError::Config(format!("{}: {e}", c.device)))?;
-                let ours = usize::try_from(c.device.0)
-                    .ok()
-                    .and_then(|i| vm.devices().get(i))
-                    .map(|d| d.spec());
-                if ours != Some(&spec) {
+                let index = usize::try_from(c.device.0).unwrap_or(usize::MAX);
+                let ours = vm.devices().get(index).map(|d| d.spec());
+                if ours != Some(&record.spec) {
                     return Err(MigrationError::Config(format!(
                         "{} config differs from the one built",
                         c.device
                     )));
+                }
+                if let (Some(state), Some(slot)) = (record.pci, pci.get_mut(index)) {
+                    *slot = Some(state);
                 }
             }
             Section::Iteration(_) => stats.iterations += 1,
@@ -241,6 +255,15 @@ fn receive_on(
                 return Err(MigrationError::Config("a second Config section".into()));
             }
         }
+    }
+    // What the guest programmed goes back after the devices' own data, before they run.
+    if pci.iter().any(Option::is_some) {
+        let states = pci
+            .into_iter()
+            .map(|s| s.ok_or_else(|| MigrationError::Config("PCI configuration of some devices only".into())))
+            .collect::<Result<Vec<_>, _>>()?;
+        vm.restore_pci(&states)
+            .map_err(|e| MigrationError::Guest(Box::new(e)))?;
     }
     for link in &links {
         link.set_state(DeviceState::RUNNING)?;

@@ -16,8 +16,8 @@ use super::error::MigrationError;
 use super::policy::{Convergence, Decision, Estimate};
 use super::stats::{IterationStats, MigrationStats};
 use super::status::{MigrationState, Progress};
-use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, GO, read_line, stream_config};
-use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Phase, StreamWriter};
+use super::{ACK_FAILED, DeviceRecord, ACK_READY, ACK_RUNNING, GO, read_line, stream_config};
+use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Machine, Phase, StreamWriter};
 use crate::transport::{self, Address, Connection};
 use crate::{DeviceId, Gpa};
 
@@ -204,7 +204,8 @@ impl Sender<'_> {
         }
         // From here a vIOMMU unmap must carry its dirty bits into the RAM log.
         self.vm.set_device_tracking(true);
-        dirty.take_ram_log(self.vm.ram())?;
+        dirty.take_vm_log(self.vm)
+            .map_err(|e| MigrationError::Guest(Box::new(e)))?;
         dirty.mark_all();
         self.devices_saving = true;
         self.set_devices(DeviceState::PRE_COPY)?;
@@ -294,12 +295,29 @@ impl Sender<'_> {
             link.stop_dirty()?;
         }
         self.tracking = false;
+        if let Some(machine) = self.vm.machine() {
+            let program = serde_json::to_vec(machine.program())
+                .map_err(|e| MigrationError::Config(e.to_string()))?;
+            let state = machine
+                .save()
+                .map_err(|e| MigrationError::Guest(Box::new(e.into())))?;
+            self.writer.write_machine(&Machine {
+                vcpus: machine.program().vcpus,
+                program: &program,
+                state: &state,
+            })?;
+        }
+        let pci = self.vm.pci_state();
         for (i, dev) in self.vm.devices().iter().enumerate() {
-            let spec = serde_json::to_vec(dev.spec())
+            let record = DeviceRecord {
+                spec: dev.spec().clone(),
+                pci: pci.as_ref().and_then(|p| p.get(i)).cloned(),
+            };
+            let data = serde_json::to_vec(&record)
                 .map_err(|e| MigrationError::Config(e.to_string()))?;
             self.writer.write_device_config(&DeviceConfig {
                 device: device_id(i),
-                data: &spec,
+                data: &data,
             })?;
         }
         self.writer.finish()?;
@@ -378,7 +396,8 @@ impl Sender<'_> {
         dirty: &mut DirtySet,
         stats: &mut MigrationStats,
     ) -> Result<(), MigrationError> {
-        dirty.take_ram_log(self.vm.ram())?;
+        dirty.take_vm_log(self.vm)
+            .map_err(|e| MigrationError::Guest(Box::new(e)))?;
         let layout: Vec<_> = dirty.layout().collect();
         for link in &self.links {
             let mut everything = true;

@@ -269,6 +269,15 @@ pub enum OrderError {
         /// The first device missing.
         device: DeviceId,
     },
+    /// A second `Machine`.
+    #[error("second machine section")]
+    DuplicateMachine,
+    /// `Machine` after a device's `DeviceConfig`.
+    #[error("machine section after the device-config section of {device}")]
+    MachineAfterDeviceConfig {
+        /// A device whose config came first.
+        device: DeviceId,
+    },
     /// A section after `End`.
     #[error("section after the end of the stream")]
     AfterEnd,

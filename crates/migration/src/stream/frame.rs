@@ -20,6 +20,7 @@ use crate::stream::config::MAX_CONFIG_PAYLOAD;
 use crate::stream::device::{DEVICE_CHUNK_HEADER_LEN, DEVICE_CONFIG_HEADER_LEN};
 use crate::stream::device::{MARKER_PAYLOAD_LEN, MAX_DEVICE_CHUNK, MAX_DEVICE_CONFIG};
 use crate::stream::kind::SectionKind;
+use crate::stream::machine::{MACHINE_HEADER_LEN, MAX_MACHINE};
 use crate::stream::ram::MAX_RAM_PAYLOAD;
 
 /// Flag of a section that a reader which does not know its type skips (after checking its
@@ -60,6 +61,7 @@ impl SectionKind {
             SectionKind::DeviceChunk => MAX_DEVICE_CHUNK + DEVICE_CHUNK_HEADER_LEN,
             SectionKind::DeviceConfig => MAX_DEVICE_CONFIG + DEVICE_CONFIG_HEADER_LEN,
             SectionKind::Iteration | SectionKind::End => MARKER_PAYLOAD_LEN,
+            SectionKind::Machine => MAX_MACHINE + MACHINE_HEADER_LEN,
         }
     }
 }

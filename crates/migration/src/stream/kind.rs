@@ -20,17 +20,20 @@ pub enum SectionKind {
     Iteration = 5,
     /// The end of the stream, with counts that detect truncation.
     End = 6,
+    /// The guest's CPUs and interrupt controllers, once, before any device's configuration.
+    Machine = 7,
 }
 
 impl SectionKind {
     /// Every kind, in wire order.
-    pub const ALL: [SectionKind; 6] = [
+    pub const ALL: [SectionKind; 7] = [
         SectionKind::Config,
         SectionKind::RamPages,
         SectionKind::DeviceChunk,
         SectionKind::DeviceConfig,
         SectionKind::Iteration,
         SectionKind::End,
+        SectionKind::Machine,
     ];
 
     /// The kind of a wire value, if this version knows it.
@@ -54,6 +57,7 @@ impl SectionKind {
             SectionKind::DeviceConfig => "device-config",
             SectionKind::Iteration => "iteration",
             SectionKind::End => "end",
+            SectionKind::Machine => "machine",
         }
     }
 }

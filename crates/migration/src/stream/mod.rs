@@ -38,6 +38,7 @@ pub mod error;
 pub mod frame;
 pub mod header;
 pub mod kind;
+pub mod machine;
 mod mirror;
 mod order;
 pub mod ram;
@@ -49,6 +50,7 @@ mod writer;
 
 pub use config::{ConfigError, DeviceDesc, RamLayout, RamRegion, VmConfig};
 pub use device::{DeviceChunk, DeviceConfig, End, Iteration, Phase};
+pub use machine::{MAX_MACHINE, Machine};
 pub use error::{
     MemoryError, OrderError, PayloadError, ReadError, SectionPos, StreamPart, WriteError,
 };

@@ -4,7 +4,9 @@
 //! 1. `Config` comes first, once.
 //! 2. A device section names a device of the config; after a device's `DeviceConfig` nothing
 //!    more of that device comes.
-//! 3. `End` comes last, once every device of the config has sent its `DeviceConfig`.
+//! 3. `Machine` comes at most once, before any `DeviceConfig` (a device's configuration
+//!    routes its interrupts into the machine).
+//! 4. `End` comes last, once every device of the config has sent its `DeviceConfig`.
 //!
 //! RAM pages, device chunks of different devices and iteration markers interleave freely in
 //! between.
@@ -25,6 +27,7 @@ pub(crate) enum Step {
     DeviceConfig(DeviceId),
     Iteration,
     End,
+    Machine,
 }
 
 impl Step {
@@ -36,6 +39,7 @@ impl Step {
             Step::DeviceConfig(_) => SectionKind::DeviceConfig,
             Step::Iteration => SectionKind::Iteration,
             Step::End => SectionKind::End,
+            Step::Machine => SectionKind::Machine,
         }
     }
 }
@@ -45,6 +49,7 @@ impl Step {
 pub(crate) struct Order {
     config: Option<VmConfig>,
     configured_devices: HashSet<DeviceId>,
+    machine: bool,
     ended: bool,
 }
 
@@ -73,6 +78,11 @@ impl Order {
         match step {
             Step::Config => Err(OrderError::DuplicateConfig),
             Step::RamPages | Step::Iteration => Ok(()),
+            Step::Machine if self.machine => Err(OrderError::DuplicateMachine),
+            Step::Machine => match self.configured_devices.iter().min() {
+                Some(&device) => Err(OrderError::MachineAfterDeviceConfig { device }),
+                None => Ok(()),
+            },
             Step::DeviceChunk(device) | Step::DeviceConfig(device) => {
                 if config.device(device).is_none() {
                     Err(OrderError::UnknownDevice { device })
@@ -104,6 +114,7 @@ impl Order {
                 self.configured_devices.insert(device);
             }
             Step::End => self.ended = true,
+            Step::Machine => self.machine = true,
             Step::Config | Step::RamPages | Step::DeviceChunk(_) | Step::Iteration => {}
         }
         Ok(())

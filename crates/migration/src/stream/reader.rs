@@ -16,6 +16,7 @@ use zerocopy::FromBytes;
 use crate::crc::crc32c;
 use crate::stream::config::VmConfig;
 use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
+use crate::stream::machine::Machine;
 use crate::stream::error::{OrderError, PayloadError, ReadError, SectionPos, StreamPart};
 use crate::stream::frame::{
     FLAG_OPTIONAL, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, FrameHeader, KNOWN_FLAGS,
@@ -379,6 +380,11 @@ fn decode<'a>(
                 .accept(Step::DeviceConfig(config.device))
                 .map_err(misplaced)?;
             Section::DeviceConfig(config)
+        }
+        SectionKind::Machine => {
+            let machine = Machine::decode(payload).map_err(malformed)?;
+            order.accept(Step::Machine).map_err(misplaced)?;
+            Section::Machine(machine)
         }
         SectionKind::Iteration => {
             let iteration = Iteration::decode(payload).map_err(malformed)?;

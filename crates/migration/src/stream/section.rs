@@ -3,6 +3,7 @@
 use crate::stream::config::VmConfig;
 use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
 use crate::stream::kind::SectionKind;
+use crate::stream::machine::Machine;
 use crate::stream::ram::RamPages;
 
 /// A section of the stream. The reader returns it borrowing its buffer (no copy, no
@@ -21,6 +22,8 @@ pub enum Section<'a> {
     Iteration(Iteration),
     /// The end of the stream.
     End(End),
+    /// The guest's CPUs and interrupt controllers.
+    Machine(Machine<'a>),
 }
 
 impl Section<'_> {
@@ -33,6 +36,7 @@ impl Section<'_> {
             Section::DeviceConfig(_) => SectionKind::DeviceConfig,
             Section::Iteration(_) => SectionKind::Iteration,
             Section::End(_) => SectionKind::End,
+            Section::Machine(_) => SectionKind::Machine,
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::stream::error::{OrderError, WriteError};
 use crate::stream::frame::{FRAME_OVERHEAD, FrameHeader};
 use crate::stream::header::{CURRENT_VERSION, StreamHeader};
 use crate::stream::kind::SectionKind;
+use crate::stream::machine::{MAX_MACHINE, Machine};
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::{RamPages, ReadGuestMemory};
 use crate::stream::ram_encode::{DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};
@@ -411,6 +412,28 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    /// Writes the guest machine's section: once, before any device's configuration.
+    ///
+    /// # Errors
+    /// [`WriteError::TooLong`] above [`MAX_MACHINE`]; [`WriteError::Order`] for a second
+    /// one or one after a `DeviceConfig`; [`WriteError::Io`].
+    pub fn write_machine(&mut self, machine: &Machine<'_>) -> Result<(), WriteError> {
+        let len = machine.program.len().saturating_add(machine.state.len());
+        check_len(SectionKind::Machine, len, MAX_MACHINE)?;
+        self.order.check(Step::Machine)?;
+        let header = machine.header().ok_or(WriteError::TooLong {
+            kind: SectionKind::Machine,
+            len: u64_from(len),
+            max: MAX_MACHINE,
+        })?;
+        self.sink.frame(
+            SectionKind::Machine,
+            &[header.as_bytes(), machine.program, machine.state],
+        )?;
+        self.order.accept(Step::Machine)?;
+        Ok(())
+    }
+
     /// Writes an iteration marker.
     ///
     /// # Errors
@@ -434,6 +457,7 @@ impl<W: Write> StreamWriter<W> {
             Section::RamPages(pages) => self.write_ram_pages(pages),
             Section::DeviceChunk(chunk) => self.write_device_chunk(chunk),
             Section::DeviceConfig(config) => self.write_device_config(config),
+            Section::Machine(machine) => self.write_machine(machine),
             Section::Iteration(iteration) => self.write_iteration(*iteration),
             Section::End(_) => self.finish().map(|_| ()),
         }

@@ -13,33 +13,39 @@ use vfmig_migration::engine::{
     MigrationError, MigrationState, MigrationStats, Progress, migrate, reclaim,
 };
 use vfmig_vmm::control::{ControlError, ControlHandler};
-use vfmig_vmm::{Vm, WorkloadConfig};
+use vfmig_vmm::{GuestPlan, Vm};
 
 /// The VM behind a control socket. The VM itself arrives later for an incoming migration.
 pub(crate) struct VmHandler {
     vm: OnceLock<Arc<Vm>>,
     /// The VM's runtime directory (device sockets), removed at `quit`.
     runtime_dir: std::path::PathBuf,
-    workload: WorkloadConfig,
+    plan: GuestPlan,
+    /// The VM was built here, not migrated in: its guest boots.
+    fresh: std::sync::atomic::AtomicBool,
     workload_started: Mutex<bool>,
     migration: Mutex<Option<Progress>>,
     incoming: Mutex<Option<IncomingState>>,
 }
 
 impl VmHandler {
-    pub(crate) fn new(workload: WorkloadConfig, runtime_dir: std::path::PathBuf) -> Self {
+    pub(crate) fn new(plan: GuestPlan, runtime_dir: std::path::PathBuf) -> Self {
         VmHandler {
             vm: OnceLock::new(),
             runtime_dir,
-            workload,
+            plan,
+            fresh: std::sync::atomic::AtomicBool::new(false),
             workload_started: Mutex::new(false),
             migration: Mutex::new(None),
             incoming: Mutex::new(None),
         }
     }
 
-    /// Installs the VM (once).
-    pub(crate) fn set_vm(&self, vm: Arc<Vm>) {
+    /// Installs the VM (once): `fresh` if it was built here (its guest boots), not migrated
+    /// in (its guest continues).
+    pub(crate) fn set_vm(&self, vm: Arc<Vm>, fresh: bool) {
+        self.fresh
+            .store(fresh, std::sync::atomic::Ordering::Relaxed);
         let _ = self.vm.set(vm);
     }
 
@@ -48,7 +54,7 @@ impl VmHandler {
         *self.incoming.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
-    /// Starts the guest's workload, once.
+    /// Starts the guest, once; later, resumes it.
     pub(crate) fn start_guest(&self) -> Result<(), ControlError> {
         let vm = self.vm()?;
         let mut started = self
@@ -58,7 +64,9 @@ impl VmHandler {
         if *started {
             vm.resume();
         } else {
-            vm.start_workload(&self.workload);
+            let fresh = self.fresh.load(std::sync::atomic::Ordering::Relaxed);
+            vm.start_guest(&self.plan, fresh)
+                .map_err(|e| ControlError::generic(format!("starting the guest: {e}")))?;
             *started = true;
         }
         Ok(())

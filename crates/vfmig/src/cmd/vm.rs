@@ -9,10 +9,15 @@ use anyhow::{Context, bail};
 use vfmig::control::{self, Client, IncomingState};
 use vfmig_migration::engine::{MigrationStatus, receive_into};
 use vfmig_migration::transport::{Address, listen};
-use vfmig_vmm::{DeviceHost, DeviceSpec, GuestRam, Vm, VmConfig, WorkloadConfig};
+use vfmig_vmm::{
+    DeviceHost, DeviceSpec, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig,
+    WorkloadConfig,
+};
 
 use super::handler::VmHandler;
-use crate::cli::{DeviceName, MigrateArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size};
+use crate::cli::{
+    DeviceName, GuestChoice, MigrateArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size,
+};
 
 pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
     match cmd {
@@ -26,13 +31,35 @@ pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn workload(args: &WorkloadArgs) -> anyhow::Result<WorkloadConfig> {
-    Ok(WorkloadConfig {
-        writers: args.writers.max(1),
-        pages_per_sec: args.dirty_rate,
-        working_set: parse_size(&args.working_set)?,
-        device_ops_per_sec: args.device_ops,
-    })
+/// The guest the options ask for: the KVM guest program (where `/dev/kvm` works, for
+/// `auto`) or the synthetic guest.
+pub(crate) fn guest_plan(args: &WorkloadArgs) -> anyhow::Result<GuestPlan> {
+    let working_set = parse_size(&args.working_set)?;
+    let kvm = match args.guest {
+        GuestChoice::Kvm => true,
+        GuestChoice::Synthetic => false,
+        GuestChoice::Auto => Machine::available(),
+    };
+    if !kvm {
+        return Ok(GuestPlan::Synthetic(WorkloadConfig {
+            writers: args.writers.max(1),
+            pages_per_sec: args.dirty_rate,
+            working_set,
+            device_ops_per_sec: args.device_ops,
+        }));
+    }
+    if args.vcpus == 0 || args.vcpus > 16 {
+        bail!("--vcpus must be from 1 to 16");
+    }
+    Ok(GuestPlan::Kvm(GuestProgram {
+        vcpus: args.vcpus,
+        working_set,
+        // The option is pages per second in all; each vCPU stamps its share.
+        dirty_rate: (args.dirty_rate / u64::from(args.vcpus)).max(1),
+        device_rate: args.device_ops,
+        dirtier: args.dirty_rate > 0,
+        devices: args.device_ops > 0,
+    }))
 }
 
 fn device_specs(
@@ -116,14 +143,15 @@ fn quit_on_signal(dir: PathBuf) -> anyhow::Result<()> {
 }
 
 fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
-    let workload = workload(&args.workload)?;
+    let plan = guest_plan(&args.workload)?;
+    let synthetic = matches!(plan, GuestPlan::Synthetic(_));
     let host = DeviceHost {
         program: std::env::current_exe()?,
         dir: runtime_dir()?,
         viommu: args.machine.viommu,
     };
     quit_on_signal(host.dir.clone())?;
-    let handler = Arc::new(VmHandler::new(workload, host.dir.clone()));
+    let handler = Arc::new(VmHandler::new(plan, host.dir.clone()));
     let listener = vfmig_device::server::bind(&args.control)
         .with_context(|| format!("control socket {}", args.control.display()))?;
     let _control = vfmig_vmm::control::serve(listener, handler.clone());
@@ -147,7 +175,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                 receive_into(&listener, &host, Some(ram)).context("incoming migration")?;
             handler.set_incoming(Some(IncomingState::Completed));
             tracing::info!(?stats, "incoming migration completed");
-            Arc::new(vm)
+            (Arc::new(vm), false)
         }
         None => {
             let mem = parse_size(&args.machine.mem)?;
@@ -159,10 +187,12 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                     args.machine.dma_all_mapped,
                 )?,
             )?;
-            Arc::new(Vm::build(config, &host, true)?)
+            // The synthetic guest's drivers need the devices programmed by the VMM; the KVM
+            // guest programs them itself.
+            (Arc::new(Vm::build(config, &host, synthetic)?), true)
         }
     };
-    handler.set_vm(vm);
+    handler.set_vm(vm.0, vm.1);
     if !args.paused {
         handler.start_guest().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
