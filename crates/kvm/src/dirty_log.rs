@@ -185,8 +185,13 @@ impl DirtyLog {
                         slot,
                         reason: "no such slot",
                     })?;
-                let dirty = bits.count();
-                bits.read_and_clear(0, pages, out, 0)?;
+                let mut taken = vec![0u64; out.len()];
+                bits.read_and_clear(0, pages, &mut taken, 0)?;
+                let mut dirty = 0;
+                for (out, word) in out.iter_mut().zip(&taken) {
+                    dirty += u64::from(word.count_ones());
+                    *out |= word;
+                }
                 Ok(dirty)
             }
         }
@@ -428,7 +433,10 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        let bytes = usize::try_from(u64::from(self.count) * 16).unwrap_or(0);
+        let bytes = ring_bytes(self.count)
+            .ok()
+            .and_then(|bytes| usize::try_from(bytes).ok())
+            .unwrap_or(0);
         // SAFETY: unmaps exactly the mapping `map` made; nothing refers to it any more.
         unsafe { libc::munmap(self.entries.as_ptr().cast(), bytes) };
     }

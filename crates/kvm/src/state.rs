@@ -153,6 +153,7 @@ impl KvmVm {
                 vm: vcpus.len(),
             });
         }
+        check_xsave_size(self)?;
         self.restore_vm_state(&snapshot.vm)?;
         for (vcpu, state) in vcpus.iter().zip(&snapshot.vcpus) {
             restore_vcpu_state(vcpu, state)?;
@@ -286,8 +287,8 @@ fn restore_vcpu_state(vcpu: &VcpuStateHandle, state: &VcpuState) -> Result<(), S
         .map_err(StateError::ioctl("KVM_SET_SREGS"))?;
     fd.set_fpu(&state.fpu)
         .map_err(StateError::ioctl("KVM_SET_FPU"))?;
-    // SAFETY: `check_xsave_size` (run when the state was captured, on this host kind) keeps
-    // the kernel's XSAVE size within the 4 KiB struct it reads.
+    // SAFETY: `restore_state` ran `check_xsave_size` on this host first: the kernel's XSAVE
+    // size fits the 4 KiB struct it reads.
     unsafe { fd.set_xsave(&state.xsave) }.map_err(StateError::ioctl("KVM_SET_XSAVE"))?;
     fd.set_xcrs(&state.xcrs)
         .map_err(StateError::ioctl("KVM_SET_XCRS"))?;
