@@ -260,7 +260,11 @@ fn receive_on(
     if pci.iter().any(Option::is_some) {
         let states = pci
             .into_iter()
-            .map(|s| s.ok_or_else(|| MigrationError::Config("PCI configuration of some devices only".into())))
+            .map(|s| {
+                s.ok_or_else(|| {
+                    MigrationError::Config("PCI configuration of some devices only".into())
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         vm.restore_pci(&states)
             .map_err(|e| MigrationError::Guest(Box::new(e)))?;

@@ -16,7 +16,7 @@ use super::error::MigrationError;
 use super::policy::{Convergence, Decision, Estimate};
 use super::stats::{IterationStats, MigrationStats};
 use super::status::{MigrationState, Progress};
-use super::{ACK_FAILED, DeviceRecord, ACK_READY, ACK_RUNNING, GO, read_line, stream_config};
+use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
 use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Machine, Phase, StreamWriter};
 use crate::transport::{self, Address, Connection};
 use crate::{DeviceId, Gpa};
@@ -204,7 +204,8 @@ impl Sender<'_> {
         }
         // From here a vIOMMU unmap must carry its dirty bits into the RAM log.
         self.vm.set_device_tracking(true);
-        dirty.take_vm_log(self.vm)
+        dirty
+            .take_vm_log(self.vm)
             .map_err(|e| MigrationError::Guest(Box::new(e)))?;
         dirty.mark_all();
         self.devices_saving = true;
@@ -313,8 +314,8 @@ impl Sender<'_> {
                 spec: dev.spec().clone(),
                 pci: pci.as_ref().and_then(|p| p.get(i)).cloned(),
             };
-            let data = serde_json::to_vec(&record)
-                .map_err(|e| MigrationError::Config(e.to_string()))?;
+            let data =
+                serde_json::to_vec(&record).map_err(|e| MigrationError::Config(e.to_string()))?;
             self.writer.write_device_config(&DeviceConfig {
                 device: device_id(i),
                 data: &data,
@@ -396,7 +397,8 @@ impl Sender<'_> {
         dirty: &mut DirtySet,
         stats: &mut MigrationStats,
     ) -> Result<(), MigrationError> {
-        dirty.take_vm_log(self.vm)
+        dirty
+            .take_vm_log(self.vm)
             .map_err(|e| MigrationError::Guest(Box::new(e)))?;
         let layout: Vec<_> = dirty.layout().collect();
         for link in &self.links {

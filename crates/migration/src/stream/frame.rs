@@ -141,7 +141,7 @@ mod tests {
             assert_eq!(SectionKind::from_wire(kind.to_wire()), Some(kind));
         }
         assert_eq!(SectionKind::from_wire(0), None);
-        assert_eq!(SectionKind::from_wire(7), None);
+        assert_eq!(SectionKind::from_wire(8), None);
     }
 
     #[test]

@@ -50,13 +50,13 @@ mod writer;
 
 pub use config::{ConfigError, DeviceDesc, RamLayout, RamRegion, VmConfig};
 pub use device::{DeviceChunk, DeviceConfig, End, Iteration, Phase};
-pub use machine::{MAX_MACHINE, Machine};
 pub use error::{
     MemoryError, OrderError, PayloadError, ReadError, SectionPos, StreamPart, WriteError,
 };
 pub use frame::{FLAG_OPTIONAL, encode_frame};
 pub use header::{CURRENT_VERSION, HeaderError, MAGIC, StreamHeader, Version};
 pub use kind::SectionKind;
+pub use machine::{MAX_MACHINE, Machine};
 pub use ram::{
     MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamError, RamPages, RamRun, ReadGuestMemory, RunEntry,
     Runs, WriteGuestMemory, is_zero_page,

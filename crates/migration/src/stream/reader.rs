@@ -16,7 +16,6 @@ use zerocopy::FromBytes;
 use crate::crc::crc32c;
 use crate::stream::config::VmConfig;
 use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
-use crate::stream::machine::Machine;
 use crate::stream::error::{OrderError, PayloadError, ReadError, SectionPos, StreamPart};
 use crate::stream::frame::{
     FLAG_OPTIONAL, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, FrameHeader, KNOWN_FLAGS,
@@ -24,6 +23,7 @@ use crate::stream::frame::{
 };
 use crate::stream::header::{StreamHeader, Version};
 use crate::stream::kind::SectionKind;
+use crate::stream::machine::Machine;
 use crate::stream::mirror::Mirror;
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::RamPages;

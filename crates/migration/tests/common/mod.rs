@@ -6,8 +6,9 @@
 use std::io::{self, Read, Write};
 
 use vfmig_migration::stream::{
-    DeviceChunk, DeviceConfig, DeviceDesc, End, Iteration, Phase, RamLayout, RamRegion, ReadError,
-    ReadGuestMemory, Section, StreamReader, StreamWriter, VmConfig, WriteError, WriteGuestMemory,
+    DeviceChunk, DeviceConfig, DeviceDesc, End, Iteration, Machine, Phase, RamLayout, RamRegion,
+    ReadError, ReadGuestMemory, Section, StreamReader, StreamWriter, VmConfig, WriteError,
+    WriteGuestMemory,
 };
 use vfmig_migration::{DeviceId, Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
 
@@ -162,6 +163,7 @@ pub enum Owned {
     Ram { data_pages: u64, zero_pages: u64 },
     Chunk(DeviceId, Phase, u64, Vec<u8>),
     DeviceConfig(DeviceId, Vec<u8>),
+    Machine(u32, Vec<u8>, Vec<u8>),
     Iteration(Iteration),
     End(End),
 }
@@ -207,6 +209,11 @@ pub fn write_sample<W: Write>(out: W, ram: &GuestRam) -> Result<StreamWriter<W>,
         phase: Phase::StopCopy,
         iteration: 1,
         data: &[],
+    })?;
+    writer.write_machine(&Machine {
+        vcpus: 2,
+        program: b"program",
+        state: &chunk_bytes(9000, 4),
     })?;
     writer.write_device_config(&DeviceConfig {
         device: DeviceId(1),
@@ -255,6 +262,7 @@ pub fn sample_sections() -> Vec<Owned> {
         },
         Owned::Chunk(DeviceId(2), Phase::StopCopy, 1, chunk_bytes(70_000, 2)),
         Owned::Chunk(DeviceId(1), Phase::StopCopy, 1, vec![]),
+        Owned::Machine(2, b"program".to_vec(), chunk_bytes(9000, 4)),
         Owned::DeviceConfig(DeviceId(1), b"mtty-config".to_vec()),
         Owned::DeviceConfig(DeviceId(2), chunk_bytes(5000, 3)),
     ]
@@ -284,6 +292,7 @@ pub fn read_all<R: Read>(input: R, ram: &mut GuestRam) -> Result<Vec<Owned>, Rea
             Section::DeviceConfig(config) => {
                 Owned::DeviceConfig(config.device, config.data.to_vec())
             }
+            Section::Machine(m) => Owned::Machine(m.vcpus, m.program.to_vec(), m.state.to_vec()),
             Section::Iteration(iteration) => Owned::Iteration(iteration),
             Section::End(end) => {
                 sections.push(Owned::End(end));
