@@ -59,13 +59,14 @@ static void verify(uint64_t gpa, uint64_t seq)
 {
 	volatile uint64_t *w = (volatile uint64_t *)gpa;
 	volatile struct stamp *s = (volatile struct stamp *)gpa;
-	if (s->gpa != gpa) {
-		report_error(VFMIG_ERR_PAGE_DATA, gpa, gpa, s->gpa);
-		return;
-	}
+	/* The sequence first: a lost (zero) or stale page is reported as such, with its GPA. */
 	uint64_t found = s->seq;
 	if (found != seq) {
 		report_error(VFMIG_ERR_PAGE_SEQ, gpa, seq, found);
+		return;
+	}
+	if (s->gpa != gpa) {
+		report_error(VFMIG_ERR_PAGE_DATA, gpa, gpa, s->gpa);
 		return;
 	}
 	uint64_t x = 0;
