@@ -60,8 +60,19 @@
 //!   the VMM may read them while the guest runs).
 //!
 //! Guest loops are short because the machine's KVM emulates guest instructions (1.5–3 µs each,
-//! 20–90 µs per exit to user space): a page visit is about 150 instructions, not a pass over
-//! 4 KiB.
+//! 20–90 µs per exit to user space): a page visit touches 7 words, not 4 KiB. Measured with one
+//! vCPU and no rate limit: about 1,600–2,100 page visits a second (a sum over the whole page in
+//! each check: about 450). A device round is about 25 exits for mtty and 6 for the dma-engine.
+//!
+//! # What the VMM provides
+//!
+//! * `BootPage::tsc_hz` from KVM_GET_TSC_KHZ (the guest paces and times out by the TSC).
+//! * Application processors runnable at the entry state (no INIT/SIPI).
+//! * Configuration mechanism #1 on bus 0: a slot with no device reads all ones.
+//! * BAR accesses routed by the addresses the guest writes into the BARs (I/O for mtty, 32-bit
+//!   memory for the dma-engine, 8-byte accesses to its RING_BASE), with decode enabled in the
+//!   command register; MSI routed from the address/data the guest writes into the capability.
+//! * Guest RAM mapped for device DMA at IOVA = GPA.
 
 pub mod layout;
 
