@@ -129,8 +129,10 @@ uint64_t dirtier_step(struct dirtier *d, uint64_t now)
 			visit(d);
 		return BATCH;
 	}
-	/* Behind by more than a second (a paused VM): drop the debt instead of racing to pay it. */
-	if (now > d->next + boot->tsc_hz)
+	/* Behind by more than a second (a paused VM): drop the debt instead of racing to pay it.
+	 * Ahead by more than a second (a TSC that went back, as after a migration that did not
+	 * carry it): start again from now instead of stalling. */
+	if (now > d->next + boot->tsc_hz || d->next > now + d->period + boot->tsc_hz)
 		d->next = now;
 	uint64_t n = 0;
 	while (d->next <= now && n < BATCH) {

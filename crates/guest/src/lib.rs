@@ -51,8 +51,8 @@
 //! * **Dirtier**: each vCPU walks its slice of the working set (vCPU `i` of `n` takes the
 //!   `i`-th of `n` equal slices, the last one the remainder), at `BootPage::dirty_rate` pages per
 //!   second (TSC-paced) or as fast as it can. A visit checks the page's stamp from the previous
-//!   pass and writes this pass's: the page's GPA and the pass number, four sampled words
-//!   derived from both, and a check word. The expected pass is not stored in RAM but follows
+//!   pass and writes this pass's: the page's GPA (word 0) and the pass number, 1 first
+//!   (word 1), a check word (word 2), and words 128, 256, 384 and 511 derived from both. The expected pass is not stored in RAM but follows
 //!   from the walk's position, so a page that is lost, or older than the guest last wrote it,
 //!   is reported ([`ErrorCode::PageSeq`], with the page's GPA) the next time the walk reaches
 //!   it.
