@@ -177,13 +177,11 @@ impl VcpuControl {
     /// `InvalidInput` for a run share of 0 % or a zero period.
     pub fn set_throttle(&self, throttle: Option<Throttle>) -> io::Result<()> {
         let throttle = throttle.filter(|t| t.run_percent < 100);
-        if let Some(t) = throttle {
-            if t.run_percent == 0 || t.period.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a throttle must let the guest run and have a period",
-                ));
-            }
+        if throttle.is_some_and(|t| t.run_percent == 0 || t.period.is_zero()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a throttle must let the guest run and have a period",
+            ));
         }
         let start = {
             let mut gate = self.inner.gate();

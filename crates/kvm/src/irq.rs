@@ -160,11 +160,11 @@ impl KvmVm {
     /// [`VmError::Ioctl`].
     pub fn remove_msi_route(&self, gsi: u32) -> Result<(), VmError> {
         let mut routes = self.routes();
-        if let Some(old) = routes.msi.remove(&gsi) {
-            if let Err(err) = routes.apply(self.fd()) {
-                routes.msi.insert(gsi, old);
-                return Err(err);
-            }
+        if let Some(old) = routes.msi.remove(&gsi)
+            && let Err(err) = routes.apply(self.fd())
+        {
+            routes.msi.insert(gsi, old);
+            return Err(err);
         }
         Ok(())
     }

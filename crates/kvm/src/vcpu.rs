@@ -95,14 +95,16 @@ impl Vcpu {
         // registration is dropped.
         let _registration =
             unsafe { control.register(index, immediate_exit) }.map_err(RunError::Signal)?;
-        // SAFETY (every deref of `immediate_exit` below): valid as argued above; the byte
-        // is shared with KVM and other threads, so it is only touched atomically.
-        let clear = || unsafe { (*immediate_exit).store(0, Ordering::SeqCst) };
+        let clear = || {
+            // SAFETY: valid as argued above; the byte is shared with KVM and the kicking
+            // threads, so it is only touched atomically.
+            unsafe { (*immediate_exit).store(0, Ordering::SeqCst) }
+        };
         loop {
             clear();
             let fd = &mut self.fd;
             let outcome = control.pass_gate(&mut || {
-                // SAFETY: as above.
+                // SAFETY: valid and touched atomically, as for `clear`.
                 unsafe { (*immediate_exit).store(1, Ordering::SeqCst) };
                 complete_pending_access(fd, index);
                 clear();

@@ -288,10 +288,10 @@ fn check_slot(slot: &Memslot, max_slots: usize) -> Result<(), VmError> {
     if usize::try_from(slot.slot).map_or(true, |s| s >= max_slots) {
         return Err(bad("slot number above KVM's limit"));
     }
-    if slot.size == 0 || slot.size % PAGE_SIZE != 0 {
+    if slot.size == 0 || !slot.size.is_multiple_of(PAGE_SIZE) {
         return Err(bad("size is not a non-zero multiple of 4 KiB"));
     }
-    if slot.gpa % PAGE_SIZE != 0 || slot.host % PAGE_SIZE != 0 {
+    if !slot.gpa.is_multiple_of(PAGE_SIZE) || !slot.host.is_multiple_of(PAGE_SIZE) {
         return Err(bad("address not 4 KiB aligned"));
     }
     if slot.gpa.checked_add(slot.size).is_none() || slot.host.checked_add(slot.size).is_none() {

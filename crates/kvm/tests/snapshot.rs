@@ -22,7 +22,11 @@ fn migrate(vm: &TestVm, handles: &[VcpuStateHandle], control: &VcpuControl) -> (
         .flat_map(|i| vm.ram.read_u64(i * 8).to_le_bytes())
         .collect();
     ram.bytes_mut().copy_from_slice(&source);
-    let (new_vm, vcpus) = TestVm::fresh_vm(&ram, handles.len() as u32, VmConfig::default());
+    let (new_vm, vcpus) = TestVm::fresh_vm(
+        &ram,
+        u32::try_from(handles.len()).unwrap(),
+        VmConfig::default(),
+    );
     let new_handles: Vec<_> = vcpus
         .iter()
         .map(|vcpu| vcpu.state_handle(&new_vm).unwrap())

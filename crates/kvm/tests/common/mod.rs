@@ -68,16 +68,23 @@ impl Ram {
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
     }
 
+    /// The offset of an aligned u64 at `gpa`, checked to lie inside the RAM.
+    fn word_at(&self, gpa: u64) -> usize {
+        let at = usize::try_from(gpa).unwrap();
+        assert!(at.is_multiple_of(8) && at + 8 <= self.len);
+        at
+    }
+
     pub fn read_u64(&self, gpa: u64) -> u64 {
-        assert!(gpa % 8 == 0 && gpa as usize + 8 <= self.len);
+        let at = self.word_at(gpa);
         // SAFETY: in bounds and aligned (checked); volatile because the guest writes it.
-        unsafe { ptr::read_volatile(self.base.as_ptr().add(gpa as usize).cast::<u64>()) }
+        unsafe { ptr::read_volatile(self.base.as_ptr().add(at).cast::<u64>()) }
     }
 
     pub fn write_u64(&self, gpa: u64, value: u64) {
-        assert!(gpa % 8 == 0 && gpa as usize + 8 <= self.len);
+        let at = self.word_at(gpa);
         // SAFETY: in bounds and aligned (checked); volatile because the guest reads it.
-        unsafe { ptr::write_volatile(self.base.as_ptr().add(gpa as usize).cast::<u64>(), value) }
+        unsafe { ptr::write_volatile(self.base.as_ptr().add(at).cast::<u64>(), value) }
     }
 }
 
