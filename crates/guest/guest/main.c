@@ -120,6 +120,13 @@ void __attribute__((noreturn)) guest_main(uint64_t boot_gpa, uint64_t index)
 		devices = setup_devices();
 	} else {
 		wait_stage(STAGE_IDT);
+		/* A vCPU the boot page does not count has no slice and no status of its own. */
+		if (index >= boot->vcpus) {
+			if (index < VFMIG_MAX_VCPUS)
+				fatal(VFMIG_ERR_BOOT_PAGE, boot->magic, boot->version, boot->vcpus);
+			for (;;)
+				__asm__ volatile("cli; hlt");
+		}
 		enter(my_status());
 		wait_stage(STAGE_TIMER);
 		timer_start();
@@ -143,6 +150,8 @@ void __attribute__((noreturn)) guest_main(uint64_t boot_gpa, uint64_t index)
 				mtty_round();
 			if (devices & VFMIG_WORKLOAD_DMA)
 				dma_round();
+			/* From now, not from the last due time: a slow round does not pile up
+			 * rounds behind it, and a TSC that went back cannot stall the devices. */
 			device_next = now + device_period;
 			busy++;
 		}

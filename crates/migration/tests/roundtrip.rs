@@ -70,6 +70,6 @@ fn end_counts_every_section_and_byte_before_it() {
     let Some(Owned::End(end)) = sections.last() else {
         panic!("no End");
     };
-    assert_eq!(end.sections, 11);
+    assert_eq!(end.sections, 12);
     assert_eq!(end.bytes, stream.len() as u64 - 12 - 16);
 }
