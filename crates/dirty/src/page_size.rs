@@ -51,7 +51,10 @@ impl PageSize {
     /// If the size does not fit a `usize`: only a page of 4 GiB or more on a 32-bit target.
     /// Called on a constant, that is a compile-time error.
     pub const fn bytes_usize(self) -> usize {
-        assert!(self.shift < usize::BITS, "the page size does not fit a usize");
+        assert!(
+            self.shift < usize::BITS,
+            "the page size does not fit a usize"
+        );
         1 << self.shift
     }
 

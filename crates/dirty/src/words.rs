@@ -223,7 +223,13 @@ mod tests {
     fn runs_of_plain_words_stop_at_the_page_count() {
         let words = [u64::MAX; 2];
         let runs: Vec<_> = runs(&words, 70).collect();
-        assert_eq!(runs, [DirtyRun { first: 0, pages: 70 }]);
+        assert_eq!(
+            runs,
+            [DirtyRun {
+                first: 0,
+                pages: 70
+            }]
+        );
         assert_eq!(super::runs(&words, 1000).map(|r| r.pages).sum::<u64>(), 128);
     }
 }

@@ -7,8 +7,8 @@
 //! the result, then the pages the server wrote through DMA_WRITE into fd-less mappings, as
 //! recorded by the reader thread, are ORed in.
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+use vfmig_dirty::bitmap_bytes;
 use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova};
 use zerocopy::FromBytes;
 
@@ -124,7 +124,7 @@ impl Client {
             }
             table.covered(iova.raw(), end)?
         };
-        let words = usize::try_from(dirty_bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8)
+        let words = usize::try_from(bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8)
             .map_err(|_| ClientError::invalid("bitmap too large for", size))?;
         let spans = spans(
             covered.iter().flat_map(|m| m.pieces.iter().copied()),

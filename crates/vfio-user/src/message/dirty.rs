@@ -18,11 +18,11 @@
 
 use std::borrow::Cow;
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::{
     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, vfio_iommu_type1_dirty_bitmap,
 };
+use vfmig_dirty::bitmap_bytes;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{Payload, wire};
@@ -34,7 +34,7 @@ pub fn check_bitmap_geometry(size: u64, pgsize: u64, bitmap_size: u64) -> Result
     if !pgsize.is_power_of_two() {
         return Err(MessageError::BadPageSize { pgsize });
     }
-    let expected = dirty_bitmap_bytes(size.div_ceil(pgsize));
+    let expected = bitmap_bytes(size.div_ceil(pgsize));
     if bitmap_size == expected {
         Ok(())
     } else {
@@ -93,7 +93,7 @@ impl BitmapRange {
             iova,
             size,
             pgsize,
-            bitmap_size: dirty_bitmap_bytes(pages),
+            bitmap_size: bitmap_bytes(pages),
         }
     }
 
