@@ -12,7 +12,9 @@ use vfmig_dirty::bitmap_bytes;
 use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova};
 use zerocopy::FromBytes;
 
-use super::bits::{copy_words, mask_tail, or_into};
+use vfmig_dirty::words::{mask_tail, or_bytes_at};
+
+use super::bits::copy_words;
 use super::dma::check_range;
 use super::error::ClientError;
 use super::mappings::Covered;
@@ -154,11 +156,7 @@ impl Client {
         whole: bool,
         out: &mut Vec<u64>,
     ) -> Result<(), ClientError> {
-        let range = BitmapRange::new(
-            span.start,
-            span.end - span.start,
-            CONTAINER_PAGE_SIZE.bytes(),
-        );
+        let range = BitmapRange::new(span.start, span.end - span.start, CONTAINER_PAGE_SIZE);
         if whole {
             return self.get_whole(range, out);
         }
@@ -172,7 +170,7 @@ impl Client {
                 ..
             }) if echoed == range => {
                 let shift = CONTAINER_PAGE_SIZE.shift();
-                or_into(
+                or_bytes_at(
                     out,
                     (span.start - base) >> shift,
                     &bits,

@@ -13,12 +13,12 @@ use vfmig_abi::uapi::{
 use vfmig_dirty::bitmap_bytes;
 use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova, Prot};
 
-use super::bits::or_into;
 use super::error::ClientError;
 use super::mappings::Covered;
 use super::memory::ClientMemory;
 use super::{Client, lock};
 use crate::message::{Bitmap, Command, DmaMap, DmaUnmap, DmaUnmapRequest, Reply, Request};
+use vfmig_dirty::words::or_bytes_at;
 
 /// `argsz` of a DMA_UNMAP without bitmap, and the bytes echoed before a bitmap.
 const UNMAP_ARGSZ: u32 = 24;
@@ -205,7 +205,7 @@ impl Client {
         match self.shared.reply(command, &received)? {
             Reply::DmaUnmap(reply) if reply.unmap == unmap => match reply.bitmap {
                 Some(bits) if bits.header == bitmap => {
-                    or_into(out, at, &bits.bits, pages);
+                    or_bytes_at(out, at, &bits.bits, pages);
                     Ok(())
                 }
                 _ => Err(ClientError::unexpected(command, "not the bitmap asked for")),
