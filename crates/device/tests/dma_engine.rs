@@ -9,7 +9,7 @@ use vfmig_abi::uapi::VFIO_DMA_UNMAP_FLAG_ALL;
 use vfmig_device::devices::dma_engine::RAM_BAR;
 use vfmig_device::devices::dma_engine::regs::{DONE, Descriptor, Op, STATUS_RING_LOST};
 use vfmig_dirty::bitmap_bytes;
-use vfmig_iommu::{BitmapRequest, Container, GetBitmapRange, UnmapRequest};
+use vfmig_iommu::{BitmapRequest, CONTAINER_PAGE_SIZE, Container, GetBitmapRange, UnmapRequest};
 use vfmig_vfio_user::server::Backend;
 
 fn dirty_pages(c: &Container) -> Vec<u64> {
@@ -19,7 +19,7 @@ fn dirty_pages(c: &Container) -> Vec<u64> {
         iova: 0,
         size: GUEST,
         bitmap: BitmapRequest {
-            pgsize: 4096,
+            pgsize: CONTAINER_PAGE_SIZE,
             size: words as u64 * 8,
         },
     };

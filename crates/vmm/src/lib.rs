@@ -23,6 +23,6 @@ mod workload;
 
 pub use devices::{AttachedDevice, DeviceError, DeviceSpec};
 pub use gate::{Gate, Running};
-pub use ram::{GuestRam, PAGE, RamError, RamRegion};
+pub use ram::{GuestRam, RamError, RamRegion};
 pub use vm::{DeviceHost, Vm, VmConfig, VmDigest, VmError};
 pub use workload::{WORKING_SET_BASE, Workload, WorkloadConfig, WorkloadStats, init_drivers};
