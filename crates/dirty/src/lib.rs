@@ -135,4 +135,4 @@ pub use bitmap::{DirtyBitmap, MAX_PAGES};
 pub use bits::{bitmap_bytes, words_for};
 pub use error::DirtyError;
 pub use page_size::PageSize;
-pub use runs::{DirtyRun, Runs};
+pub use runs::{DirtyRun, Runs, Word};

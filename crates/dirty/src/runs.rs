@@ -10,10 +10,37 @@
 use std::fmt;
 use std::iter::FusedIterator;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::bits::{WORD_BITS, WordSpan};
-use crate::words::Word;
 use crate::{DirtyBitmap, DirtyError};
+
+/// A word the bits of a bitmap are kept in: `u64` in a plain bitmap, `AtomicU64` in a
+/// [`DirtyBitmap`]. [`Runs`] reads either.
+///
+/// Sealed: only this crate implements it.
+pub trait Word: sealed::Sealed {
+    /// The word's bits now (a relaxed load for an atomic).
+    fn bits(&self) -> u64;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u64 {}
+    impl Sealed for super::AtomicU64 {}
+}
+
+impl Word for u64 {
+    fn bits(&self) -> u64 {
+        *self
+    }
+}
+
+impl Word for AtomicU64 {
+    fn bits(&self) -> u64 {
+        self.load(Relaxed)
+    }
+}
 
 /// A maximal run of dirty pages: `pages` pages from `first` on are dirty, and the pages
 /// just before and just after the run (if inside the range iterated) are clean.

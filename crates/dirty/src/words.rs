@@ -15,33 +15,6 @@
 use crate::bits::{WORD_BITS, WordSpan};
 use crate::runs::Runs;
 
-/// A word the bits of a bitmap are kept in: `u64` in a plain bitmap, `AtomicU64` in a
-/// [`DirtyBitmap`](crate::DirtyBitmap). [`Runs`] reads either.
-///
-/// Sealed: only this crate implements it.
-pub trait Word: sealed::Sealed {
-    /// The word's bits now (a relaxed load for an atomic).
-    fn bits(&self) -> u64;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for u64 {}
-    impl Sealed for std::sync::atomic::AtomicU64 {}
-}
-
-impl Word for u64 {
-    fn bits(&self) -> u64 {
-        *self
-    }
-}
-
-impl Word for std::sync::atomic::AtomicU64 {
-    fn bits(&self) -> u64 {
-        self.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// The number of pages `words` has room for, `64 * words.len()` (saturated).
 fn capacity(words: &[u64]) -> u64 {
     u64::try_from(words.len()).map_or(u64::MAX, |len| len.saturating_mul(WORD_BITS))
