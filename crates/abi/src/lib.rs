@@ -12,8 +12,8 @@
 //!   misspelt and never compiled), and the read-modify-write update that keeps reserved bits.
 //! * [`migration_info`] names the register layout of `struct vfio_device_migration_info` at
 //!   offset 0 of the migration region, with the native width of every field.
-//! * [`dirty`] holds the bitmap sizing rules of `vfio_iommu_type1` (`DIRTY_BITMAP_BYTES` and its
-//!   two limits).
+//! * [`dirty`] holds the two dirty bitmap limits of `vfio_iommu_type1`; the size rule itself
+//!   (`DIRTY_BITMAP_BYTES`) is computed once, by `vfmig-dirty`.
 //!
 //! A test (`tests/c_layout.rs`) compiles a C program against this machine's `<linux/vfio.h>` and
 //! compares every size, offset and constant used here with the Rust values.

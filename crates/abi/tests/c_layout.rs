@@ -9,11 +9,12 @@ use std::mem::{offset_of, size_of};
 use std::path::PathBuf;
 use std::process::Command;
 
-use vfmig_abi::dirty::{DIRTY_BITMAP_PAGES_MAX, DIRTY_BITMAP_SIZE_MAX, dirty_bitmap_bytes};
+use vfmig_abi::dirty::{DIRTY_BITMAP_PAGES_MAX, DIRTY_BITMAP_SIZE_MAX};
 use vfmig_abi::ioctl::*;
 use vfmig_abi::migration_info::Field;
 use vfmig_abi::uapi::*;
 use vfmig_abi::{DeviceState, StateKind};
+use vfmig_dirty::bitmap_bytes;
 
 macro_rules! size {
     ($t:ident) => {
@@ -219,9 +220,13 @@ fn table() -> Vec<(String, u64)> {
         constant!(VFIO_IOMMU_DIRTY_PAGES),
         constant!(VFIO_DEVICE_FEATURE),
         // The uAPI macros, evaluated by the C compiler on sample values.
-        constant!("DIRTY_BITMAP_BYTES(1ULL)", dirty_bitmap_bytes(1)),
-        constant!("DIRTY_BITMAP_BYTES(64ULL)", dirty_bitmap_bytes(64)),
-        constant!("DIRTY_BITMAP_BYTES(65ULL)", dirty_bitmap_bytes(65)),
+        constant!("DIRTY_BITMAP_BYTES(1ULL)", bitmap_bytes(1)),
+        constant!("DIRTY_BITMAP_BYTES(64ULL)", bitmap_bytes(64)),
+        constant!("DIRTY_BITMAP_BYTES(65ULL)", bitmap_bytes(65)),
+        constant!(
+            "DIRTY_BITMAP_BYTES(2147483647ULL)",
+            bitmap_bytes(DIRTY_BITMAP_PAGES_MAX)
+        ),
         constant!("DIRTY_BITMAP_PAGES_MAX", DIRTY_BITMAP_PAGES_MAX),
         constant!("DIRTY_BITMAP_SIZE_MAX", DIRTY_BITMAP_SIZE_MAX),
     ]);

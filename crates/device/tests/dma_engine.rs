@@ -5,21 +5,21 @@
 mod common;
 
 use common::*;
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::VFIO_DMA_UNMAP_FLAG_ALL;
 use vfmig_device::devices::dma_engine::RAM_BAR;
 use vfmig_device::devices::dma_engine::regs::{DONE, Descriptor, Op, STATUS_RING_LOST};
-use vfmig_iommu::{BitmapRequest, Container, GetBitmapRange, UnmapRequest};
+use vfmig_dirty::bitmap_bytes;
+use vfmig_iommu::{BitmapRequest, CONTAINER_PAGE_SIZE, Container, GetBitmapRange, UnmapRequest};
 use vfmig_vfio_user::server::Backend;
 
 fn dirty_pages(c: &Container) -> Vec<u64> {
-    let words = (dirty_bitmap_bytes(GUEST / 4096) / 8) as usize;
+    let words = (bitmap_bytes(GUEST / 4096) / 8) as usize;
     let mut out = vec![0u64; words];
     let range = GetBitmapRange {
         iova: 0,
         size: GUEST,
         bitmap: BitmapRequest {
-            pgsize: 4096,
+            pgsize: CONTAINER_PAGE_SIZE,
             size: words as u64 * 8,
         },
     };

@@ -88,18 +88,6 @@ impl WordSpan {
     }
 }
 
-/// Sets pages `[first, first + pages)` of a plain word slice the caller owns; the range must
-/// lie inside `words`.
-pub(crate) fn set_range(words: &mut [u64], first: u64, pages: u64) {
-    let Some(end) = first.checked_add(pages).filter(|_| pages > 0) else {
-        return;
-    };
-    let span = WordSpan::new(first, end);
-    for (index, word) in words[span.words()].iter_mut().enumerate() {
-        *word |= span.mask(span.first + index);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,19 +128,5 @@ mod tests {
         let span = WordSpan::new(64, 128);
         assert_eq!(span.words(), 1..2);
         assert_eq!(span.mask(1), !0);
-    }
-
-    #[test]
-    fn set_range_sets_exactly_the_range() {
-        let mut words = [0u64; 3];
-        set_range(&mut words, 60, 70);
-        assert_eq!(words, [0xf << 60, !0, 0b11]);
-    }
-
-    #[test]
-    fn set_range_of_zero_pages_sets_nothing() {
-        let mut words = [0u64; 1];
-        set_range(&mut words, 5, 0);
-        assert_eq!(words, [0]);
     }
 }

@@ -15,7 +15,8 @@
 //! power-of-two ratio works the same way.
 
 use crate::bitmap::check_page_count;
-use crate::bits::{set_range, word_count};
+use crate::bits::word_count;
+use crate::words::set_range;
 use crate::{DirtyBitmap, DirtyError, PageSize};
 
 impl DirtyBitmap {

@@ -7,6 +7,11 @@
 //! pass ([`DirtyBitmap::read_and_clear`]), either into a `u64` buffer laid out as the
 //! kernel's, or as runs of pages to copy ([`DirtyBitmap::runs`]).
 //!
+//! Buffers a single thread owns (a GET_BITMAP reply, a bitmap read off the wire, the dirty
+//! set of a migration pass) are plain `u64` slices in the same layout; [`words`] holds the
+//! operations on them (set a range, mask the tail, OR in words or wire bytes at any page,
+//! runs), so that no crate above re-derives masks and shifts.
+//!
 //! # Layout
 //!
 //! Bits are LSB-first inside `u64` words: bit `j` of word `i` is page `64 * i + j`.
@@ -119,6 +124,7 @@ mod error;
 mod page_size;
 mod runs;
 mod transfer;
+pub mod words;
 
 #[cfg(test)]
 mod concurrency_tests;
@@ -129,4 +135,4 @@ pub use bitmap::{DirtyBitmap, MAX_PAGES};
 pub use bits::{bitmap_bytes, words_for};
 pub use error::DirtyError;
 pub use page_size::PageSize;
-pub use runs::{DirtyRun, Runs};
+pub use runs::{DirtyRun, Runs, Word};

@@ -10,9 +10,6 @@ use proptest::prelude::*;
 
 use crate::{DirtyBitmap, DirtyError, DirtyRun, PageSize};
 
-/// Page size of the model tests, in bytes.
-const PAGE: u64 = 4096;
-
 /// `value` as an index; the test sizes always fit.
 fn idx(value: u64) -> usize {
     usize::try_from(value).expect("test sizes fit a usize")
@@ -90,12 +87,12 @@ impl Model {
     }
 
     fn mark_bytes(&mut self, offset: u64, len: u64) -> Result<(), DirtyError> {
-        let covered = self.len() * PAGE;
+        let covered = self.len() * PageSize::SIZE_4K.bytes();
         match offset.checked_add(len) {
             Some(end) if end <= covered => {
                 if len > 0 {
-                    let first = offset / PAGE;
-                    self.mark_pages(first, (end - 1) / PAGE + 1 - first)?;
+                    let first = offset / PageSize::SIZE_4K.bytes();
+                    self.mark_pages(first, (end - 1) / PageSize::SIZE_4K.bytes() + 1 - first)?;
                 }
                 Ok(())
             }
@@ -187,12 +184,12 @@ fn read(pages: u64, clear: bool) -> impl Strategy<Value = Op> {
 }
 
 fn op(pages: u64) -> impl Strategy<Value = Op> {
-    let bytes = (pages + 2) * PAGE;
+    let bytes = (pages + 2) * PageSize::SIZE_4K.bytes();
     prop_oneof![
         3 => around(pages).prop_map(Op::MarkPage),
         4 => (around(pages), around(pages))
             .prop_map(|(first, pages)| Op::MarkPages { first, pages }),
-        3 => (0..=bytes, prop_oneof![0..=2 * PAGE, 0..=bytes])
+        3 => (0..=bytes, prop_oneof![0..=2 * PageSize::SIZE_4K.bytes(), 0..=bytes])
             .prop_map(|(offset, len)| Op::MarkBytes { offset, len }),
         4 => read(pages, true),
         2 => read(pages, false),

@@ -45,6 +45,19 @@ impl PageSize {
         1 << self.shift
     }
 
+    /// The page size in bytes as a `usize`, for buffer lengths.
+    ///
+    /// # Panics
+    /// If the size does not fit a `usize`: only a page of 4 GiB or more on a 32-bit target.
+    /// Called on a constant, that is a compile-time error.
+    pub const fn bytes_usize(self) -> usize {
+        assert!(
+            self.shift < usize::BITS,
+            "the page size does not fit a usize"
+        );
+        1 << self.shift
+    }
+
     /// log2 of the page size: 12 for 4 KiB.
     pub const fn shift(self) -> u32 {
         self.shift
@@ -99,6 +112,12 @@ mod tests {
         assert_eq!(PageSize::SIZE_4K.shift(), 12);
         assert_eq!(PageSize::SIZE_2M.bytes(), 2 * 1024 * 1024);
         assert_eq!(PageSize::SIZE_1G.shift(), 30);
+    }
+
+    #[test]
+    fn bytes_usize_is_bytes_as_a_usize() {
+        assert_eq!(PageSize::SIZE_4K.bytes_usize(), 4096);
+        assert_eq!(PageSize::SIZE_2M.bytes_usize(), 2 << 20);
     }
 
     #[test]

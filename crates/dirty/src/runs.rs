@@ -15,6 +15,33 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::bits::{WORD_BITS, WordSpan};
 use crate::{DirtyBitmap, DirtyError};
 
+/// A word the bits of a bitmap are kept in: `u64` in a plain bitmap, `AtomicU64` in a
+/// [`DirtyBitmap`]. [`Runs`] reads either.
+///
+/// Sealed: only this crate implements it.
+pub trait Word: sealed::Sealed {
+    /// The word's bits now (a relaxed load for an atomic).
+    fn bits(&self) -> u64;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u64 {}
+    impl Sealed for super::AtomicU64 {}
+}
+
+impl Word for u64 {
+    fn bits(&self) -> u64 {
+        *self
+    }
+}
+
+impl Word for AtomicU64 {
+    fn bits(&self) -> u64 {
+        self.load(Relaxed)
+    }
+}
+
 /// A maximal run of dirty pages: `pages` pages from `first` on are dirty, and the pages
 /// just before and just after the run (if inside the range iterated) are clean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,15 +61,16 @@ impl DirtyRun {
 }
 
 /// The maximal runs of dirty pages of a bitmap or a page range of it, in increasing order;
-/// made by [`DirtyBitmap::runs`] and [`DirtyBitmap::runs_in`].
+/// made by [`DirtyBitmap::runs`] and [`DirtyBitmap::runs_in`], and over a plain bitmap by
+/// [`words::runs`](crate::words::runs).
 ///
 /// The words are loaded one at a time and not cleared. A page marked or cleared while the
 /// iterator runs may or may not be seen; every run it returns was dirty when its words
 /// were loaded.
 #[derive(Clone)]
-pub struct Runs<'a> {
+pub struct Runs<'a, W: Word = AtomicU64> {
     /// The bitmap's words.
-    words: &'a [AtomicU64],
+    words: &'a [W],
     /// The words and edge masks of the range; `None` for an empty range.
     span: Option<WordSpan>,
     /// The next word to load.
@@ -70,9 +98,10 @@ impl DirtyBitmap {
     }
 }
 
-impl<'a> Runs<'a> {
-    /// The runs of `[first, end)` in `words`, a range the caller has checked.
-    fn new(words: &'a [AtomicU64], first: u64, end: u64) -> Runs<'a> {
+impl<'a, W: Word> Runs<'a, W> {
+    /// The runs of `[first, end)` in `words`, a range the caller has checked to lie inside
+    /// `words`.
+    pub(crate) fn new(words: &'a [W], first: u64, end: u64) -> Runs<'a, W> {
         let span = (first < end).then(|| WordSpan::new(first, end));
         Runs {
             words,
@@ -85,7 +114,7 @@ impl<'a> Runs<'a> {
 
     /// Loads word `index`, masked to the range.
     fn load(&self, span: &WordSpan, index: usize) -> u64 {
-        self.words[index].load(Relaxed) & span.mask(index)
+        self.words[index].bits() & span.mask(index)
     }
 
     /// The page of bit 0 of word `index`.
@@ -95,7 +124,7 @@ impl<'a> Runs<'a> {
     }
 }
 
-impl Iterator for Runs<'_> {
+impl<W: Word> Iterator for Runs<'_, W> {
     type Item = DirtyRun;
 
     fn next(&mut self) -> Option<DirtyRun> {
@@ -105,7 +134,7 @@ impl Iterator for Runs<'_> {
                 return None;
             }
             self.current = self.load(&span, self.next);
-            self.current_base = Runs::base_of(self.next);
+            self.current_base = Self::base_of(self.next);
             self.next += 1;
         }
         let start_bit = self.current.trailing_zeros();
@@ -133,7 +162,7 @@ impl Iterator for Runs<'_> {
             pages += u64::from(ones);
             // ones < 64 here; keep the bits after the run for the next call.
             self.current = word & (!0 << ones);
-            self.current_base = Runs::base_of(self.next);
+            self.current_base = Self::base_of(self.next);
             self.next += 1;
             break;
         }
@@ -141,9 +170,9 @@ impl Iterator for Runs<'_> {
     }
 }
 
-impl FusedIterator for Runs<'_> {}
+impl<W: Word> FusedIterator for Runs<'_, W> {}
 
-impl fmt::Debug for Runs<'_> {
+impl<W: Word> fmt::Debug for Runs<'_, W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runs")
             .field("span", &self.span)

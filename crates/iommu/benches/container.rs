@@ -12,10 +12,11 @@ use std::hint::black_box;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
-use vfmig_iommu::{Backing, BitmapRequest, Container, DirtyScope, GetBitmapRange, Iova, Prot};
+use vfmig_dirty::bitmap_bytes;
+use vfmig_iommu::{
+    Backing, BitmapRequest, CONTAINER_PAGE_SIZE, Container, DirtyScope, GetBitmapRange, Iova, Prot,
+};
 
-const PAGE: u64 = 4096;
 const MAPPING: u64 = 64 << 30;
 const MAPPINGS: u64 = 16;
 const TOTAL: u64 = MAPPING * MAPPINGS;
@@ -56,7 +57,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let words = usize::try_from(dirty_bitmap_bytes(TOTAL / PAGE) / 8).expect("fits");
+    let words =
+        usize::try_from(bitmap_bytes(TOTAL / CONTAINER_PAGE_SIZE.bytes()) / 8).expect("fits");
     let src = vec![0x5555_5555_5555_5555u64; words];
     let mut dst = vec![0u64; words];
     let memcpy = median(&mut dst, |_| {}, |dst| dst.copy_from_slice(black_box(&src)));
@@ -80,8 +82,8 @@ fn main() {
         iova: 0,
         size: TOTAL,
         bitmap: BitmapRequest {
-            pgsize: PAGE,
-            size: dirty_bitmap_bytes(TOTAL / PAGE),
+            pgsize: CONTAINER_PAGE_SIZE,
+            size: bitmap_bytes(TOTAL / CONTAINER_PAGE_SIZE.bytes()),
         },
     };
     let mut out = vec![0u64; words];
@@ -101,12 +103,18 @@ fn main() {
         &mut out,
         |out| {
             out.fill(0);
-            for _ in 0..TOTAL / PAGE / 100 {
+            for _ in 0..TOTAL / CONTAINER_PAGE_SIZE.bytes() / 100 {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                c.mark_dirty(Iova((seed % (TOTAL / PAGE)) * PAGE), 1)
-                    .expect("mark");
+                c.mark_dirty(
+                    Iova(
+                        (seed % (TOTAL / CONTAINER_PAGE_SIZE.bytes()))
+                            * CONTAINER_PAGE_SIZE.bytes(),
+                    ),
+                    1,
+                )
+                .expect("mark");
             }
         },
         get,
@@ -150,19 +158,26 @@ fn main() {
     let page = [0xa5u8; 4096];
     let n = 200_000u64;
     for i in 0..1024 {
-        c.write(Iova(i * PAGE), &page).expect("fault in");
+        c.write(Iova(i * CONTAINER_PAGE_SIZE.bytes()), &page)
+            .expect("fault in");
     }
     let start = Instant::now();
     for i in 0..n {
         let pin = c
-            .pin(dev, Iova((i % 1024) * PAGE), PAGE, Prot::READ_WRITE)
+            .pin(
+                dev,
+                Iova((i % 1024) * CONTAINER_PAGE_SIZE.bytes()),
+                CONTAINER_PAGE_SIZE.bytes(),
+                Prot::READ_WRITE,
+            )
             .expect("pin");
         pin.write_at(0, &page).expect("write");
     }
     let pin_rate = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     for i in 0..n {
-        c.write(Iova((i % 1024) * PAGE), &page).expect("write");
+        c.write(Iova((i % 1024) * CONTAINER_PAGE_SIZE.bytes()), &page)
+            .expect("write");
     }
     let write_rate = n as f64 / start.elapsed().as_secs_f64();
     println!("Device side (1 GiB mapping, tracking on)");

@@ -14,10 +14,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::container::{Container, State, range_end};
+use crate::container::{Container, State};
 use crate::error::{IommuError, Result};
 use crate::host::RemoteMemory;
-use crate::mapping::{Mapping, MappingId, Memory};
+use crate::mapping::{Mapping, MappingId, Memory, range_end};
 use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Iova, Prot};
 
 /// One piece of an access, inside one mapping.

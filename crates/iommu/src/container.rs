@@ -4,18 +4,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use vfmig_abi::dirty::DIRTY_BITMAP_PAGES_MAX;
 use vfmig_abi::uapi::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
 };
-use vfmig_dirty::DirtyBitmap;
 
 use crate::error::{IommuError, Result};
 use crate::host::{Backing, HostMemory};
-use crate::mapping::{Mapping, MappingId, Memory};
-use crate::tracking::{BitmapRequest, check_bitmap_size, report_mapping};
-use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Iova, Prot};
+use crate::mapping::{Mapping, MappingId, Memory, check_aligned, range_end};
+use crate::report::{BitmapRequest, check_bitmap_size, check_page_size, report_mapping};
+use crate::types::{DeviceId, DirtyScope, Iova, Prot};
 
 /// Asked to drop the pins a device holds in a range about to be unmapped: the kernel's
 /// `VFIO_IOMMU_NOTIFY_DMA_UNMAP` notifier. The device must drop every [`crate::PinGuard`] in
@@ -174,28 +172,6 @@ impl State {
     pub(crate) fn starting_in(&self, iova: u64, end: u64) -> impl Iterator<Item = &Mapping> {
         self.mappings.range(iova..end).map(|(_, m)| m)
     }
-}
-
-/// Page-alignment check with the error the kernel gives.
-pub(crate) fn check_aligned(what: &'static str, value: u64) -> Result<()> {
-    let page_size = CONTAINER_PAGE_SIZE.bytes();
-    if value & (page_size - 1) != 0 {
-        return Err(IommuError::Unaligned {
-            what,
-            value,
-            page_size,
-        });
-    }
-    Ok(())
-}
-
-/// The end of `[iova, iova + size)`, refusing wrap (a range may end exactly at 2^64 only in
-/// the kernel's `iova + size - 1` sense, which u64 cannot express as an end: refused too).
-pub(crate) fn range_end(iova: u64, size: u64) -> Result<u64> {
-    iova.checked_add(size).ok_or(IommuError::Wraps {
-        iova: Iova(iova),
-        size,
-    })
 }
 
 /// What an unmap asks for.
@@ -361,8 +337,8 @@ impl Container {
         // The state may have changed while the lock was dropped for mmap.
         self.check_insert(&state, iova, size, end)?;
         if state.tracking {
-            let charged = charge_bitmap(&mapping, state.bitmap_bytes, self.max_bitmap_bytes())?;
-            mapping.bitmap = Some(new_bitmap(&mapping)?);
+            let charged = mapping.charge_bitmap(state.bitmap_bytes, self.max_bitmap_bytes())?;
+            mapping.bitmap = Some(mapping.new_bitmap()?);
             state.bitmap_bytes = charged;
         }
         state.mappings.insert(iova, mapping);
@@ -445,12 +421,7 @@ impl Container {
                 if !state.tracking {
                     return Err(IommuError::TrackingOff);
                 }
-                if b.pgsize != CONTAINER_PAGE_SIZE.bytes() {
-                    return Err(IommuError::PageSizeMismatch {
-                        requested: b.pgsize,
-                        container: CONTAINER_PAGE_SIZE.bytes(),
-                    });
-                }
+                check_page_size(b.pgsize)?;
             }
             if !all {
                 state.check_not_bisected(iova, end)?;
@@ -519,31 +490,4 @@ impl Container {
             .map(|m| (m.start(), m.size, m.prot))
             .collect()
     }
-}
-
-/// Checks, allocating nothing, that mapping `m` may get a dirty bitmap while `in_use` bytes of
-/// bitmaps are charged already: no more pages than one bitmap may cover (EINVAL), then no more
-/// than `limit` bytes in all (ENOMEM). Returns the bytes charged with it.
-pub(crate) fn charge_bitmap(m: &Mapping, in_use: u64, limit: u64) -> Result<u64> {
-    if m.pages() > DIRTY_BITMAP_PAGES_MAX {
-        return Err(IommuError::TooManyPages {
-            iova: m.start(),
-            pages: m.pages(),
-        });
-    }
-    let bytes = m.bitmap_bytes();
-    in_use
-        .checked_add(bytes)
-        .filter(|&total| total <= limit)
-        .ok_or(IommuError::BitmapBudget {
-            iova: m.start(),
-            bytes,
-            in_use,
-            limit,
-        })
-}
-
-/// A zeroed bitmap for a mapping that [`charge_bitmap`] accepted.
-pub(crate) fn new_bitmap(m: &Mapping) -> Result<DirtyBitmap> {
-    Ok(DirtyBitmap::new(m.pages(), CONTAINER_PAGE_SIZE)?)
 }

@@ -3,6 +3,8 @@
 
 use std::io;
 
+use vfmig_dirty::PageSize;
+
 use crate::types::{DeviceId, Iova};
 
 /// Why a container operation failed.
@@ -91,12 +93,12 @@ pub enum IommuError {
     #[error("dirty page tracking is not started")]
     TrackingOff,
     /// A bitmap page size other than the container page size.
-    #[error("bitmap page size {requested:#x} is not the container page size {container:#x}")]
+    #[error("bitmap page size {requested} is not the container page size {container}")]
     PageSizeMismatch {
         /// The page size requested.
-        requested: u64,
+        requested: PageSize,
         /// The only one the container accepts.
-        container: u64,
+        container: PageSize,
     },
     /// The kernel's `verify_bitmap_size`: no pages, no bitmap, a bitmap over 256 MiB, or a
     /// bitmap too small for the pages.

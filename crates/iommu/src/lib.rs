@@ -69,6 +69,7 @@ mod error;
 mod host;
 mod info;
 mod mapping;
+mod report;
 mod tracking;
 mod types;
 
@@ -77,5 +78,6 @@ pub use container::{Container, ContainerConfig, UnmapNotifier, UnmapRequest};
 pub use error::{IommuError, Result};
 pub use host::{Backing, RemoteMemory};
 pub use info::{IOMMU_INFO_FULL_SIZE, IOVA_PGSIZES};
-pub use tracking::{BitmapRequest, DirtyPagesDone, GetBitmapRange};
+pub use report::BitmapRequest;
+pub use tracking::{DirtyPagesDone, GetBitmapRange};
 pub use types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Iova, Prot};

@@ -1,12 +1,14 @@
 //! One DMA mapping: a range of IOVA, its protection, its memory, and — while tracking is on —
-//! its dirty bitmap. The kernel's `struct vfio_dma`.
+//! its dirty bitmap. The kernel's `struct vfio_dma`. With it, the range checks every
+//! operation on mappings makes (page alignment, no wrap), in the kernel's errors.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
+use vfmig_abi::dirty::DIRTY_BITMAP_PAGES_MAX;
 use vfmig_dirty::DirtyBitmap;
 
+use crate::error::{IommuError, Result};
 use crate::host::{HostMemory, RemoteMemory};
 use crate::types::{CONTAINER_PAGE_SIZE, Iova, Prot};
 
@@ -68,7 +70,34 @@ impl Mapping {
     /// Bytes of this mapping's dirty bitmap, as the kernel sizes it (`DIRTY_BITMAP_BYTES`, whole
     /// `u64` words): what it is charged against [`crate::ContainerConfig::max_bitmap_bytes`].
     pub(crate) fn bitmap_bytes(&self) -> u64 {
-        dirty_bitmap_bytes(self.pages())
+        vfmig_dirty::bitmap_bytes(self.pages())
+    }
+
+    /// Checks, allocating nothing, that this mapping may get a dirty bitmap while `in_use`
+    /// bytes of bitmaps are charged already: no more pages than one bitmap may cover (EINVAL),
+    /// then no more than `limit` bytes in all (ENOMEM). Returns the bytes charged with it.
+    pub(crate) fn charge_bitmap(&self, in_use: u64, limit: u64) -> Result<u64> {
+        if self.pages() > DIRTY_BITMAP_PAGES_MAX {
+            return Err(IommuError::TooManyPages {
+                iova: self.start(),
+                pages: self.pages(),
+            });
+        }
+        let bytes = self.bitmap_bytes();
+        in_use
+            .checked_add(bytes)
+            .filter(|&total| total <= limit)
+            .ok_or(IommuError::BitmapBudget {
+                iova: self.start(),
+                bytes,
+                in_use,
+                limit,
+            })
+    }
+
+    /// A zeroed bitmap for this mapping, once [`Mapping::charge_bitmap`] accepted it.
+    pub(crate) fn new_bitmap(&self) -> Result<DirtyBitmap> {
+        Ok(DirtyBitmap::new(self.pages(), CONTAINER_PAGE_SIZE)?)
     }
 
     /// True if `iova` lies inside.
@@ -102,4 +131,26 @@ impl Mapping {
             }
         }
     }
+}
+
+/// Page-alignment check with the error the kernel gives.
+pub(crate) fn check_aligned(what: &'static str, value: u64) -> Result<()> {
+    let page_size = CONTAINER_PAGE_SIZE.bytes();
+    if value & (page_size - 1) != 0 {
+        return Err(IommuError::Unaligned {
+            what,
+            value,
+            page_size,
+        });
+    }
+    Ok(())
+}
+
+/// The end of `[iova, iova + size)`, refusing wrap (a range may end exactly at 2^64 only in
+/// the kernel's `iova + size - 1` sense, which u64 cannot express as an end: refused too).
+pub(crate) fn range_end(iova: u64, size: u64) -> Result<u64> {
+    iova.checked_add(size).ok_or(IommuError::Wraps {
+        iova: Iova(iova),
+        size,
+    })
 }

@@ -9,27 +9,19 @@
 //! 3. then every page still pinned is set again: pinned pages are reported on every GET for as
 //!    long as they stay pinned, pages written with `write` / `mark_dirty` and pages unpinned
 //!    since are reported once.
+//!
+//! The reporting of one mapping, shared with unmap-with-bitmap, is in `report.rs`.
 
-use vfmig_abi::dirty::{DIRTY_BITMAP_SIZE_MAX, dirty_bitmap_bytes};
 use vfmig_abi::uapi::{
     DIRTY_PAGES_GET_BITMAP_ARGSZ, DIRTY_PAGES_MINSZ, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
 };
 
-use crate::container::{Container, charge_bitmap, check_aligned, new_bitmap, range_end};
+use crate::container::Container;
 use crate::error::{IommuError, Result};
-use crate::mapping::Mapping;
-use crate::types::{CONTAINER_PAGE_SIZE, Iova};
-
-/// The bitmap half of a GET_BITMAP or unmap-with-bitmap request (`struct vfio_bitmap` without
-/// its user pointer: the buffer is passed separately).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BitmapRequest {
-    /// Page size of one bit; must be the container page size.
-    pub pgsize: u64,
-    /// Size of the caller's bitmap in bytes.
-    pub size: u64,
-}
+use crate::mapping::{Mapping, check_aligned, range_end};
+use crate::report::{BitmapRequest, check_bitmap_size, check_page_size, report_mapping};
+use crate::types::Iova;
 
 /// A GET_BITMAP range (`struct vfio_iommu_type1_dirty_bitmap_get` without the user pointer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,81 +43,6 @@ pub enum DirtyPagesDone {
     Stopped,
     /// The buffer holds the bitmap.
     Bitmap,
-}
-
-/// The kernel's `verify_bitmap_size` for a range of `size` bytes (pgsize 0 is refused here:
-/// the kernel's `__ffs(0)` is undefined), then its `access_ok` on the buffer.
-pub(crate) fn check_bitmap_size(size: u64, b: &BitmapRequest, out: &[u64]) -> Result<()> {
-    if b.pgsize == 0 {
-        return Err(IommuError::PageSizeMismatch {
-            requested: 0,
-            container: CONTAINER_PAGE_SIZE.bytes(),
-        });
-    }
-    let buffer = (out.len() as u64).saturating_mul(8);
-    if buffer < b.size {
-        return Err(IommuError::BitmapBuffer {
-            declared: b.size,
-            buffer,
-        });
-    }
-    let pages = size >> b.pgsize.trailing_zeros();
-    if pages == 0
-        || b.size == 0
-        || b.size > DIRTY_BITMAP_SIZE_MAX
-        || b.size < dirty_bitmap_bytes(pages)
-    {
-        return Err(IommuError::BitmapSize {
-            pages,
-            bitmap_size: b.size,
-        });
-    }
-    Ok(())
-}
-
-/// ORs mapping `m`'s dirty pages into `out` at its bit offset from `base`, clears them, and
-/// sets pinned pages again. `precise` false: every page is reported (an `AllMapped` device).
-pub(crate) fn report_mapping(m: &Mapping, base: u64, precise: bool, out: &mut [u64]) -> Result<()> {
-    let Some(bitmap) = &m.bitmap else {
-        return Err(IommuError::TrackingOff);
-    };
-    let bit_offset = (m.iova - base) >> CONTAINER_PAGE_SIZE.shift();
-    if precise {
-        bitmap.read_and_clear(0, m.pages(), out, bit_offset)?;
-    } else {
-        // Every page is reported: no need to read the bitmap, only to empty it.
-        bitmap.clear_all();
-        set_bits(out, bit_offset, m.pages());
-    }
-    m.populate_pinned();
-    Ok(())
-}
-
-/// Sets bits `[first, first + count)` of `out`. Bits beyond `out` are ignored (callers have
-/// checked the buffer covers the range).
-fn set_bits(out: &mut [u64], first: u64, count: u64) {
-    let Some(end) = first.checked_add(count).filter(|_| count > 0) else {
-        return;
-    };
-    let word = |bit: u64| usize::try_from(bit / 64).unwrap_or(usize::MAX);
-    let (first_word, last_word) = (word(first), word(end - 1));
-    let head = u64::MAX << (first % 64);
-    let tail = u64::MAX >> (63 - (end - 1) % 64);
-    if first_word == last_word {
-        if let Some(w) = out.get_mut(first_word) {
-            *w |= head & tail;
-        }
-        return;
-    }
-    if let Some(w) = out.get_mut(first_word) {
-        *w |= head;
-    }
-    if let Some(middle) = out.get_mut(first_word + 1..last_word.min(out.len())) {
-        middle.fill(u64::MAX);
-    }
-    if let Some(w) = out.get_mut(last_word) {
-        *w |= tail;
-    }
 }
 
 impl Container {
@@ -195,12 +112,12 @@ impl Container {
         let limit = self.max_bitmap_bytes();
         let mut charged = 0;
         for m in state.mappings.values() {
-            charged = charge_bitmap(m, charged, limit)?;
+            charged = m.charge_bitmap(charged, limit)?;
         }
         let bitmaps = state
             .mappings
             .values()
-            .map(new_bitmap)
+            .map(Mapping::new_bitmap)
             .collect::<Result<Vec<_>>>()?;
         for (m, bitmap) in state.mappings.values_mut().zip(bitmaps) {
             m.bitmap = Some(bitmap);
@@ -249,12 +166,7 @@ impl Container {
         check_bitmap_size(range.size, &range.bitmap, out)?;
         let _sync = self.sync_lock();
         let state = self.state();
-        if range.bitmap.pgsize != CONTAINER_PAGE_SIZE.bytes() {
-            return Err(IommuError::PageSizeMismatch {
-                requested: range.bitmap.pgsize,
-                container: CONTAINER_PAGE_SIZE.bytes(),
-            });
-        }
+        check_page_size(range.bitmap.pgsize)?;
         check_aligned("bitmap iova", range.iova)?;
         if range.size == 0 {
             return Err(IommuError::ZeroSize {
@@ -291,40 +203,5 @@ impl Container {
             };
         }
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::set_bits;
-
-    fn bits(out: &[u64]) -> Vec<u64> {
-        (0..out.len() as u64 * 64)
-            .filter(|b| out[(b / 64) as usize] & (1 << (b % 64)) != 0)
-            .collect()
-    }
-
-    #[test]
-    fn set_bits_inside_one_word() {
-        let mut out = [0u64; 2];
-        set_bits(&mut out, 3, 4);
-        assert_eq!(bits(&out), vec![3, 4, 5, 6]);
-    }
-
-    #[test]
-    fn set_bits_across_words_keeps_neighbours() {
-        let mut out = [0b1u64, 0, 1 << 63];
-        set_bits(&mut out, 60, 70);
-        assert_eq!(
-            bits(&out),
-            [vec![0], (60..130).collect::<Vec<_>>(), vec![191]].concat()
-        );
-    }
-
-    #[test]
-    fn set_bits_of_nothing_changes_nothing() {
-        let mut out = [0u64; 1];
-        set_bits(&mut out, 5, 0);
-        assert_eq!(out, [0]);
     }
 }

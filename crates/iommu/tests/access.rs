@@ -12,84 +12,130 @@ use vfmig_iommu::{Backing, Container, DirtyScope, IommuError, Iova, Prot, Remote
 
 #[test]
 fn read_outside_every_mapping_is_efault() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let mut b = [0u8; 4];
-    assert_err!(c.read(Iova(2 * PAGE), &mut b), IommuError::NotMapped { .. });
+    assert_err!(
+        c.read(Iova(2 * CONTAINER_PAGE_SIZE.bytes()), &mut b),
+        IommuError::NotMapped { .. }
+    );
 }
 
 #[test]
 fn read_running_off_the_end_of_a_mapping_is_efault() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let mut b = [0u8; 8];
-    assert_eq!(errno(c.read(Iova(PAGE - 4), &mut b)), libc::EFAULT);
+    assert_eq!(
+        errno(c.read(Iova(CONTAINER_PAGE_SIZE.bytes() - 4), &mut b)),
+        libc::EFAULT
+    );
 }
 
 #[test]
 fn write_to_a_read_only_mapping_is_eperm() {
     let c = Container::default();
-    c.map_dma(VFIO_DMA_MAP_FLAG_READ, 0, PAGE, backing(PAGE))
-        .unwrap();
+    c.map_dma(
+        VFIO_DMA_MAP_FLAG_READ,
+        0,
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     assert_eq!(errno(c.write(Iova(0), &[1])), libc::EPERM);
 }
 
 #[test]
 fn refused_write_changes_no_byte() {
     // The first mapping is writable, the second read-only: nothing is written at all.
-    let c = container_with(&[(0, PAGE)]);
-    c.map_dma(VFIO_DMA_MAP_FLAG_READ, PAGE, PAGE, backing(PAGE))
-        .unwrap();
-    assert!(c.write(Iova(PAGE - 2), &[9, 9, 9, 9]).is_err());
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
+    c.map_dma(
+        VFIO_DMA_MAP_FLAG_READ,
+        CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
+    assert!(
+        c.write(Iova(CONTAINER_PAGE_SIZE.bytes() - 2), &[9, 9, 9, 9])
+            .is_err()
+    );
     let mut b = [0u8; 2];
-    c.read(Iova(PAGE - 2), &mut b).unwrap();
+    c.read(Iova(CONTAINER_PAGE_SIZE.bytes() - 2), &mut b)
+        .unwrap();
     assert_eq!(b, [0, 0]);
 }
 
 #[test]
 fn read_from_a_write_only_mapping_is_eperm() {
     let c = Container::default();
-    c.map(Iova(0), PAGE, Prot::WRITE, backing(PAGE)).unwrap();
+    c.map(
+        Iova(0),
+        CONTAINER_PAGE_SIZE.bytes(),
+        Prot::WRITE,
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     let mut b = [0u8];
     assert_eq!(errno(c.read(Iova(0), &mut b)), libc::EPERM);
 }
 
 #[test]
 fn access_spans_adjacent_mappings() {
-    let c = container_with(&[(0, PAGE), (PAGE, PAGE)]);
-    c.write(Iova(PAGE - 2), b"abcd").unwrap();
+    let c = container_with(&[
+        (0, CONTAINER_PAGE_SIZE.bytes()),
+        (CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE.bytes()),
+    ]);
+    c.write(Iova(CONTAINER_PAGE_SIZE.bytes() - 2), b"abcd")
+        .unwrap();
     let mut b = [0u8; 4];
-    c.read(Iova(PAGE - 2), &mut b).unwrap();
+    c.read(Iova(CONTAINER_PAGE_SIZE.bytes() - 2), &mut b)
+        .unwrap();
     assert_eq!(&b, b"abcd");
 }
 
 #[test]
 fn write_marks_written_pages_dirty_while_tracking() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     c.start_dirty_tracking().unwrap();
-    c.write(Iova(PAGE - 1), &[1, 2]).unwrap();
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), vec![0, 1]);
+    c.write(Iova(CONTAINER_PAGE_SIZE.bytes() - 1), &[1, 2])
+        .unwrap();
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![0, 1]
+    );
 }
 
 #[test]
 fn mark_dirty_outside_every_mapping_is_efault() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     c.start_dirty_tracking().unwrap();
-    assert_eq!(errno(c.mark_dirty(Iova(4 * PAGE), 1)), libc::EFAULT);
+    assert_eq!(
+        errno(c.mark_dirty(Iova(4 * CONTAINER_PAGE_SIZE.bytes()), 1)),
+        libc::EFAULT
+    );
 }
 
 #[test]
 fn pin_lends_the_mapped_memory() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    let pin = c.pin(dev, Iova(PAGE + 16), 32, Prot::READ_WRITE).unwrap();
+    let pin = c
+        .pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes() + 16),
+            32,
+            Prot::READ_WRITE,
+        )
+        .unwrap();
     pin.write_at(0, b"pinned").unwrap();
     let mut b = [0u8; 6];
-    c.read(Iova(PAGE + 16), &mut b).unwrap();
+    c.read(Iova(CONTAINER_PAGE_SIZE.bytes() + 16), &mut b)
+        .unwrap();
     assert_eq!(&b, b"pinned");
 }
 
 #[test]
 fn pin_guard_refuses_access_past_its_end() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
     let pin = c.pin(dev, Iova(0), 8, Prot::READ).unwrap();
     let mut b = [0u8; 9];
@@ -98,7 +144,7 @@ fn pin_guard_refuses_access_past_its_end() {
 
 #[test]
 fn read_only_pin_cannot_write() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
     let pin = c.pin(dev, Iova(0), 8, Prot::READ).unwrap();
     assert_err!(pin.write_at(0, &[1]), IommuError::Permission { .. });
@@ -106,10 +152,19 @@ fn read_only_pin_cannot_write() {
 
 #[test]
 fn pins_are_counted_per_page_and_released_on_drop() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    let a = c.pin(dev, Iova(0), 2 * PAGE, Prot::READ).unwrap();
-    let b = c.pin(dev, Iova(PAGE), 2 * PAGE, Prot::READ).unwrap();
+    let a = c
+        .pin(dev, Iova(0), 2 * CONTAINER_PAGE_SIZE.bytes(), Prot::READ)
+        .unwrap();
+    let b = c
+        .pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+        )
+        .unwrap();
     assert_eq!(c.pinned_pages(), 3);
     drop(a);
     assert_eq!(c.pinned_pages(), 2);
@@ -119,10 +174,15 @@ fn pins_are_counted_per_page_and_released_on_drop() {
 
 #[test]
 fn pin_outside_every_mapping_is_efault() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
     assert_eq!(
-        errno(c.pin(dev, Iova(PAGE), PAGE, Prot::READ)),
+        errno(c.pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ
+        )),
         libc::EFAULT
     );
 }
@@ -130,32 +190,40 @@ fn pin_outside_every_mapping_is_efault() {
 #[test]
 fn pin_against_the_protection_is_eperm() {
     let c = Container::default();
-    c.map_dma(VFIO_DMA_MAP_FLAG_READ, 0, PAGE, backing(PAGE))
-        .unwrap();
+    c.map_dma(
+        VFIO_DMA_MAP_FLAG_READ,
+        0,
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     let dev = c.attach_device(DirtyScope::Pinned, None);
     assert_eq!(
-        errno(c.pin(dev, Iova(0), PAGE, Prot::READ_WRITE)),
+        errno(c.pin(dev, Iova(0), CONTAINER_PAGE_SIZE.bytes(), Prot::READ_WRITE)),
         libc::EPERM
     );
 }
 
 #[test]
 fn pin_across_two_mappings_is_einval() {
-    let c = container_with(&[(0, PAGE), (PAGE, PAGE)]);
+    let c = container_with(&[
+        (0, CONTAINER_PAGE_SIZE.bytes()),
+        (CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE.bytes()),
+    ]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
     assert_err!(
-        c.pin(dev, Iova(0), 2 * PAGE, Prot::READ),
+        c.pin(dev, Iova(0), 2 * CONTAINER_PAGE_SIZE.bytes(), Prot::READ),
         IommuError::PinCrossesMappings { .. }
     );
 }
 
 #[test]
 fn pin_by_an_unknown_device_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
     c.detach_device(dev).unwrap();
     assert_err!(
-        c.pin(dev, Iova(0), PAGE, Prot::READ),
+        c.pin(dev, Iova(0), CONTAINER_PAGE_SIZE.bytes(), Prot::READ),
         IommuError::NoSuchDevice(_)
     );
 }
@@ -184,27 +252,35 @@ impl RemoteMemory for Peer {
 #[test]
 fn a_mapping_without_fd_is_reached_through_the_peer() {
     let peer = Arc::new(Peer {
-        mem: Mutex::new(vec![0; 2 * PAGE as usize]),
+        mem: Mutex::new(vec![0; 2 * CONTAINER_PAGE_SIZE.bytes() as usize]),
         ..Default::default()
     });
     let c = Container::default();
     c.map(
         Iova(0),
-        2 * PAGE,
+        2 * CONTAINER_PAGE_SIZE.bytes(),
         Prot::READ_WRITE,
         Backing::Remote(peer.clone()),
     )
     .unwrap();
     c.start_dirty_tracking().unwrap();
-    c.write(Iova(PAGE + 1), b"hi").unwrap();
+    c.write(Iova(CONTAINER_PAGE_SIZE.bytes() + 1), b"hi")
+        .unwrap();
     let mut b = [0u8; 2];
-    c.read(Iova(PAGE + 1), &mut b).unwrap();
+    c.read(Iova(CONTAINER_PAGE_SIZE.bytes() + 1), &mut b)
+        .unwrap();
     assert_eq!(&b, b"hi");
     assert_eq!(
         *peer.log.lock().unwrap(),
-        vec![("write", PAGE + 1, 2), ("read", PAGE + 1, 2)]
+        vec![
+            ("write", CONTAINER_PAGE_SIZE.bytes() + 1, 2),
+            ("read", CONTAINER_PAGE_SIZE.bytes() + 1, 2)
+        ]
     );
-    assert_eq!(pages_of(&get(&c, 0, 2 * PAGE).unwrap()), vec![1]);
+    assert_eq!(
+        pages_of(&get(&c, 0, 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1]
+    );
 }
 
 #[test]
@@ -212,14 +288,14 @@ fn a_mapping_without_fd_cannot_be_pinned() {
     let c = Container::default();
     c.map(
         Iova(0),
-        PAGE,
+        CONTAINER_PAGE_SIZE.bytes(),
         Prot::READ_WRITE,
         Backing::Remote(Arc::new(Peer::default())),
     )
     .unwrap();
     let dev = c.attach_device(DirtyScope::Pinned, None);
     assert_err!(
-        c.pin(dev, Iova(0), PAGE, Prot::READ),
+        c.pin(dev, Iova(0), CONTAINER_PAGE_SIZE.bytes(), Prot::READ),
         IommuError::NotHostMapped { .. }
     );
 }
@@ -238,7 +314,7 @@ fn a_failed_peer_access_keeps_its_errno() {
     let c = Container::default();
     c.map(
         Iova(0),
-        PAGE,
+        CONTAINER_PAGE_SIZE.bytes(),
         Prot::READ_WRITE,
         Backing::Remote(Arc::new(Gone)),
     )

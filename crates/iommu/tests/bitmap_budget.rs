@@ -11,7 +11,7 @@ use vfmig_iommu::{Container, ContainerConfig, IommuError, Iova};
 /// Pages whose bitmap is exactly 4 KiB.
 const PAGES_PER_4K_BITMAP: u64 = 4096 * 8;
 /// A mapping whose bitmap is exactly 4 KiB: 128 MiB.
-const SIZE_4K_BITMAP: u64 = PAGES_PER_4K_BITMAP * PAGE;
+const SIZE_4K_BITMAP: u64 = PAGES_PER_4K_BITMAP * CONTAINER_PAGE_SIZE.bytes();
 
 fn budgeted(max_bitmap_bytes: u64) -> Container {
     Container::new(ContainerConfig {
@@ -55,8 +55,8 @@ fn start_with_the_default_budget_refuses_five_mappings_of_8_tib() {
     // one bitmap may cover. Four fit 1 GiB exactly; the fifth is refused before any bitmap is
     // allocated.
     let c = Container::default();
-    let size = DIRTY_BITMAP_PAGES_MAX * PAGE;
-    let stride = size + PAGE;
+    let size = DIRTY_BITMAP_PAGES_MAX * CONTAINER_PAGE_SIZE.bytes();
+    let stride = size + CONTAINER_PAGE_SIZE.bytes();
     for i in 0..5 {
         c.map_dma(RW, i * stride, size, nowhere()).unwrap();
     }
@@ -75,8 +75,13 @@ fn start_with_the_default_budget_refuses_five_mappings_of_8_tib() {
 #[test]
 fn start_checks_the_pages_of_a_mapping_before_charging_it() {
     let c = budgeted(8);
-    c.map_dma(RW, 0, (DIRTY_BITMAP_PAGES_MAX + 1) * PAGE, nowhere())
-        .unwrap();
+    c.map_dma(
+        RW,
+        0,
+        (DIRTY_BITMAP_PAGES_MAX + 1) * CONTAINER_PAGE_SIZE.bytes(),
+        nowhere(),
+    )
+    .unwrap();
     assert_err!(c.start_dirty_tracking(), IommuError::TooManyPages { .. });
 }
 
@@ -87,7 +92,12 @@ fn map_while_tracking_over_the_bitmap_budget_is_enomem_and_maps_nothing() {
     c.start_dirty_tracking().unwrap();
     // Memory in this process: mapped, then refused its bitmap, then unmapped again.
     assert_eq!(
-        errno(c.map_dma(RW, SIZE_4K_BITMAP, PAGE, backing(PAGE))),
+        errno(c.map_dma(
+            RW,
+            SIZE_4K_BITMAP,
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        )),
         libc::ENOMEM
     );
     assert_eq!(c.mappings(), 1);
@@ -99,7 +109,10 @@ fn map_while_tracking_checks_overlap_before_the_bitmap_budget() {
     let c = budgeted(4096);
     c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
     c.start_dirty_tracking().unwrap();
-    assert_eq!(errno(c.map_dma(RW, 0, PAGE, nowhere())), libc::EEXIST);
+    assert_eq!(
+        errno(c.map_dma(RW, 0, CONTAINER_PAGE_SIZE.bytes(), nowhere())),
+        libc::EEXIST
+    );
 }
 
 #[test]
@@ -110,11 +123,18 @@ fn mappings_within_the_bitmap_budget_are_tracked() {
     c.map_dma(RW, 0, half, nowhere()).unwrap();
     c.map_dma(RW, half, half, nowhere()).unwrap();
     c.start_dirty_tracking().unwrap();
-    c.map_dma(RW, SIZE_4K_BITMAP, 64 * PAGE, nowhere()).unwrap();
+    c.map_dma(
+        RW,
+        SIZE_4K_BITMAP,
+        64 * CONTAINER_PAGE_SIZE.bytes(),
+        nowhere(),
+    )
+    .unwrap();
     assert_eq!(c.bitmap_bytes(), 4096 + 8);
-    c.write(Iova(half + PAGE), &[1]).unwrap();
+    c.write(Iova(half + CONTAINER_PAGE_SIZE.bytes()), &[1])
+        .unwrap();
     c.write(Iova(SIZE_4K_BITMAP), &[1]).unwrap();
-    let pages = pages_of(&get(&c, 0, SIZE_4K_BITMAP + 64 * PAGE).unwrap());
+    let pages = pages_of(&get(&c, 0, SIZE_4K_BITMAP + 64 * CONTAINER_PAGE_SIZE.bytes()).unwrap());
     assert_eq!(
         pages,
         vec![PAGES_PER_4K_BITMAP / 2 + 1, PAGES_PER_4K_BITMAP]

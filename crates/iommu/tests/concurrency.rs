@@ -26,10 +26,13 @@ impl Rng {
 
 const PAGES: u64 = 64 * 1024; // 256 MiB of guest memory, two mappings with a hole between.
 const MAPS: [(u64, u64); 2] = [
-    (0, PAGES / 2 * PAGE),
-    ((PAGES / 2 + 64) * PAGE, PAGES / 2 * PAGE),
+    (0, PAGES / 2 * CONTAINER_PAGE_SIZE.bytes()),
+    (
+        (PAGES / 2 + 64) * CONTAINER_PAGE_SIZE.bytes(),
+        PAGES / 2 * CONTAINER_PAGE_SIZE.bytes(),
+    ),
 ];
-const SPAN: u64 = (PAGES + 64) * PAGE;
+const SPAN: u64 = (PAGES + 64) * CONTAINER_PAGE_SIZE.bytes();
 
 fn run(writers: usize, ops: usize, seed: u64) {
     let c = container_with(&MAPS);
@@ -56,17 +59,28 @@ fn run(writers: usize, ops: usize, seed: u64) {
                 let mut dirtied = BTreeSet::new();
                 for _ in 0..ops {
                     let (base, size) = MAPS[(rng.next() % 2) as usize];
-                    let page = rng.next() % (size / PAGE);
-                    let iova = base + page * PAGE;
+                    let page = rng.next() % (size / CONTAINER_PAGE_SIZE.bytes());
+                    let iova = base + page * CONTAINER_PAGE_SIZE.bytes();
                     match rng.next() % 3 {
-                        0 => c.write(Iova(iova + rng.next() % PAGE), &[1]).unwrap(),
-                        1 => c.mark_dirty(Iova(iova), PAGE).unwrap(),
+                        0 => c
+                            .write(Iova(iova + rng.next() % CONTAINER_PAGE_SIZE.bytes()), &[1])
+                            .unwrap(),
+                        1 => c
+                            .mark_dirty(Iova(iova), CONTAINER_PAGE_SIZE.bytes())
+                            .unwrap(),
                         _ => {
-                            let pin = c.pin(dev, Iova(iova), PAGE, Prot::READ_WRITE).unwrap();
+                            let pin = c
+                                .pin(
+                                    dev,
+                                    Iova(iova),
+                                    CONTAINER_PAGE_SIZE.bytes(),
+                                    Prot::READ_WRITE,
+                                )
+                                .unwrap();
                             pin.write_at(0, &[2]).unwrap();
                         }
                     }
-                    dirtied.insert(iova / PAGE);
+                    dirtied.insert(iova / CONTAINER_PAGE_SIZE.bytes());
                 }
                 dirtied
             })

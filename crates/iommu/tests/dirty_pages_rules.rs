@@ -11,12 +11,13 @@ use vfmig_abi::uapi::{
     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP as GET, VFIO_IOMMU_DIRTY_PAGES_FLAG_START as START,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP as STOP,
 };
+use vfmig_dirty::PageSize;
 use vfmig_iommu::{
     Backing, BitmapRequest, Container, DirtyPagesDone, DirtyScope, GetBitmapRange, IommuError,
     Iova, Prot, RemoteMemory,
 };
 
-fn range(iova: u64, size: u64, pgsize: u64, bytes: u64) -> GetBitmapRange {
+fn range(iova: u64, size: u64, pgsize: PageSize, bytes: u64) -> GetBitmapRange {
     GetBitmapRange {
         iova,
         size,
@@ -89,20 +90,33 @@ fn start_through_dirty_pages_turns_tracking_on() {
 
 #[test]
 fn start_is_idempotent() {
-    let c = tracked(&[(0, 4 * PAGE)]);
-    poke(&c, PAGE);
+    let c = tracked(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
+    poke(&c, CONTAINER_PAGE_SIZE.bytes());
     c.start_dirty_tracking().unwrap();
     // A second START does not reset the bitmaps.
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), vec![1]);
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1]
+    );
 }
 
 #[test]
 fn start_sets_the_pages_pinned_before_it() {
-    let c = container_with(&[(0, 8 * PAGE)]);
+    let c = container_with(&[(0, 8 * CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    let _pin = c.pin(dev, Iova(3 * PAGE), PAGE, Prot::READ_WRITE).unwrap();
+    let _pin = c
+        .pin(
+            dev,
+            Iova(3 * CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+        )
+        .unwrap();
     c.start_dirty_tracking().unwrap();
-    assert_eq!(pages_of(&get(&c, 0, 8 * PAGE).unwrap()), vec![3]);
+    assert_eq!(
+        pages_of(&get(&c, 0, 8 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![3]
+    );
 }
 
 struct Nowhere;
@@ -118,7 +132,7 @@ impl RemoteMemory for Nowhere {
 #[test]
 fn start_refuses_a_mapping_over_int_max_pages() {
     let c = Container::default();
-    let size = ((i32::MAX as u64) + 1) * PAGE;
+    let size = ((i32::MAX as u64) + 1) * CONTAINER_PAGE_SIZE.bytes();
     c.map(
         Iova(0),
         size,
@@ -145,17 +159,17 @@ fn stop_is_idempotent() {
 
 #[test]
 fn stop_discards_the_dirty_bits() {
-    let c = tracked(&[(0, 4 * PAGE)]);
+    let c = tracked(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     poke(&c, 0);
     c.stop_dirty_tracking();
     c.start_dirty_tracking().unwrap();
-    assert!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()).is_empty());
+    assert!(pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()).is_empty());
 }
 
 #[test]
 fn get_with_argsz_below_48_is_einval() {
-    let c = tracked(&[(0, PAGE)]);
-    let r = range(0, PAGE, PAGE, 8);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
+    let r = range(0, CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, 8);
     assert_err!(
         c.dirty_pages(47, GET, Some(&r), &mut [0]),
         IommuError::ArgszTooSmall { argsz: 47, min: 48 }
@@ -164,26 +178,46 @@ fn get_with_argsz_below_48_is_einval() {
 
 #[test]
 fn get_through_dirty_pages_fills_the_buffer() {
-    let c = tracked(&[(0, PAGE)]);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     poke(&c, 0);
     let mut out = [0u64];
     let done = c
-        .dirty_pages(48, GET, Some(&range(0, PAGE, PAGE, 8)), &mut out)
+        .dirty_pages(
+            48,
+            GET,
+            Some(&range(
+                0,
+                CONTAINER_PAGE_SIZE.bytes(),
+                CONTAINER_PAGE_SIZE,
+                8,
+            )),
+            &mut out,
+        )
         .unwrap();
     assert_eq!((done, out[0]), (DirtyPagesDone::Bitmap, 1));
 }
 
 #[test]
 fn get_of_a_range_that_wraps_is_einval() {
-    let c = tracked(&[(0, PAGE)]);
-    let r = range(u64::MAX - PAGE + 1, 2 * PAGE, PAGE, 8);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
+    let r = range(
+        u64::MAX - CONTAINER_PAGE_SIZE.bytes() + 1,
+        2 * CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE,
+        8,
+    );
     assert_err!(c.get_dirty_bitmap(&r, &mut [0]), IommuError::Wraps { .. });
 }
 
 #[test]
 fn get_into_a_buffer_smaller_than_declared_is_einval() {
-    let c = tracked(&[(0, 128 * PAGE)]);
-    let r = range(0, 128 * PAGE, PAGE, 16);
+    let c = tracked(&[(0, 128 * CONTAINER_PAGE_SIZE.bytes())]);
+    let r = range(
+        0,
+        128 * CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE,
+        16,
+    );
     assert_err!(
         c.get_dirty_bitmap(&r, &mut [0]),
         IommuError::BitmapBuffer {
@@ -195,28 +229,34 @@ fn get_into_a_buffer_smaller_than_declared_is_einval() {
 
 #[test]
 fn get_with_a_zero_bitmap_size_is_einval() {
-    let c = tracked(&[(0, PAGE)]);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0, PAGE, PAGE, 0), &mut [0]),
+        c.get_dirty_bitmap(
+            &range(0, CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, 0),
+            &mut [0]
+        ),
         IommuError::BitmapSize { .. }
     );
 }
 
 #[test]
 fn get_with_a_bitmap_over_256_mib_is_einval() {
-    let c = tracked(&[(0, PAGE)]);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let big = (256u64 << 20) + 8;
     let mut out = vec![0u64; (big / 8) as usize];
     assert_err!(
-        c.get_dirty_bitmap(&range(0, PAGE, PAGE, big), &mut out),
+        c.get_dirty_bitmap(
+            &range(0, CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, big),
+            &mut out
+        ),
         IommuError::BitmapSize { .. }
     );
 }
 
 #[test]
 fn get_with_a_bitmap_too_small_for_its_pages_is_einval() {
-    let c = tracked(&[(0, 65 * PAGE)]);
-    let r = range(0, 65 * PAGE, PAGE, 8);
+    let c = tracked(&[(0, 65 * CONTAINER_PAGE_SIZE.bytes())]);
+    let r = range(0, 65 * CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, 8);
     assert_err!(
         c.get_dirty_bitmap(&r, &mut [0, 0]),
         IommuError::BitmapSize { pages: 65, .. }
@@ -225,19 +265,10 @@ fn get_with_a_bitmap_too_small_for_its_pages_is_einval() {
 
 #[test]
 fn get_of_less_than_a_page_is_einval() {
-    let c = tracked(&[(0, PAGE)]);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0, 100, PAGE, 8), &mut [0]),
+        c.get_dirty_bitmap(&range(0, 100, CONTAINER_PAGE_SIZE, 8), &mut [0]),
         IommuError::BitmapSize { pages: 0, .. }
-    );
-}
-
-#[test]
-fn get_with_page_size_zero_is_einval() {
-    let c = tracked(&[(0, PAGE)]);
-    assert_err!(
-        c.get_dirty_bitmap(&range(0, PAGE, 0, 8), &mut [0]),
-        IommuError::PageSizeMismatch { requested: 0, .. }
     );
 }
 
@@ -245,47 +276,64 @@ fn get_with_page_size_zero_is_einval() {
 fn get_with_a_page_size_other_than_the_container_page_size_is_einval() {
     let c = tracked(&[(0, 1 << 21)]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0, 1 << 21, 1 << 21, 8), &mut [0]),
+        c.get_dirty_bitmap(&range(0, 1 << 21, PageSize::SIZE_2M, 8), &mut [0]),
         IommuError::PageSizeMismatch {
-            requested: 0x200000,
-            container: 4096
+            requested: PageSize::SIZE_2M,
+            container: CONTAINER_PAGE_SIZE
         }
     );
 }
 
 #[test]
 fn get_checks_the_bitmap_size_before_the_page_size() {
-    let c = tracked(&[(0, PAGE)]);
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     // 64 KiB pages: the size check sees 0 pages first.
     assert_err!(
-        c.get_dirty_bitmap(&range(0, PAGE, 1 << 16, 8), &mut [0]),
+        c.get_dirty_bitmap(
+            &range(
+                0,
+                CONTAINER_PAGE_SIZE.bytes(),
+                PageSize::new(1 << 16).unwrap(),
+                8
+            ),
+            &mut [0]
+        ),
         IommuError::BitmapSize { .. }
     );
 }
 
 #[test]
 fn get_with_an_unaligned_iova_is_einval() {
-    let c = tracked(&[(0, 2 * PAGE)]);
+    let c = tracked(&[(0, 2 * CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0x10, PAGE, PAGE, 8), &mut [0]),
+        c.get_dirty_bitmap(
+            &range(0x10, CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, 8),
+            &mut [0]
+        ),
         IommuError::Unaligned { .. }
     );
 }
 
 #[test]
 fn get_with_an_unaligned_size_is_einval() {
-    let c = tracked(&[(0, 2 * PAGE)]);
+    let c = tracked(&[(0, 2 * CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0, PAGE + 8, PAGE, 8), &mut [0]),
+        c.get_dirty_bitmap(
+            &range(0, CONTAINER_PAGE_SIZE.bytes() + 8, CONTAINER_PAGE_SIZE, 8),
+            &mut [0]
+        ),
         IommuError::Unaligned { .. }
     );
 }
 
 #[test]
 fn get_with_tracking_off_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0, PAGE, PAGE, 8), &mut [0]),
+        c.get_dirty_bitmap(
+            &range(0, CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, 8),
+            &mut [0]
+        ),
         IommuError::TrackingOff
     );
 }
@@ -294,16 +342,20 @@ fn get_with_tracking_off_is_einval() {
 fn get_checks_the_page_size_before_tracking() {
     let c = container_with(&[(0, 1 << 21)]);
     assert_err!(
-        c.get_dirty_bitmap(&range(0, 1 << 21, 1 << 21, 8), &mut [0]),
+        c.get_dirty_bitmap(&range(0, 1 << 21, PageSize::SIZE_2M, 8), &mut [0]),
         IommuError::PageSizeMismatch { .. }
     );
 }
 
 #[test]
 fn get_starting_inside_a_mapping_is_einval() {
-    let c = tracked(&[(0x10000, 4 * PAGE)]);
+    let c = tracked(&[(0x10000, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        get(&c, 0x10000 + PAGE, 3 * PAGE),
+        get(
+            &c,
+            0x10000 + CONTAINER_PAGE_SIZE.bytes(),
+            3 * CONTAINER_PAGE_SIZE.bytes()
+        ),
         IommuError::Bisects {
             mapping: Iova(0x10000),
             ..
@@ -313,89 +365,165 @@ fn get_starting_inside_a_mapping_is_einval() {
 
 #[test]
 fn get_ending_inside_a_mapping_is_einval() {
-    let c = tracked(&[(0x10000, 4 * PAGE)]);
-    assert_err!(get(&c, 0, 0x10000 + PAGE), IommuError::Bisects { .. });
+    let c = tracked(&[(0x10000, 4 * CONTAINER_PAGE_SIZE.bytes())]);
+    assert_err!(
+        get(&c, 0, 0x10000 + CONTAINER_PAGE_SIZE.bytes()),
+        IommuError::Bisects { .. }
+    );
 }
 
 #[test]
 fn get_clubs_several_whole_mappings_and_holes() {
-    let c = tracked(&[(0, 2 * PAGE), (4 * PAGE, 2 * PAGE), (70 * PAGE, PAGE)]);
-    poke(&c, PAGE);
-    poke(&c, 5 * PAGE);
-    poke(&c, 70 * PAGE);
-    assert_eq!(pages_of(&get(&c, 0, 128 * PAGE).unwrap()), vec![1, 5, 70]);
+    let c = tracked(&[
+        (0, 2 * CONTAINER_PAGE_SIZE.bytes()),
+        (
+            4 * CONTAINER_PAGE_SIZE.bytes(),
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+        ),
+        (
+            70 * CONTAINER_PAGE_SIZE.bytes(),
+            CONTAINER_PAGE_SIZE.bytes(),
+        ),
+    ]);
+    poke(&c, CONTAINER_PAGE_SIZE.bytes());
+    poke(&c, 5 * CONTAINER_PAGE_SIZE.bytes());
+    poke(&c, 70 * CONTAINER_PAGE_SIZE.bytes());
+    assert_eq!(
+        pages_of(&get(&c, 0, 128 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1, 5, 70]
+    );
 }
 
 #[test]
 fn get_of_a_hole_reports_nothing() {
-    let c = tracked(&[(0, PAGE)]);
-    assert!(pages_of(&get(&c, 16 * PAGE, 4 * PAGE).unwrap()).is_empty());
+    let c = tracked(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
+    assert!(
+        pages_of(
+            &get(
+                &c,
+                16 * CONTAINER_PAGE_SIZE.bytes(),
+                4 * CONTAINER_PAGE_SIZE.bytes()
+            )
+            .unwrap()
+        )
+        .is_empty()
+    );
 }
 
 #[test]
 fn get_reads_and_clears() {
-    let c = tracked(&[(0, 4 * PAGE)]);
-    poke(&c, 2 * PAGE);
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), vec![2]);
-    assert!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()).is_empty());
+    let c = tracked(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
+    poke(&c, 2 * CONTAINER_PAGE_SIZE.bytes());
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![2]
+    );
+    assert!(pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()).is_empty());
 }
 
 #[test]
 fn get_ors_into_the_callers_buffer() {
-    let c = tracked(&[(0, 4 * PAGE)]);
+    let c = tracked(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     poke(&c, 0);
     let mut out = [0b1000u64];
-    c.get_dirty_bitmap(&range(0, 4 * PAGE, PAGE, 8), &mut out)
-        .unwrap();
+    c.get_dirty_bitmap(
+        &range(0, 4 * CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE, 8),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out[0], 0b1001);
 }
 
 #[test]
 fn get_keeps_pinned_pages_dirty() {
-    let c = tracked(&[(0, 4 * PAGE)]);
+    let c = tracked(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    let _pin = c.pin(dev, Iova(PAGE), PAGE, Prot::READ_WRITE).unwrap();
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), vec![1]);
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), vec![1]);
+    let _pin = c
+        .pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+        )
+        .unwrap();
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1]
+    );
 }
 
 #[test]
 fn get_reports_an_unpinned_page_once_more() {
-    let c = tracked(&[(0, 4 * PAGE)]);
+    let c = tracked(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    drop(c.pin(dev, Iova(PAGE), PAGE, Prot::READ_WRITE).unwrap());
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), vec![1]);
-    assert!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()).is_empty());
+    drop(
+        c.pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1]
+    );
+    assert!(pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()).is_empty());
 }
 
 #[test]
 fn a_mapping_made_while_tracking_is_tracked_at_once() {
     let c = tracked(&[]);
-    c.map_dma(RW, 0, 2 * PAGE, backing(2 * PAGE)).unwrap();
-    poke(&c, PAGE);
-    assert_eq!(pages_of(&get(&c, 0, 2 * PAGE).unwrap()), vec![1]);
+    c.map_dma(
+        RW,
+        0,
+        2 * CONTAINER_PAGE_SIZE.bytes(),
+        backing(2 * CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
+    poke(&c, CONTAINER_PAGE_SIZE.bytes());
+    assert_eq!(
+        pages_of(&get(&c, 0, 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1]
+    );
 }
 
 #[test]
 fn writes_before_start_are_not_reported() {
-    let c = container_with(&[(0, 2 * PAGE)]);
+    let c = container_with(&[(0, 2 * CONTAINER_PAGE_SIZE.bytes())]);
     poke(&c, 0);
     c.start_dirty_tracking().unwrap();
-    assert!(pages_of(&get(&c, 0, 2 * PAGE).unwrap()).is_empty());
+    assert!(pages_of(&get(&c, 0, 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap()).is_empty());
 }
 
 #[test]
 fn mark_dirty_reports_the_partial_first_and_last_page() {
-    let c = tracked(&[(0, 8 * PAGE)]);
-    c.mark_dirty(Iova(PAGE + 4000), 200).unwrap();
-    assert_eq!(pages_of(&get(&c, 0, 8 * PAGE).unwrap()), vec![1, 2]);
+    let c = tracked(&[(0, 8 * CONTAINER_PAGE_SIZE.bytes())]);
+    c.mark_dirty(Iova(CONTAINER_PAGE_SIZE.bytes() + 4000), 200)
+        .unwrap();
+    assert_eq!(
+        pages_of(&get(&c, 0, 8 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![1, 2]
+    );
 }
 
 #[test]
 fn count_dirty_sees_without_clearing() {
-    let c = tracked(&[(0, 8 * PAGE)]);
+    let c = tracked(&[(0, 8 * CONTAINER_PAGE_SIZE.bytes())]);
     poke(&c, 0);
-    poke(&c, 7 * PAGE);
-    assert_eq!(c.count_dirty(Iova(0), 8 * PAGE).unwrap(), 2);
-    assert_eq!(pages_of(&get(&c, 0, 8 * PAGE).unwrap()), vec![0, 7]);
+    poke(&c, 7 * CONTAINER_PAGE_SIZE.bytes());
+    assert_eq!(
+        c.count_dirty(Iova(0), 8 * CONTAINER_PAGE_SIZE.bytes())
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        pages_of(&get(&c, 0, 8 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![0, 7]
+    );
 }

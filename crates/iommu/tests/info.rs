@@ -38,7 +38,11 @@ fn info_with_argsz_16_returns_page_sizes_without_cap_offset() {
         VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS
     );
     assert_eq!(u64_at(&b, 8) & 0xfff, 0, "no page size below 4 KiB");
-    assert_ne!(u64_at(&b, 8) & PAGE, 0, "4 KiB pages");
+    assert_ne!(
+        u64_at(&b, 8) & CONTAINER_PAGE_SIZE.bytes(),
+        0,
+        "4 KiB pages"
+    );
 }
 
 #[test]
@@ -59,13 +63,17 @@ fn info_carries_the_migration_capability_at_offset_24() {
     );
     assert_eq!(u16_at(&b, 26), 1, "version");
     assert_eq!(u32_at(&b, 32), 0, "flags");
-    assert_eq!(u64_at(&b, 40), PAGE, "pgsize_bitmap: only 4 KiB");
+    assert_eq!(
+        u64_at(&b, 40),
+        CONTAINER_PAGE_SIZE.bytes(),
+        "pgsize_bitmap: only 4 KiB"
+    );
     assert_eq!(u64_at(&b, 48), 256 << 20, "max_dirty_bitmap_size");
 }
 
 #[test]
 fn info_chains_the_dma_avail_capability_last() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let b = c.info(4096).unwrap();
     let next = u32_at(&b, 28) as usize;
     assert_eq!(next, 56);

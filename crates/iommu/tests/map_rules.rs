@@ -10,7 +10,12 @@ use vfmig_iommu::{Backing, Container, ContainerConfig, IommuError, Iova, Prot, R
 fn map_unknown_flag_is_einval() {
     let c = Container::default();
     assert_err!(
-        c.map_dma(RW | 4, 0, PAGE, backing(PAGE)),
+        c.map_dma(
+            RW | 4,
+            0,
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        ),
         IommuError::UnknownFlags { flags: 7, .. }
     );
 }
@@ -18,14 +23,22 @@ fn map_unknown_flag_is_einval() {
 #[test]
 fn map_without_read_or_write_is_einval() {
     let c = Container::default();
-    assert_eq!(errno(c.map_dma(0, 0, PAGE, backing(PAGE))), libc::EINVAL);
+    assert_eq!(
+        errno(c.map_dma(
+            0,
+            0,
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        )),
+        libc::EINVAL
+    );
 }
 
 #[test]
 fn map_of_zero_size_is_einval() {
     let c = Container::default();
     assert_err!(
-        c.map_dma(RW, 0, 0, backing(PAGE)),
+        c.map_dma(RW, 0, 0, backing(CONTAINER_PAGE_SIZE.bytes())),
         IommuError::ZeroSize { .. }
     );
 }
@@ -34,7 +47,12 @@ fn map_of_zero_size_is_einval() {
 fn map_with_unaligned_iova_is_einval() {
     let c = Container::default();
     assert_err!(
-        c.map_dma(RW, 0x800, PAGE, backing(PAGE)),
+        c.map_dma(
+            RW,
+            0x800,
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        ),
         IommuError::Unaligned { value: 0x800, .. }
     );
 }
@@ -43,7 +61,12 @@ fn map_with_unaligned_iova_is_einval() {
 fn map_with_unaligned_size_is_einval() {
     let c = Container::default();
     assert_err!(
-        c.map_dma(RW, 0, PAGE + 1, backing(2 * PAGE)),
+        c.map_dma(
+            RW,
+            0,
+            CONTAINER_PAGE_SIZE.bytes() + 1,
+            backing(2 * CONTAINER_PAGE_SIZE.bytes())
+        ),
         IommuError::Unaligned { .. }
     );
 }
@@ -52,11 +75,11 @@ fn map_with_unaligned_size_is_einval() {
 fn map_with_unaligned_fd_offset_is_einval() {
     let c = Container::default();
     let b = Backing::Fd {
-        fd: memfd(2 * PAGE),
+        fd: memfd(2 * CONTAINER_PAGE_SIZE.bytes()),
         offset: 100,
     };
     assert_err!(
-        c.map_dma(RW, 0, PAGE, b),
+        c.map_dma(RW, 0, CONTAINER_PAGE_SIZE.bytes(), b),
         IommuError::Unaligned { value: 100, .. }
     );
 }
@@ -64,23 +87,33 @@ fn map_with_unaligned_fd_offset_is_einval() {
 #[test]
 fn map_that_wraps_is_einval() {
     let c = Container::default();
-    let iova = u64::MAX - PAGE + 1;
+    let iova = u64::MAX - CONTAINER_PAGE_SIZE.bytes() + 1;
     assert_err!(
-        c.map_dma(RW, iova, 2 * PAGE, backing(2 * PAGE)),
+        c.map_dma(
+            RW,
+            iova,
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+            backing(2 * CONTAINER_PAGE_SIZE.bytes())
+        ),
         IommuError::Wraps { .. }
     );
 }
 
 #[test]
 fn map_overlapping_an_existing_mapping_is_eexist() {
-    let c = container_with(&[(0x10000, 4 * PAGE)]);
-    let r = c.map_dma(RW, 0x10000 + 3 * PAGE, 2 * PAGE, backing(2 * PAGE));
+    let c = container_with(&[(0x10000, 4 * CONTAINER_PAGE_SIZE.bytes())]);
+    let r = c.map_dma(
+        RW,
+        0x10000 + 3 * CONTAINER_PAGE_SIZE.bytes(),
+        2 * CONTAINER_PAGE_SIZE.bytes(),
+        backing(2 * CONTAINER_PAGE_SIZE.bytes()),
+    );
     assert_eq!(errno(r), libc::EEXIST);
 }
 
 #[test]
 fn map_covering_an_existing_mapping_is_eexist() {
-    let c = container_with(&[(0x10000, PAGE)]);
+    let c = container_with(&[(0x10000, CONTAINER_PAGE_SIZE.bytes())]);
     assert_eq!(
         errno(c.map_dma(RW, 0, 0x100000, backing(0x100000))),
         libc::EEXIST
@@ -89,9 +122,21 @@ fn map_covering_an_existing_mapping_is_eexist() {
 
 #[test]
 fn map_adjacent_to_an_existing_mapping_succeeds() {
-    let c = container_with(&[(0x10000, PAGE)]);
-    c.map_dma(RW, 0x10000 + PAGE, PAGE, backing(PAGE)).unwrap();
-    c.map_dma(RW, 0x10000 - PAGE, PAGE, backing(PAGE)).unwrap();
+    let c = container_with(&[(0x10000, CONTAINER_PAGE_SIZE.bytes())]);
+    c.map_dma(
+        RW,
+        0x10000 + CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
+    c.map_dma(
+        RW,
+        0x10000 - CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     assert_eq!(c.mappings(), 3);
 }
 
@@ -101,10 +146,27 @@ fn map_beyond_the_mapping_limit_is_enospc() {
         max_mappings: 2,
         ..ContainerConfig::default()
     });
-    c.map_dma(RW, 0, PAGE, backing(PAGE)).unwrap();
-    c.map_dma(RW, PAGE, PAGE, backing(PAGE)).unwrap();
+    c.map_dma(
+        RW,
+        0,
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
+    c.map_dma(
+        RW,
+        CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     assert_eq!(
-        errno(c.map_dma(RW, 2 * PAGE, PAGE, backing(PAGE))),
+        errno(c.map_dma(
+            RW,
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        )),
         libc::ENOSPC
     );
 }
@@ -120,8 +182,22 @@ fn map_checks_overlap_before_the_limit() {
         max_mappings: 1,
         ..ContainerConfig::default()
     });
-    c.map_dma(RW, 0, PAGE, backing(PAGE)).unwrap();
-    assert_eq!(errno(c.map_dma(RW, 0, PAGE, backing(PAGE))), libc::EEXIST);
+    c.map_dma(
+        RW,
+        0,
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        errno(c.map_dma(
+            RW,
+            0,
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        )),
+        libc::EEXIST
+    );
 }
 
 #[test]
@@ -142,7 +218,12 @@ fn map_of_a_bad_fd_keeps_the_mmap_errno() {
     drop(w);
     let read = vfmig_abi::uapi::VFIO_DMA_MAP_FLAG_READ;
     let e = c
-        .map_dma(read, 0, PAGE, Backing::Fd { fd: r, offset: 0 })
+        .map_dma(
+            read,
+            0,
+            CONTAINER_PAGE_SIZE.bytes(),
+            Backing::Fd { fd: r, offset: 0 },
+        )
         .unwrap_err();
     assert!(matches!(e, IommuError::Mmap { .. }));
     assert_eq!(e.errno(), libc::ENODEV);
@@ -150,12 +231,17 @@ fn map_of_a_bad_fd_keeps_the_mmap_errno() {
 
 #[test]
 fn mapped_fd_memory_is_what_the_device_reads() {
-    let fd = memfd(PAGE);
+    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
     let file = std::fs::File::from(fd.try_clone().unwrap());
     std::os::unix::fs::FileExt::write_at(&file, b"guest", 8).unwrap();
     let c = Container::default();
-    c.map_dma(RW, 0x4000, PAGE, Backing::Fd { fd, offset: 0 })
-        .unwrap();
+    c.map_dma(
+        RW,
+        0x4000,
+        CONTAINER_PAGE_SIZE.bytes(),
+        Backing::Fd { fd, offset: 0 },
+    )
+    .unwrap();
     let mut buf = [0u8; 5];
     c.read(Iova(0x4008), &mut buf).unwrap();
     assert_eq!(&buf, b"guest");
@@ -163,17 +249,17 @@ fn mapped_fd_memory_is_what_the_device_reads() {
 
 #[test]
 fn map_honours_the_fd_offset() {
-    let fd = memfd(3 * PAGE);
+    let fd = memfd(3 * CONTAINER_PAGE_SIZE.bytes());
     let file = std::fs::File::from(fd.try_clone().unwrap());
-    std::os::unix::fs::FileExt::write_at(&file, b"X", 2 * PAGE).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, b"X", 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap();
     let c = Container::default();
     c.map_dma(
         RW,
         0,
-        PAGE,
+        CONTAINER_PAGE_SIZE.bytes(),
         Backing::Fd {
             fd,
-            offset: 2 * PAGE,
+            offset: 2 * CONTAINER_PAGE_SIZE.bytes(),
         },
     )
     .unwrap();

@@ -69,7 +69,8 @@ fn unmap(c: &Container, iova: u64, size: u64) -> u64 {
 fn a_slow_remote_read_does_not_hold_up_a_map() {
     let (gate, entered, release) = Gate::new();
     let c = Container::default();
-    c.map_dma(RW, 0, PAGE, Backing::Remote(gate)).unwrap();
+    c.map_dma(RW, 0, CONTAINER_PAGE_SIZE.bytes(), Backing::Remote(gate))
+        .unwrap();
     let reader = thread::spawn({
         let c = c.clone();
         move || {
@@ -85,7 +86,12 @@ fn a_slow_remote_read_does_not_hold_up_a_map() {
     let mapper = thread::spawn({
         let c = c.clone();
         move || {
-            let r = c.map_dma(RW, PAGE, PAGE, backing(PAGE));
+            let r = c.map_dma(
+                RW,
+                CONTAINER_PAGE_SIZE.bytes(),
+                CONTAINER_PAGE_SIZE.bytes(),
+                backing(CONTAINER_PAGE_SIZE.bytes()),
+            );
             let _ = mapped_tx.send(());
             r
         }
@@ -106,44 +112,76 @@ fn a_slow_remote_read_does_not_hold_up_a_map() {
 fn a_remote_write_racing_with_a_replacing_map_marks_nothing_in_the_new_mapping() {
     let (gate, entered, release) = Gate::new();
     let c = Container::default();
-    c.map_dma(RW, 0, 4 * PAGE, Backing::Remote(gate)).unwrap();
+    c.map_dma(
+        RW,
+        0,
+        4 * CONTAINER_PAGE_SIZE.bytes(),
+        Backing::Remote(gate),
+    )
+    .unwrap();
     c.start_dirty_tracking().unwrap();
     let writer = thread::spawn({
         let c = c.clone();
-        move || c.write(Iova(2 * PAGE), &[1])
+        move || c.write(Iova(2 * CONTAINER_PAGE_SIZE.bytes()), &[1])
     });
     entered
         .recv_timeout(PATIENCE)
         .expect("the write reaches the peer");
 
     // While the peer holds the write: the mapping goes, another takes its place.
-    assert_eq!(unmap(&c, 0, 4 * PAGE), 4 * PAGE);
-    c.map_dma(RW, 0, 4 * PAGE, nowhere()).unwrap();
+    assert_eq!(
+        unmap(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()),
+        4 * CONTAINER_PAGE_SIZE.bytes()
+    );
+    c.map_dma(RW, 0, 4 * CONTAINER_PAGE_SIZE.bytes(), nowhere())
+        .unwrap();
     release.send(()).unwrap();
 
     writer.join().expect("no panic").unwrap();
-    assert_eq!(pages_of(&get(&c, 0, 4 * PAGE).unwrap()), Vec::<u64>::new());
+    assert_eq!(
+        pages_of(&get(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        Vec::<u64>::new()
+    );
 }
 
 #[test]
 fn a_remote_write_racing_with_an_unmap_is_lost_without_error() {
     let (gate, entered, release) = Gate::new();
     let c = Container::default();
-    c.map_dma(RW, 0, 4 * PAGE, Backing::Remote(gate)).unwrap();
-    c.map_dma(RW, 4 * PAGE, 4 * PAGE, nowhere()).unwrap();
+    c.map_dma(
+        RW,
+        0,
+        4 * CONTAINER_PAGE_SIZE.bytes(),
+        Backing::Remote(gate),
+    )
+    .unwrap();
+    c.map_dma(
+        RW,
+        4 * CONTAINER_PAGE_SIZE.bytes(),
+        4 * CONTAINER_PAGE_SIZE.bytes(),
+        nowhere(),
+    )
+    .unwrap();
     c.start_dirty_tracking().unwrap();
     let writer = thread::spawn({
         let c = c.clone();
-        move || c.write(Iova(3 * PAGE), &[1])
+        move || c.write(Iova(3 * CONTAINER_PAGE_SIZE.bytes()), &[1])
     });
     entered
         .recv_timeout(PATIENCE)
         .expect("the write reaches the peer");
-    assert_eq!(unmap(&c, 0, 4 * PAGE), 4 * PAGE);
+    assert_eq!(
+        unmap(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()),
+        4 * CONTAINER_PAGE_SIZE.bytes()
+    );
     release.send(()).unwrap();
 
     writer.join().expect("no panic").unwrap();
-    assert_eq!(c.count_dirty(Iova(0), 8 * PAGE).unwrap(), 0);
+    assert_eq!(
+        c.count_dirty(Iova(0), 8 * CONTAINER_PAGE_SIZE.bytes())
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -158,10 +196,22 @@ fn a_remote_write_that_fails_part_way_reports_the_pages_the_peer_took() {
         }
     }
     let c = Container::default();
-    c.map_dma(RW, 0, PAGE, nowhere()).unwrap();
-    c.map_dma(RW, PAGE, PAGE, Backing::Remote(Arc::new(Gone)))
+    c.map_dma(RW, 0, CONTAINER_PAGE_SIZE.bytes(), nowhere())
         .unwrap();
+    c.map_dma(
+        RW,
+        CONTAINER_PAGE_SIZE.bytes(),
+        CONTAINER_PAGE_SIZE.bytes(),
+        Backing::Remote(Arc::new(Gone)),
+    )
+    .unwrap();
     c.start_dirty_tracking().unwrap();
-    assert_eq!(errno(c.write(Iova(PAGE - 2), &[1; 4])), libc::ECONNRESET);
-    assert_eq!(pages_of(&get(&c, 0, 2 * PAGE).unwrap()), vec![0]);
+    assert_eq!(
+        errno(c.write(Iova(CONTAINER_PAGE_SIZE.bytes() - 2), &[1; 4])),
+        libc::ECONNRESET
+    );
+    assert_eq!(
+        pages_of(&get(&c, 0, 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        vec![0]
+    );
 }

@@ -10,6 +10,7 @@ use common::*;
 use vfmig_abi::uapi::{
     VFIO_DMA_UNMAP_FLAG_ALL as ALL, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP as BITMAP,
 };
+use vfmig_dirty::PageSize;
 use vfmig_iommu::{
     BitmapRequest, Container, DirtyScope, IommuError, Iova, PinGuard, Prot, UnmapNotifier,
     UnmapRequest,
@@ -30,7 +31,7 @@ fn with_bitmap(iova: u64, size: u64, bytes: u64) -> UnmapRequest {
         iova,
         size,
         bitmap: Some(BitmapRequest {
-            pgsize: PAGE,
+            pgsize: CONTAINER_PAGE_SIZE,
             size: bytes,
         }),
     }
@@ -38,10 +39,10 @@ fn with_bitmap(iova: u64, size: u64, bytes: u64) -> UnmapRequest {
 
 #[test]
 fn unmap_unknown_flag_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let req = UnmapRequest {
         flags: 4,
-        ..plain(0, PAGE)
+        ..plain(0, CONTAINER_PAGE_SIZE.bytes())
     };
     assert_err!(
         c.unmap_dma(&req, None),
@@ -51,22 +52,22 @@ fn unmap_unknown_flag_is_einval() {
 
 #[test]
 fn unmap_with_an_unaligned_iova_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.unmap_dma(&plain(8, PAGE), None),
+        c.unmap_dma(&plain(8, CONTAINER_PAGE_SIZE.bytes()), None),
         IommuError::Unaligned { .. }
     );
 }
 
 #[test]
 fn unmap_of_zero_size_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(c.unmap_dma(&plain(0, 0), None), IommuError::ZeroSize { .. });
 }
 
 #[test]
 fn unmap_with_an_unaligned_size_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
         c.unmap_dma(&plain(0, 100), None),
         IommuError::Unaligned { .. }
@@ -75,18 +76,27 @@ fn unmap_with_an_unaligned_size_is_einval() {
 
 #[test]
 fn unmap_that_wraps_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.unmap_dma(&plain(u64::MAX - PAGE + 1, 2 * PAGE), None),
+        c.unmap_dma(
+            &plain(
+                u64::MAX - CONTAINER_PAGE_SIZE.bytes() + 1,
+                2 * CONTAINER_PAGE_SIZE.bytes()
+            ),
+            None
+        ),
         IommuError::Wraps { .. }
     );
 }
 
 #[test]
 fn unmap_starting_inside_a_mapping_is_einval() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.unmap_dma(&plain(PAGE, 3 * PAGE), None),
+        c.unmap_dma(
+            &plain(CONTAINER_PAGE_SIZE.bytes(), 3 * CONTAINER_PAGE_SIZE.bytes()),
+            None
+        ),
         IommuError::Bisects { .. }
     );
     assert_eq!(c.mappings(), 1);
@@ -94,47 +104,74 @@ fn unmap_starting_inside_a_mapping_is_einval() {
 
 #[test]
 fn unmap_ending_inside_a_mapping_is_einval() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.unmap_dma(&plain(0, PAGE), None),
+        c.unmap_dma(&plain(0, CONTAINER_PAGE_SIZE.bytes()), None),
         IommuError::Bisects { .. }
     );
 }
 
 #[test]
 fn unmap_of_a_hole_unmaps_nothing() {
-    let c = container_with(&[(0, PAGE)]);
-    assert_eq!(c.unmap_dma(&plain(16 * PAGE, PAGE), None).unwrap(), 0);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
+    assert_eq!(
+        c.unmap_dma(
+            &plain(
+                16 * CONTAINER_PAGE_SIZE.bytes(),
+                CONTAINER_PAGE_SIZE.bytes()
+            ),
+            None
+        )
+        .unwrap(),
+        0
+    );
     assert_eq!(c.mappings(), 1);
 }
 
 #[test]
 fn unmap_spans_several_whole_mappings_and_returns_their_bytes() {
-    let c = container_with(&[(0, PAGE), (2 * PAGE, 2 * PAGE), (8 * PAGE, PAGE)]);
-    assert_eq!(c.unmap_dma(&plain(0, 8 * PAGE), None).unwrap(), 3 * PAGE);
+    let c = container_with(&[
+        (0, CONTAINER_PAGE_SIZE.bytes()),
+        (
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+        ),
+        (8 * CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE.bytes()),
+    ]);
+    assert_eq!(
+        c.unmap_dma(&plain(0, 8 * CONTAINER_PAGE_SIZE.bytes()), None)
+            .unwrap(),
+        3 * CONTAINER_PAGE_SIZE.bytes()
+    );
     assert_eq!(c.mapping_list().len(), 1);
 }
 
 #[test]
 fn unmap_all_removes_every_mapping() {
-    let c = container_with(&[(0, PAGE), (1 << 30, PAGE)]);
+    let c = container_with(&[
+        (0, CONTAINER_PAGE_SIZE.bytes()),
+        (1 << 30, CONTAINER_PAGE_SIZE.bytes()),
+    ]);
     let req = UnmapRequest {
         flags: ALL,
         iova: 0,
         size: 0,
         bitmap: None,
     };
-    assert_eq!(c.unmap_dma(&req, None).unwrap(), 2 * PAGE);
+    assert_eq!(
+        c.unmap_dma(&req, None).unwrap(),
+        2 * CONTAINER_PAGE_SIZE.bytes()
+    );
     assert_eq!(c.mappings(), 0);
 }
 
 #[test]
 fn unmap_all_with_a_range_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     let req = UnmapRequest {
         flags: ALL,
         iova: 0,
-        size: PAGE,
+        size: CONTAINER_PAGE_SIZE.bytes(),
         bitmap: None,
     };
     assert_err!(c.unmap_dma(&req, None), IommuError::UnmapAllMisused);
@@ -142,7 +179,7 @@ fn unmap_all_with_a_range_is_einval() {
 
 #[test]
 fn unmap_all_with_a_bitmap_is_einval() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     c.start_dirty_tracking().unwrap();
     let req = UnmapRequest {
         flags: ALL | BITMAP,
@@ -158,9 +195,12 @@ fn unmap_all_with_a_bitmap_is_einval() {
 
 #[test]
 fn unmap_with_bitmap_checks_the_bitmap_size_like_get() {
-    let c = container_with(&[(0, 65 * PAGE)]);
+    let c = container_with(&[(0, 65 * CONTAINER_PAGE_SIZE.bytes())]);
     c.start_dirty_tracking().unwrap();
-    let r = c.unmap_dma(&with_bitmap(0, 65 * PAGE, 8), Some(&mut [0, 0]));
+    let r = c.unmap_dma(
+        &with_bitmap(0, 65 * CONTAINER_PAGE_SIZE.bytes(), 8),
+        Some(&mut [0, 0]),
+    );
     assert_err!(
         r,
         IommuError::BitmapSize {
@@ -172,9 +212,12 @@ fn unmap_with_bitmap_checks_the_bitmap_size_like_get() {
 
 #[test]
 fn unmap_with_bitmap_needs_tracking() {
-    let c = container_with(&[(0, PAGE)]);
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
     assert_err!(
-        c.unmap_dma(&with_bitmap(0, PAGE, 8), Some(&mut [0])),
+        c.unmap_dma(
+            &with_bitmap(0, CONTAINER_PAGE_SIZE.bytes(), 8),
+            Some(&mut [0])
+        ),
         IommuError::TrackingOff
     );
     assert_eq!(c.mappings(), 1);
@@ -189,7 +232,7 @@ fn unmap_with_bitmap_needs_the_container_page_size() {
         iova: 0,
         size: 1 << 21,
         bitmap: Some(BitmapRequest {
-            pgsize: 1 << 21,
+            pgsize: PageSize::SIZE_2M,
             size: 8,
         }),
     };
@@ -202,29 +245,52 @@ fn unmap_with_bitmap_needs_the_container_page_size() {
 #[test]
 fn unmap_with_bitmap_lands_two_mappings_at_shifted_offsets_in_one_buffer() {
     // Mapping A at page 3 (3 pages), mapping B at page 70 (2 pages): B's bits cross a word.
-    let c = container_with(&[(3 * PAGE, 3 * PAGE), (70 * PAGE, 2 * PAGE)]);
+    let c = container_with(&[
+        (
+            3 * CONTAINER_PAGE_SIZE.bytes(),
+            3 * CONTAINER_PAGE_SIZE.bytes(),
+        ),
+        (
+            70 * CONTAINER_PAGE_SIZE.bytes(),
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+        ),
+    ]);
     c.start_dirty_tracking().unwrap();
-    poke(&c, 3 * PAGE);
-    poke(&c, 5 * PAGE);
-    poke(&c, 71 * PAGE);
+    poke(&c, 3 * CONTAINER_PAGE_SIZE.bytes());
+    poke(&c, 5 * CONTAINER_PAGE_SIZE.bytes());
+    poke(&c, 71 * CONTAINER_PAGE_SIZE.bytes());
     // Bit 1 was set by the caller before the call and must survive.
     let mut out = [0b10u64, 0];
     let n = c
-        .unmap_dma(&with_bitmap(0, 128 * PAGE, 16), Some(&mut out))
+        .unmap_dma(
+            &with_bitmap(0, 128 * CONTAINER_PAGE_SIZE.bytes(), 16),
+            Some(&mut out),
+        )
         .unwrap();
-    assert_eq!(n, 5 * PAGE);
+    assert_eq!(n, 5 * CONTAINER_PAGE_SIZE.bytes());
     assert_eq!(pages_of(&out), vec![1, 3, 5, 71]);
 }
 
 #[test]
 fn unmap_bitmap_reports_a_page_pinned_while_tracking() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     c.start_dirty_tracking().unwrap();
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    drop(c.pin(dev, Iova(2 * PAGE), PAGE, Prot::READ).unwrap());
+    drop(
+        c.pin(
+            dev,
+            Iova(2 * CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+        )
+        .unwrap(),
+    );
     let mut out = [0u64];
-    c.unmap_dma(&with_bitmap(0, 4 * PAGE, 8), Some(&mut out))
-        .unwrap();
+    c.unmap_dma(
+        &with_bitmap(0, 4 * CONTAINER_PAGE_SIZE.bytes(), 8),
+        Some(&mut out),
+    )
+    .unwrap();
     assert_eq!(pages_of(&out), vec![2]);
 }
 
@@ -249,25 +315,45 @@ impl UnmapNotifier for Stubborn {
 
 #[test]
 fn unmap_asks_the_pinning_device_to_unpin_and_proceeds() {
-    let c = container_with(&[(0, 4 * PAGE)]);
+    let c = container_with(&[(0, 4 * CONTAINER_PAGE_SIZE.bytes())]);
     let dev_pins = Arc::new(Cooperative(Mutex::new(Vec::new())));
     let dev = c.attach_device(DirtyScope::Pinned, Some(dev_pins.clone()));
-    dev_pins
-        .0
-        .lock()
-        .unwrap()
-        .push(c.pin(dev, Iova(PAGE), PAGE, Prot::READ).unwrap());
-    assert_eq!(c.unmap_dma(&plain(0, 4 * PAGE), None).unwrap(), 4 * PAGE);
+    dev_pins.0.lock().unwrap().push(
+        c.pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        c.unmap_dma(&plain(0, 4 * CONTAINER_PAGE_SIZE.bytes()), None)
+            .unwrap(),
+        4 * CONTAINER_PAGE_SIZE.bytes()
+    );
     assert!(dev_pins.0.lock().unwrap().is_empty());
 }
 
 #[test]
 fn unmap_fails_busy_and_removes_nothing_when_pins_are_kept() {
-    let c = container_with(&[(0, PAGE), (PAGE, PAGE)]);
+    let c = container_with(&[
+        (0, CONTAINER_PAGE_SIZE.bytes()),
+        (CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE.bytes()),
+    ]);
     let asked = Arc::new(Stubborn(Mutex::new(0)));
     let dev = c.attach_device(DirtyScope::Pinned, Some(asked.clone()));
-    let _pin = c.pin(dev, Iova(PAGE), PAGE, Prot::READ).unwrap();
-    let e = c.unmap_dma(&plain(0, 2 * PAGE), None).unwrap_err();
+    let _pin = c
+        .pin(
+            dev,
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+        )
+        .unwrap();
+    let e = c
+        .unmap_dma(&plain(0, 2 * CONTAINER_PAGE_SIZE.bytes()), None)
+        .unwrap_err();
     assert_eq!(e.errno(), libc::EBUSY);
     assert_eq!(c.mappings(), 2);
     assert!(*asked.0.lock().unwrap() > 0);
@@ -275,27 +361,43 @@ fn unmap_fails_busy_and_removes_nothing_when_pins_are_kept() {
 
 #[test]
 fn unmap_of_a_range_without_pins_ignores_pins_elsewhere() {
-    let c = container_with(&[(0, PAGE), (PAGE, PAGE)]);
+    let c = container_with(&[
+        (0, CONTAINER_PAGE_SIZE.bytes()),
+        (CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE.bytes()),
+    ]);
     let dev = c.attach_device(DirtyScope::Pinned, None);
-    let _pin = c.pin(dev, Iova(0), PAGE, Prot::READ).unwrap();
-    assert_eq!(c.unmap_dma(&plain(PAGE, PAGE), None).unwrap(), PAGE);
+    let _pin = c
+        .pin(dev, Iova(0), CONTAINER_PAGE_SIZE.bytes(), Prot::READ)
+        .unwrap();
+    assert_eq!(
+        c.unmap_dma(
+            &plain(CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE.bytes()),
+            None
+        )
+        .unwrap(),
+        CONTAINER_PAGE_SIZE.bytes()
+    );
 }
 
 #[test]
 fn unmapped_memory_is_no_longer_reachable() {
-    let c = container_with(&[(0, PAGE)]);
-    c.unmap_dma(&plain(0, PAGE), None).unwrap();
+    let c = container_with(&[(0, CONTAINER_PAGE_SIZE.bytes())]);
+    c.unmap_dma(&plain(0, CONTAINER_PAGE_SIZE.bytes()), None)
+        .unwrap();
     let mut b = [0u8];
     assert_eq!(errno(c.read(Iova(0), &mut b)), libc::EFAULT);
 }
 
 #[test]
 fn unmap_with_bitmap_reports_every_page_for_an_all_mapped_device() {
-    let c: Container = container_with(&[(0, 3 * PAGE)]);
+    let c: Container = container_with(&[(0, 3 * CONTAINER_PAGE_SIZE.bytes())]);
     c.attach_device(DirtyScope::AllMapped, None);
     c.start_dirty_tracking().unwrap();
     let mut out = [0u64];
-    c.unmap_dma(&with_bitmap(0, 3 * PAGE, 8), Some(&mut out))
-        .unwrap();
+    c.unmap_dma(
+        &with_bitmap(0, 3 * CONTAINER_PAGE_SIZE.bytes(), 8),
+        Some(&mut out),
+    )
+    .unwrap();
     assert_eq!(out[0], 0b111);
 }

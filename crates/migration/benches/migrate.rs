@@ -39,10 +39,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
 use vfmig_migration::crc::crc32c;
 use vfmig_migration::engine::{DowntimeLimit, MigrationStats, Progress, migrate, receive_into};
 use vfmig_migration::transport::{Address, connect, listen};
-use vfmig_vmm::{DeviceHost, GuestRam, PAGE, Vm, VmConfig};
+use vfmig_vmm::{DeviceHost, GuestRam, Vm, VmConfig};
 
 /// Guest RAM.
 const RAM: u64 = 2 << 30;
@@ -110,7 +111,8 @@ fn fill(ram: &GuestRam) {
         let mut gpa = r.gpa();
         while gpa < r.gpa() + r.size() {
             for (i, page) in chunk.chunks_mut(4096).enumerate() {
-                page[..8].copy_from_slice(&(gpa + i as u64 * PAGE).to_le_bytes());
+                page[..8]
+                    .copy_from_slice(&(gpa + i as u64 * CONTAINER_PAGE_SIZE.bytes()).to_le_bytes());
             }
             ram.write(gpa, &chunk).expect("fill guest RAM");
             gpa += CHUNK as u64;

@@ -25,7 +25,7 @@ use vfmig_migration::stream::{
     RamLayout, RamRegion, Section, StreamReader, StreamWriter, VmConfig, is_zero_page,
 };
 use vfmig_migration::transport::{Connection, connect, listen};
-use vfmig_migration::{Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+use vfmig_migration::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// Guest RAM size.
 const RAM: usize = 1 << 30;
@@ -120,7 +120,7 @@ fn migrate(tcp: bool, config: &VmConfig, source: &Memory, dest: &mut Memory) -> 
                 let cpu = thread_cpu();
                 let mut writer = StreamWriter::new(&sender).unwrap();
                 writer.write_config(config).unwrap();
-                let pages = RAM as u64 / PAGE_SIZE;
+                let pages = RAM as u64 / STREAM_PAGE_SIZE.bytes();
                 let stats = writer
                     .write_ram([PageRun::new(Gpa(0), pages)], source)
                     .unwrap();
@@ -182,7 +182,7 @@ fn compare(name: &str, tcp: bool, config: &VmConfig, source: &Memory, dest: &mut
     let mut plain = Vec::new();
     let mut ratios = Vec::new();
     for _ in 0..REPS {
-        dest.0[..PAGE_SIZE_USIZE].fill(0);
+        dest.0[..STREAM_PAGE_SIZE.bytes_usize()].fill(0);
         let s = migrate(tcp, config, source, dest);
         assert!(dest.0 == source.0, "{name}: destination differs");
         let p = plain_copy(tcp, source, dest);
@@ -259,7 +259,7 @@ fn main() {
     let scan = time(51, || {
         black_box(
             zero.0
-                .chunks_exact(PAGE_SIZE_USIZE)
+                .chunks_exact(STREAM_PAGE_SIZE.bytes_usize())
                 .filter(|page| is_zero_page(black_box(page)))
                 .count(),
         );

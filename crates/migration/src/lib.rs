@@ -113,4 +113,4 @@ pub mod stream;
 pub mod transport;
 mod types;
 
-pub use types::{DeviceId, Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+pub use types::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};

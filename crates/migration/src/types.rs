@@ -3,12 +3,14 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use vfmig_dirty::PageSize;
 
 /// The page size of the stream: every RAM region, run and page is counted in 4 KiB pages.
-pub const PAGE_SIZE: u64 = 4096;
+/// The sender's dirty pages are container pages ([`vfmig_iommu::CONTAINER_PAGE_SIZE`]), so the
+/// two are the same size (checked below).
+pub const STREAM_PAGE_SIZE: PageSize = PageSize::SIZE_4K;
 
-/// [`PAGE_SIZE`] as a `usize`, for buffer lengths.
-pub const PAGE_SIZE_USIZE: usize = 4096;
+const _: () = assert!(STREAM_PAGE_SIZE.bytes() == vfmig_iommu::CONTAINER_PAGE_SIZE.bytes());
 
 /// A guest physical address.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
@@ -28,9 +30,9 @@ impl Gpa {
         }
     }
 
-    /// Whether the address is a multiple of [`PAGE_SIZE`].
+    /// Whether the address is a multiple of [`STREAM_PAGE_SIZE`].
     pub const fn is_page_aligned(self) -> bool {
-        self.0.is_multiple_of(PAGE_SIZE)
+        self.0.is_multiple_of(STREAM_PAGE_SIZE.bytes())
     }
 }
 
@@ -71,7 +73,7 @@ impl PageRun {
 
     /// The length in bytes, or `None` if it does not fit in a `u64`.
     pub const fn bytes(&self) -> Option<u64> {
-        self.pages.checked_mul(PAGE_SIZE)
+        self.pages.checked_mul(STREAM_PAGE_SIZE.bytes())
     }
 
     /// One past the last byte, or `None` on overflow.

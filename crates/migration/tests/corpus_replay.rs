@@ -14,7 +14,7 @@ use vfmig_migration::stream::{
     DeviceChunk, DeviceConfig, DeviceDesc, End, FLAG_OPTIONAL, Iteration, Phase, RamLayout,
     RamRegion, StreamHeader, StreamWriter, Version, VmConfig, encode_frame,
 };
-use vfmig_migration::{DeviceId, Gpa, PAGE_SIZE, PageRun};
+use vfmig_migration::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -70,11 +70,11 @@ fn small_config(devices: &[u32]) -> VmConfig {
     let ram = RamLayout::new(vec![
         RamRegion {
             gpa: Gpa(0),
-            size: 16 * PAGE_SIZE,
+            size: 16 * STREAM_PAGE_SIZE.bytes(),
         },
         RamRegion {
             gpa: Gpa(1 << 20),
-            size: 2 * PAGE_SIZE,
+            size: 2 * STREAM_PAGE_SIZE.bytes(),
         },
     ])
     .unwrap();
@@ -100,7 +100,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
     // Page 0 zero, page 1 data; the second region zero.
     let mut ram = common::GuestRam::new(small_config(&[]).ram());
-    ram.write_pattern(PAGE_SIZE, 1);
+    ram.write_pattern(STREAM_PAGE_SIZE.bytes(), 1);
     let mut writer = StreamWriter::new(Vec::new()).unwrap();
     writer.write_config(&small_config(&[1, 2])).unwrap();
     writer

@@ -10,7 +10,7 @@ use vfmig_migration::stream::{
     CURRENT_VERSION, DeviceChunk, DeviceConfig, DeviceDesc, Iteration, Phase, RamEncoder,
     RamLayout, RamPages, RamRegion, StreamHeader, StreamWriter, VmConfig,
 };
-use vfmig_migration::{DeviceId, Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+use vfmig_migration::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -43,11 +43,11 @@ fn layout_strategy() -> impl Strategy<Value = RamLayout> {
         let regions = shapes
             .into_iter()
             .map(|(gap, pages)| {
-                let gpa = next + gap * PAGE_SIZE;
-                next = gpa + pages * PAGE_SIZE;
+                let gpa = next + gap * STREAM_PAGE_SIZE.bytes();
+                next = gpa + pages * STREAM_PAGE_SIZE.bytes();
                 RamRegion {
                     gpa: Gpa(gpa),
-                    size: pages * PAGE_SIZE,
+                    size: pages * STREAM_PAGE_SIZE.bytes(),
                 }
             })
             .collect();
@@ -79,9 +79,9 @@ fn fill(layout: &RamLayout, seeds: &[Option<u64>]) -> GuestRam {
     let mut ram = GuestRam::new(layout);
     let mut seeds = seeds.iter().cycle();
     for region in layout.regions() {
-        for page in 0..region.size / PAGE_SIZE {
+        for page in 0..region.size / STREAM_PAGE_SIZE.bytes() {
             if let Some(Some(seed)) = seeds.next() {
-                ram.write_pattern(region.gpa.raw() + page * PAGE_SIZE, *seed);
+                ram.write_pattern(region.gpa.raw() + page * STREAM_PAGE_SIZE.bytes(), *seed);
             }
         }
     }
@@ -94,10 +94,13 @@ fn runs_in(layout: &RamLayout, picks: &[(usize, u64, u64)]) -> Vec<PageRun> {
         .iter()
         .map(|&(region, first, len)| {
             let region = layout.regions()[region % layout.regions().len()];
-            let pages = region.size / PAGE_SIZE;
+            let pages = region.size / STREAM_PAGE_SIZE.bytes();
             let first = first % pages;
             let len = 1 + len % (pages - first);
-            PageRun::new(Gpa(region.gpa.raw() + first * PAGE_SIZE), len)
+            PageRun::new(
+                Gpa(region.gpa.raw() + first * STREAM_PAGE_SIZE.bytes()),
+                len,
+            )
         })
         .collect()
 }
@@ -155,14 +158,14 @@ proptest! {
                     // Pages of one call rarely exceed a section: summarise per call.
                     prop_assert_eq!(stats.sections, 1);
                     let zero = runs.iter().flat_map(|run| {
-                        (0..run.pages).map(move |p| run.gpa.raw() + p * PAGE_SIZE)
+                        (0..run.pages).map(move |p| run.gpa.raw() + p * STREAM_PAGE_SIZE.bytes())
                     }).filter(|&gpa| source.page(gpa).iter().all(|&b| b == 0)).count() as u64;
                     let pages = runs.iter().map(|run| run.pages).sum::<u64>();
                     expected.push(Owned::Ram { data_pages: pages - zero, zero_pages: zero });
                     for run in &runs {
                         for p in 0..run.pages {
-                            let gpa = run.gpa.raw() + p * PAGE_SIZE;
-                            sent.slice_mut(gpa, PAGE_SIZE_USIZE).unwrap()
+                            let gpa = run.gpa.raw() + p * STREAM_PAGE_SIZE.bytes();
+                            sent.slice_mut(gpa, STREAM_PAGE_SIZE.bytes_usize()).unwrap()
                                 .copy_from_slice(source.page(gpa));
                         }
                     }
@@ -214,9 +217,9 @@ proptest! {
                 for run in pages.runs() {
                     for p in 0..run.pages {
                         let data = run.data.map(|d| {
-                            d[p as usize * PAGE_SIZE_USIZE..][..PAGE_SIZE_USIZE].to_vec()
+                            d[p as usize * STREAM_PAGE_SIZE.bytes_usize()..][..STREAM_PAGE_SIZE.bytes_usize()].to_vec()
                         });
-                        decoded.push((run.gpa.raw() + p * PAGE_SIZE, data));
+                        decoded.push((run.gpa.raw() + p * STREAM_PAGE_SIZE.bytes(), data));
                     }
                 }
                 Ok::<(), ()>(())
@@ -224,7 +227,7 @@ proptest! {
             .unwrap();
         let expected: Vec<_> = runs
             .iter()
-            .flat_map(|run| (0..run.pages).map(move |p| run.gpa.raw() + p * PAGE_SIZE))
+            .flat_map(|run| (0..run.pages).map(move |p| run.gpa.raw() + p * STREAM_PAGE_SIZE.bytes()))
             .map(|gpa| {
                 let page = source.page(gpa);
                 (gpa, (!page.iter().all(|&b| b == 0)).then(|| page.to_vec()))

@@ -12,7 +12,7 @@ use vfmig_migration::stream::{
     RamLayout, RamPages, RamRegion, ReadError, Section, StreamHeader, StreamReader, StreamWriter,
     VmConfig, WriteError, encode_frame,
 };
-use vfmig_migration::{Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+use vfmig_migration::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
 fn config_for(layout: &RamLayout) -> VmConfig {
     VmConfig::new(layout.clone(), vec![]).unwrap()
@@ -59,7 +59,7 @@ fn single_region(bytes: u64) -> RamLayout {
 fn zero_pages_are_elided_from_the_stream() {
     let layout = single_region(1 << 20);
     let mut ram = GuestRam::new(&layout);
-    ram.write_pattern(0x10_0000 + 100 * PAGE_SIZE, 1);
+    ram.write_pattern(0x10_0000 + 100 * STREAM_PAGE_SIZE.bytes(), 1);
     let run = [PageRun::new(Gpa(0x10_0000), 256)];
     let (sparse, stats) = stream_with_ram(&layout, &ram, &run);
     assert_eq!(
@@ -67,13 +67,16 @@ fn zero_pages_are_elided_from_the_stream() {
         (256, 255, 1)
     );
     // One data page, two zero runs around it: a page and a three-entry table.
-    assert_eq!(stats.bytes, 12 + 8 + 3 * 16 + PAGE_SIZE);
+    assert_eq!(stats.bytes, 12 + 8 + 3 * 16 + STREAM_PAGE_SIZE.bytes());
 
     let full = GuestRam::filled(&layout, 0x5a);
     let (dense, dense_stats) = stream_with_ram(&layout, &full, &run);
     assert_eq!(dense_stats.zero_pages, 0);
     // 255 more pages of data, two fewer table entries.
-    assert_eq!(dense.len() - sparse.len(), 255 * PAGE_SIZE_USIZE - 2 * 16);
+    assert_eq!(
+        dense.len() - sparse.len(),
+        255 * STREAM_PAGE_SIZE.bytes_usize() - 2 * 16
+    );
 }
 
 #[test]
@@ -82,8 +85,8 @@ fn apply_writes_the_sent_bytes_and_zeroes_zero_runs() {
     let source = sample_ram();
     // Pages 10..40 of region 0 (zero every fifth) and all of region 1 but its first page.
     let runs = [
-        PageRun::new(Gpa(10 * PAGE_SIZE), 30),
-        PageRun::new(Gpa((1 << 32) + PAGE_SIZE), 63),
+        PageRun::new(Gpa(10 * STREAM_PAGE_SIZE.bytes()), 30),
+        PageRun::new(Gpa((1 << 32) + STREAM_PAGE_SIZE.bytes()), 63),
     ];
     let (stream, stats) = stream_with_ram(&layout, &source, &runs);
     assert_eq!((stats.pages, stats.zero_pages), (93, 6));
@@ -102,11 +105,11 @@ fn assert_only_runs_copied(
     dest: &GuestRam,
 ) {
     for region in layout.regions() {
-        for page in 0..region.size / PAGE_SIZE {
-            let gpa = region.gpa.raw() + page * PAGE_SIZE;
-            let sent = runs
-                .iter()
-                .any(|run| gpa >= run.gpa.raw() && gpa < run.gpa.raw() + run.pages * PAGE_SIZE);
+        for page in 0..region.size / STREAM_PAGE_SIZE.bytes() {
+            let gpa = region.gpa.raw() + page * STREAM_PAGE_SIZE.bytes();
+            let sent = runs.iter().any(|run| {
+                gpa >= run.gpa.raw() && gpa < run.gpa.raw() + run.pages * STREAM_PAGE_SIZE.bytes()
+            });
             if sent {
                 assert_eq!(dest.page(gpa), source.page(gpa), "page {gpa:#x}");
             } else {
@@ -120,7 +123,7 @@ fn assert_only_runs_copied(
 fn large_runs_are_cut_into_bounded_sections() {
     let layout = single_region(20 << 20);
     let source = GuestRam::filled(&layout, 0x33);
-    let pages = (20 << 20) / PAGE_SIZE;
+    let pages = (20 << 20) / STREAM_PAGE_SIZE.bytes();
     let run = [PageRun::new(Gpa(0x10_0000), pages)];
     // 1 MiB sections by default.
     let (stream, stats) = stream_with_ram(&layout, &source, &run);
@@ -174,10 +177,10 @@ fn section_shapes(
 #[test]
 fn alternating_pages_respect_the_data_cap() {
     let pages = 4 * MAX_DATA_PAGES as u64;
-    let layout = single_region(pages * PAGE_SIZE);
+    let layout = single_region(pages * STREAM_PAGE_SIZE.bytes());
     let mut source = GuestRam::new(&layout);
     for page in (0..pages).step_by(2) {
-        source.write_pattern(0x10_0000 + page * PAGE_SIZE, 2);
+        source.write_pattern(0x10_0000 + page * STREAM_PAGE_SIZE.bytes(), 2);
     }
     let run = vec![PageRun::new(Gpa(0x10_0000), pages)];
     let shapes = section_shapes(
@@ -201,10 +204,10 @@ fn alternating_pages_respect_the_data_cap() {
 fn scattered_zero_pages_respect_the_table_cap() {
     // Single zero pages in separate runs: one entry each, no data to fill a section.
     let runs = 3 * MAX_RUNS as u64;
-    let layout = single_region(2 * runs * PAGE_SIZE);
+    let layout = single_region(2 * runs * STREAM_PAGE_SIZE.bytes());
     let source = GuestRam::new(&layout);
     let scattered = (0..runs)
-        .map(|i| PageRun::new(Gpa(0x10_0000 + 2 * i * PAGE_SIZE), 1))
+        .map(|i| PageRun::new(Gpa(0x10_0000 + 2 * i * STREAM_PAGE_SIZE.bytes()), 1))
         .collect();
     let shapes = section_shapes(&mut RamEncoder::new(), &layout, &source, scattered);
     assert!(shapes.len() >= 3, "{} sections", shapes.len());
@@ -221,25 +224,25 @@ fn runs_of_adjacent_regions_stay_in_separate_entries() {
     let layout = RamLayout::new(vec![
         RamRegion {
             gpa: Gpa(0),
-            size: 4 * PAGE_SIZE,
+            size: 4 * STREAM_PAGE_SIZE.bytes(),
         },
         RamRegion {
-            gpa: Gpa(4 * PAGE_SIZE),
-            size: 4 * PAGE_SIZE,
+            gpa: Gpa(4 * STREAM_PAGE_SIZE.bytes()),
+            size: 4 * STREAM_PAGE_SIZE.bytes(),
         },
     ])
     .unwrap();
     for byte in [0, 0x77] {
         let source = GuestRam::filled(&layout, byte);
         let runs = [
-            PageRun::new(Gpa(2 * PAGE_SIZE), 2),
-            PageRun::new(Gpa(4 * PAGE_SIZE), 2),
+            PageRun::new(Gpa(2 * STREAM_PAGE_SIZE.bytes()), 2),
+            PageRun::new(Gpa(4 * STREAM_PAGE_SIZE.bytes()), 2),
         ];
         let (stream, _) = stream_with_ram(&layout, &source, &runs);
         let mut dest = GuestRam::filled(&layout, 0xee);
         assert_eq!(apply_stream(&stream, &mut dest), vec![2]);
-        for gpa in [2 * PAGE_SIZE, 4 * PAGE_SIZE] {
-            let sent = dest.slice(gpa, 2 * PAGE_SIZE_USIZE).unwrap();
+        for gpa in [2 * STREAM_PAGE_SIZE.bytes(), 4 * STREAM_PAGE_SIZE.bytes()] {
+            let sent = dest.slice(gpa, 2 * STREAM_PAGE_SIZE.bytes_usize()).unwrap();
             assert!(sent.iter().all(|&b| b == byte));
         }
     }
@@ -323,7 +326,7 @@ fn ram_error(result: Result<(), ReadError>) -> RamError {
 
 #[test]
 fn reader_refuses_runs_outside_ram() {
-    let page = vec![1u8; PAGE_SIZE_USIZE];
+    let page = vec![1u8; STREAM_PAGE_SIZE.bytes_usize()];
     assert!(read_hand_made(&ram_payload(&[(0, 1, 0)], &page)).is_ok());
     for (gpa, pages) in [(0xff000, 2), (1 << 31, 1), (!0xfff, 1)] {
         assert!(matches!(
@@ -343,7 +346,7 @@ fn reader_refuses_runs_outside_ram() {
 
 #[test]
 fn reader_refuses_data_of_the_wrong_length_and_unknown_run_flags() {
-    let page = vec![1u8; PAGE_SIZE_USIZE];
+    let page = vec![1u8; STREAM_PAGE_SIZE.bytes_usize()];
     assert!(matches!(
         ram_error(read_hand_made(&ram_payload(&[(0, 2, 0)], &page))),
         RamError::DataLength {
@@ -383,7 +386,12 @@ fn memory_errors_keep_their_errno_and_range() {
     };
     assert_eq!(
         (err.write, err.gpa, err.len, err.source.raw_os_error()),
-        (false, Gpa(0x2000), 3 * PAGE_SIZE, Some(libc::EFAULT))
+        (
+            false,
+            Gpa(0x2000),
+            3 * STREAM_PAGE_SIZE.bytes(),
+            Some(libc::EFAULT)
+        )
     );
 
     let (stream, _) = stream_with_ram(&layout, &sample_ram(), &[PageRun::new(Gpa(0x1000), 1)]);
@@ -424,9 +432,9 @@ fn parallel_ram_writer_sends_every_page_once_with_the_same_stats() {
     let source = sample_ram();
     // Runs longer than a section, shorter, and crossing the cut between pieces.
     let runs = [
-        PageRun::new(Gpa(3 * PAGE_SIZE), 200),
-        PageRun::new(Gpa(230 * PAGE_SIZE), 1),
-        PageRun::new(Gpa((1 << 32) + PAGE_SIZE), 63),
+        PageRun::new(Gpa(3 * STREAM_PAGE_SIZE.bytes()), 200),
+        PageRun::new(Gpa(230 * STREAM_PAGE_SIZE.bytes()), 1),
+        PageRun::new(Gpa((1 << 32) + STREAM_PAGE_SIZE.bytes()), 63),
     ];
     let (_, serial) = stream_with_ram(&layout, &source, &runs);
     for workers in [2, 3, 5] {
@@ -478,7 +486,7 @@ fn parallel_ram_writer_refuses_a_run_outside_ram() {
     let runs = [
         PageRun::new(Gpa(0), 100),
         PageRun::new(Gpa(2 << 20), 1),
-        PageRun::new(Gpa(200 * PAGE_SIZE), 10),
+        PageRun::new(Gpa(200 * STREAM_PAGE_SIZE.bytes()), 10),
     ];
     let mut writer = StreamWriter::new(Vec::new()).unwrap();
     writer.write_config(&config_for(&layout)).unwrap();

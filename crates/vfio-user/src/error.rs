@@ -172,8 +172,8 @@ pub enum MessageError {
         /// Descriptors received.
         received: usize,
     },
-    /// A dirty bitmap page size that is zero or not a power of two.
-    #[error("bitmap page size {pgsize:#x} is not a power of two")]
+    /// A dirty bitmap page size that is not a power of two of at least 4 KiB.
+    #[error("bitmap page size {pgsize:#x} is not a power of two of at least 4 KiB")]
     BadPageSize {
         /// The page size found.
         pgsize: u64,

@@ -4,7 +4,7 @@
 //! anything is allocated: the message size (before the body buffer exists), the number of file
 //! descriptors (the control buffer is sized for it), and the `count` of data transfers.
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
+use vfmig_dirty::bitmap_bytes;
 
 use crate::message::{DEFAULT_MAX_DATA_XFER_SIZE, DEFAULT_MAX_MSG_FDS, HEADER_SIZE};
 
@@ -28,7 +28,7 @@ pub const MAX_MSG_FDS_LIMIT: usize = 1024;
 
 const _: () = {
     // The default must hold the reply with the bitmap of a 64 GiB mapping of 4 KiB pages.
-    let bitmap = dirty_bitmap_bytes((64u64 << 30) / 4096);
+    let bitmap = bitmap_bytes((64u64 << 30) / 4096);
     let reply = HEADER_SIZE as u64 + 8 + 32 + bitmap;
     assert!(DEFAULT_MAX_MSG_SIZE as u64 >= reply);
     assert!(bitmap == 2 << 20);
@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn default_holds_a_64_gib_mapping_bitmap_reply() {
-        let bitmap = dirty_bitmap_bytes((64 << 30) / 4096);
+        let bitmap = bitmap_bytes((64 << 30) / 4096);
         assert!(u64::from(Limits::default().max_msg_size) >= 16 + 8 + 32 + bitmap);
     }
 

@@ -68,7 +68,7 @@ fn migration_caps() -> Capabilities {
 }
 
 fn one_page_range() -> BitmapRange {
-    BitmapRange::new(0x10_0000, 0x1000, 0x1000)
+    BitmapRange::new(0x10_0000, 0x1000, vfmig_dirty::PageSize::SIZE_4K)
 }
 
 fn region_info_reply() -> RegionInfoReply {

@@ -72,7 +72,7 @@ fn seed_requests() -> Vec<(&'static str, Request<'static>, u8)> {
             fd_index: None,
         }),
     };
-    let range = BitmapRange::new(0, 0x1000, 0x1000);
+    let range = BitmapRange::new(0, 0x1000, vfmig_dirty::PageSize::SIZE_4K);
     vec![
         (
             "version",
@@ -198,7 +198,7 @@ fn seed_replies() -> Vec<(&'static str, Reply<'static>, u8)> {
         fd_index: 0,
         ..SubRegionIoFd::default()
     };
-    let range = BitmapRange::new(0, 0x1000, 0x1000);
+    let range = BitmapRange::new(0, 0x1000, vfmig_dirty::PageSize::SIZE_4K);
     vec![
         (
             "error",

@@ -19,11 +19,11 @@ use zerocopy::IntoBytes;
 
 const BIG: u64 = 64 * GIB;
 const BASE: u64 = 0x100_0000_0000;
-const PAGES: u64 = BIG / PAGE;
+const PAGES: u64 = BIG / CONTAINER_PAGE_SIZE.bytes();
 
 /// Pages the device writes: both ends, word and piece boundaries, and a few in between.
 fn written_pages() -> Vec<u64> {
-    let eight_gib = 8 * GIB / PAGE;
+    let eight_gib = 8 * GIB / CONTAINER_PAGE_SIZE.bytes();
     vec![
         0,
         1,
@@ -42,7 +42,7 @@ fn device_writes(server: &TestServer, pages: &[u64]) {
     for &page in pages {
         server
             .container
-            .write(Iova(BASE + page * PAGE), &[0x5a])
+            .write(Iova(BASE + page * CONTAINER_PAGE_SIZE.bytes()), &[0x5a])
             .unwrap();
     }
 }
@@ -80,7 +80,7 @@ fn the_2_mib_bitmap_comes_in_one_reply_on_the_wire() {
     assert_eq!(raw.recv().header.error(), None);
     raw.request(&Request::DirtyPages(DirtyPagesRequest::Start { argsz: 8 }));
     device_writes(&server, &written_pages());
-    let range = BitmapRange::new(BASE, BIG, PAGE);
+    let range = BitmapRange::new(BASE, BIG, CONTAINER_PAGE_SIZE);
     let received = raw.request(&Request::DirtyPages(DirtyPagesRequest::get_bitmap(range)));
     assert_eq!(received.header.msg_size, 16 + 40 + (2 << 20));
     match received.reply(raw.conn.limits()).unwrap() {
@@ -190,28 +190,40 @@ fn a_split_mapping_is_fetched_in_as_many_requests() {
 #[test]
 fn mappings_at_unaligned_page_offsets_land_at_their_bits() {
     let (client, server) = connect();
-    let fd = memfd(64 * PAGE);
+    let fd = memfd(64 * CONTAINER_PAGE_SIZE.bytes());
     // Five mappings of three pages with one-page holes: bit offsets 0, 4, 8, 12, 16.
     for i in 0..5 {
         client
             .dma_map(
-                Iova(i * 4 * PAGE),
-                3 * PAGE,
+                Iova(i * 4 * CONTAINER_PAGE_SIZE.bytes()),
+                3 * CONTAINER_PAGE_SIZE.bytes(),
                 Prot::READ_WRITE,
-                Some((fd.as_fd(), i * 4 * PAGE)),
+                Some((fd.as_fd(), i * 4 * CONTAINER_PAGE_SIZE.bytes())),
             )
             .unwrap();
     }
     client.dirty_pages_start().unwrap();
     for page in [0, 2, 5, 9, 14, 18] {
-        server.container.write(Iova(page * PAGE), &[1]).unwrap();
+        server
+            .container
+            .write(Iova(page * CONTAINER_PAGE_SIZE.bytes()), &[1])
+            .unwrap();
     }
-    let bitmap = client.dirty_pages_get(Iova(4 * PAGE), 15 * PAGE).unwrap();
+    let bitmap = client
+        .dirty_pages_get(
+            Iova(4 * CONTAINER_PAGE_SIZE.bytes()),
+            15 * CONTAINER_PAGE_SIZE.bytes(),
+        )
+        .unwrap();
     // Relative to page 4: pages 5, 9, 14, 18 are bits 1, 5, 10, 14.
     assert_eq!(pages_of(&bitmap), [1, 5, 10, 14]);
     // Page 0 and 2 were not in that range and are still dirty.
     assert_eq!(
-        pages_of(&client.dirty_pages_get(Iova(0), 3 * PAGE).unwrap()),
+        pages_of(
+            &client
+                .dirty_pages_get(Iova(0), 3 * CONTAINER_PAGE_SIZE.bytes())
+                .unwrap()
+        ),
         [0, 2]
     );
 }
@@ -219,12 +231,20 @@ fn mappings_at_unaligned_page_offsets_land_at_their_bits() {
 #[test]
 fn a_get_that_cuts_a_mapping_is_einval() {
     let (client, _server) = connect();
-    let fd = memfd(4 * PAGE);
+    let fd = memfd(4 * CONTAINER_PAGE_SIZE.bytes());
     client
-        .dma_map(Iova(0), 4 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            4 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     client.dirty_pages_start().unwrap();
-    for (iova, size) in [(0, 2 * PAGE), (PAGE, 3 * PAGE)] {
+    for (iova, size) in [
+        (0, 2 * CONTAINER_PAGE_SIZE.bytes()),
+        (CONTAINER_PAGE_SIZE.bytes(), 3 * CONTAINER_PAGE_SIZE.bytes()),
+    ] {
         let err = client.dirty_pages_get(Iova(iova), size).unwrap_err();
         assert_eq!(err.errno(), Errno::EINVAL);
     }
@@ -233,18 +253,23 @@ fn a_get_that_cuts_a_mapping_is_einval() {
 #[test]
 fn holes_in_a_get_read_as_clean() {
     let (client, server) = connect();
-    let fd = memfd(PAGE);
+    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
     client
         .dma_map(
-            Iova(10 * PAGE),
-            PAGE,
+            Iova(10 * CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
             Prot::READ_WRITE,
             Some((fd.as_fd(), 0)),
         )
         .unwrap();
     client.dirty_pages_start().unwrap();
-    server.container.write(Iova(10 * PAGE), &[1]).unwrap();
-    let bitmap = client.dirty_pages_get(Iova(0), 100 * PAGE).unwrap();
+    server
+        .container
+        .write(Iova(10 * CONTAINER_PAGE_SIZE.bytes()), &[1])
+        .unwrap();
+    let bitmap = client
+        .dirty_pages_get(Iova(0), 100 * CONTAINER_PAGE_SIZE.bytes())
+        .unwrap();
     assert_eq!(bitmap.len(), 2);
     assert_eq!(pages_of(&bitmap), [10]);
 }
@@ -267,16 +292,16 @@ fn unmap_with_bitmap_of_a_split_mapping_collects_every_piece() {
 fn get_with_argsz_too_small_gets_the_size_needed() {
     let (stream, _server) = spawn_server(Limits::default());
     let mut raw = RawClient::negotiated(stream);
-    let fd = memfd(128 * PAGE);
+    let fd = memfd(128 * CONTAINER_PAGE_SIZE.bytes());
     let header = Header::new_command(raw.next_id(), Command::DmaMap, 32).unwrap();
     raw.send_raw_with_fds(
         header,
-        DmaMap::new(3, 0, 0, 128 * PAGE).as_bytes(),
+        DmaMap::new(3, 0, 0, 128 * CONTAINER_PAGE_SIZE.bytes()).as_bytes(),
         &[fd.as_fd()],
     );
     assert_eq!(raw.recv().header.error(), None);
     raw.request(&Request::DirtyPages(DirtyPagesRequest::Start { argsz: 8 }));
-    let range = BitmapRange::new(0, 128 * PAGE, PAGE);
+    let range = BitmapRange::new(0, 128 * CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE);
     let mut body = DirtyPages {
         argsz: 40,
         flags: 4,
@@ -352,7 +377,7 @@ fn a_server_stating_no_max_bitmap_size_is_fetched_as_libvfio_user() {
     assert_eq!(
         pieces
             .iter()
-            .map(|&(_, size)| size / PAGE)
+            .map(|&(_, size)| size / CONTAINER_PAGE_SIZE.bytes())
             .collect::<Vec<_>>(),
         [piece_pages, piece_pages, PAGES - 2 * piece_pages]
     );
@@ -381,11 +406,11 @@ fn scripted_get(
 }
 
 fn map_and_start(client: &Client, pages: u64) -> OwnedFd {
-    let fd = memfd(pages * PAGE);
+    let fd = memfd(pages * CONTAINER_PAGE_SIZE.bytes());
     client
         .dma_map(
             Iova(0),
-            pages * PAGE,
+            pages * CONTAINER_PAGE_SIZE.bytes(),
             Prot::READ_WRITE,
             Some((fd.as_fd(), 0)),
         )
@@ -402,7 +427,7 @@ fn an_error_reply_to_a_whole_range_get_keeps_its_errno() {
     let _fd = map_and_start(&client, 64);
     let mut out = vec![1, 2, 3];
     let err = client
-        .dirty_pages_get_into(Iova(0), 64 * PAGE, &mut out)
+        .dirty_pages_get_into(Iova(0), 64 * CONTAINER_PAGE_SIZE.bytes(), &mut out)
         .unwrap_err();
     assert_eq!(err.errno(), Errno::EBUSY);
     server.join().unwrap();
@@ -412,7 +437,7 @@ fn an_error_reply_to_a_whole_range_get_keeps_its_errno() {
 fn a_bitmap_reply_for_another_range_is_eproto() {
     let (client, server) = scripted_get(|conn, range, header| {
         let other = BitmapRange {
-            iova: PAGE,
+            iova: CONTAINER_PAGE_SIZE.bytes(),
             ..range
         };
         let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
@@ -423,7 +448,9 @@ fn a_bitmap_reply_for_another_range_is_eproto() {
         conn.send_reply(&header, &reply, &[]).unwrap();
     });
     let _fd = map_and_start(&client, 64);
-    let err = client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap_err();
+    let err = client
+        .dirty_pages_get(Iova(0), 64 * CONTAINER_PAGE_SIZE.bytes())
+        .unwrap_err();
     assert_eq!(err.errno(), Errno::EPROTO);
     server.join().unwrap();
 }
@@ -435,7 +462,9 @@ fn a_too_small_reply_to_a_get_is_eproto() {
         conn.send_reply(&header, &reply, &[]).unwrap();
     });
     let _fd = map_and_start(&client, 64);
-    let err = client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap_err();
+    let err = client
+        .dirty_pages_get(Iova(0), 64 * CONTAINER_PAGE_SIZE.bytes())
+        .unwrap_err();
     assert_eq!(err.errno(), Errno::EPROTO);
     server.join().unwrap();
 }
@@ -452,7 +481,9 @@ fn bits_past_the_range_in_a_reply_are_dropped() {
         conn.send_reply(&header, &reply, &[]).unwrap();
     });
     let _fd = map_and_start(&client, 3);
-    let bitmap = client.dirty_pages_get(Iova(0), 3 * PAGE).unwrap();
+    let bitmap = client
+        .dirty_pages_get(Iova(0), 3 * CONTAINER_PAGE_SIZE.bytes())
+        .unwrap();
     assert_eq!(bitmap, [0b111]);
     server.join().unwrap();
 }

@@ -46,7 +46,7 @@ fn guest_ram(client: &Client, size: u64) -> File {
 #[test]
 fn a_device_write_into_a_mapped_memfd_is_seen_by_the_client() {
     let (client, server) = connect();
-    let ram = guest_ram(&client, 16 * PAGE);
+    let ram = guest_ram(&client, 16 * CONTAINER_PAGE_SIZE.bytes());
     server
         .container
         .write(Iova(GUEST + 0x1234), b"from the device")
@@ -59,13 +59,18 @@ fn a_device_write_into_a_mapped_memfd_is_seen_by_the_client() {
 #[test]
 fn a_device_dma_started_by_a_region_write_lands_in_the_memfd() {
     let (client, _server) = connect();
-    let ram = guest_ram(&client, 16 * PAGE);
-    write_reg(&client, REG_DMA_ADDR, GUEST + 3 * PAGE);
+    let ram = guest_ram(&client, 16 * CONTAINER_PAGE_SIZE.bytes());
+    write_reg(
+        &client,
+        REG_DMA_ADDR,
+        GUEST + 3 * CONTAINER_PAGE_SIZE.bytes(),
+    );
     write_reg(&client, REG_DMA_LEN, 100);
     write_reg(&client, REG_DMA_PATTERN, 0xab);
     write_reg(&client, REG_DMA_WRITE, 1);
     let mut seen = vec![0; 102];
-    ram.read_exact_at(&mut seen, 3 * PAGE - 1).unwrap();
+    ram.read_exact_at(&mut seen, 3 * CONTAINER_PAGE_SIZE.bytes() - 1)
+        .unwrap();
     assert_eq!(seen[0], 0);
     assert!(seen[1..101].iter().all(|&b| b == 0xab));
     assert_eq!(seen[101], 0);
@@ -74,9 +79,14 @@ fn a_device_dma_started_by_a_region_write_lands_in_the_memfd() {
 #[test]
 fn the_device_reads_what_the_client_put_in_the_memfd() {
     let (client, _server) = connect();
-    let ram = guest_ram(&client, 16 * PAGE);
-    ram.write_all_at(&[2; 50], 5 * PAGE).unwrap();
-    write_reg(&client, REG_DMA_ADDR, GUEST + 5 * PAGE);
+    let ram = guest_ram(&client, 16 * CONTAINER_PAGE_SIZE.bytes());
+    ram.write_all_at(&[2; 50], 5 * CONTAINER_PAGE_SIZE.bytes())
+        .unwrap();
+    write_reg(
+        &client,
+        REG_DMA_ADDR,
+        GUEST + 5 * CONTAINER_PAGE_SIZE.bytes(),
+    );
     write_reg(&client, REG_DMA_LEN, 60);
     write_reg(&client, REG_DMA_READ, 1);
     assert_eq!(read_reg(&client, REG_DMA_SUM), 100);
@@ -85,18 +95,20 @@ fn the_device_reads_what_the_client_put_in_the_memfd() {
 #[test]
 fn a_mapping_at_an_fd_offset_maps_that_part_of_the_file() {
     let (client, server) = connect();
-    let fd = memfd(8 * PAGE);
+    let fd = memfd(8 * CONTAINER_PAGE_SIZE.bytes());
     client
         .dma_map(
             Iova(GUEST),
-            2 * PAGE,
+            2 * CONTAINER_PAGE_SIZE.bytes(),
             Prot::READ_WRITE,
-            Some((fd.as_fd(), 4 * PAGE)),
+            Some((fd.as_fd(), 4 * CONTAINER_PAGE_SIZE.bytes())),
         )
         .unwrap();
     server.container.write(Iova(GUEST), &[7]).unwrap();
     let mut byte = [0];
-    File::from(fd).read_exact_at(&mut byte, 4 * PAGE).unwrap();
+    File::from(fd)
+        .read_exact_at(&mut byte, 4 * CONTAINER_PAGE_SIZE.bytes())
+        .unwrap();
     assert_eq!(byte, [7]);
 }
 
@@ -186,16 +198,16 @@ fn set_irqs_without_eventfds_deassigns() {
 #[test]
 fn a_sparse_area_beyond_the_regions_file_is_refused() {
     let (client, server) = scripted(ClientConfig::default(), |conn| {
-        let file = memfd(PAGE);
+        let file = memfd(CONTAINER_PAGE_SIZE.bytes());
         let info = RegionInfo {
             flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP,
             index: 3,
-            size: 2 * PAGE,
+            size: 2 * CONTAINER_PAGE_SIZE.bytes(),
             ..RegionInfo::default()
         };
         let area = SparseMmapArea {
             offset: 0,
-            size: 2 * PAGE,
+            size: 2 * CONTAINER_PAGE_SIZE.bytes(),
         };
         for _ in 0..2 {
             let received = conn.recv().unwrap();

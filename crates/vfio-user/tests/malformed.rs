@@ -75,7 +75,7 @@ fn a_stray_reply_from_the_client_is_ignored() {
 
 #[test]
 fn dma_map_with_a_short_body_is_einval() {
-    let body = DmaMap::new(3, 0, 0, PAGE).as_bytes()[..31].to_vec();
+    let body = DmaMap::new(3, 0, 0, CONTAINER_PAGE_SIZE.bytes()).as_bytes()[..31].to_vec();
     refused(Command::DmaMap, &body, EINVAL);
 }
 
@@ -83,7 +83,7 @@ fn dma_map_with_a_short_body_is_einval() {
 fn dma_map_with_unknown_flags_is_einval() {
     let map = DmaMap {
         flags: 4,
-        ..DmaMap::new(3, 0, 0, PAGE)
+        ..DmaMap::new(3, 0, 0, CONTAINER_PAGE_SIZE.bytes())
     };
     refused(Command::DmaMap, map.as_bytes(), EINVAL);
 }
@@ -91,8 +91,13 @@ fn dma_map_with_unknown_flags_is_einval() {
 #[test]
 fn dma_map_with_two_fds_is_einval() {
     let (mut raw, server) = negotiated();
-    let (a, b) = (memfd(PAGE), memfd(PAGE));
-    let body = DmaMap::new(3, 0, 0, PAGE).encode().unwrap();
+    let (a, b) = (
+        memfd(CONTAINER_PAGE_SIZE.bytes()),
+        memfd(CONTAINER_PAGE_SIZE.bytes()),
+    );
+    let body = DmaMap::new(3, 0, 0, CONTAINER_PAGE_SIZE.bytes())
+        .encode()
+        .unwrap();
     let header = Header::new_command(raw.next_id(), Command::DmaMap, body.len()).unwrap();
     raw.send_raw_with_fds(header, &body, &[a.as_fd(), b.as_fd()]);
     assert_eq!(raw.recv().header.error(), EINVAL);
@@ -104,7 +109,7 @@ fn dma_map_with_two_fds_is_einval() {
 fn dma_map_of_an_unaligned_range_is_the_containers_einval() {
     refused(
         Command::DmaMap,
-        DmaMap::new(3, 0, 0x800, PAGE).as_bytes(),
+        DmaMap::new(3, 0, 0x800, CONTAINER_PAGE_SIZE.bytes()).as_bytes(),
         EINVAL,
     );
 }
@@ -114,8 +119,8 @@ fn dma_unmap_all_with_a_range_is_einval() {
     let unmap = DmaUnmap {
         argsz: 24,
         flags: VFIO_DMA_UNMAP_FLAG_ALL,
-        addr: PAGE,
-        size: PAGE,
+        addr: CONTAINER_PAGE_SIZE.bytes(),
+        size: CONTAINER_PAGE_SIZE.bytes(),
     };
     refused(Command::DmaUnmap, unmap.as_bytes(), EINVAL);
 }
@@ -123,8 +128,10 @@ fn dma_unmap_all_with_a_range_is_einval() {
 #[test]
 fn dma_unmap_of_a_bisected_mapping_is_einval() {
     let (mut raw, _server) = negotiated();
-    let fd = memfd(2 * PAGE);
-    let body = DmaMap::new(3, 0, 0, 2 * PAGE).encode().unwrap();
+    let fd = memfd(2 * CONTAINER_PAGE_SIZE.bytes());
+    let body = DmaMap::new(3, 0, 0, 2 * CONTAINER_PAGE_SIZE.bytes())
+        .encode()
+        .unwrap();
     let header = Header::new_command(raw.next_id(), Command::DmaMap, body.len()).unwrap();
     raw.send_raw_with_fds(header, &body, &[fd.as_fd()]);
     assert_eq!(raw.recv().header.error(), None);
@@ -132,7 +139,7 @@ fn dma_unmap_of_a_bisected_mapping_is_einval() {
         argsz: 24,
         flags: 0,
         addr: 0,
-        size: PAGE,
+        size: CONTAINER_PAGE_SIZE.bytes(),
     };
     assert_eq!(raw.errno_of(Command::DmaUnmap, unmap.as_bytes()), EINVAL);
     raw.assert_alive();
@@ -209,8 +216,8 @@ fn dirty_pages_with_two_operations_is_einval() {
 fn dirty_pages_get_with_a_wrong_bitmap_size_is_einval() {
     let range = BitmapRange {
         iova: 0,
-        size: 65 * PAGE,
-        pgsize: PAGE,
+        size: 65 * CONTAINER_PAGE_SIZE.bytes(),
+        pgsize: CONTAINER_PAGE_SIZE.bytes(),
         bitmap_size: 8,
     };
     let mut body = DirtyPages {
@@ -225,7 +232,7 @@ fn dirty_pages_get_with_a_wrong_bitmap_size_is_einval() {
 
 #[test]
 fn dirty_pages_get_with_argsz_above_the_limit_is_einval() {
-    let range = BitmapRange::new(0, PAGE, PAGE);
+    let range = BitmapRange::new(0, CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE);
     let mut body = DirtyPages {
         argsz: 64 << 20,
         flags: 4,

@@ -84,13 +84,17 @@ fn server_in_a_separate_process() {
         .dma_map(Iova(GIB), GIB, Prot::READ_WRITE, Some((ram.as_fd(), 0)))
         .unwrap();
     client.dirty_pages_start().unwrap();
-    write_reg(&client, REG_DMA_ADDR, GIB + 77 * PAGE);
+    write_reg(
+        &client,
+        REG_DMA_ADDR,
+        GIB + 77 * CONTAINER_PAGE_SIZE.bytes(),
+    );
     write_reg(&client, REG_DMA_LEN, 16);
     write_reg(&client, REG_DMA_PATTERN, 0x3c);
     write_reg(&client, REG_DMA_WRITE, 1);
     let mut seen = [0; 16];
     File::from(ram.try_clone().unwrap())
-        .read_exact_at(&mut seen, 77 * PAGE)
+        .read_exact_at(&mut seen, 77 * CONTAINER_PAGE_SIZE.bytes())
         .unwrap();
     assert_eq!(seen, [0x3c; 16]);
     let bitmap = client.dirty_pages_get(Iova(GIB), GIB).unwrap();

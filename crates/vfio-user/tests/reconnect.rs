@@ -18,7 +18,7 @@ use vfmig_vfio_user::{Client, ClientConfig, ClientError, Errno};
 #[test]
 fn a_reconnecting_client_finds_the_device_state_kept() {
     let (path, server) = spawn_listener(2);
-    let fd = memfd(16 * PAGE);
+    let fd = memfd(16 * CONTAINER_PAGE_SIZE.bytes());
     let irq = eventfd();
     {
         let client = Client::connect(&path, ClientConfig::default()).unwrap();
@@ -27,7 +27,12 @@ fn a_reconnecting_client_finds_the_device_state_kept() {
             .unwrap();
         client.region_write(CONFIG, 0x40, b"kept").unwrap();
         client
-            .dma_map(Iova(0), 16 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+            .dma_map(
+                Iova(0),
+                16 * CONTAINER_PAGE_SIZE.bytes(),
+                Prot::READ_WRITE,
+                Some((fd.as_fd(), 0)),
+            )
             .unwrap();
         client
             .set_irqs(
@@ -58,7 +63,12 @@ fn a_reconnecting_client_finds_the_device_state_kept() {
     assert_eq!(&config, b"kept");
     // The old mapping is gone: the same range maps again.
     client
-        .dma_map(Iova(0), 16 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            16 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     drop(client);
     let ends = server.join();
@@ -78,12 +88,21 @@ fn dirty_tracking_does_not_survive_the_client() {
     }
     let client = Client::connect(&path, ClientConfig::default()).unwrap();
     assert!(!server.container.is_tracking());
-    let fd = memfd(PAGE);
+    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
     client
-        .dma_map(Iova(0), PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     client.dirty_pages_start().unwrap();
-    assert!(client.dirty_pages_get(Iova(0), PAGE).is_ok());
+    assert!(
+        client
+            .dirty_pages_get(Iova(0), CONTAINER_PAGE_SIZE.bytes())
+            .is_ok()
+    );
 }
 
 #[test]

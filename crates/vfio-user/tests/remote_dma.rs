@@ -23,7 +23,7 @@ use vfmig_vfio_user::message::{
 use vfmig_vfio_user::{Client, ClientConfig, Connection, Errno, Limits};
 
 const GUEST: u64 = 0x2_0000_0000;
-const SIZE: u64 = 64 * PAGE;
+const SIZE: u64 = 64 * CONTAINER_PAGE_SIZE.bytes();
 
 fn write_reg(client: &Client, reg: u64, value: u64) {
     client.region_write(BAR, reg, &value.to_le_bytes()).unwrap();
@@ -54,23 +54,37 @@ fn device_dma_write(client: &Client, addr: u64, len: u64, pattern: u8) {
 #[test]
 fn a_dma_write_arrives_while_the_client_waits_for_a_region_write_reply() {
     let (client, _server, memory) = with_memory(ClientConfig::default());
-    device_dma_write(&client, GUEST + 3 * PAGE + 10, 2 * PAGE, 0xcd);
+    device_dma_write(
+        &client,
+        GUEST + 3 * CONTAINER_PAGE_SIZE.bytes() + 10,
+        2 * CONTAINER_PAGE_SIZE.bytes(),
+        0xcd,
+    );
     // The REGION_WRITE returned after the DMA_WRITE it caused was served.
-    assert_eq!(memory.get(GUEST + 3 * PAGE + 9, 1), [0]);
+    assert_eq!(
+        memory.get(GUEST + 3 * CONTAINER_PAGE_SIZE.bytes() + 9, 1),
+        [0]
+    );
     assert!(
         memory
-            .get(GUEST + 3 * PAGE + 10, 2 * PAGE as usize)
+            .get(
+                GUEST + 3 * CONTAINER_PAGE_SIZE.bytes() + 10,
+                2 * CONTAINER_PAGE_SIZE.bytes() as usize
+            )
             .iter()
             .all(|&b| b == 0xcd)
     );
-    assert_eq!(memory.get(GUEST + 5 * PAGE + 10, 1), [0]);
+    assert_eq!(
+        memory.get(GUEST + 5 * CONTAINER_PAGE_SIZE.bytes() + 10, 1),
+        [0]
+    );
 }
 
 #[test]
 fn a_dma_read_arrives_while_the_client_waits_for_a_region_write_reply() {
     let (client, _server, memory) = with_memory(ClientConfig::default());
-    memory.set(GUEST + PAGE, &[1; 300]);
-    write_reg(&client, REG_DMA_ADDR, GUEST + PAGE);
+    memory.set(GUEST + CONTAINER_PAGE_SIZE.bytes(), &[1; 300]);
+    write_reg(&client, REG_DMA_ADDR, GUEST + CONTAINER_PAGE_SIZE.bytes());
     write_reg(&client, REG_DMA_LEN, 400);
     write_reg(&client, REG_DMA_READ, 1);
     let mut sum = [0; 8];
@@ -99,7 +113,12 @@ fn device_dma_is_split_by_the_clients_transfer_size() {
 fn pages_written_by_dma_write_are_in_the_get() {
     let (client, _server, _memory) = with_memory(ClientConfig::default());
     client.dirty_pages_start().unwrap();
-    device_dma_write(&client, GUEST + 7 * PAGE + 4000, 200, 0xee);
+    device_dma_write(
+        &client,
+        GUEST + 7 * CONTAINER_PAGE_SIZE.bytes() + 4000,
+        200,
+        0xee,
+    );
     let bitmap = client.dirty_pages_get(Iova(GUEST), SIZE).unwrap();
     assert_eq!(pages_of(&bitmap), [7, 8]);
     assert!(pages_of(&client.dirty_pages_get(Iova(GUEST), SIZE).unwrap()).is_empty());
@@ -113,7 +132,7 @@ fn device_threads_dma_while_the_client_works() {
             let container = server.container.clone();
             thread::spawn(move || {
                 for i in 0..50u64 {
-                    let at = Iova(GUEST + (t * 16 + i % 16) * PAGE);
+                    let at = Iova(GUEST + (t * 16 + i % 16) * CONTAINER_PAGE_SIZE.bytes());
                     container.write(at, &[t as u8 + 1; 64]).unwrap();
                     let mut back = [0; 64];
                     container.read(at, &mut back).unwrap();
@@ -132,7 +151,10 @@ fn device_threads_dma_while_the_client_works() {
         worker.join().unwrap();
     }
     for t in 0..4u64 {
-        assert_eq!(memory.get(GUEST + t * 16 * PAGE, 64), [t as u8 + 1; 64]);
+        assert_eq!(
+            memory.get(GUEST + t * 16 * CONTAINER_PAGE_SIZE.bytes(), 64),
+            [t as u8 + 1; 64]
+        );
     }
 }
 
@@ -183,9 +205,16 @@ fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
         // clean.
         let start = conn.recv().unwrap();
         assert_eq!(start.header.cmd, Command::DirtyPages.code());
-        assert_eq!(server_dma_write(conn, GUEST + 9 * PAGE, &[1; 10]), None);
         assert_eq!(
-            server_dma_write(conn, GUEST + 62 * PAGE, &[2; PAGE as usize * 2]),
+            server_dma_write(conn, GUEST + 9 * CONTAINER_PAGE_SIZE.bytes(), &[1; 10]),
+            None
+        );
+        assert_eq!(
+            server_dma_write(
+                conn,
+                GUEST + 62 * CONTAINER_PAGE_SIZE.bytes(),
+                &[2; CONTAINER_PAGE_SIZE.bytes() as usize * 2]
+            ),
             None
         );
         conn.send_reply(
@@ -214,7 +243,10 @@ fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
     client.dirty_pages_start().unwrap();
     let bitmap = client.dirty_pages_get(Iova(GUEST), SIZE).unwrap();
     assert_eq!(pages_of(&bitmap), [9, 62, 63]);
-    assert_eq!(memory.get(GUEST + 9 * PAGE, 10), [1; 10]);
+    assert_eq!(
+        memory.get(GUEST + 9 * CONTAINER_PAGE_SIZE.bytes(), 10),
+        [1; 10]
+    );
     server.join().unwrap();
 }
 

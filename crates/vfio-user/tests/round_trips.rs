@@ -176,21 +176,27 @@ fn reset_reaches_the_device() {
 #[test]
 fn dma_map_and_unmap_round_trip() {
     let (client, server) = connect();
-    let fd = memfd(16 * PAGE);
+    let fd = memfd(16 * CONTAINER_PAGE_SIZE.bytes());
     client
         .dma_map(
             Iova(0x10_0000),
-            16 * PAGE,
+            16 * CONTAINER_PAGE_SIZE.bytes(),
             Prot::READ_WRITE,
             Some((fd.as_fd(), 0)),
         )
         .unwrap();
     assert_eq!(
         server.container.mapping_list(),
-        [(Iova(0x10_0000), 16 * PAGE, Prot::READ_WRITE)]
+        [(
+            Iova(0x10_0000),
+            16 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE
+        )]
     );
     assert_eq!(
-        client.dma_unmap(Iova(0x10_0000), 16 * PAGE, false).unwrap(),
+        client
+            .dma_unmap(Iova(0x10_0000), 16 * CONTAINER_PAGE_SIZE.bytes(), false)
+            .unwrap(),
         None
     );
     assert_eq!(server.container.mappings(), 0);
@@ -199,12 +205,22 @@ fn dma_map_and_unmap_round_trip() {
 #[test]
 fn dma_map_over_an_existing_mapping_is_refused_before_sending() {
     let (client, _server) = connect();
-    let fd = memfd(2 * PAGE);
+    let fd = memfd(2 * CONTAINER_PAGE_SIZE.bytes());
     client
-        .dma_map(Iova(0), 2 * PAGE, Prot::READ, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            2 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     let err = client
-        .dma_map(Iova(PAGE), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(CONTAINER_PAGE_SIZE.bytes()),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap_err();
     assert!(matches!(err, ClientError::Overlap { .. }));
     assert_eq!(err.errno(), Errno::EEXIST);
@@ -213,33 +229,43 @@ fn dma_map_over_an_existing_mapping_is_refused_before_sending() {
 #[test]
 fn dma_map_refused_by_the_server_carries_its_errno() {
     let (client, _server) = connect();
-    let fd = memfd(PAGE);
+    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
     // No protection: the container's EINVAL.
     let none = Prot {
         read: false,
         write: false,
     };
     let err = client
-        .dma_map(Iova(0), PAGE, none, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            none,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap_err();
     assert_eq!(remote_errno(err), (Command::DmaMap, Errno::EINVAL));
     // The refused mapping was forgotten: the same range maps now.
     client
-        .dma_map(Iova(0), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
 }
 
 #[test]
 fn dma_unmap_all_removes_every_mapping() {
     let (client, server) = connect();
-    let fd = memfd(4 * PAGE);
+    let fd = memfd(4 * CONTAINER_PAGE_SIZE.bytes());
     for i in 0..4 {
         client
             .dma_map(
                 Iova(i * 0x10_0000),
-                PAGE,
+                CONTAINER_PAGE_SIZE.bytes(),
                 Prot::READ,
-                Some((fd.as_fd(), i * PAGE)),
+                Some((fd.as_fd(), i * CONTAINER_PAGE_SIZE.bytes())),
             )
             .unwrap();
     }
@@ -247,7 +273,12 @@ fn dma_unmap_all_removes_every_mapping() {
     assert_eq!(server.container.mappings(), 0);
     // The client forgot them too: the same ranges map again.
     client
-        .dma_map(Iova(0), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
 }
 
@@ -257,9 +288,14 @@ fn the_device_state_policy_refuses_dma_map_when_stopped() {
     client
         .region_write(BAR, REG_STOPPED, &1u64.to_le_bytes())
         .unwrap();
-    let fd = memfd(PAGE);
+    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
     let err = client
-        .dma_map(Iova(0), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap_err();
     assert_eq!(remote_errno(err), (Command::DmaMap, Errno::EINVAL));
     // Region accesses are still served, and running again lets the map through.
@@ -267,26 +303,50 @@ fn the_device_state_policy_refuses_dma_map_when_stopped() {
         .region_write(BAR, REG_STOPPED, &0u64.to_le_bytes())
         .unwrap();
     client
-        .dma_map(Iova(0), PAGE, Prot::READ, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
 }
 
 #[test]
 fn dirty_pages_start_get_stop_round_trip() {
     let (client, server) = connect();
-    let fd = memfd(64 * PAGE);
+    let fd = memfd(64 * CONTAINER_PAGE_SIZE.bytes());
     client
-        .dma_map(Iova(0), 64 * PAGE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .dma_map(
+            Iova(0),
+            64 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+            Some((fd.as_fd(), 0)),
+        )
         .unwrap();
     client.dirty_pages_start().unwrap();
     assert!(server.container.is_tracking());
-    server.container.write(Iova(5 * PAGE), &[1]).unwrap();
+    server
+        .container
+        .write(Iova(5 * CONTAINER_PAGE_SIZE.bytes()), &[1])
+        .unwrap();
     assert_eq!(
-        pages_of(&client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap()),
+        pages_of(
+            &client
+                .dirty_pages_get(Iova(0), 64 * CONTAINER_PAGE_SIZE.bytes())
+                .unwrap()
+        ),
         [5]
     );
     // Read and cleared.
-    assert!(pages_of(&client.dirty_pages_get(Iova(0), 64 * PAGE).unwrap()).is_empty());
+    assert!(
+        pages_of(
+            &client
+                .dirty_pages_get(Iova(0), 64 * CONTAINER_PAGE_SIZE.bytes())
+                .unwrap()
+        )
+        .is_empty()
+    );
     client.dirty_pages_stop().unwrap();
     assert!(!server.container.is_tracking());
 }
@@ -302,18 +362,20 @@ fn dirty_pages_without_migration_support_is_enotsup() {
 #[test]
 fn dirty_pages_get_before_start_is_einval() {
     let (client, _server) = connect();
-    let err = client.dirty_pages_get(Iova(0), PAGE).unwrap_err();
+    let err = client
+        .dirty_pages_get(Iova(0), CONTAINER_PAGE_SIZE.bytes())
+        .unwrap_err();
     assert_eq!(err.errno(), Errno::EINVAL);
 }
 
 #[test]
 fn dma_unmap_with_bitmap_returns_the_dirty_pages() {
     let (client, server) = connect();
-    let fd = memfd(128 * PAGE);
+    let fd = memfd(128 * CONTAINER_PAGE_SIZE.bytes());
     client
         .dma_map(
             Iova(0x4000_0000),
-            128 * PAGE,
+            128 * CONTAINER_PAGE_SIZE.bytes(),
             Prot::READ_WRITE,
             Some((fd.as_fd(), 0)),
         )
@@ -322,11 +384,11 @@ fn dma_unmap_with_bitmap_returns_the_dirty_pages() {
     for page in [0, 63, 64, 127] {
         server
             .container
-            .write(Iova(0x4000_0000 + page * PAGE), &[9])
+            .write(Iova(0x4000_0000 + page * CONTAINER_PAGE_SIZE.bytes()), &[9])
             .unwrap();
     }
     let bitmap = client
-        .dma_unmap(Iova(0x4000_0000), 128 * PAGE, true)
+        .dma_unmap(Iova(0x4000_0000), 128 * CONTAINER_PAGE_SIZE.bytes(), true)
         .unwrap()
         .unwrap();
     assert_eq!(pages_of(&bitmap), [0, 63, 64, 127]);
@@ -335,7 +397,7 @@ fn dma_unmap_with_bitmap_returns_the_dirty_pages() {
 
 #[test]
 fn device_dma_read_of_fd_less_memory_is_served_by_the_client() {
-    let memory = VecMemory::new(0x8000_0000, 4 * PAGE as usize);
+    let memory = VecMemory::new(0x8000_0000, 4 * CONTAINER_PAGE_SIZE.bytes() as usize);
     memory.set(0x8000_0000 + 100, &[3; 10]);
     let config = ClientConfig {
         memory: Some(memory.clone()),
@@ -343,7 +405,12 @@ fn device_dma_read_of_fd_less_memory_is_served_by_the_client() {
     };
     let (client, server) = connect_with(config, Limits::default());
     client
-        .dma_map(Iova(0x8000_0000), 4 * PAGE, Prot::READ_WRITE, None)
+        .dma_map(
+            Iova(0x8000_0000),
+            4 * CONTAINER_PAGE_SIZE.bytes(),
+            Prot::READ_WRITE,
+            None,
+        )
         .unwrap();
     let mut buf = [0; 20];
     server
@@ -359,7 +426,9 @@ fn device_dma_read_of_fd_less_memory_is_served_by_the_client() {
 #[test]
 fn an_fd_less_mapping_without_client_memory_is_refused() {
     let (client, _server) = connect();
-    let err = client.dma_map(Iova(0), PAGE, Prot::READ, None).unwrap_err();
+    let err = client
+        .dma_map(Iova(0), CONTAINER_PAGE_SIZE.bytes(), Prot::READ, None)
+        .unwrap_err();
     assert!(matches!(err, ClientError::NoMemory { .. }));
 }
 

@@ -29,6 +29,6 @@ pub use devices::{AttachedDevice, DeviceError, DeviceSpec};
 pub use gate::{Gate, Running};
 pub use machine::{GuestProgram, Machine, MachineError};
 pub use pci::PciConfigState;
-pub use ram::{GuestRam, PAGE, RamError, RamRegion};
+pub use ram::{GuestRam, RamError, RamRegion};
 pub use vm::{DeviceHost, GuestPlan, KvmGuestReport, Vm, VmConfig, VmDigest, VmError};
 pub use workload::{WORKING_SET_BASE, Workload, WorkloadConfig, WorkloadStats, init_drivers};

@@ -11,10 +11,12 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use vfmig_device::memory::SharedMemory;
-use vfmig_dirty::{DirtyBitmap, DirtyError, PageSize};
+use vfmig_dirty::{DirtyBitmap, DirtyError};
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
-/// Guest page size for dirty tracking and migration.
-pub const PAGE: u64 = 4096;
+// Guest RAM is counted and dirty-logged in container pages (`CONTAINER_PAGE_SIZE`): every
+// device maps it through a container, and the migration ORs the containers' bitmaps into
+// the log word for word.
 
 /// One contiguous region of guest-physical memory.
 pub struct RamRegion {
@@ -36,7 +38,7 @@ impl RamRegion {
 
     /// Pages.
     pub fn pages(&self) -> u64 {
-        self.size() / PAGE
+        self.size() / CONTAINER_PAGE_SIZE.bytes()
     }
 
     /// Where the region is mapped in this process (a KVM memslot maps the guest onto it).
@@ -106,7 +108,11 @@ impl GuestRam {
         let mut regions = Vec::with_capacity(layout.len());
         let mut end = 0u64;
         for (i, &(gpa, size)) in layout.iter().enumerate() {
-            if size == 0 || gpa % PAGE != 0 || size % PAGE != 0 || gpa < end {
+            if size == 0
+                || gpa % CONTAINER_PAGE_SIZE.bytes() != 0
+                || size % CONTAINER_PAGE_SIZE.bytes() != 0
+                || gpa < end
+            {
                 return Err(RamError::Layout(format!(
                     "region {i} at {gpa:#x} + {size:#x}"
                 )));
@@ -119,7 +125,7 @@ impl GuestRam {
             let name = CString::new(format!("vfmig-ram-{i}"))
                 .map_err(|e| RamError::Layout(e.to_string()))?;
             let memory = Arc::new(SharedMemory::new(&name, len)?);
-            let dirty = DirtyBitmap::new(size / PAGE, PageSize::SIZE_4K)?;
+            let dirty = DirtyBitmap::new(size / CONTAINER_PAGE_SIZE.bytes(), CONTAINER_PAGE_SIZE)?;
             regions.push(RamRegion { gpa, memory, dirty });
         }
         Ok(GuestRam {
@@ -222,8 +228,8 @@ impl GuestRam {
     /// within one region; returns how many bits were set.
     pub fn mark_dirty_bits(&self, gpa: u64, bits: &[u64]) -> Result<u64, RamError> {
         let pages = bits.len() as u64 * 64;
-        let r = self.region(gpa, PAGE)?;
-        let first = (gpa - r.gpa) / PAGE;
+        let r = self.region(gpa, CONTAINER_PAGE_SIZE.bytes())?;
+        let first = (gpa - r.gpa) / CONTAINER_PAGE_SIZE.bytes();
         let mut n = 0;
         for (w, &word) in bits.iter().enumerate() {
             let mut word = word;

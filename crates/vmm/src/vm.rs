@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use vfmig_device::DIGEST_REGION_INDEX;
 use vfmig_device::digest::Digest;
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
 use crate::devices::{AttachedDevice, DeviceError, DeviceSpec};
 use crate::gate::Gate;
 use crate::machine::{GuestProgram, Machine, MachineError};
 use crate::pci::{PciBus, PciConfigState};
-use crate::ram::{GuestRam, PAGE, RamError};
+use crate::ram::{GuestRam, RamError};
 use crate::viommu::{Viommu, ViommuCounters, WINDOW};
 use crate::workload::{Workload, WorkloadConfig, init_drivers};
 
@@ -433,11 +434,11 @@ impl Vm {
     /// with the guest paused, or the value is a moving target.
     pub fn digest(&self) -> Result<VmDigest, VmError> {
         let mut d = Digest::new();
-        let mut page = vec![0u8; 4096];
-        debug_assert_eq!(page.len() as u64, PAGE);
+        let mut page = vec![0u8; CONTAINER_PAGE_SIZE.bytes_usize()];
         for r in self.ram.regions() {
             for p in 0..r.pages() {
-                self.ram.read(r.gpa() + p * PAGE, &mut page)?;
+                self.ram
+                    .read(r.gpa() + p * CONTAINER_PAGE_SIZE.bytes(), &mut page)?;
                 d.update(&page);
             }
         }

@@ -18,11 +18,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, Op};
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
 use vfmig_vfio_user::Client;
 
 use crate::devices::{AttachedDevice, DeviceError};
 use crate::gate::Gate;
-use crate::ram::{GuestRam, PAGE};
+use crate::ram::GuestRam;
 use crate::viommu::Viommu;
 
 /// Where the RAM writers' working set starts.
@@ -30,8 +31,7 @@ pub const WORKING_SET_BASE: u64 = 2 << 20;
 const RING_BASE: u64 = 0x1000;
 const RING_ENTRIES: u32 = 16;
 /// One page, as a descriptor length.
-const PAGE_LEN: u32 = 4096;
-const _: () = assert!(PAGE_LEN as u64 == PAGE);
+const PAGE_LEN: u32 = 1 << CONTAINER_PAGE_SIZE.shift();
 const DMA_BUFFERS: u64 = 0x10_0000;
 
 /// How hard the guest works.
@@ -89,7 +89,7 @@ impl std::fmt::Debug for Workload {
 pub fn init_drivers(devices: &[AttachedDevice]) -> Result<(), DeviceError> {
     for (i, dev) in dma_engines(devices) {
         let c = dev.client();
-        let ring = RING_BASE + i * PAGE;
+        let ring = RING_BASE + i * CONTAINER_PAGE_SIZE.bytes();
         write_reg(c, 0x08, &ring.to_le_bytes())
             .map_err(|e| dev.request("program the ring base", e))?;
         write_reg(c, 0x10, &RING_ENTRIES.to_le_bytes())
@@ -128,7 +128,7 @@ impl Workload {
         let pages = config
             .working_set
             .min(ram.size().saturating_sub(WORKING_SET_BASE))
-            / PAGE;
+            / CONTAINER_PAGE_SIZE.bytes();
         if config.pages_per_sec > 0 && pages > 0 {
             for w in 0..writers {
                 let rate = config.pages_per_sec / writers as u64;
@@ -223,7 +223,9 @@ fn ram_writer(
             x ^= x >> 7;
             x ^= x << 17;
             let page = x % pages;
-            let gpa = WORKING_SET_BASE + page * PAGE + (x >> 52) % (PAGE / 8) * 8;
+            let gpa = WORKING_SET_BASE
+                + page * CONTAINER_PAGE_SIZE.bytes()
+                + (x >> 52) % (CONTAINER_PAGE_SIZE.bytes() / 8) * 8;
             if ram.write(gpa, &x.to_le_bytes()).is_ok() {
                 stats.pages_written.fetch_add(1, Ordering::Relaxed);
             }
@@ -301,13 +303,13 @@ fn drive_dma(c: &Client, ram: &GuestRam, index: u64, op: u64) -> Result<(), Driv
     let mut tail = [0u8; 4];
     c.region_read(0, 0x18, &mut tail)?;
     let tail = u64::from(u32::from_le_bytes(tail));
-    let buffer = DMA_BUFFERS + index * 0x1_0000 + (op % 16) * PAGE;
-    let device = (op * PAGE) % (1 << 20);
+    let buffer = DMA_BUFFERS + index * 0x1_0000 + (op % 16) * CONTAINER_PAGE_SIZE.bytes();
+    let device = (op * CONTAINER_PAGE_SIZE.bytes()) % (1 << 20);
     let desc = match op % 3 {
         0 => Descriptor {
             op: Op::CopyToDevice,
             irq: false,
-            guest: WORKING_SET_BASE + (op % 256) * PAGE,
+            guest: WORKING_SET_BASE + (op % 256) * CONTAINER_PAGE_SIZE.bytes(),
             device,
             len: PAGE_LEN,
             fill: 0,
@@ -329,7 +331,7 @@ fn drive_dma(c: &Client, ram: &GuestRam, index: u64, op: u64) -> Result<(), Driv
             fill: op.to_le_bytes()[0],
         },
     };
-    let ring = RING_BASE + index * PAGE;
+    let ring = RING_BASE + index * CONTAINER_PAGE_SIZE.bytes();
     ram.write(ring + tail * 32, &desc.encode())?;
     c.region_write(
         0,

@@ -5,12 +5,11 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
+use vfmig_dirty::bitmap_bytes;
+pub use vfmig_iommu::CONTAINER_PAGE_SIZE;
 use vfmig_iommu::{Backing, BitmapRequest, Container, GetBitmapRange, Iova, Result};
 
-/// The container page size.
-pub const PAGE: u64 = 4096;
 /// READ | WRITE map flags.
 pub const RW: u32 = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
 
@@ -46,13 +45,13 @@ pub fn container_with(mappings: &[(u64, u64)]) -> Container {
 
 /// GET_BITMAP of `[iova, iova + size)` into a fresh zeroed buffer of the exact size.
 pub fn get(c: &Container, iova: u64, size: u64) -> Result<Vec<u64>> {
-    let bytes = dirty_bitmap_bytes(size / PAGE);
+    let bytes = bitmap_bytes(size / CONTAINER_PAGE_SIZE.bytes());
     let mut out = vec![0u64; (bytes / 8) as usize];
     let range = GetBitmapRange {
         iova,
         size,
         bitmap: BitmapRequest {
-            pgsize: PAGE,
+            pgsize: CONTAINER_PAGE_SIZE,
             size: bytes,
         },
     };

@@ -3,7 +3,9 @@
 //! each device's container (which includes the pages the VMM wrote for it) — and turned into
 //! runs for the stream.
 
-use vfmig_vmm::{GuestRam, PAGE, Vm};
+use vfmig_dirty::{words, words_for};
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
+use vfmig_vmm::{GuestRam, Vm};
 
 use crate::{Gpa, PageRun};
 
@@ -13,8 +15,9 @@ pub(crate) struct DirtySet {
     regions: Vec<(u64, u64, Vec<u64>)>,
 }
 
-fn words(pages: u64) -> usize {
-    usize::try_from(pages.div_ceil(64)).unwrap_or(0)
+/// The words of a bitmap of `pages` pages, as a length.
+fn word_count(pages: u64) -> usize {
+    usize::try_from(words_for(pages)).unwrap_or(0)
 }
 
 impl DirtySet {
@@ -23,7 +26,7 @@ impl DirtySet {
         let regions = ram
             .regions()
             .iter()
-            .map(|r| (r.gpa(), r.pages(), vec![0u64; words(r.pages())]))
+            .map(|r| (r.gpa(), r.pages(), vec![0u64; word_count(r.pages())]))
             .collect();
         DirtySet { regions }
     }
@@ -43,17 +46,15 @@ impl DirtySet {
         let Some((_, pages, bits)) = self.regions.get_mut(index) else {
             return;
         };
-        for (mine, theirs) in bits.iter_mut().zip(device_bits) {
-            *mine |= theirs;
-        }
-        clear_tail(bits, *pages);
+        words::or_words(bits, device_bits);
+        words::mask_tail(bits, *pages);
     }
 
     /// Marks every page (the first iteration sends all RAM).
     pub(crate) fn mark_all(&mut self) {
         for (_, pages, bits) in &mut self.regions {
             bits.fill(u64::MAX);
-            clear_tail(bits, *pages);
+            words::mask_tail(bits, *pages);
         }
     }
 
@@ -71,60 +72,21 @@ impl DirtySet {
         self.regions
             .iter()
             .enumerate()
-            .map(|(i, (gpa, pages, _))| (i, *gpa, pages * PAGE))
+            .map(|(i, (gpa, pages, _))| (i, *gpa, pages * CONTAINER_PAGE_SIZE.bytes()))
     }
 
     /// Takes the dirty pages as maximal runs, leaving the set empty.
     pub(crate) fn take_runs(&mut self) -> Vec<PageRun> {
+        let page = CONTAINER_PAGE_SIZE.bytes();
         let mut runs = Vec::new();
-        for (gpa, _, bits) in &mut self.regions {
-            let gpa = *gpa;
-            let mut open: Option<(u64, u64)> = None;
-            let mut close = |open: &mut Option<(u64, u64)>| {
-                if let Some((first, n)) = open.take() {
-                    runs.push(PageRun::new(Gpa(gpa + first * PAGE), n));
-                }
-            };
-            for (w, word) in bits.iter_mut().enumerate() {
-                let x = std::mem::take(word);
-                let base = w as u64 * 64;
-                let mut bit = 0u64;
-                while bit < 64 {
-                    let rest = x >> bit;
-                    if rest == 0 {
-                        close(&mut open);
-                        break;
-                    }
-                    let zeros = u64::from(rest.trailing_zeros());
-                    if zeros > 0 {
-                        close(&mut open);
-                        bit += zeros;
-                        continue;
-                    }
-                    let ones = u64::from(rest.trailing_ones());
-                    match &mut open {
-                        Some((first, n)) if *first + *n == base + bit => *n += ones,
-                        _ => {
-                            close(&mut open);
-                            open = Some((base + bit, ones));
-                        }
-                    }
-                    bit += ones;
-                }
-            }
-            close(&mut open);
+        for (gpa, pages, bits) in &mut self.regions {
+            runs.extend(
+                words::runs(bits, *pages)
+                    .map(|run| PageRun::new(Gpa(*gpa + run.first * page), run.pages)),
+            );
+            bits.fill(0);
         }
         runs
-    }
-}
-
-/// Clears the bits past `pages` in the last word.
-fn clear_tail(bits: &mut [u64], pages: u64) {
-    let rem = pages % 64;
-    if rem != 0
-        && let Some(last) = bits.last_mut()
-    {
-        *last &= (1u64 << rem) - 1;
     }
 }
 
@@ -133,7 +95,7 @@ mod tests {
     use super::*;
 
     fn set(pages: u64, dirty: &[u64]) -> DirtySet {
-        let mut bits = vec![0u64; words(pages)];
+        let mut bits = vec![0u64; word_count(pages)];
         for &p in dirty {
             bits[(p / 64) as usize] |= 1 << (p % 64);
         }
@@ -145,7 +107,12 @@ mod tests {
     fn runs(s: &mut DirtySet) -> Vec<(u64, u64)> {
         s.take_runs()
             .iter()
-            .map(|r| ((r.gpa.raw() - 0x10_0000) / PAGE, r.pages))
+            .map(|r| {
+                (
+                    (r.gpa.raw() - 0x10_0000) / CONTAINER_PAGE_SIZE.bytes(),
+                    r.pages,
+                )
+            })
             .collect()
     }
 

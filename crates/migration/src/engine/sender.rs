@@ -8,7 +8,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use vfmig_abi::DeviceState;
-use vfmig_vmm::{PAGE, Vm};
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
+use vfmig_vmm::Vm;
 
 use super::device::DeviceLink;
 use super::dirty::DirtySet;
@@ -257,7 +258,7 @@ impl Sender<'_> {
             .sum::<Result<u64, _>>()?;
         let estimate = Estimate {
             iteration: number,
-            dirty_bytes: dirty.count() * PAGE,
+            dirty_bytes: dirty.count() * CONTAINER_PAGE_SIZE.bytes(),
             device_pending,
             bandwidth,
             elapsed: precopy.elapsed(),
@@ -405,7 +406,7 @@ impl Sender<'_> {
             let mut everything = true;
             for &(index, gpa, size) in &layout {
                 let bits = link.dirty(gpa, size)?;
-                let pages = size / PAGE;
+                let pages = size / CONTAINER_PAGE_SIZE.bytes();
                 everything &= bits.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() == pages;
                 dirty.add(index, &bits);
             }

@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 pub use crate::stream::error::ConfigError;
 use crate::stream::error::PayloadError;
 use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from};
-use crate::types::{DeviceId, Gpa, PAGE_SIZE};
+use crate::types::{DeviceId, Gpa, STREAM_PAGE_SIZE};
 
 /// The most RAM regions a VM may have: far more than any layout with hot-plugged memory.
 pub const MAX_REGIONS: usize = 1024;
@@ -82,7 +82,7 @@ impl RamLayout {
             })?;
             if region.size == 0
                 || !region.gpa.is_page_aligned()
-                || !region.size.is_multiple_of(PAGE_SIZE)
+                || !region.size.is_multiple_of(STREAM_PAGE_SIZE.bytes())
             {
                 return Err(ConfigError::BadRegion {
                     gpa: region.gpa,

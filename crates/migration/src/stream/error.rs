@@ -9,7 +9,7 @@ use std::io;
 
 use crate::stream::header::HeaderError;
 use crate::stream::kind::SectionKind;
-use crate::types::{DeviceId, Gpa, PAGE_SIZE};
+use crate::types::{DeviceId, Gpa, STREAM_PAGE_SIZE};
 
 /// Where a section starts: its index (the stream's first section is 0), its type as found on
 /// the wire, and the byte offset of its frame header from the start of the stream.
@@ -176,7 +176,7 @@ pub enum ConfigError {
         id: DeviceId,
     },
     /// A page size other than 4 KiB.
-    #[error("page size {found}, only {PAGE_SIZE} is supported")]
+    #[error("page size {found}, only {STREAM_PAGE_SIZE} is supported")]
     PageSize {
         /// The page size declared.
         found: u32,

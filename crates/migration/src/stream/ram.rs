@@ -27,7 +27,7 @@ use crate::stream::config::RamLayout;
 pub use crate::stream::error::RamError;
 use crate::stream::error::{MemoryError, PayloadError};
 use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from, usize_from_u64};
-use crate::types::{Gpa, PAGE_SIZE, PAGE_SIZE_USIZE};
+use crate::types::{Gpa, STREAM_PAGE_SIZE};
 
 /// The most pages of data one section carries: 8 MiB.
 pub const MAX_DATA_PAGES: usize = 2048;
@@ -43,11 +43,14 @@ pub const RUN_ZERO: u32 = 1;
 
 /// The cap on a `RamPages` payload: header, a full table and 8 MiB of data.
 #[allow(clippy::cast_possible_truncation)] // a constant that fits, checked below
-pub const MAX_RAM_PAYLOAD: u32 =
-    (RAM_HEADER_LEN + MAX_RUNS * size_of::<RunEntry>() + MAX_DATA_PAGES * PAGE_SIZE_USIZE) as u32;
+pub const MAX_RAM_PAYLOAD: u32 = (RAM_HEADER_LEN
+    + MAX_RUNS * size_of::<RunEntry>()
+    + MAX_DATA_PAGES * STREAM_PAGE_SIZE.bytes_usize()) as u32;
 
 const _: () = assert!(
-    (RAM_HEADER_LEN + MAX_RUNS * size_of::<RunEntry>() + MAX_DATA_PAGES * PAGE_SIZE_USIZE)
+    (RAM_HEADER_LEN
+        + MAX_RUNS * size_of::<RunEntry>()
+        + MAX_DATA_PAGES * STREAM_PAGE_SIZE.bytes_usize())
         <= u32::MAX as usize
 );
 
@@ -209,7 +212,7 @@ impl<'a> RamPages<'a> {
             if pages == 0 || !gpa.is_page_aligned() {
                 return Err(RamError::BadRun { gpa, pages });
             }
-            let bytes = pages.checked_mul(PAGE_SIZE);
+            let bytes = pages.checked_mul(STREAM_PAGE_SIZE.bytes());
             if bytes
                 .and_then(|bytes| layout.region_of(gpa, bytes))
                 .is_none()
@@ -224,7 +227,7 @@ impl<'a> RamPages<'a> {
             }
         }
         let data_bytes = u64_from(data.len());
-        if data_pages.checked_mul(PAGE_SIZE) != Some(data_bytes) {
+        if data_pages.checked_mul(STREAM_PAGE_SIZE.bytes()) != Some(data_bytes) {
             return Err(RamError::DataLength {
                 declared_pages: data_pages,
                 data_bytes,
@@ -286,7 +289,7 @@ impl<'a> RamPages<'a> {
     /// The first [`MemoryError`] the memory returns; runs before it were written.
     pub fn apply<M: WriteGuestMemory + ?Sized>(&self, mem: &mut M) -> Result<(), MemoryError> {
         for run in self.runs() {
-            let len = run.pages.saturating_mul(PAGE_SIZE);
+            let len = run.pages.saturating_mul(STREAM_PAGE_SIZE.bytes());
             let result = match run.data {
                 Some(data) => mem.write(run.gpa, data),
                 None => mem.write_zeroes(run.gpa, len),
@@ -320,7 +323,7 @@ impl<'a> Iterator for Runs<'a> {
             None
         } else {
             // Validated: the data holds exactly the data runs' pages.
-            let len = usize_from_u64(pages.saturating_mul(PAGE_SIZE));
+            let len = usize_from_u64(pages.saturating_mul(STREAM_PAGE_SIZE.bytes()));
             let (data, rest) = self.data.split_at_checked(len)?;
             self.data = rest;
             Some(data)
@@ -341,9 +344,9 @@ mod tests {
 
     #[test]
     fn zero_page_detection_finds_any_set_byte() {
-        let mut page = vec![0u8; PAGE_SIZE_USIZE];
+        let mut page = vec![0u8; STREAM_PAGE_SIZE.bytes_usize()];
         assert!(is_zero_page(&page));
-        for at in [0, 7, 63, 64, 2049, PAGE_SIZE_USIZE - 1] {
+        for at in [0, 7, 63, 64, 2049, STREAM_PAGE_SIZE.bytes_usize() - 1] {
             page[at] = 0x80;
             assert!(!is_zero_page(&page), "byte {at}");
             page[at] = 0;

@@ -17,7 +17,7 @@ use crate::stream::error::MemoryError;
 use crate::stream::ram::{
     MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamError, RamPages, ReadGuestMemory, RunEntry, is_zero_page,
 };
-use crate::types::{Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+use crate::types::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// The most pages read from guest memory in one call: 256 KiB, well inside a core's L2.
 pub const BATCH_PAGES: usize = 64;
@@ -133,7 +133,7 @@ impl RamEncoder {
         RamEncoder {
             entries: Vec::new(),
             open: None,
-            data: vec![0; max_data_pages * PAGE_SIZE_USIZE],
+            data: vec![0; max_data_pages * STREAM_PAGE_SIZE.bytes_usize()],
             data_pages: 0,
             max_data_pages,
         }
@@ -205,7 +205,7 @@ impl RamEncoder {
                 let batch_pages = crate::stream::wire::u64_from(batch);
                 stats.pages += batch_pages;
                 // Checked by `check_run`: the run's end fits in a u64.
-                gpa += batch_pages * PAGE_SIZE;
+                gpa += batch_pages * STREAM_PAGE_SIZE.bytes();
                 left -= batch_pages;
             }
         }
@@ -224,8 +224,8 @@ impl RamEncoder {
     where
         M: ReadGuestMemory + ?Sized,
     {
-        let start = self.data_pages * PAGE_SIZE_USIZE;
-        let len = batch * PAGE_SIZE_USIZE;
+        let start = self.data_pages * STREAM_PAGE_SIZE.bytes_usize();
+        let len = batch * STREAM_PAGE_SIZE.bytes_usize();
         let buf = self
             .data
             .get_mut(start..start + len)
@@ -241,16 +241,18 @@ impl RamEncoder {
         })?;
         let mut kept = self.data_pages;
         for index in 0..batch {
-            let from = start + index * PAGE_SIZE_USIZE;
-            let page_gpa = gpa.raw() + crate::stream::wire::u64_from(index) * PAGE_SIZE;
+            let from = start + index * STREAM_PAGE_SIZE.bytes_usize();
+            let page_gpa =
+                gpa.raw() + crate::stream::wire::u64_from(index) * STREAM_PAGE_SIZE.bytes();
             let zero = self
                 .data
-                .get(from..from + PAGE_SIZE_USIZE)
+                .get(from..from + STREAM_PAGE_SIZE.bytes_usize())
                 .is_none_or(is_zero_page);
             if !zero {
-                let to = kept * PAGE_SIZE_USIZE;
+                let to = kept * STREAM_PAGE_SIZE.bytes_usize();
                 if to != from {
-                    self.data.copy_within(from..from + PAGE_SIZE_USIZE, to);
+                    self.data
+                        .copy_within(from..from + STREAM_PAGE_SIZE.bytes_usize(), to);
                 }
                 kept += 1;
             }
@@ -264,7 +266,7 @@ impl RamEncoder {
     fn push_page(&mut self, gpa: u64, zero: bool, region: Gpa) {
         if let Some(open) = &mut self.open {
             let contiguous = u64::from(open.pages)
-                .checked_mul(PAGE_SIZE)
+                .checked_mul(STREAM_PAGE_SIZE.bytes())
                 .and_then(|bytes| open.gpa.checked_add(bytes))
                 == Some(gpa);
             if contiguous && open.zero == zero && open.region == region && open.pages < u32::MAX {
@@ -304,7 +306,7 @@ impl RamEncoder {
         }
         let data = self
             .data
-            .get(..self.data_pages * PAGE_SIZE_USIZE)
+            .get(..self.data_pages * STREAM_PAGE_SIZE.bytes_usize())
             .unwrap_or_default();
         let pages = RamPages::from_parts(&self.entries, data, layout)?;
         stats.zero_pages += pages.zero_pages();

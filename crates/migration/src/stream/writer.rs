@@ -21,7 +21,7 @@ use crate::stream::ram::{RamPages, ReadGuestMemory};
 use crate::stream::ram_encode::{DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};
 use crate::stream::section::Section;
 use crate::stream::wire::{len_u32, u64_from};
-use crate::types::{Gpa, PAGE_SIZE, PageRun};
+use crate::types::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// Small sections are gathered up to this many bytes before they are written. A larger
 /// section goes out in one vectored `write` together with what was gathered, its payload
@@ -536,7 +536,7 @@ impl<'a> Pieces<'a> {
             let gpa = Gpa(run
                 .gpa
                 .raw()
-                .wrapping_add(self.taken.wrapping_mul(PAGE_SIZE)));
+                .wrapping_add(self.taken.wrapping_mul(STREAM_PAGE_SIZE.bytes())));
             out.push(PageRun::new(gpa, pages));
             left -= pages;
             self.taken += pages;

@@ -10,7 +10,7 @@ use vfmig_migration::stream::{
     ReadError, ReadGuestMemory, Section, StreamReader, StreamWriter, VmConfig, WriteError,
     WriteGuestMemory,
 };
-use vfmig_migration::{DeviceId, Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+use vfmig_migration::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// Guest RAM: one `Vec` per region.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -56,13 +56,14 @@ impl GuestRam {
 
     /// The page at `gpa`.
     pub fn page(&self, gpa: u64) -> &[u8] {
-        self.slice(gpa, PAGE_SIZE_USIZE).expect("page inside RAM")
+        self.slice(gpa, STREAM_PAGE_SIZE.bytes_usize())
+            .expect("page inside RAM")
     }
 
     /// Fills the page at `gpa` with a pattern that depends on `gpa` and `seed`; never zero.
     pub fn write_pattern(&mut self, gpa: u64, seed: u64) {
         let page = self
-            .slice_mut(gpa, PAGE_SIZE_USIZE)
+            .slice_mut(gpa, STREAM_PAGE_SIZE.bytes_usize())
             .expect("page inside RAM");
         let mut x = gpa ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         for word in page.chunks_exact_mut(8) {
@@ -139,11 +140,11 @@ pub fn sample_ram() -> GuestRam {
     let layout = sample_layout();
     let mut ram = GuestRam::new(&layout);
     for region in layout.regions() {
-        for page in 0..region.size / PAGE_SIZE {
+        for page in 0..region.size / STREAM_PAGE_SIZE.bytes() {
             if region.gpa.raw() == 0 && page % 5 == 0 {
                 continue;
             }
-            ram.write_pattern(region.gpa.raw() + page * PAGE_SIZE, 7);
+            ram.write_pattern(region.gpa.raw() + page * STREAM_PAGE_SIZE.bytes(), 7);
         }
     }
     ram

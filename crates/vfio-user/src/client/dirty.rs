@@ -7,12 +7,14 @@
 //! the result, then the pages the server wrote through DMA_WRITE into fd-less mappings, as
 //! recorded by the reader thread, are ORed in.
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+use vfmig_dirty::bitmap_bytes;
 use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova};
 use zerocopy::FromBytes;
 
-use super::bits::{copy_words, mask_tail, or_into};
+use vfmig_dirty::words::{mask_tail, or_bytes_at};
+
+use super::bits::copy_words;
 use super::dma::check_range;
 use super::error::ClientError;
 use super::mappings::Covered;
@@ -124,7 +126,7 @@ impl Client {
             }
             table.covered(iova.raw(), end)?
         };
-        let words = usize::try_from(dirty_bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8)
+        let words = usize::try_from(bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8)
             .map_err(|_| ClientError::invalid("bitmap too large for", size))?;
         let spans = spans(
             covered.iter().flat_map(|m| m.pieces.iter().copied()),
@@ -154,11 +156,7 @@ impl Client {
         whole: bool,
         out: &mut Vec<u64>,
     ) -> Result<(), ClientError> {
-        let range = BitmapRange::new(
-            span.start,
-            span.end - span.start,
-            CONTAINER_PAGE_SIZE.bytes(),
-        );
+        let range = BitmapRange::new(span.start, span.end - span.start, CONTAINER_PAGE_SIZE);
         if whole {
             return self.get_whole(range, out);
         }
@@ -172,7 +170,7 @@ impl Client {
                 ..
             }) if echoed == range => {
                 let shift = CONTAINER_PAGE_SIZE.shift();
-                or_into(
+                or_bytes_at(
                     out,
                     (span.start - base) >> shift,
                     &bits,

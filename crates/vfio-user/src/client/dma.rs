@@ -6,19 +6,19 @@
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
 };
+use vfmig_dirty::bitmap_bytes;
 use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova, Prot};
 
-use super::bits::or_into;
 use super::error::ClientError;
 use super::mappings::Covered;
 use super::memory::ClientMemory;
 use super::{Client, lock};
 use crate::message::{Bitmap, Command, DmaMap, DmaUnmap, DmaUnmapRequest, Reply, Request};
+use vfmig_dirty::words::or_bytes_at;
 
 /// `argsz` of a DMA_UNMAP without bitmap, and the bytes echoed before a bitmap.
 const UNMAP_ARGSZ: u32 = 24;
@@ -187,7 +187,7 @@ impl Client {
         let pages = size >> CONTAINER_PAGE_SIZE.shift();
         let bitmap = Bitmap {
             pgsize: CONTAINER_PAGE_SIZE.bytes(),
-            size: dirty_bitmap_bytes(pages),
+            size: bitmap_bytes(pages),
         };
         let argsz = u32::try_from(UNMAP_BITMAP_PREFIX.saturating_add(bitmap.size))
             .map_err(|_| ClientError::invalid("unmap bitmap too large for", size))?;
@@ -205,7 +205,7 @@ impl Client {
         match self.shared.reply(command, &received)? {
             Reply::DmaUnmap(reply) if reply.unmap == unmap => match reply.bitmap {
                 Some(bits) if bits.header == bitmap => {
-                    or_into(out, at, &bits.bits, pages);
+                    or_bytes_at(out, at, &bits.bits, pages);
                     Ok(())
                 }
                 _ => Err(ClientError::unexpected(command, "not the bitmap asked for")),
@@ -227,7 +227,7 @@ impl Client {
         let end = check_range(iova, size)?;
         let _layout = lock(&self.shared.layout);
         let covered = self.shared.table().covered(iova.raw(), end)?;
-        let words = dirty_bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8;
+        let words = bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8;
         let mut out = with_bitmap
             .then(|| usize::try_from(words).map(|words| vec![0u64; words]))
             .transpose()

@@ -280,7 +280,7 @@ fn an_unknown_command_is_read_whole_and_answered_einval() {
 #[test]
 fn a_4_mib_bitmap_crosses_in_pieces() {
     let (mut client, mut server) = pair();
-    let range = BitmapRange::new(0, 128 << 30, 4096);
+    let range = BitmapRange::new(0, 128 << 30, vfmig_dirty::PageSize::SIZE_4K);
     assert_eq!(range.bitmap_size, 4 << 20);
     let bits: Vec<u8> = (0..range.bitmap_size).map(|i| (i % 251) as u8).collect();
     let expected = bits.clone();
@@ -375,7 +375,11 @@ fn an_error_reply_round_trips() {
 /// Sends a GET_BITMAP reply whose bitmap is `words`, from `server` to `client`.
 #[allow(clippy::cast_possible_truncation)]
 fn send_bitmap_reply(server: &mut Connection, words: &[u64]) -> Header {
-    let range = BitmapRange::new(0, words.len() as u64 * 64 * 4096, 4096);
+    let range = BitmapRange::new(
+        0,
+        words.len() as u64 * 64 * 4096,
+        vfmig_dirty::PageSize::SIZE_4K,
+    );
     let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
         argsz: 40 + range.bitmap_size as u32,
         range,

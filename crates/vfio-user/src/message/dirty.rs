@@ -18,25 +18,34 @@
 
 use std::borrow::Cow;
 
-use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::{
     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, vfio_iommu_type1_dirty_bitmap,
 };
+use vfmig_dirty::{PageSize, bitmap_bytes};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::{Payload, wire};
 use crate::error::MessageError;
 
-/// Checks that `bitmap_size` is exactly `DIRTY_BITMAP_BYTES(ceil(size / pgsize))`, with
-/// `pgsize` a power of two: the kernel's and libvfio-user's rule for every dirty bitmap.
-pub fn check_bitmap_geometry(size: u64, pgsize: u64, bitmap_size: u64) -> Result<(), MessageError> {
-    if !pgsize.is_power_of_two() {
-        return Err(MessageError::BadPageSize { pgsize });
-    }
-    let expected = dirty_bitmap_bytes(size.div_ceil(pgsize));
+/// The page size of a bitmap on the wire, parsed once: EINVAL ([`MessageError::BadPageSize`])
+/// unless a power of two of at least 4 KiB.
+pub fn page_size(pgsize: u64) -> Result<PageSize, MessageError> {
+    PageSize::new(pgsize).map_err(|_| MessageError::BadPageSize { pgsize })
+}
+
+/// Checks that `pgsize` is a page size ([`page_size`]) and `bitmap_size` is exactly
+/// `DIRTY_BITMAP_BYTES(ceil(size / pgsize))`: the kernel's and libvfio-user's rule for every
+/// dirty bitmap. Returns the page size.
+pub fn check_bitmap_geometry(
+    size: u64,
+    pgsize: u64,
+    bitmap_size: u64,
+) -> Result<PageSize, MessageError> {
+    let page = page_size(pgsize)?;
+    let expected = bitmap_bytes(size.div_ceil(page.bytes()));
     if bitmap_size == expected {
-        Ok(())
+        Ok(page)
     } else {
         Err(MessageError::BitmapSize {
             size,
@@ -83,22 +92,26 @@ const _: () = assert!(size_of::<BitmapRange>() == 32);
 
 impl BitmapRange {
     /// The range `[iova, iova + size)` with a bitmap of `pgsize` pages, sized by the rule.
-    pub fn new(iova: u64, size: u64, pgsize: u64) -> Self {
-        let pages = if pgsize == 0 {
-            0
-        } else {
-            size.div_ceil(pgsize)
-        };
+    pub fn new(iova: u64, size: u64, pgsize: PageSize) -> Self {
         Self {
             iova,
             size,
-            pgsize,
-            bitmap_size: dirty_bitmap_bytes(pages),
+            pgsize: pgsize.bytes(),
+            bitmap_size: bitmap_bytes(size.div_ceil(pgsize.bytes())),
         }
     }
 
-    fn validate(&self) -> Result<(), MessageError> {
+    /// The bitmap's page size, checked as at decode ([`check_bitmap_geometry`]).
+    ///
+    /// # Errors
+    /// EINVAL ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) for a range that
+    /// would not have decoded.
+    pub fn page_size(&self) -> Result<PageSize, MessageError> {
         check_bitmap_geometry(self.size, self.pgsize, self.bitmap_size)
+    }
+
+    fn validate(&self) -> Result<(), MessageError> {
+        self.page_size().map(drop)
     }
 }
 
@@ -330,7 +343,7 @@ mod tests {
 
     #[test]
     fn get_bitmap_reply_is_48_bytes_for_one_page() {
-        let range = BitmapRange::new(0, 0x1000, 0x1000);
+        let range = BitmapRange::new(0, 0x1000, PageSize::SIZE_4K);
         let reply = DirtyPagesReply::Bitmap {
             argsz: 48,
             range,
@@ -394,18 +407,19 @@ mod tests {
     }
 
     #[test]
-    fn zero_pgsize_is_einval() {
-        let range = BitmapRange {
-            iova: 0,
-            size: 4096,
-            pgsize: 0,
-            bitmap_size: 8,
-        };
-        let body = wire::concat(&[&hex("30000000 04000000"), range.as_bytes()]);
-        assert!(matches!(
-            DirtyPagesRequest::decode(&body),
-            Err(MessageError::BadPageSize { pgsize: 0 })
-        ));
+    fn a_pgsize_that_is_not_a_page_size_is_einval() {
+        for pgsize in [0, 2048, 4097, 3 << 12] {
+            let range = BitmapRange {
+                iova: 0,
+                size: 4096,
+                pgsize,
+                bitmap_size: 8,
+            };
+            let body = wire::concat(&[&hex("30000000 04000000"), range.as_bytes()]);
+            let err = DirtyPagesRequest::decode(&body).unwrap_err();
+            assert!(matches!(err, MessageError::BadPageSize { pgsize: p } if p == pgsize));
+            assert_eq!(err.errno(), libc::EINVAL);
+        }
     }
 
     #[test]
@@ -417,7 +431,7 @@ mod tests {
 
     #[test]
     fn reply_bitmap_shorter_than_stated_is_einval() {
-        let range = BitmapRange::new(0, 0x1000, 0x1000);
+        let range = BitmapRange::new(0, 0x1000, PageSize::SIZE_4K);
         let body = wire::concat(&[&hex("30000000 04000000"), range.as_bytes(), &[0; 4]]);
         assert!(matches!(
             DirtyPagesReply::decode(&body),
@@ -431,8 +445,9 @@ mod tests {
 
     #[test]
     fn bitmap_range_new_sizes_by_the_kernel_rule() {
-        assert_eq!(BitmapRange::new(0, 64 << 30, 4096).bitmap_size, 2 << 20);
-        assert_eq!(BitmapRange::new(0, 1, 4096).bitmap_size, 8);
-        assert_eq!(BitmapRange::new(0, 4096, 0).bitmap_size, 0);
+        let page = PageSize::SIZE_4K;
+        assert_eq!(BitmapRange::new(0, 64 << 30, page).bitmap_size, 2 << 20);
+        assert_eq!(BitmapRange::new(0, 1, page).bitmap_size, 8);
+        assert_eq!(BitmapRange::new(0, 0, page).bitmap_size, 0);
     }
 }

@@ -23,6 +23,7 @@ use vfmig_abi::uapi::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
 };
+use vfmig_dirty::PageSize;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::dirty::check_bitmap_geometry;
@@ -146,7 +147,7 @@ impl DmaUnmap {
                 wire::check_argsz(self.argsz, fixed, what)
             }
             (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, Some(bitmap)) => {
-                check_bitmap_geometry(self.size, bitmap.pgsize, bitmap.size)
+                check_bitmap_geometry(self.size, bitmap.pgsize, bitmap.size).map(drop)
             }
             _ => Err(MessageError::InvalidFlags {
                 what,
@@ -180,6 +181,17 @@ impl DmaUnmapRequest {
                 .saturating_add(size_of::<Bitmap>() as u64)
                 .saturating_add(b.size),
         }
+    }
+
+    /// The page size of the bitmap asked for (GET_DIRTY_BITMAP only), checked as at decode.
+    ///
+    /// # Errors
+    /// EINVAL ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) for a bitmap that
+    /// would not have decoded.
+    pub fn bitmap_page_size(&self) -> Result<Option<PageSize>, MessageError> {
+        self.bitmap
+            .map(|b| check_bitmap_geometry(self.unmap.size, b.pgsize, b.size))
+            .transpose()
     }
 
     fn validate(&self) -> Result<(), MessageError> {

@@ -54,7 +54,7 @@ mod wire;
 pub use device::DeviceInfo;
 pub use dirty::{
     BitmapRange, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
-    check_bitmap_geometry,
+    check_bitmap_geometry, page_size,
 };
 pub use dma::{
     Bitmap, BitmapData, DmaAccess, DmaData, DmaMap, DmaUnmap, DmaUnmapReply, DmaUnmapRequest,

@@ -2,6 +2,7 @@
 //! encodes and decodes back to itself.
 
 use std::borrow::Cow;
+use vfmig_dirty::PageSize;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -20,15 +21,15 @@ fn at_least(min: u64) -> impl Strategy<Value = u32> {
     min..=u32::MAX
 }
 
-fn page_size() -> impl Strategy<Value = u64> {
-    (0u32..40).prop_map(|shift| 1u64 << shift)
+fn page_size() -> impl Strategy<Value = PageSize> {
+    (12u32..40).prop_map(|shift| PageSize::new(1u64 << shift).unwrap())
 }
 
 fn capabilities() -> impl Strategy<Value = Capabilities> {
     let migration =
         (proptest::option::of(page_size()), any::<u64>()).prop_map(|(pgsize, max_bitmap_size)| {
             MigrationCapability {
-                pgsize,
+                pgsize: pgsize.map(PageSize::bytes),
                 max_bitmap_size,
             }
         });
@@ -63,9 +64,9 @@ fn version() -> impl Strategy<Value = Version> {
 }
 
 /// A bitmap geometry: page size, and a size of up to 4096 pages, so bitmaps stay small.
-fn small_bitmap() -> impl Strategy<Value = (u64, u64)> {
-    (0u32..16, 0u64..4096 * 4096)
-        .prop_map(|(shift, size)| (1u64 << shift, size >> (12 - shift.min(12))))
+fn small_bitmap() -> impl Strategy<Value = (PageSize, u64)> {
+    (12u32..16, 0u64..4096 * 4096)
+        .prop_map(|(shift, size)| (PageSize::new(1u64 << shift).unwrap(), size))
 }
 
 fn dma_unmap_request() -> impl Strategy<Value = DmaUnmapRequest> {
@@ -92,7 +93,7 @@ fn dma_unmap_request() -> impl Strategy<Value = DmaUnmapRequest> {
     let with_bitmap =
         (any::<u64>(), small_bitmap(), any::<u32>()).prop_map(|(addr, (pgsize, size), extra)| {
             let bitmap = Bitmap {
-                pgsize,
+                pgsize: pgsize.bytes(),
                 size: BitmapRange::new(0, size, pgsize).bitmap_size,
             };
             let argsz = u32::try_from(40 + bitmap.size)

@@ -133,11 +133,7 @@ fn check_objects(top: &serde_json::Value) -> Result<(), MessageError> {
 }
 
 fn check_pgsize(pgsize: u64) -> Result<u64, MessageError> {
-    if pgsize.is_power_of_two() {
-        Ok(pgsize)
-    } else {
-        Err(MessageError::BadPageSize { pgsize })
-    }
+    super::dirty::page_size(pgsize).map(|_| pgsize)
 }
 
 impl Capabilities {

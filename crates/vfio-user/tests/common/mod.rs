@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
+pub use vfmig_iommu::CONTAINER_PAGE_SIZE;
 use vfmig_iommu::{Container, Iova};
 use vfmig_vfio_user::message::{
     Capabilities, Command, Header, MigrationCapability, Payload, Reply, Request, Version,
@@ -25,7 +26,6 @@ use vfmig_vfio_user::{Client, ClientConfig, ClientMemory, Connection, Errno, Lim
 pub use dummy::{Dummy, DummyState, memfd};
 
 /// The container page size.
-pub const PAGE: u64 = 4096;
 /// 1 GiB.
 pub const GIB: u64 = 1 << 30;
 
@@ -220,7 +220,7 @@ pub fn client_version() -> Version {
             max_msg_fds: 8,
             max_data_xfer_size: 1 << 20,
             migration: Some(MigrationCapability {
-                pgsize: Some(PAGE),
+                pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
                 max_bitmap_size: 4 << 20,
             }),
             twin_socket: None,
@@ -352,7 +352,7 @@ pub fn scripted(
             minor: 2,
             capabilities: Capabilities {
                 migration: Some(MigrationCapability {
-                    pgsize: Some(PAGE),
+                    pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
                     max_bitmap_size: 1 << 20,
                 }),
                 ..Capabilities::default()

@@ -9,7 +9,7 @@
 use vfmig_abi::StateKind;
 
 use super::regs::{CONTROL_ENABLE, REGS_LEN, Regs};
-use super::{DmaEngine, RAM_PAGE};
+use super::{DmaEngine, RAM_PAGE_SIZE};
 use crate::migratable::{Migratable, MigrationError};
 
 const MAGIC: &[u8; 4] = b"DMAE";
@@ -17,8 +17,6 @@ const KIND_PAGES: u8 = 1;
 const KIND_REGS: u8 = 2;
 const HEADER: usize = 12;
 const ENTRY: usize = 8;
-const PAGE: usize = 4096;
-const _: () = assert!(PAGE as u64 == RAM_PAGE);
 const FLAG_ZERO: u32 = 1;
 
 /// Where a save stands.
@@ -48,14 +46,15 @@ impl DmaEngine {
             .take(buf.len() / ENTRY)
             .collect();
         for page in pages {
-            if at + ENTRY + PAGE > buf.len() {
+            if at + ENTRY + RAM_PAGE_SIZE.bytes_usize() > buf.len() {
                 break;
             }
             let mut bit = [0u64];
             if self.ram_dirty.read_and_clear(page, 1, &mut bit, 0).is_err() || bit[0] == 0 {
                 continue;
             }
-            let Some(range) = self.ram_range(page * RAM_PAGE, RAM_PAGE) else {
+            let Some(range) = self.ram_range(page * RAM_PAGE_SIZE.bytes(), RAM_PAGE_SIZE.bytes())
+            else {
                 continue;
             };
             let data = &self.ram[range];
@@ -65,8 +64,8 @@ impl DmaEngine {
             buf[at + 4..at + 8].copy_from_slice(&u32::from(zero).to_le_bytes());
             at += ENTRY;
             if !zero {
-                buf[at..at + PAGE].copy_from_slice(data);
-                at += PAGE;
+                buf[at..at + RAM_PAGE_SIZE.bytes_usize()].copy_from_slice(data);
+                at += RAM_PAGE_SIZE.bytes_usize();
             }
             count += 1;
         }
@@ -85,7 +84,10 @@ impl DmaEngine {
             let page = u64::from(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]));
             let flags = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
             let range = self
-                .ram_range(page.saturating_mul(RAM_PAGE), RAM_PAGE)
+                .ram_range(
+                    page.saturating_mul(RAM_PAGE_SIZE.bytes()),
+                    RAM_PAGE_SIZE.bytes(),
+                )
                 .ok_or_else(|| {
                     MigrationError::bad_chunk(format!("page {page} outside device RAM"))
                 })?;
@@ -94,7 +96,7 @@ impl DmaEngine {
                 body = rest;
             } else {
                 let (data, rest) = rest
-                    .split_at_checked(PAGE)
+                    .split_at_checked(RAM_PAGE_SIZE.bytes_usize())
                     .ok_or_else(|| MigrationError::bad_chunk("short page data"))?;
                 self.ram[range].copy_from_slice(data);
                 body = rest;
@@ -147,7 +149,7 @@ impl Migratable for DmaEngine {
         if !self.save.saving {
             return Ok(0);
         }
-        let pages = self.ram_dirty.count() * (RAM_PAGE + ENTRY as u64);
+        let pages = self.ram_dirty.count() * (RAM_PAGE_SIZE.bytes() + ENTRY as u64);
         let regs = if self.save.regs_pending {
             (HEADER + REGS_LEN) as u64
         } else {
@@ -157,7 +159,7 @@ impl Migratable for DmaEngine {
     }
 
     fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
-        if buf.len() < HEADER + ENTRY + PAGE {
+        if buf.len() < HEADER + ENTRY + RAM_PAGE_SIZE.bytes_usize() {
             return Err(MigrationError::new(
                 libc::ENOSPC,
                 "data section smaller than one page",

@@ -31,8 +31,9 @@ use regs::{
 
 /// Default device RAM: 64 MiB.
 pub const DEFAULT_RAM: u64 = 64 << 20;
-/// Device RAM page size.
-pub const RAM_PAGE: u64 = 4096;
+/// The page of device RAM: the granule of its dirty tracking and of its migration chunks,
+/// and the unit of the `RAM_PAGES` register.
+pub const RAM_PAGE_SIZE: PageSize = PageSize::SIZE_4K;
 /// BAR of the registers.
 pub const REGS_BAR: usize = 0;
 /// BAR of device RAM.
@@ -100,14 +101,14 @@ impl DmaEngine {
         ram: u64,
         scope: DirtyScope,
     ) -> Result<Self, DeviceError> {
-        if !ram.is_power_of_two() || !(RAM_PAGE..=1 << 30).contains(&ram) {
+        if !ram.is_power_of_two() || !(RAM_PAGE_SIZE.bytes()..=1 << 30).contains(&ram) {
             return Err(DeviceError::invalid(format!(
                 "device RAM of {ram} bytes: need a power of two in 4 KiB..=1 GiB"
             )));
         }
         let ring = RingSlot::default();
         let device = container.attach_device(scope, Some(Arc::new(RingNotifier(ring.clone()))));
-        let ram_dirty = DirtyBitmap::new(ram / RAM_PAGE, PageSize::SIZE_4K)
+        let ram_dirty = DirtyBitmap::new(ram / RAM_PAGE_SIZE.bytes(), RAM_PAGE_SIZE)
             .map_err(|e| DeviceError::invalid(e.to_string()))?;
         let len = usize::try_from(ram).map_err(|_| DeviceError::invalid("device RAM too large"))?;
         Ok(DmaEngine {
@@ -133,7 +134,7 @@ impl DmaEngine {
     }
 
     fn ram_pages(&self) -> u64 {
-        self.ram_size() / RAM_PAGE
+        self.ram_size() / RAM_PAGE_SIZE.bytes()
     }
 
     /// Device RAM `[offset, offset + len)` as a range, if inside.

@@ -64,7 +64,7 @@ fn get_bitmap<B: Backend>(
         iova: range.iova,
         size: range.size,
         bitmap: BitmapRequest {
-            pgsize: range.pgsize,
+            pgsize: range.page_size()?,
             size: range.bitmap_size,
         },
     };

@@ -51,10 +51,13 @@ pub(super) fn unmap<B: Backend>(
         flags: unmap.flags,
         iova: unmap.addr,
         size: unmap.size,
-        bitmap: request.bitmap.map(|b| BitmapRequest {
-            pgsize: b.pgsize,
-            size: b.size,
-        }),
+        bitmap: request
+            .bitmap_page_size()?
+            .zip(request.bitmap)
+            .map(|(pgsize, b)| BitmapRequest {
+                pgsize,
+                size: b.size,
+            }),
     };
     let Some(bitmap) = request.bitmap else {
         s.container.unmap_dma(&container_request, None)?;
