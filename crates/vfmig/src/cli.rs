@@ -209,6 +209,10 @@ pub(crate) struct PolicyArgs {
     /// Longest pre-copy, in ms; the switch-over comes after it, converged or not.
     #[arg(long, default_value_t = millis(DowntimeLimit::default().max_time))]
     pub(crate) max_time_ms: u64,
+    /// Do not slow the guest's vCPUs when it dirties faster than the link carries
+    /// (auto-converge is on by default).
+    #[arg(long)]
+    pub(crate) no_auto_converge: bool,
 }
 
 impl PolicyArgs {
@@ -218,6 +222,8 @@ impl PolicyArgs {
             limit: Duration::from_millis(self.downtime_ms),
             max_iterations: self.max_iterations,
             max_time: Duration::from_millis(self.max_time_ms),
+            auto_converge: !self.no_auto_converge,
+            ..DowntimeLimit::default()
         }
     }
 }

@@ -306,6 +306,7 @@ mod tests {
                     limit: Duration::from_millis(5),
                     max_iterations: 6,
                     max_time: Duration::from_millis(7),
+                    ..Default::default()
                 },
             })
         );

@@ -49,7 +49,10 @@ mod status;
 
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
-pub use policy::{Convergence, Decision, DowntimeLimit, Estimate, SwitchReason};
+pub use policy::{
+    Convergence, Decision, DowntimeLimit, Estimate, SwitchReason, THROTTLE_FIRST, THROTTLE_FLOOR,
+    THROTTLE_STEP,
+};
 pub use receiver::{ReceiveStats, receive, receive_into};
 pub use sender::{migrate, reclaim};
 pub use stats::{IterationStats, MigrationStats};

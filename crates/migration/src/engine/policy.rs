@@ -71,11 +71,27 @@ impl std::fmt::Display for SwitchReason {
     }
 }
 
-/// Decides between another iteration and the switch-over.
+/// Decides between another iteration and the switch-over, and how much to slow the guest.
 pub trait Convergence: Send {
     /// Called after each iteration's sync.
     fn decide(&mut self, estimate: &Estimate) -> Decision;
+
+    /// Called after [`decide`](Self::decide) said [`Decision::Iterate`], with the stream bytes
+    /// the iteration sent: the share of time the vCPUs may run from now on, in percent
+    /// (`None`: no throttle). A guest that dirties faster than the link carries is slowed
+    /// until what it leaves fits the limit (auto-converge).
+    fn throttle(&mut self, estimate: &Estimate, sent: u64) -> Option<u8>;
 }
+
+/// How auto-converge slows the guest: the first step runs the vCPUs 80 % of the time, each
+/// further step 10 points less, down to 5 %. A step is taken after an iteration in which the
+/// guest dirtied more than half of what the link carried and what is left does not fit the
+/// downtime limit (the first iteration, which sends all of RAM, is never counted).
+pub const THROTTLE_FIRST: u8 = 80;
+/// One step of auto-converge, in points of run time.
+pub const THROTTLE_STEP: u8 = 10;
+/// The least run time auto-converge leaves the guest.
+pub const THROTTLE_FLOOR: u8 = 5;
 
 /// The default policy: the downtime limit, an iteration cap and a time cap.
 ///
@@ -94,6 +110,11 @@ pub struct DowntimeLimit {
     /// Longest pre-copy (120 s by default).
     #[serde(rename = "max_time_ms", with = "millis")]
     pub max_time: Duration,
+    /// Slow the guest's vCPUs when it dirties faster than the link carries (on by default).
+    pub auto_converge: bool,
+    /// The throttle now, in percent of run time (100: none). Not part of the request.
+    #[serde(skip)]
+    pub run_percent: u8,
 }
 
 /// A duration as whole milliseconds.
@@ -117,6 +138,8 @@ impl Default for DowntimeLimit {
             limit: Duration::from_millis(300),
             max_iterations: 30,
             max_time: Duration::from_secs(120),
+            auto_converge: true,
+            run_percent: 100,
         }
     }
 }
@@ -135,6 +158,19 @@ impl Convergence for DowntimeLimit {
             Decision::Iterate
         }
     }
+
+    fn throttle(&mut self, e: &Estimate, sent: u64) -> Option<u8> {
+        let behind = e.iteration > 0
+            && e.expected_downtime() > self.limit
+            && e.dirty_bytes.saturating_mul(2) > sent;
+        if self.auto_converge && behind {
+            self.run_percent = match self.run_percent {
+                100 => THROTTLE_FIRST,
+                p => p.saturating_sub(THROTTLE_STEP).max(THROTTLE_FLOOR),
+            };
+        }
+        (self.run_percent < 100).then_some(self.run_percent)
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +186,41 @@ mod tests {
             elapsed: Duration::ZERO,
             all_mapped: false,
         }
+    }
+
+    #[test]
+    fn a_guest_dirtying_faster_than_the_link_is_throttled_step_by_step() {
+        let mut p = DowntimeLimit::default();
+        // 1 GB dirty at 100 MB/s after sending 100 MB: far behind.
+        let behind = estimate(1_000_000_000, 1e8, 1);
+        assert_eq!(p.throttle(&behind, 100_000_000), Some(THROTTLE_FIRST));
+        assert_eq!(
+            p.throttle(&behind, 100_000_000),
+            Some(THROTTLE_FIRST - THROTTLE_STEP)
+        );
+    }
+
+    #[test]
+    fn the_throttle_never_goes_below_its_floor() {
+        let mut p = DowntimeLimit::default();
+        let behind = estimate(1_000_000_000, 1e8, 1);
+        let last = (0..20).map(|_| p.throttle(&behind, 1)).last().flatten();
+        assert_eq!(last, Some(THROTTLE_FLOOR));
+    }
+
+    #[test]
+    fn the_first_iteration_never_throttles() {
+        let mut p = DowntimeLimit::default();
+        assert_eq!(p.throttle(&estimate(1_000_000_000, 1e8, 0), 1), None);
+    }
+
+    #[test]
+    fn without_auto_converge_the_guest_is_never_throttled() {
+        let mut p = DowntimeLimit {
+            auto_converge: false,
+            ..Default::default()
+        };
+        assert_eq!(p.throttle(&estimate(1_000_000_000, 1e8, 1), 1), None);
     }
 
     #[test]
@@ -221,10 +292,12 @@ mod tests {
             limit: Duration::from_millis(250),
             max_iterations: 7,
             max_time: Duration::from_secs(9),
+            ..Default::default()
         };
         assert_eq!(
             serde_json::to_value(p).unwrap(),
-            serde_json::json!({"downtime_ms": 250, "max_iterations": 7, "max_time_ms": 9000})
+            serde_json::json!({"downtime_ms": 250, "max_iterations": 7, "max_time_ms": 9000,
+                "auto_converge": true})
         );
     }
 

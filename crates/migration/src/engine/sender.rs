@@ -78,6 +78,10 @@ pub fn migrate(
     };
     let result = sender.run(policy, start);
     progress.set_connection(None);
+    // Whatever the outcome, the guest runs (here, later) at full speed.
+    if let Err(e) = sender.throttle(None) {
+        tracing::warn!(error = %e, "the vCPU throttle could not be lifted");
+    }
     match result {
         Ok(stats) => {
             progress.update(|s| {
@@ -145,6 +149,17 @@ impl Sender<'_> {
         }
     }
 
+    /// Sets the vCPUs' share of run time (auto-converge); `None` lifts the throttle. A VM
+    /// without vCPUs to slow is left as it is.
+    fn throttle(&self, run_percent: Option<u8>) -> Result<(), MigrationError> {
+        if self.vm.machine().is_none() {
+            return Ok(());
+        }
+        self.vm
+            .set_throttle(run_percent)
+            .map_err(|e| MigrationError::Guest(Box::new(e)))
+    }
+
     fn set_devices(&self, state: DeviceState) -> Result<(), MigrationError> {
         self.links.iter().try_for_each(|l| l.set_state(state))
     }
@@ -172,6 +187,11 @@ impl Sender<'_> {
             if let Decision::SwitchOver(reason) = policy.decide(&estimate) {
                 break (reason, estimate);
             }
+            let sent = stats
+                .iterations
+                .last()
+                .map_or(0, |it| it.ram_bytes + it.device_bytes);
+            self.throttle(policy.throttle(&estimate, sent))?;
         };
         stats.switchover = reason.to_string();
         stats.expected_downtime_ms = ms(estimate
@@ -229,6 +249,7 @@ impl Sender<'_> {
         let mut it = IterationStats {
             number,
             dirty_pages: dirty.count(),
+            run_percent: self.vm.throttle(),
             ..Default::default()
         };
         self.writer.write_iteration(Iteration {

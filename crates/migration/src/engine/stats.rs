@@ -17,6 +17,13 @@ pub struct IterationStats {
     pub device_bytes: u64,
     /// How long it took, in ms.
     pub duration_ms: f64,
+    /// The share of time the vCPUs could run during it, in percent (100: not throttled).
+    #[serde(default = "full_speed")]
+    pub run_percent: u8,
+}
+
+fn full_speed() -> u8 {
+    100
 }
 
 /// A completed migration.
@@ -87,16 +94,20 @@ impl fmt::Display for MigrationStats {
                 self.all_mapped_devices.join(", ")
             )?;
         }
-        writeln!(f, "  iter  dirty pages     RAM MiB  device MiB   time ms")?;
+        writeln!(
+            f,
+            "  iter  dirty pages     RAM MiB  device MiB   time ms  vCPU run %"
+        )?;
         for it in &self.iterations {
             writeln!(
                 f,
-                "  {:>4}  {:>11}  {:>10.1}  {:>10.2}  {:>8.1}",
+                "  {:>4}  {:>11}  {:>10.1}  {:>10.2}  {:>8.1}  {:>10}",
                 it.number,
                 it.dirty_pages,
                 mib(it.ram_bytes),
                 mib(it.device_bytes),
-                it.duration_ms
+                it.duration_ms,
+                it.run_percent
             )?;
         }
         Ok(())

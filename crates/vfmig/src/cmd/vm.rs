@@ -32,13 +32,15 @@ pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
 }
 
 /// The guest the options ask for: the KVM guest program (where `/dev/kvm` works, for
-/// `auto`) or the synthetic guest.
-pub(crate) fn guest_plan(args: &WorkloadArgs) -> anyhow::Result<GuestPlan> {
+/// `auto`) or the synthetic guest. The emulated vIOMMU's remaps are the synthetic guest's
+/// doing, so `--viommu` runs it.
+pub(crate) fn guest_plan(args: &WorkloadArgs, viommu: bool) -> anyhow::Result<GuestPlan> {
     let working_set = parse_size(&args.working_set)?;
     let kvm = match args.guest {
+        GuestChoice::Kvm if viommu => bail!("--viommu needs --guest synthetic"),
         GuestChoice::Kvm => true,
         GuestChoice::Synthetic => false,
-        GuestChoice::Auto => Machine::available(),
+        GuestChoice::Auto => !viommu && Machine::available(),
     };
     if !kvm {
         return Ok(GuestPlan::Synthetic(WorkloadConfig {
@@ -143,7 +145,7 @@ fn quit_on_signal(dir: PathBuf) -> anyhow::Result<()> {
 }
 
 fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
-    let plan = guest_plan(&args.workload)?;
+    let plan = guest_plan(&args.workload, args.machine.viommu)?;
     let synthetic = matches!(plan, GuestPlan::Synthetic(_));
     let host = DeviceHost {
         program: std::env::current_exe()?,
