@@ -10,12 +10,13 @@ use vfmig_abi::uapi::{
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
 };
 use vfmig_dirty::DirtyBitmap;
+use vfmig_memory::Iova;
 
 use crate::error::{IommuError, Result};
-use crate::host::{Backing, HostMemory};
+use crate::host::{Backing, map_host};
 use crate::mapping::{Mapping, MappingId, Memory};
 use crate::tracking::{BitmapRequest, check_bitmap_size, report_mapping};
-use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Iova, Prot};
+use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Prot};
 
 /// Asked to drop the pins a device holds in a range about to be unmapped: the kernel's
 /// `VFIO_IOMMU_NOTIFY_DMA_UNMAP` notifier. The device must drop every [`crate::PinGuard`] in
@@ -344,7 +345,7 @@ impl Container {
         }
         let memory = match backing {
             Backing::Fd { fd, offset } => {
-                Memory::Host(HostMemory::map(&fd, offset, size, prot).map_err(|source| {
+                Memory::Host(map_host(&fd, offset, size, prot).map_err(|source| {
                     IommuError::Mmap {
                         size,
                         offset,

@@ -3,7 +3,9 @@
 
 use std::io;
 
-use crate::types::{DeviceId, Iova};
+use vfmig_memory::Iova;
+
+use crate::types::DeviceId;
 
 /// Why a container operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -15,11 +15,12 @@ use vfmig_abi::uapi::{
     DIRTY_PAGES_GET_BITMAP_ARGSZ, DIRTY_PAGES_MINSZ, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
 };
+use vfmig_memory::Iova;
 
 use crate::container::{Container, charge_bitmap, check_aligned, new_bitmap, range_end};
 use crate::error::{IommuError, Result};
 use crate::mapping::Mapping;
-use crate::types::{CONTAINER_PAGE_SIZE, Iova};
+use crate::types::CONTAINER_PAGE_SIZE;
 
 /// The bitmap half of a GET_BITMAP or unmap-with-bitmap request (`struct vfio_bitmap` without
 /// its user pointer: the buffer is passed separately).

@@ -113,4 +113,6 @@ pub mod stream;
 pub mod transport;
 mod types;
 
-pub use types::{DeviceId, Gpa, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+pub use types::{DeviceId, PAGE_SIZE, PAGE_SIZE_USIZE, PageRun};
+/// The address type of the stream's RAM sections and [`PageRun`]s, defined in `vfmig_memory`.
+pub use vfmig_memory::Gpa;

@@ -10,8 +10,8 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use vfmig_device::memory::SharedMemory;
 use vfmig_dirty::{DirtyBitmap, DirtyError, PageSize};
+use vfmig_memory::SharedMemory;
 
 /// Guest page size for dirty tracking and migration.
 pub const PAGE: u64 = 4096;

@@ -3,9 +3,10 @@
 //! each device's container (which includes the pages the VMM wrote for it) — and turned into
 //! runs for the stream.
 
+use vfmig_memory::Gpa;
 use vfmig_vmm::{GuestRam, PAGE};
 
-use crate::{Gpa, PageRun};
+use crate::PageRun;
 
 /// Dirty pages of every RAM region.
 pub(crate) struct DirtySet {

@@ -16,6 +16,7 @@
 
 use std::collections::HashSet;
 
+use vfmig_memory::Gpa;
 use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
@@ -23,7 +24,7 @@ use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 use crate::stream::error::PayloadError;
 use crate::stream::frame::MAX_CONFIG_PAYLOAD;
 use crate::stream::wire::{Cursor, u64_from, usize_from};
-use crate::types::{DeviceId, Gpa, PAGE_SIZE};
+use crate::types::{DeviceId, PAGE_SIZE};
 
 /// The most RAM regions a VM may have: far more than any layout with hot-plugged memory.
 pub const MAX_REGIONS: usize = 1024;
@@ -77,7 +78,7 @@ impl RamLayout {
                 size: region.size,
             })?;
             if region.size == 0
-                || !region.gpa.is_page_aligned()
+                || !region.gpa.is_aligned(PAGE_SIZE)
                 || !region.size.is_multiple_of(PAGE_SIZE)
             {
                 return Err(ConfigError::BadRegion {

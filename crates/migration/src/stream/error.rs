@@ -7,11 +7,13 @@
 use std::fmt;
 use std::io;
 
+use vfmig_memory::Gpa;
+
 use crate::stream::config::ConfigError;
 use crate::stream::frame::SectionKind;
 use crate::stream::header::HeaderError;
 use crate::stream::ram::RamError;
-use crate::types::{DeviceId, Gpa};
+use crate::types::DeviceId;
 
 /// Where a section starts: its index (the stream's first section is 0), its type as found on
 /// the wire, and the byte offset of its frame header from the start of the stream.

@@ -20,13 +20,14 @@
 use std::io;
 use std::iter::FusedIterator;
 
+use vfmig_memory::Gpa;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::stream::config::{RamLayout, reserved_zero};
 use crate::stream::error::{MemoryError, PayloadError};
 use crate::stream::wire::{Cursor, u64_from, usize_from, usize_from_u64};
-use crate::types::{Gpa, PAGE_SIZE, PAGE_SIZE_USIZE};
+use crate::types::{PAGE_SIZE, PAGE_SIZE_USIZE};
 
 /// The most pages of data one section carries: 8 MiB.
 pub const MAX_DATA_PAGES: usize = 2048;
@@ -247,7 +248,7 @@ impl<'a> RamPages<'a> {
             if flags & !RUN_ZERO != 0 {
                 return Err(RamError::RunFlags { gpa, flags });
             }
-            if pages == 0 || !gpa.is_page_aligned() {
+            if pages == 0 || !gpa.is_aligned(PAGE_SIZE) {
                 return Err(RamError::BadRun { gpa, pages });
             }
             let bytes = pages.checked_mul(PAGE_SIZE);

@@ -9,7 +9,8 @@
 
 use vfmig_abi::dirty::dirty_bitmap_bytes;
 use vfmig_abi::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
-use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova};
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
+use vfmig_memory::Iova;
 use zerocopy::FromBytes;
 
 use super::bits::{copy_words, mask_tail, or_into};

@@ -11,7 +11,8 @@ use vfmig_abi::uapi::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
 };
-use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova, Prot};
+use vfmig_iommu::{CONTAINER_PAGE_SIZE, Prot};
+use vfmig_memory::Iova;
 
 use super::bits::or_into;
 use super::error::ClientError;
