@@ -4,6 +4,10 @@
 //! Every write through [`GuestRam::write`] marks its pages in the region's [`DirtyBitmap`];
 //! the migration engine takes them with [`GuestRam::take_dirty`]. A KVM vCPU would add the
 //! kernel's dirty log as another source; devices report theirs through their containers.
+//!
+//! Each region is a `vfmig_memory::SharedMemory` (a memfd and its mapping here): what a KVM
+//! memslot needs of it is [`RamRegion::gpa`], [`RamRegion::size`], the host address of
+//! [`RamRegion::mapping`] and [`RamRegion::fd`].
 
 use std::ffi::CString;
 use std::io;
@@ -11,7 +15,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use vfmig_dirty::{DirtyBitmap, DirtyError, PageSize};
-use vfmig_memory::SharedMemory;
+use vfmig_memory::{Mmap, SharedMemory};
 
 /// Guest page size for dirty tracking and migration.
 pub const PAGE: u64 = 4096;
@@ -42,6 +46,11 @@ impl RamRegion {
     /// The memfd, for DMA_MAP.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.memory.fd()
+    }
+
+    /// The region's mapping in this process (its host address and length).
+    pub fn mapping(&self) -> &Mmap {
+        self.memory.mapping()
     }
 
     /// The dirty log of VMM writes.
@@ -245,5 +254,21 @@ impl GuestRam {
         for r in &self.regions {
             r.dirty.set_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_mapping_shows_what_the_guest_wrote() {
+        let ram = GuestRam::new(&[(0x10_0000, 4 * PAGE)]).unwrap();
+        ram.write(0x10_0000 + 8, b"memslot").unwrap();
+        let region = &ram.regions()[0];
+        assert_eq!(region.mapping().len() as u64, region.size());
+        let mut got = [0; 7];
+        region.mapping().read(8, &mut got).unwrap();
+        assert_eq!(&got, b"memslot");
     }
 }
