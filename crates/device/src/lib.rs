@@ -11,12 +11,14 @@
 //! * [`server`]: the device process entry point (`vfmig device <kind> --socket PATH`).
 //! * [`pci`]: the configuration space and eventfd interrupts every device shares.
 //! * [`digest`]: a fast digest of device state and guest memory, to verify a migration.
-//! * [`memory::SharedMemory`]: memfd-backed memory a device shares with its client.
+//!
+//! Memory a device shares with its client (mappable BAR memory, the migration region's data
+//! section) is a `vfmig_memory::SharedMemory`: a memfd the client maps through a sparse-mmap
+//! area.
 
 pub mod conformance;
 pub mod devices;
 pub mod digest;
-pub mod memory;
 pub mod migratable;
 pub mod migration;
 pub mod model;

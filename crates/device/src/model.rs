@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::memory::SharedMemory;
+use vfmig_memory::SharedMemory;
+
 use crate::migratable::Migratable;
 use crate::pci::{BarKind, IrqIndex, Irqs, PciIdentity};
 

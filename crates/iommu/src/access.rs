@@ -14,11 +14,13 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use vfmig_memory::Iova;
+
 use crate::container::{Container, State};
 use crate::error::{IommuError, Result};
 use crate::host::RemoteMemory;
 use crate::mapping::{Mapping, MappingId, Memory, range_end};
-use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Iova, Prot};
+use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Prot};
 
 /// One piece of an access, inside one mapping.
 struct Piece<'a> {
@@ -28,6 +30,17 @@ struct Piece<'a> {
     /// Offset of the piece in the caller's buffer.
     at: usize,
     len: usize,
+}
+
+impl Piece<'_> {
+    /// The error for a piece its host mapping does not hold: never returned while the
+    /// mapping's size is its host mapping's, as the container keeps it.
+    fn not_host_mapped(&self) -> IommuError {
+        IommuError::NotMapped {
+            iova: Iova(self.mapping.iova + self.offset),
+            len: self.len as u64,
+        }
+    }
 }
 
 /// Splits `[iova, iova + len)` into pieces, one per mapping, refusing any byte that is not
@@ -129,7 +142,10 @@ impl Container {
             let mut remote = Vec::new();
             for p in plan(&state, iova.0, buf.len(), Prot::READ)? {
                 match &p.mapping.memory {
-                    Memory::Host(host) => host.read(p.offset, &mut buf[p.at..p.at + p.len]),
+                    Memory::Host(host) => {
+                        host.read(to_usize(p.offset), &mut buf[p.at..p.at + p.len])
+                            .map_err(|_| p.not_host_mapped())?;
+                    }
                     Memory::Remote(memory) => remote.push(RemotePiece::new(&p, memory)),
                 }
             }
@@ -156,7 +172,8 @@ impl Container {
             for p in plan(&state, iova.0, data.len(), Prot::WRITE)? {
                 match &p.mapping.memory {
                     Memory::Host(host) => {
-                        host.write(p.offset, &data[p.at..p.at + p.len]);
+                        host.write(to_usize(p.offset), &data[p.at..p.at + p.len])
+                            .map_err(|_| p.not_host_mapped())?;
                         if let Some(bitmap) = &p.mapping.bitmap {
                             bitmap.mark_bytes(p.offset, p.len as u64)?;
                         }
@@ -277,7 +294,10 @@ impl Container {
         if !dev.pinned_scope.swap(true, Ordering::AcqRel) {
             tracing::debug!(%device, "first pin: device is now Pinned scope");
         }
-        let ptr = NonNull::new(host.ptr_at(iova.0 - m.iova))
+        let ptr = host
+            .ptr_at(to_usize(iova.0 - m.iova), 0)
+            .ok()
+            .and_then(NonNull::new)
             .ok_or(IommuError::NotHostMapped { iova: m.start() })?;
         Ok(PinGuard {
             container: self.clone(),

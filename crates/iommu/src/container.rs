@@ -8,12 +8,13 @@ use vfmig_abi::uapi::{
     VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL,
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
 };
+use vfmig_memory::Iova;
 
 use crate::error::{IommuError, Result};
-use crate::host::{Backing, HostMemory};
+use crate::host::{Backing, map_host};
 use crate::mapping::{Mapping, MappingId, Memory, check_aligned, range_end};
 use crate::report::{BitmapRequest, check_bitmap_size, check_page_size, report_mapping};
-use crate::types::{DeviceId, DirtyScope, Iova, Prot};
+use crate::types::{DeviceId, DirtyScope, Prot};
 
 /// Asked to drop the pins a device holds in a range about to be unmapped: the kernel's
 /// `VFIO_IOMMU_NOTIFY_DMA_UNMAP` notifier. The device must drop every [`crate::PinGuard`] in
@@ -320,7 +321,7 @@ impl Container {
         }
         let memory = match backing {
             Backing::Fd { fd, offset } => {
-                Memory::Host(HostMemory::map(&fd, offset, size, prot).map_err(|source| {
+                Memory::Host(map_host(&fd, offset, size, prot).map_err(|source| {
                     IommuError::Mmap {
                         size,
                         offset,

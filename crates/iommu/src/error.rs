@@ -4,8 +4,9 @@
 use std::io;
 
 use vfmig_dirty::PageSize;
+use vfmig_memory::Iova;
 
-use crate::types::{DeviceId, Iova};
+use crate::types::DeviceId;
 
 /// Why a container operation failed.
 #[derive(Debug, thiserror::Error)]

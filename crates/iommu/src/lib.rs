@@ -80,4 +80,7 @@ pub use host::{Backing, RemoteMemory};
 pub use info::{IOMMU_INFO_FULL_SIZE, IOVA_PGSIZES};
 pub use report::BitmapRequest;
 pub use tracking::{DirtyPagesDone, GetBitmapRange};
-pub use types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Iova, Prot};
+pub use types::{CONTAINER_PAGE_SIZE, DeviceId, DirtyScope, Prot};
+/// The address type of every mapping, defined in `vfmig_memory` and named here because the
+/// container's API speaks in it.
+pub use vfmig_memory::Iova;

@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfmig_abi::dirty::DIRTY_BITMAP_PAGES_MAX;
 use vfmig_dirty::DirtyBitmap;
+use vfmig_memory::{Iova, Mmap};
 
 use crate::error::{IommuError, Result};
-use crate::host::{HostMemory, RemoteMemory};
-use crate::types::{CONTAINER_PAGE_SIZE, Iova, Prot};
+use crate::host::RemoteMemory;
+use crate::types::{CONTAINER_PAGE_SIZE, Prot};
 
 /// The memory of a mapping.
 pub(crate) enum Memory {
     /// Mapped into this process.
-    Host(HostMemory),
+    Host(Mmap),
     /// Reached through the peer.
     Remote(Arc<dyn RemoteMemory>),
 }

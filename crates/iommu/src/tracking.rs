@@ -16,12 +16,12 @@ use vfmig_abi::uapi::{
     DIRTY_PAGES_GET_BITMAP_ARGSZ, DIRTY_PAGES_MINSZ, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_START, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
 };
+use vfmig_memory::Iova;
 
 use crate::container::Container;
 use crate::error::{IommuError, Result};
 use crate::mapping::{Mapping, check_aligned, range_end};
 use crate::report::{BitmapRequest, check_bitmap_size, check_page_size, report_mapping};
-use crate::types::Iova;
 
 /// A GET_BITMAP range (`struct vfio_iommu_type1_dirty_bitmap_get` without the user pointer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Small types that carry meaning: addresses, protections, devices, dirty scopes.
+//! Small types that carry meaning: protections, devices, dirty scopes. Addresses
+//! ([`Iova`](vfmig_memory::Iova)) are `vfmig_memory`'s.
 
 use std::fmt;
 
@@ -8,44 +9,6 @@ use vfmig_dirty::PageSize;
 /// The container page size: the smallest (and only) page size of the dirty bitmaps, and the
 /// alignment of every mapping. 4 KiB, the host page size.
 pub const CONTAINER_PAGE_SIZE: PageSize = PageSize::SIZE_4K;
-
-/// An I/O virtual address: what a device puts on the bus. With no vIOMMU it is the guest
-/// physical address.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Iova(pub u64);
-
-impl Iova {
-    /// The raw address.
-    pub const fn raw(self) -> u64 {
-        self.0
-    }
-
-    /// `self + off`, or `None` on overflow.
-    pub const fn checked_add(self, off: u64) -> Option<Iova> {
-        match self.0.checked_add(off) {
-            Some(v) => Some(Iova(v)),
-            None => None,
-        }
-    }
-}
-
-impl From<u64> for Iova {
-    fn from(v: u64) -> Self {
-        Iova(v)
-    }
-}
-
-impl fmt::Display for Iova {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "iova {:#x}", self.0)
-    }
-}
-
-impl fmt::Debug for Iova {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Iova({:#x})", self.0)
-    }
-}
 
 /// What a device may do with a mapping, from the device's side (the `VFIO_DMA_MAP_FLAG_*`
 /// bits): READ lets it read guest memory, WRITE lets it write.

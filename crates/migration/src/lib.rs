@@ -113,4 +113,6 @@ pub mod stream;
 pub mod transport;
 mod types;
 
-pub use types::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
+pub use types::{DeviceId, PageRun, STREAM_PAGE_SIZE};
+/// The address type of the stream's RAM sections and [`PageRun`]s, defined in `vfmig_memory`.
+pub use vfmig_memory::Gpa;

@@ -1,9 +1,11 @@
-//! Small types that carry meaning: guest physical addresses, page runs, device ids.
+//! Small types that carry meaning: page runs, device ids. Guest physical addresses
+//! ([`Gpa`]) are `vfmig_memory`'s.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use vfmig_dirty::PageSize;
+use vfmig_memory::Gpa;
 
 /// The page size of the stream: every RAM region, run and page is counted in 4 KiB pages.
 /// The sender's dirty pages are container pages ([`vfmig_iommu::CONTAINER_PAGE_SIZE`]), so the
@@ -11,48 +13,6 @@ use vfmig_dirty::PageSize;
 pub const STREAM_PAGE_SIZE: PageSize = PageSize::SIZE_4K;
 
 const _: () = assert!(STREAM_PAGE_SIZE.bytes() == vfmig_iommu::CONTAINER_PAGE_SIZE.bytes());
-
-/// A guest physical address.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-pub struct Gpa(pub u64);
-
-impl Gpa {
-    /// The raw address.
-    pub const fn raw(self) -> u64 {
-        self.0
-    }
-
-    /// `self + bytes`, or `None` on overflow.
-    pub const fn checked_add(self, bytes: u64) -> Option<Gpa> {
-        match self.0.checked_add(bytes) {
-            Some(v) => Some(Gpa(v)),
-            None => None,
-        }
-    }
-
-    /// Whether the address is a multiple of [`STREAM_PAGE_SIZE`].
-    pub const fn is_page_aligned(self) -> bool {
-        self.0.is_multiple_of(STREAM_PAGE_SIZE.bytes())
-    }
-}
-
-impl From<u64> for Gpa {
-    fn from(v: u64) -> Self {
-        Gpa(v)
-    }
-}
-
-impl fmt::Display for Gpa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "gpa {:#x}", self.0)
-    }
-}
-
-impl fmt::Debug for Gpa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Gpa({:#x})", self.0)
-    }
-}
 
 /// `pages` pages of guest RAM from `gpa` on: what a sender hands to
 /// [`StreamWriter::write_ram`](crate::stream::StreamWriter::write_ram), e.g. one run of a

@@ -10,8 +10,8 @@ use vfmig_abi::DeviceState;
 use vfmig_abi::migration_info::{DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, PENDING_BYTES_OFFSET};
 use vfmig_device::MIGRATION_REGION_INDEX;
 use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, DONE, Descriptor, Op};
-use vfmig_device::memory::SharedMemory;
 use vfmig_iommu::{Iova, Prot};
+use vfmig_memory::SharedMemory;
 use vfmig_vfio_user::{Client, ClientConfig};
 
 /// A device process, killed when dropped.

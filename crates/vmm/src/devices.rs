@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vfmig_iommu::{Iova, Prot};
+use vfmig_iommu::Prot;
+use vfmig_memory::Iova;
 use vfmig_vfio_user::{Client, ClientConfig, ClientError};
 
 use crate::ram::GuestRam;

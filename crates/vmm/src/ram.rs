@@ -4,15 +4,19 @@
 //! Every write through [`GuestRam::write`] marks its pages in the region's [`DirtyBitmap`];
 //! the migration engine takes them with [`GuestRam::take_dirty`]. A KVM vCPU would add the
 //! kernel's dirty log as another source; devices report theirs through their containers.
+//!
+//! Each region is a `vfmig_memory::SharedMemory` (a memfd and its mapping here): what a KVM
+//! memslot needs of it is [`RamRegion::gpa`], [`RamRegion::size`], the host address of
+//! [`RamRegion::mapping`] and [`RamRegion::fd`].
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use vfmig_device::memory::SharedMemory;
 use vfmig_dirty::{DirtyBitmap, DirtyError};
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
+use vfmig_memory::{Mmap, SharedMemory};
 
 // Guest RAM is counted and dirty-logged in container pages (`CONTAINER_PAGE_SIZE`): every
 // device maps it through a container, and the migration ORs the containers' bitmaps into
@@ -43,12 +47,17 @@ impl RamRegion {
 
     /// Where the region is mapped in this process (a KVM memslot maps the guest onto it).
     pub fn host_address(&self) -> u64 {
-        self.memory.as_ptr() as u64
+        self.memory.mapping().as_mut_ptr() as u64
     }
 
     /// The memfd, for DMA_MAP.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.memory.fd()
+    }
+
+    /// The region's mapping in this process (its host address and length).
+    pub fn mapping(&self) -> &Mmap {
+        self.memory.mapping()
     }
 
     /// The dirty log of VMM writes.
@@ -256,5 +265,21 @@ impl GuestRam {
         for r in &self.regions {
             r.dirty.set_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_mapping_shows_what_the_guest_wrote() {
+        let ram = GuestRam::new(&[(0x10_0000, 4 * CONTAINER_PAGE_SIZE.bytes())]).unwrap();
+        ram.write(0x10_0000 + 8, b"memslot").unwrap();
+        let region = &ram.regions()[0];
+        assert_eq!(region.mapping().len() as u64, region.size());
+        let mut got = [0; 7];
+        region.mapping().read(8, &mut got).unwrap();
+        assert_eq!(&got, b"memslot");
     }
 }

@@ -6,7 +6,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use vfmig_iommu::{Iova, Prot};
+use vfmig_iommu::Prot;
+use vfmig_memory::Iova;
 
 use crate::devices::{AttachedDevice, DeviceError};
 use crate::ram::GuestRam;

@@ -6,10 +6,10 @@ use std::os::fd::BorrowedFd;
 
 use vfmig_abi::migration_info::Field;
 use vfmig_abi::{DeviceState, StateKind};
+use vfmig_memory::SharedMemory;
 
 use super::error::AccessError;
 use super::transitions::allowed;
-use crate::memory::SharedMemory;
 use crate::migratable::Migratable;
 
 /// Where the data section starts: the second page of the region, so it can be mmapped.

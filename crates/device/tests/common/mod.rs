@@ -7,8 +7,8 @@ use vfmig_abi::uapi::{VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE};
 use vfmig_device::PciDevice;
 use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, CONTROL_IRQ, Descriptor};
 use vfmig_device::devices::dma_engine::{DmaEngine, RAM_BAR, REGS_BAR};
-use vfmig_device::memory::SharedMemory;
 use vfmig_iommu::{Backing, Container};
+use vfmig_memory::SharedMemory;
 use vfmig_vfio_user::server::Backend;
 
 /// Guest RAM size in the tests.

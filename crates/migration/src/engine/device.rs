@@ -7,7 +7,7 @@ use vfmig_abi::migration_info::{
 };
 use vfmig_abi::uapi::{VFIO_REGION_SUBTYPE_MIGRATION, VFIO_REGION_TYPE_MIGRATION};
 use vfmig_device::MIGRATION_REGION_INDEX;
-use vfmig_iommu::Iova;
+use vfmig_memory::Iova;
 use vfmig_vfio_user::{Client, ClientError};
 use vfmig_vmm::AttachedDevice;
 

@@ -5,9 +5,10 @@
 
 use vfmig_dirty::{words, words_for};
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
+use vfmig_memory::Gpa;
 use vfmig_vmm::{GuestRam, Vm};
 
-use crate::{Gpa, PageRun};
+use crate::PageRun;
 
 /// Dirty pages of every RAM region.
 pub(crate) struct DirtySet {

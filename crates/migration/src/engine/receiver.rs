@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vfmig_abi::DeviceState;
+use vfmig_memory::Gpa;
 use vfmig_vmm::{DeviceHost, DeviceSpec, GuestProgram, GuestRam, PciConfigState, Vm, VmConfig};
 
 use super::device::DeviceLink;
 use super::error::MigrationError;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line};
-use crate::Gpa;
 use crate::stream::{Section, StreamReader, VmConfig as StreamConfig, WriteGuestMemory};
 use crate::transport::{Connection, Listener};
 

@@ -16,14 +16,16 @@
 
 use std::collections::HashSet;
 
+use vfmig_memory::Gpa;
 use zerocopy::IntoBytes;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
 pub use crate::stream::error::ConfigError;
 use crate::stream::error::PayloadError;
+
 use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from};
-use crate::types::{DeviceId, Gpa, STREAM_PAGE_SIZE};
+use crate::types::{DeviceId, STREAM_PAGE_SIZE};
 
 /// The most RAM regions a VM may have: far more than any layout with hot-plugged memory.
 pub const MAX_REGIONS: usize = 1024;
@@ -81,7 +83,7 @@ impl RamLayout {
                 size: region.size,
             })?;
             if region.size == 0
-                || !region.gpa.is_page_aligned()
+                || !region.gpa.is_aligned(STREAM_PAGE_SIZE.bytes())
                 || !region.size.is_multiple_of(STREAM_PAGE_SIZE.bytes())
             {
                 return Err(ConfigError::BadRegion {

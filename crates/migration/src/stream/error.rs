@@ -7,9 +7,11 @@
 use std::fmt;
 use std::io;
 
+use vfmig_memory::Gpa;
+
 use crate::stream::header::HeaderError;
 use crate::stream::kind::SectionKind;
-use crate::types::{DeviceId, Gpa, STREAM_PAGE_SIZE};
+use crate::types::{DeviceId, STREAM_PAGE_SIZE};
 
 /// Where a section starts: its index (the stream's first section is 0), its type as found on
 /// the wire, and the byte offset of its frame header from the start of the stream.

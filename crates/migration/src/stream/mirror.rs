@@ -8,25 +8,21 @@
 //! written, and freed with the mapping.
 
 use std::io;
-use std::os::fd::AsRawFd;
-use std::ptr::NonNull;
+use std::os::fd::AsFd;
 
-use vfmig_device::memory::{host_page_size, memfd};
+use vfmig_memory::{Access, Mmap, host_page_size, memfd};
 
 use crate::stream::wire::{u64_from, usize_from_u64};
 
-/// A memfd of `capacity` bytes mapped twice, back to back.
+/// A memfd of `capacity` bytes mapped twice, back to back: an anonymous [`Mmap`] of twice
+/// the capacity, both halves replaced by the memfd.
 #[derive(Debug)]
 pub(crate) struct Mirror {
-    base: NonNull<u8>,
+    /// `2 * capacity` bytes; this value is the only user of the memory (the memfd lives on
+    /// only in the two halves), so it may lend out slices of it.
+    map: Mmap,
     capacity: usize,
 }
-
-// SAFETY: the mapping is plain memory owned by this value; it is touched only through
-// `&self`/`&mut self` methods that the borrow checker orders.
-unsafe impl Send for Mirror {}
-// SAFETY: `&Mirror` gives out shared slices only.
-unsafe impl Sync for Mirror {}
 
 impl Mirror {
     /// Maps a new memfd of `capacity` bytes, which must be a multiple of the page size,
@@ -39,45 +35,12 @@ impl Mirror {
             .checked_mul(2)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let file = memfd(c"vfmig-stream", capacity)?;
-        // SAFETY: reserves address space at an address the kernel chooses; no Rust object
-        // lives there.
-        let reserved = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                twice,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if reserved == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mirror = Mirror {
-            base: NonNull::new(reserved.cast())
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?,
-            capacity,
-        };
+        let mut map = Mmap::anonymous(twice, Access::ReadWrite)?;
         for half in [0, capacity] {
-            // SAFETY: replaces half of the reservation above, which `mirror` owns (and
-            // unmaps whole if this fails), with a shared mapping of the whole memfd.
-            let p = unsafe {
-                libc::mmap(
-                    mirror.base.as_ptr().add(half).cast(),
-                    capacity,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    file.as_raw_fd(),
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
+            map.overlay_shared(half, file.as_fd(), 0, capacity)?;
         }
         // The memfd lives on in its two mappings.
-        Ok(mirror)
+        Ok(Mirror { map, capacity })
     }
 
     /// Bytes in the ring.
@@ -89,7 +52,8 @@ impl Mirror {
     /// `len` is clamped to the capacity.
     pub(crate) fn slice(&self, pos: u64, len: usize) -> &[u8] {
         // SAFETY: `offset < capacity` and `len <= capacity`: inside the `2 * capacity`
-        // mapped bytes, which live as long as `self`. Writes need `&mut self`.
+        // mapped bytes, which live as long as `self`. No other mapping of the memfd exists,
+        // and writes through this one need `&mut self`.
         unsafe { std::slice::from_raw_parts(self.at(pos), len.min(self.capacity)) }
     }
 
@@ -101,18 +65,8 @@ impl Mirror {
 
     fn at(&self, pos: u64) -> *mut u8 {
         let offset = usize_from_u64(pos % u64_from(self.capacity));
-        // SAFETY: `offset < capacity`, inside the mapping.
-        unsafe { self.base.as_ptr().add(offset) }
-    }
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the whole reservation, which this value owns; no slice of it
-        // outlives `self`.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), 2 * self.capacity);
-        }
+        // `offset < capacity`: inside the mapping, which is twice that.
+        self.map.as_mut_ptr().wrapping_add(offset)
     }
 }
 

@@ -20,14 +20,16 @@
 use std::io;
 use std::iter::FusedIterator;
 
+use vfmig_memory::Gpa;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::stream::config::RamLayout;
 pub use crate::stream::error::RamError;
 use crate::stream::error::{MemoryError, PayloadError};
+
 use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from, usize_from_u64};
-use crate::types::{Gpa, STREAM_PAGE_SIZE};
+use crate::types::STREAM_PAGE_SIZE;
 
 /// The most pages of data one section carries: 8 MiB.
 pub const MAX_DATA_PAGES: usize = 2048;
@@ -209,7 +211,7 @@ impl<'a> RamPages<'a> {
             if flags & !RUN_ZERO != 0 {
                 return Err(RamError::RunFlags { gpa, flags });
             }
-            if pages == 0 || !gpa.is_page_aligned() {
+            if pages == 0 || !gpa.is_aligned(STREAM_PAGE_SIZE.bytes()) {
                 return Err(RamError::BadRun { gpa, pages });
             }
             let bytes = pages.checked_mul(STREAM_PAGE_SIZE.bytes());

@@ -10,6 +10,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use vfmig_memory::Gpa;
 use zerocopy::byteorder::little_endian::{U32, U64};
 
 use crate::stream::config::RamLayout;
@@ -17,7 +18,8 @@ use crate::stream::error::MemoryError;
 use crate::stream::ram::{
     MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamError, RamPages, ReadGuestMemory, RunEntry, is_zero_page,
 };
-use crate::types::{Gpa, PageRun, STREAM_PAGE_SIZE};
+
+use crate::types::{PageRun, STREAM_PAGE_SIZE};
 
 /// The most pages read from guest memory in one call: 256 KiB, well inside a core's L2.
 pub const BATCH_PAGES: usize = 64;
@@ -320,7 +322,7 @@ impl RamEncoder {
 /// Checks a run the sender asked for, before any memory is read; returns the address of
 /// the region that holds it.
 fn check_run(layout: &RamLayout, run: PageRun) -> Result<Gpa, RamError> {
-    if run.pages == 0 || !run.gpa.is_page_aligned() {
+    if run.pages == 0 || !run.gpa.is_aligned(STREAM_PAGE_SIZE.bytes()) {
         return Err(RamError::BadRun {
             gpa: run.gpa,
             pages: run.pages,

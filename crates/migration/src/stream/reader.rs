@@ -29,7 +29,7 @@ use crate::stream::order::{Order, Step};
 use crate::stream::ram::RamPages;
 use crate::stream::section::Section;
 use crate::stream::wire::{u64_from, usize_from, usize_from_u64};
-use vfmig_device::memory::host_page_size;
+use vfmig_memory::host_page_size;
 
 /// The reader's buffer once the stream carries bulk data, and so the most it reads ahead of
 /// the section it needs: two 1 MiB RAM sections, the size of a core's L2 cache on the

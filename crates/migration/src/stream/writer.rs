@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
+use vfmig_memory::Gpa;
 use zerocopy::IntoBytes;
 
 use crate::stream::config::VmConfig;
@@ -21,7 +22,8 @@ use crate::stream::ram::{RamPages, ReadGuestMemory};
 use crate::stream::ram_encode::{DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};
 use crate::stream::section::Section;
 use crate::stream::wire::{len_u32, u64_from};
-use crate::types::{Gpa, PageRun, STREAM_PAGE_SIZE};
+
+use crate::types::{PageRun, STREAM_PAGE_SIZE};
 
 /// Small sections are gathered up to this many bytes before they are written. A larger
 /// section goes out in one vectored `write` together with what was gathered, its payload

@@ -9,7 +9,8 @@
 
 use vfmig_abi::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
 use vfmig_dirty::bitmap_bytes;
-use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova};
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
+use vfmig_memory::Iova;
 use zerocopy::FromBytes;
 
 use vfmig_dirty::words::{mask_tail, or_bytes_at};

@@ -11,7 +11,8 @@ use vfmig_abi::uapi::{
     VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
 };
 use vfmig_dirty::bitmap_bytes;
-use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova, Prot};
+use vfmig_iommu::{CONTAINER_PAGE_SIZE, Prot};
+use vfmig_memory::Iova;
 
 use super::error::ClientError;
 use super::mappings::Covered;

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use vfmig_iommu::Iova;
+use vfmig_memory::Iova;
 
 use crate::errno::Errno;
 use crate::error::{ConnectionError, MessageError};

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vfmig_dirty::DirtyBitmap;
-use vfmig_iommu::{CONTAINER_PAGE_SIZE, Iova, Prot};
+use vfmig_iommu::{CONTAINER_PAGE_SIZE, Prot};
+use vfmig_memory::Iova;
 
 use super::error::ClientError;
 use super::memory::ClientMemory;

@@ -4,7 +4,8 @@
 
 use zerocopy::IntoBytes;
 
-use vfmig_iommu::{Iova, Prot};
+use vfmig_iommu::Prot;
+use vfmig_memory::Iova;
 
 use super::Shared;
 use crate::connection::Received;

@@ -1,10 +1,9 @@
-//! [`MmapArea`]: a sparse area of a region, mapped into this process. The only `unsafe` of the
-//! client: `mmap`, `munmap`, and the copies and volatile accesses into the mapping.
+//! [`MmapArea`]: a sparse area of a region, mapped into this process (a
+//! `vfmig_memory::Mmap`), with the checks and errors of the client's API.
 
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, OwnedFd};
 
+use vfmig_memory::{Access, Mmap};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::error::ClientError;
@@ -21,9 +20,7 @@ use super::error::ClientError;
 /// (`SIGBUS`), as with any shared mapping a peer controls.
 #[derive(Debug)]
 pub struct MmapArea {
-    base: NonNull<u8>,
-    len: usize,
-    writable: bool,
+    map: Mmap,
 }
 
 /// Fails unless `[offset, offset + size)` lies inside `fd` when it is a regular file (a memfd
@@ -43,13 +40,6 @@ fn check_inside_file(fd: &OwnedFd, offset: u64, size: u64) -> Result<(), ClientE
     Ok(())
 }
 
-// SAFETY: the area owns a shared file mapping (a base address and a length) with no thread
-// affinity; every access copies through raw pointers, and concurrent changes by other threads
-// or processes are expected of shared device memory.
-unsafe impl Send for MmapArea {}
-// SAFETY: as above: `&MmapArea` only copies bytes in and out through raw pointers.
-unsafe impl Sync for MmapArea {}
-
 impl MmapArea {
     /// Maps `size` bytes of `fd` at `offset`; an area the client may not read is refused (an
     /// mmappable VFIO region is readable).
@@ -64,55 +54,36 @@ impl MmapArea {
             .ok()
             .filter(|&len| len > 0)
             .ok_or(ClientError::invalid("sparse area size", size))?;
-        let file_offset = libc::off_t::try_from(offset)
-            .map_err(|_| ClientError::invalid("sparse area offset", offset))?;
+        if libc::off_t::try_from(offset).is_err() {
+            return Err(ClientError::invalid("sparse area offset", offset));
+        }
         if !readable {
             return Err(ClientError::invalid("region is not readable", offset));
         }
         check_inside_file(fd, offset, size)?;
-        let mut prot = libc::PROT_READ;
-        if writable {
-            prot |= libc::PROT_WRITE;
-        }
-        // SAFETY: a new mapping at an address the kernel chooses (NULL hint): it aliases no
-        // Rust object. The arguments are checked by the kernel.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                file_offset,
-            )
+        let access = if writable {
+            Access::ReadWrite
+        } else {
+            Access::Read
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(ClientError::Mmap(io::Error::last_os_error()));
-        }
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or(ClientError::Mmap(
-            io::Error::from_raw_os_error(libc::EFAULT),
-        ))?;
-        Ok(Self {
-            base,
-            len,
-            writable,
-        })
+        let map = Mmap::shared(fd.as_fd(), offset, len, access).map_err(ClientError::Mmap)?;
+        Ok(Self { map })
     }
 
     /// Bytes mapped.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     /// Never true: an area has at least one byte.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.is_empty()
     }
 
-    /// The address of `[offset, offset + len)`, checked to lie inside the area.
-    fn at(&self, offset: usize, len: usize) -> Result<*mut u8, ClientError> {
+    /// Fails unless `[offset, offset + len)` lies inside the area.
+    fn check(&self, offset: usize, len: usize) -> Result<(), ClientError> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(self.base.as_ptr().wrapping_add(offset)),
+            Some(end) if end <= self.map.len() => Ok(()),
             _ => Err(ClientError::invalid(
                 "access outside the area at",
                 offset as u64,
@@ -120,29 +91,33 @@ impl MmapArea {
         }
     }
 
-    fn check_writable(&self) -> Result<(), ClientError> {
-        if self.writable {
-            Ok(())
-        } else {
-            Err(ClientError::invalid("the area is read-only", 0))
+    /// Fails unless a write of `len` bytes at `offset` is inside a writable area.
+    fn check_write(&self, offset: usize, len: usize) -> Result<(), ClientError> {
+        if self.map.access() != Access::ReadWrite {
+            return Err(ClientError::invalid("the area is read-only", 0));
         }
+        self.check(offset, len)
     }
 
-    /// The address of a `T` at `offset`: inside the area and naturally aligned.
-    fn typed<T>(&self, offset: usize) -> Result<*mut T, ClientError> {
-        let ptr = self.at(offset, size_of::<T>())?;
-        if ptr.addr() % align_of::<T>() != 0 {
+    /// Fails unless a `T` at `offset` is inside and naturally aligned.
+    fn check_typed<T>(&self, offset: usize) -> Result<(), ClientError> {
+        self.check(offset, size_of::<T>())?;
+        if !self
+            .map
+            .as_ptr()
+            .addr()
+            .wrapping_add(offset)
+            .is_multiple_of(align_of::<T>())
+        {
             return Err(ClientError::invalid("misaligned access at", offset as u64));
         }
-        Ok(ptr.cast::<T>())
+        Ok(())
     }
 
     /// One volatile load of a `T` at `offset` (naturally aligned), as a register read.
     pub fn read<T: FromBytes + Copy>(&self, offset: usize) -> Result<T, ClientError> {
-        let ptr = self.typed::<T>(offset)?;
-        // SAFETY: `ptr` is inside the live mapping and aligned for `T` (checked); any bit
-        // pattern is a valid `T` (FromBytes).
-        Ok(unsafe { ptr.read_volatile() })
+        self.check_typed::<T>(offset)?;
+        self.map.read_volatile(offset).map_err(ClientError::Mmap)
     }
 
     /// One volatile store of `value` at `offset` (naturally aligned), as a register write.
@@ -151,40 +126,22 @@ impl MmapArea {
         offset: usize,
         value: T,
     ) -> Result<(), ClientError> {
-        self.check_writable()?;
-        let ptr = self.typed::<T>(offset)?;
-        // SAFETY: `ptr` is inside the live, writable mapping and aligned for `T` (checked).
-        unsafe { ptr.write_volatile(value) };
-        Ok(())
+        self.check_write(offset, 0)?;
+        self.check_typed::<T>(offset)?;
+        self.map
+            .write_volatile(offset, value)
+            .map_err(ClientError::Mmap)
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf`.
     pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), ClientError> {
-        let src = self.at(offset, buf.len())?;
-        // SAFETY: the source lies inside the live mapping (checked) and `buf` is a distinct
-        // Rust buffer of the same length.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        self.check(offset, buf.len())?;
+        self.map.read(offset, buf).map_err(ClientError::Mmap)
     }
 
     /// Copies `data` to `offset`.
     pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), ClientError> {
-        self.check_writable()?;
-        let dst = self.at(offset, data.len())?;
-        // SAFETY: the destination lies inside the live, writable mapping (checked) and `data`
-        // is a distinct Rust buffer of the same length.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-        Ok(())
-    }
-}
-
-impl Drop for MmapArea {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe the mapping this object created; nothing else unmaps
-        // it and no reference into it outlives `self`.
-        let rc = unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-        if rc != 0 {
-            tracing::error!(error = %io::Error::last_os_error(), "munmap of a region area failed");
-        }
+        self.check_write(offset, data.len())?;
+        self.map.write(offset, data).map_err(ClientError::Mmap)
     }
 }

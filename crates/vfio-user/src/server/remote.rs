@@ -11,7 +11,8 @@
 use std::io;
 use std::sync::Arc;
 
-use vfmig_iommu::{Iova, RemoteMemory};
+use vfmig_iommu::RemoteMemory;
+use vfmig_memory::Iova;
 use zerocopy::IntoBytes;
 
 use crate::errno::Errno;

@@ -18,7 +18,8 @@ pub mod regs;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfmig_dirty::{DirtyBitmap, PageSize};
-use vfmig_iommu::{Container, DeviceId, DirtyScope, Iova, PinGuard, Prot, UnmapNotifier};
+use vfmig_iommu::{Container, DeviceId, DirtyScope, PinGuard, Prot, UnmapNotifier};
+use vfmig_memory::Iova;
 
 use crate::migratable::Migratable;
 use crate::model::{Bar, DeviceContext, DeviceError, DeviceModel};
