@@ -45,7 +45,7 @@ pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{Convergence, Decision, DowntimeLimit, Estimate, SwitchReason};
 pub use receiver::{ReceiveStats, receive, receive_into};
-pub use sender::{migrate, reclaim};
+pub use sender::{migrate, migrate_with, reclaim};
 pub use stats::{IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};
 
