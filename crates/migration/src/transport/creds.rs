@@ -293,10 +293,17 @@ fn read_pair(
 struct AllowList(Arc<[ServerName<'static>]>);
 
 /// A peer certificate that names none of the allowed peers.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("the certificate names none of the allowed peers ({allowed})")]
 struct NotAllowed {
     allowed: String,
+}
+
+/// The message, since rustls shows a [`CertificateError::Other`] by its `Debug`.
+impl fmt::Debug for NotAllowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl AllowList {
