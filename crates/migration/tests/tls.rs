@@ -6,82 +6,19 @@
 #![allow(clippy::cast_possible_truncation)]
 
 mod common;
+mod tls_creds;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{GuestRam, read_body, sample_layout, sample_ram, sample_sections};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use tls_creds::{Ca, good_creds, temp_dir, tls, write_creds};
 use vfmig_migration::transport::{
     Address, Connection, CredsError, HANDSHAKE_TIMEOUT, Listener, TlsCreds, TransportError,
     TransportSecurity, connect_with, listen_with,
 };
-
-/// A throwaway CA.
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    /// A certificate (PEM) for `names` with extended key usage `usage`, and its key (PEM).
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A fresh directory for one test's credentials.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vfmig-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Writes `ca-cert.pem` (the CA trusted) and, with `issuer` signing them, the server pair for
-/// `server` names and the client pair for `client` names.
-fn write_creds(dir: &Path, trusted: &Ca, issuer: &Ca, server: &[&str], client: &[&str]) {
-    std::fs::write(dir.join("ca-cert.pem"), trusted.0.pem()).unwrap();
-    let (cert, key) = issuer.issue(server, ExtendedKeyUsagePurpose::ServerAuth);
-    std::fs::write(dir.join("server-cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("server-key.pem"), key).unwrap();
-    let (cert, key) = issuer.issue(client, ExtendedKeyUsagePurpose::ClientAuth);
-    std::fs::write(dir.join("client-cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("client-key.pem"), key).unwrap();
-}
-
-fn tls(dir: &Path, allowed: &[&str]) -> TransportSecurity {
-    let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
-    TransportSecurity::Tls(Arc::new(TlsCreds::load(dir, &allowed).unwrap()))
-}
-
-/// Good credentials of one CA: the destination named for 127.0.0.1, the source
-/// `vfmig-source`.
-fn good_creds(name: &str) -> PathBuf {
-    let dir = temp_dir(name);
-    let ca = Ca::new("vfmig test CA");
-    write_creds(&dir, &ca, &ca, &["localhost", "127.0.0.1"], &["vfmig-source"]);
-    dir
-}
 
 fn tls_listener(security: &TransportSecurity) -> Listener {
     listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), security).unwrap()
@@ -135,7 +72,8 @@ fn a_client_certificate_from_another_ca_is_refused_by_the_listener() {
     let refused = listener.accept().unwrap_err();
     sending.join().unwrap();
     assert!(
-        matches!(refused, TransportError::Handshake { .. }) && refused.to_string().contains("certificate"),
+        matches!(refused, TransportError::Handshake { .. })
+            && refused.to_string().contains("certificate"),
         "{refused}"
     );
 }
@@ -152,7 +90,8 @@ fn a_server_certificate_from_another_ca_is_refused_by_the_client() {
     write_creds(&client, &ours, &ours, &["127.0.0.1"], &["x"]);
     let refused = connect_with(&address, &tls(&client, &[])).unwrap_err();
     assert!(
-        matches!(refused, TransportError::Handshake { .. }) && refused.to_string().contains("certificate"),
+        matches!(refused, TransportError::Handshake { .. })
+            && refused.to_string().contains("certificate"),
         "{refused}"
     );
     assert!(accepting.join().unwrap().is_err());
@@ -222,7 +161,10 @@ fn a_plain_client_is_refused_by_a_tls_listener() {
     });
     let refused = listener.accept().unwrap_err();
     sending.join().unwrap();
-    assert!(matches!(refused, TransportError::Handshake { .. }), "{refused}");
+    assert!(
+        matches!(refused, TransportError::Handshake { .. }),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -234,7 +176,10 @@ fn a_silent_peer_fails_the_handshake_after_the_timeout() {
     let _silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let start = Instant::now();
     let refused = listener.accept().unwrap_err();
-    assert!(matches!(refused, TransportError::HandshakeTimeout { .. }), "{refused}");
+    assert!(
+        matches!(refused, TransportError::HandshakeTimeout { .. }),
+        "{refused}"
+    );
     assert!(start.elapsed() >= HANDSHAKE_TIMEOUT);
 }
 
@@ -244,7 +189,8 @@ fn a_silent_peer_fails_the_handshake_after_the_timeout() {
 fn clones_of_a_tls_connection_read_and_write_at_once() {
     const LEN: usize = 16 << 20;
     let (source, destination) = tls_pair("duplex");
-    let pattern = |seed: u8| -> Vec<u8> { (0..LEN).map(|i| (i as u8).wrapping_mul(seed)).collect() };
+    let pattern =
+        |seed: u8| -> Vec<u8> { (0..LEN).map(|i| (i as u8).wrapping_mul(seed)).collect() };
     let run = |conn: Connection, seed: u8, peer_seed: u8| {
         let reader = conn.try_clone().unwrap();
         let reading = thread::spawn(move || {
@@ -338,7 +284,10 @@ fn a_destination_without_the_server_pair_cannot_listen() {
 #[test]
 fn tls_on_a_unix_address_is_refused() {
     let dir = good_creds("unix");
-    let refused = connect_with(&"unix:/tmp/vfmig-none".parse().unwrap(), &tls(&dir, &[]))
-        .unwrap_err();
-    assert!(matches!(refused, TransportError::TlsNeedsTcp { .. }), "{refused}");
+    let refused =
+        connect_with(&"unix:/tmp/vfmig-none".parse().unwrap(), &tls(&dir, &[])).unwrap_err();
+    assert!(
+        matches!(refused, TransportError::TlsNeedsTcp { .. }),
+        "{refused}"
+    );
 }

@@ -100,7 +100,6 @@ impl fmt::Display for Address {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

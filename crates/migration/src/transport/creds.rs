@@ -160,12 +160,10 @@ impl TlsCreds {
         let client = match read_pair(dir, CLIENT_CERT, CLIENT_KEY, "source")? {
             None => None,
             Some((certs, key)) => {
-                let inner = WebPkiServerVerifier::builder_with_provider(
-                    roots.clone(),
-                    provider.clone(),
-                )
-                .build()
-                .map_err(verifier_error)?;
+                let inner =
+                    WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                        .build()
+                        .map_err(verifier_error)?;
                 let verifier = Arc::new(PeerVerifier {
                     inner,
                     allowed: allowed.clone(),

@@ -14,7 +14,6 @@
 //!   `net.core.{w,r}mem_max`), since UNIX sockets do not auto-tune and their default of
 //!   about 200 KiB makes the writer block every 200 KiB.
 
-
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -448,13 +447,12 @@ impl Connection {
 
 /// A TCP connection to the first address `host` resolves to that accepts.
 fn connect_tcp(address: &Address, host: &str, port: u16) -> Result<TcpStream, TransportError> {
-    let targets =
-        (host, port)
-            .to_socket_addrs()
-            .map_err(|source| TransportError::Resolve {
-                address: address.clone(),
-                source,
-            })?;
+    let targets = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| TransportError::Resolve {
+            address: address.clone(),
+            source,
+        })?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolved to nothing");
     for target in targets {
         match TcpStream::connect(target) {

@@ -149,7 +149,11 @@ impl TlsStream {
                     if incoming.start == incoming.end {
                         break;
                     }
-                    let Incoming { buf: raw, start, end } = &mut *incoming;
+                    let Incoming {
+                        buf: raw,
+                        start,
+                        end,
+                    } = &mut *incoming;
                     let mut pending = raw.get(*start..*end).unwrap_or_default();
                     let fed = tls.read_tls(&mut pending)?;
                     if fed == 0 {
