@@ -85,9 +85,9 @@ fn a_source_with_a_certificate_of_another_ca_is_refused_before_any_state_is_read
     let rogue = temp_dir("engine-rogue-source");
     write_creds(&rogue, &ours, &theirs, &["127.0.0.1"], &["vfmig-source"]);
     let (received, sent) = migrate_between(&vm, &host, &tls(&rogue, &[]), &tls(&destination, &[]));
-    let refused = received
-        .err()
-        .expect("the destination accepted a rogue source");
+    let Err(refused) = received else {
+        panic!("the destination accepted a rogue source");
+    };
     assert!(
         matches!(
             refused,
