@@ -5,6 +5,46 @@
 //! [`Connection::shutdown`], which a cancelled sender calls to make the receiver see the end
 //! of the stream at once.
 //!
+//! # Who is at the other end
+//!
+//! A plain TCP connection authenticates nothing and hides nothing: whoever reaches the port
+//! is a peer, and whoever is on the path reads and can rewrite the stream (its CRC32Cs
+//! detect accidents, not forgery). A UNIX socket is guarded by its file's permissions.
+//!
+//! [`connect_with`] and [`listen_with`] with [`TransportSecurity::Tls`] make a `tcp:`
+//! connection mutual TLS 1.3 (rustls with the `ring` provider; credentials from a directory
+//! laid out as QEMU's `tls-creds-x509`, see [`creds`]). Authenticated, before
+//! [`connect_with`] or [`Listener::accept`] returns:
+//! * the destination: its certificate chains to the CA, is valid now, and names the host
+//!   the source dialled;
+//! * the source: it holds a certificate the same CA signed (the destination refuses a
+//!   handshake without one);
+//! * with an allow-list, each end's certificate names an allowed peer.
+//!
+//! A peer that fails any of these fails the handshake (within [`HANDSHAKE_TIMEOUT`]), so
+//! the engine never sees it: no byte it sends past the handshake is read. From then on the
+//! stream is encrypted and each record authenticated, so a change on the path is an error,
+//! not different guest memory. Not covered: revocation (no CRL is read) and which of the
+//! CA's holders is which, beyond the allow-list.
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!   participant S as source (connect_with)
+//!   participant D as destination (accept)
+//!   S->>D: ClientHello
+//!   D->>S: ServerHello … Certificate, CertificateRequest, Finished
+//!   Note over S: destination's chain, host name, allow-list
+//!   S->>D: Certificate, CertificateVerify, Finished
+//!   Note over D: source's chain, allow-list
+//!   Note over S,D: only now: a Connection; the stream, ready, go, running
+//! ```
+//!
+//! A TLS connection's clones share one session, so the engine's pattern (one thread writes
+//! the stream while another reads the answers, a third shuts it down on cancel) holds; see
+//! `tls.rs` for the locking. Timeouts and shutdown keep their meaning; a shutdown sends no
+//! `close_notify`, so the peer sees a cut stream, while [`Connection::shutdown_write`]
+//! sends one and the peer reads a clean end.
+//!
 //! Socket options:
 //! * TCP: `TCP_NODELAY`, so the small sections (markers, `End`, the receiver's answers)
 //!   leave at once instead of waiting for an ACK. Socket buffers are left to the kernel:
