@@ -168,13 +168,14 @@ impl TlsCreds {
                     inner,
                     allowed: allowed.clone(),
                 });
-                let config = ClientConfig::builder_with_provider(provider.clone())
+                let mut config = ClientConfig::builder_with_provider(provider.clone())
                     .with_protocol_versions(&[&rustls::version::TLS13])
                     .map_err(|source| pair_error(dir, CLIENT_CERT, CLIENT_KEY, source))?
                     .dangerous()
                     .with_custom_certificate_verifier(verifier)
                     .with_client_auth_cert(certs, key)
                     .map_err(|source| pair_error(dir, CLIENT_CERT, CLIENT_KEY, source))?;
+                config.resumption = rustls::client::Resumption::disabled();
                 Some(Arc::new(config))
             }
         };
@@ -189,12 +190,17 @@ impl TlsCreds {
                     inner,
                     allowed: allowed.clone(),
                 });
-                let config = ServerConfig::builder_with_provider(provider.clone())
+                let mut config = ServerConfig::builder_with_provider(provider.clone())
                     .with_protocol_versions(&[&rustls::version::TLS13])
                     .map_err(|source| pair_error(dir, SERVER_CERT, SERVER_KEY, source))?
                     .with_client_cert_verifier(verifier)
                     .with_single_cert(certs, key)
                     .map_err(|source| pair_error(dir, SERVER_CERT, SERVER_KEY, source))?;
+                // No session tickets: a migration is one connection, never resumed, and a
+                // ticket the source never reads would make its close a reset that discards
+                // stream bytes the destination has not read yet.
+                config.send_tls13_tickets = 0;
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
                 Some(Arc::new(config))
             }
         };
