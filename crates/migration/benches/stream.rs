@@ -3,7 +3,8 @@
 //! the same source memory and read into the same destination memory over another loopback
 //! connection in 1 MiB writes. Prints both throughputs and their ratio (the stream layer aims
 //! at ≥ 0.85× the plain copy, leaving room for the migration engine's ≥ 0.7×), the same over
-//! a UNIX socket pair, and the CRC32C and zero-page scan throughputs.
+//! a UNIX socket pair, the stream over mutual TLS against the stream over plain TCP (the
+//! same bytes: the ratio is what TLS costs), and the CRC32C and zero-page scan throughputs.
 //!
 //! A plain `main`, not criterion: each transfer runs `REPS` times, alternating stream and
 //! plain copy so both see the same machine. Printed: the median wall time and throughput of
@@ -24,7 +25,7 @@ use vfmig_migration::crc::crc32c;
 use vfmig_migration::stream::{
     RamLayout, RamRegion, Section, StreamReader, StreamWriter, VmConfig, is_zero_page,
 };
-use vfmig_migration::transport::{Connection, connect, listen};
+use vfmig_migration::transport::{Connection, TransportSecurity, connect_with, listen_with};
 use vfmig_migration::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// Guest RAM size.
@@ -95,23 +96,35 @@ fn gib_per_s(bytes: usize, time: Duration) -> f64 {
     bytes as f64 / (1u64 << 30) as f64 / time.as_secs_f64()
 }
 
-/// A connected pair over `kind`: TCP loopback or a UNIX socket pair.
-fn pair(tcp: bool) -> (Connection, Connection) {
-    if tcp {
-        let listener = listen(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
-        let address = listener.address().clone();
-        let accepting = thread::spawn(move || listener.accept().unwrap());
-        let sender = connect(&address).unwrap();
-        (sender, accepting.join().unwrap())
-    } else {
-        Connection::unix_pair().unwrap()
+#[path = "../tests/tls_creds/mod.rs"]
+mod tls_creds;
+
+/// How the two ends are connected.
+enum Link {
+    /// TCP over 127.0.0.1, plain or TLS.
+    Tcp(TransportSecurity),
+    /// A UNIX socket pair.
+    Unix,
+}
+
+/// A connected pair over `link`.
+fn pair(link: &Link) -> (Connection, Connection) {
+    match link {
+        Link::Tcp(security) => {
+            let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), security).unwrap();
+            let address = listener.address().clone();
+            let accepting = thread::spawn(move || listener.accept().unwrap());
+            let sender = connect_with(&address, security).unwrap();
+            (sender, accepting.join().unwrap())
+        }
+        Link::Unix => Connection::unix_pair().unwrap(),
     }
 }
 
 /// Sends all of `source` as a migration stream and applies it to `dest`. Timed from the
 /// first byte written to `End` read and applied.
-fn migrate(tcp: bool, config: &VmConfig, source: &Memory, dest: &mut Memory) -> Sample {
-    let (sender, receiver) = pair(tcp);
+fn migrate(link: &Link, config: &VmConfig, source: &Memory, dest: &mut Memory) -> Sample {
+    let (sender, receiver) = pair(link);
     thread::scope(|scope| {
         let start = Instant::now();
         let sending = thread::Builder::new()
@@ -149,8 +162,8 @@ fn migrate(tcp: bool, config: &VmConfig, source: &Memory, dest: &mut Memory) -> 
 }
 
 /// Writes all of `source` in `PLAIN_CHUNK` pieces and reads it into `dest`.
-fn plain_copy(tcp: bool, source: &Memory, dest: &mut Memory) -> Sample {
-    let (sender, receiver) = pair(tcp);
+fn plain_copy(link: &Link, source: &Memory, dest: &mut Memory) -> Sample {
+    let (sender, receiver) = pair(link);
     thread::scope(|scope| {
         let start = Instant::now();
         let sending = thread::Builder::new()
@@ -177,22 +190,63 @@ fn plain_copy(tcp: bool, source: &Memory, dest: &mut Memory) -> Sample {
 
 /// Runs migration and plain copy `REPS` times each, alternating; prints the medians and the
 /// median of the pairs' throughput ratios, and returns that ratio.
-fn compare(name: &str, tcp: bool, config: &VmConfig, source: &Memory, dest: &mut Memory) -> f64 {
-    let mut streamed = Vec::new();
-    let mut plain = Vec::new();
+fn compare(name: &str, link: &Link, config: &VmConfig, source: &Memory, dest: &mut Memory) -> f64 {
+    let mut check = |dest: &mut Memory| {
+        dest.0[..STREAM_PAGE_SIZE.bytes_usize()].fill(0);
+        let s = migrate(link, config, source, dest);
+        assert!(dest.0 == source.0, "{name}: destination differs");
+        s
+    };
+    let plain = |dest: &mut Memory| plain_copy(link, source, dest);
+    compare_runs(name, ["stream", "plain"], &mut check, plain, dest)
+}
+
+/// The stream over mutual TLS against the stream over plain TCP, alternating; returns the
+/// median ratio of TLS's throughput to plain's.
+fn compare_tls(
+    security: TransportSecurity,
+    config: &VmConfig,
+    source: &Memory,
+    dest: &mut Memory,
+) -> f64 {
+    let (tls, plain) = (Link::Tcp(security), Link::Tcp(TransportSecurity::Plain));
+    let run = |link: &Link, dest: &mut Memory| {
+        dest.0[..STREAM_PAGE_SIZE.bytes_usize()].fill(0);
+        let s = migrate(link, config, source, dest);
+        assert!(dest.0 == source.0, "stream over TLS: destination differs");
+        s
+    };
+    compare_runs(
+        "tcp stream",
+        ["tls", "plain"],
+        |dest: &mut Memory| run(&tls, dest),
+        |dest: &mut Memory| run(&plain, dest),
+        dest,
+    )
+}
+
+/// Runs `a` and `b` `REPS` times each, alternating; prints the medians and the median of the
+/// pairs' throughput ratios a/b, and returns that ratio.
+fn compare_runs(
+    name: &str,
+    labels: [&str; 2],
+    mut a: impl FnMut(&mut Memory) -> Sample,
+    mut b: impl FnMut(&mut Memory) -> Sample,
+    dest: &mut Memory,
+) -> f64 {
+    let mut first = Vec::new();
+    let mut second = Vec::new();
     let mut ratios = Vec::new();
     for _ in 0..REPS {
-        dest.0[..STREAM_PAGE_SIZE.bytes_usize()].fill(0);
-        let s = migrate(tcp, config, source, dest);
-        assert!(dest.0 == source.0, "{name}: destination differs");
-        let p = plain_copy(tcp, source, dest);
+        let s = a(dest);
+        let p = b(dest);
         ratios.push(p.wall.as_secs_f64() / s.wall.as_secs_f64());
-        streamed.push(s);
-        plain.push(p);
+        first.push(s);
+        second.push(p);
     }
     ratios.sort_by(f64::total_cmp);
     let ratio = ratios[ratios.len() / 2];
-    for (what, samples) in [("stream", &streamed), ("plain", &plain)] {
+    for (what, samples) in [(labels[0], &first), (labels[1], &second)] {
         let wall = median(samples.iter().map(|s| s.wall).collect());
         let sender = median(samples.iter().map(|s| s.sender_cpu).collect());
         let receiver = median(samples.iter().map(|s| s.receiver_cpu).collect());
@@ -240,8 +294,16 @@ fn main() {
     let config = VmConfig::new(layout, vec![]).unwrap();
 
     println!("1 GiB of non-zero RAM, medians of {REPS} runs");
-    let ratio = compare("tcp 127.0.0.1", true, &config, &source, &mut dest);
-    compare("unix pair", false, &config, &source, &mut dest);
+    let ratio = compare(
+        "tcp 127.0.0.1",
+        &Link::Tcp(TransportSecurity::Plain),
+        &config,
+        &source,
+        &mut dest,
+    );
+    compare("unix pair", &Link::Unix, &config, &source, &mut dest);
+    let tls = tls_creds::tls(&tls_creds::good_creds("bench-stream"), &[]);
+    let tls_ratio = compare_tls(tls, &config, &source, &mut dest);
 
     let section = &source.0[..1 << 20];
     let hot = time(201, || {
@@ -268,6 +330,7 @@ fn main() {
         "zero-page scan {:6.2} GiB/s on 8 MiB of zero pages (cached)",
         gib_per_s(zero.0.len(), scan)
     );
+    println!("stream over TLS / over plain TCP: {tls_ratio:.3} (the same bytes)");
     println!(
         "stream / plain TCP: {ratio:.3} (target >= 0.85) {}",
         if ratio >= 0.85 { "ok" } else { "BELOW TARGET" }

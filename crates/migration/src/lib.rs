@@ -7,7 +7,8 @@
 //!   [`stream::ReadGuestMemory`] and eliding zero pages); [`stream::StreamReader`] reads one,
 //!   returning each section only once it is verified.
 //! * [`transport`]: `tcp:HOST:PORT` and `unix:PATH` addresses, [`transport::connect`],
-//!   [`transport::listen`], and a [`transport::Connection`] that can be shut down to cancel.
+//!   [`transport::listen`], and a [`transport::Connection`] that can be shut down to cancel;
+//!   on TCP, plain or mutual TLS ([`transport::TransportSecurity`]).
 //!
 //! The sender and receiver state machines (pre-copy, stop-and-copy, resume) build on these;
 //! this crate decides nothing about when to send what, beyond the order rules of the format.

@@ -27,6 +27,9 @@ pub(crate) enum Command {
     /// Start two VMs with two device processes each, live-migrate one to the other over
     /// 127.0.0.1 under load, verify the destination equals the source, print the report.
     Demo(DemoArgs),
+    /// Make TLS credentials for migrations.
+    #[command(subcommand)]
+    Tls(crate::cmd::tls::TlsCommand),
 }
 
 /// The sample devices.
@@ -177,7 +180,23 @@ pub(crate) struct VmRunArgs {
     #[arg(long)]
     pub(crate) paused: bool,
     #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    #[command(flatten)]
     pub(crate) workload: WorkloadArgs,
+}
+
+/// Mutual TLS on `tcp:` migrations, for the VM's incoming and outgoing streams.
+#[derive(Clone, Debug, Default, Args)]
+pub(crate) struct TlsArgs {
+    /// A directory of TLS credentials (ca-cert.pem, server-cert.pem / server-key.pem for a
+    /// destination, client-cert.pem / client-key.pem for a source; `vfmig tls gen` makes
+    /// them): the peer must present a certificate of that CA. Without it, `tcp:` migrations
+    /// are plain TCP: neither authenticated nor encrypted.
+    #[arg(long)]
+    pub(crate) tls_creds: Option<PathBuf>,
+    /// A name the peer's certificate must carry (repeat for several; none: any the CA signed).
+    #[arg(long = "tls-allow")]
+    pub(crate) tls_allow: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +271,10 @@ pub(crate) struct DemoArgs {
     /// Print the statistics as JSON too.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Migrate over plain TCP (by default the demo makes throwaway credentials and migrates
+    /// over mutual TLS).
+    #[arg(long)]
+    pub(crate) plain: bool,
     #[command(flatten)]
     pub(crate) workload: WorkloadArgs,
 }

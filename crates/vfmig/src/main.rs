@@ -23,5 +23,6 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Device(args) => cmd::device::run(args),
         cli::Command::Vm(cmd) => cmd::vm::run(cmd),
         cli::Command::Demo(args) => cmd::demo::run(args),
+        cli::Command::Tls(cmd) => cmd::tls::run(cmd),
     }
 }

@@ -54,7 +54,7 @@ pub use policy::{
     THROTTLE_STEP,
 };
 pub use receiver::{ReceiveStats, receive, receive_into};
-pub use sender::{migrate, reclaim};
+pub use sender::{migrate, migrate_with, reclaim};
 pub use stats::{IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};
 

@@ -19,7 +19,7 @@ use super::stats::{IterationStats, MigrationStats};
 use super::status::{MigrationState, Progress};
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
 use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Machine, Phase, StreamWriter};
-use crate::transport::{self, Address, Connection};
+use crate::transport::{self, Address, Connection, TransportSecurity};
 use crate::{DeviceId, Gpa};
 
 /// Threads that read, checksum and write RAM sections (see
@@ -45,6 +45,18 @@ pub fn migrate(
     policy: &mut dyn Convergence,
     progress: &Progress,
 ) -> Result<MigrationStats, MigrationError> {
+    migrate_with(vm, to, &TransportSecurity::Plain, policy, progress)
+}
+
+/// [`migrate`] over a connection made with `security`: with TLS, the destination is
+/// authenticated (and authenticates us) before a byte of the stream is sent.
+pub fn migrate_with(
+    vm: &Vm,
+    to: &Address,
+    security: &TransportSecurity,
+    policy: &mut dyn Convergence,
+    progress: &Progress,
+) -> Result<MigrationStats, MigrationError> {
     let start = Instant::now();
     progress.update(|s| {
         *s = Default::default();
@@ -55,7 +67,7 @@ pub fn migrate(
         .iter()
         .map(DeviceLink::new)
         .collect::<Result<Vec<_>, _>>()?;
-    let conn = transport::connect(to)?;
+    let conn = transport::connect_with(to, security)?;
     let clone = |c: &Connection| {
         c.try_clone()
             .map_err(|e| MigrationError::NoAck(e.to_string()))

@@ -84,7 +84,14 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let address = to.parse()?;
     let w = &args.workload;
     let devices = ["--device", "mtty", "--device", "dma-engine"].map(String::from);
-    let common: Vec<String> = [args.machine.to_args(), devices.to_vec(), w.to_args()].concat();
+    let mut common: Vec<String> = [args.machine.to_args(), devices.to_vec(), w.to_args()].concat();
+    if !args.plain {
+        let creds = dir.join("tls");
+        let local = ["localhost", "127.0.0.1"].map(String::from);
+        super::tls::generate(&creds, &local, "vfmig-source")?;
+        common.extend(["--tls-creds".to_string(), path_str(&creds)?.to_string()]);
+        println!("migrating over mutual TLS (throwaway credentials in {})", creds.display());
+    }
     println!(
         "vfmig demo: two VMs of {} MiB, each with an mtty and a dma-engine ({} MiB device RAM) in their own processes",
         mem >> 20,

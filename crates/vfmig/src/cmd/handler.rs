@@ -10,9 +10,10 @@ use vfmig::control::{
     VmStatus,
 };
 use vfmig_migration::engine::{
-    MigrationError, MigrationState, MigrationStats, Progress, migrate, reclaim,
+    MigrationError, MigrationState, MigrationStats, Progress, migrate_with, reclaim,
 };
 use vfmig_vmm::control::{ControlError, ControlHandler};
+use vfmig_migration::transport::TransportSecurity;
 use vfmig_vmm::{GuestPlan, Vm};
 
 /// The VM behind a control socket. The VM itself arrives later for an incoming migration.
@@ -21,6 +22,8 @@ pub(crate) struct VmHandler {
     /// The VM's runtime directory (device sockets), removed at `quit`.
     runtime_dir: std::path::PathBuf,
     plan: GuestPlan,
+    /// Plain TCP, or mutual TLS, for the streams this VM sends.
+    security: TransportSecurity,
     /// The VM was built here, not migrated in: its guest boots.
     fresh: std::sync::atomic::AtomicBool,
     workload_started: Mutex<bool>,
@@ -29,11 +32,16 @@ pub(crate) struct VmHandler {
 }
 
 impl VmHandler {
-    pub(crate) fn new(plan: GuestPlan, runtime_dir: std::path::PathBuf) -> Self {
+    pub(crate) fn new(
+        plan: GuestPlan,
+        security: TransportSecurity,
+        runtime_dir: std::path::PathBuf,
+    ) -> Self {
         VmHandler {
             vm: OnceLock::new(),
             runtime_dir,
             plan,
+            security,
             fresh: std::sync::atomic::AtomicBool::new(false),
             workload_started: Mutex::new(false),
             migration: Mutex::new(None),
@@ -166,11 +174,12 @@ impl VmHandler {
         progress.update(|s| s.state = MigrationState::Setup);
         *slot = Some(progress.clone());
         let recorded = progress.clone();
+        let security = self.security.clone();
         let spawned = thread::Builder::new()
             .name("migration".into())
             .spawn(move || {
                 let mut policy = args.policy;
-                let result = migrate(&vm, &args.to, &mut policy, &progress);
+                let result = migrate_with(&vm, &args.to, &security, &mut policy, &progress);
                 record_outcome(&progress, &result);
             });
         if let Err(e) = spawned {

@@ -3,4 +3,5 @@
 pub(crate) mod demo;
 pub(crate) mod device;
 mod handler;
+pub(crate) mod tls;
 pub(crate) mod vm;

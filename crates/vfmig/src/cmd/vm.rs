@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use vfmig::control::{self, Client, IncomingState};
 use vfmig_migration::engine::{MigrationStatus, receive_into};
-use vfmig_migration::transport::{Address, listen};
+use vfmig_migration::transport::{Address, TlsCreds, TransportSecurity, listen_with};
 use vfmig_vmm::{
     DeviceHost, DeviceSpec, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig,
     WorkloadConfig,
@@ -16,7 +16,7 @@ use vfmig_vmm::{
 
 use super::handler::VmHandler;
 use crate::cli::{
-    DeviceName, GuestChoice, MigrateArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size,
+    DeviceName, GuestChoice, MigrateArgs, TlsArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size,
 };
 
 pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
@@ -29,6 +29,17 @@ pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Plain TCP, or mutual TLS with the credentials of `--tls-creds`.
+fn security(args: &TlsArgs) -> anyhow::Result<TransportSecurity> {
+    Ok(match &args.tls_creds {
+        None => TransportSecurity::Plain,
+        Some(dir) => TransportSecurity::Tls(Arc::new(
+            TlsCreds::load(dir, &args.tls_allow)
+                .with_context(|| format!("TLS credentials in {}", dir.display()))?,
+        )),
+    })
 }
 
 /// The guest the options ask for: the KVM guest program (where `/dev/kvm` works, for
@@ -153,14 +164,16 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
         viommu: args.machine.viommu,
     };
     quit_on_signal(host.dir.clone())?;
-    let handler = Arc::new(VmHandler::new(plan, host.dir.clone()));
+    let security = security(&args.tls)?;
+    let handler = Arc::new(VmHandler::new(plan, security.clone(), host.dir.clone()));
     let listener = vfmig_device::server::bind(&args.control)
         .with_context(|| format!("control socket {}", args.control.display()))?;
     let _control = vfmig_vmm::control::serve(listener, handler.clone());
     let vm = match &args.incoming {
         Some(addr) => {
             let addr: Address = addr.parse()?;
-            let listener = listen(&addr).with_context(|| format!("listening on {addr}"))?;
+            let listener =
+                listen_with(&addr, &security).with_context(|| format!("listening on {addr}"))?;
             handler.set_incoming(Some(IncomingState::Waiting));
             tracing::info!(%addr, "waiting for an incoming migration");
             // Guest RAM as --mem lays it out, faulted in while the source connects; used if
