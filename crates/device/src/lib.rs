@@ -26,7 +26,7 @@ pub mod pci;
 mod pci_device;
 pub mod server;
 
-pub use migratable::{Migratable, MigrationError};
+pub use migratable::{Migratable, MigratableError};
 pub use model::{Bar, BarMemory, DeviceContext, DeviceError, DeviceModel};
 pub use pci_device::{
     DIGEST_REGION_INDEX, DIGEST_REGION_SUBTYPE, DIGEST_REGION_TYPE, MIGRATION_REGION_INDEX,

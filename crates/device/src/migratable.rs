@@ -21,17 +21,17 @@ use vfmig_abi::StateKind;
 /// region returns to the client unchanged.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{what} (errno {errno})")]
-pub struct MigrationError {
+pub struct MigratableError {
     /// The errno for the client.
     pub errno: i32,
     /// What went wrong.
     pub what: String,
 }
 
-impl MigrationError {
+impl MigratableError {
     /// An error with an errno and a message.
     pub fn new(errno: i32, what: impl Into<String>) -> Self {
-        MigrationError {
+        MigratableError {
             errno,
             what: what.into(),
         }
@@ -39,7 +39,7 @@ impl MigrationError {
 
     /// A chunk the device cannot understand: EINVAL.
     pub fn bad_chunk(what: impl Into<String>) -> Self {
-        MigrationError::new(libc::EINVAL, what)
+        MigratableError::new(libc::EINVAL, what)
     }
 }
 
@@ -48,18 +48,18 @@ pub trait Migratable: Send {
     /// Moves the device from `from` to `to`. The region calls it only for transitions it allows
     /// (never to or from [`StateKind::Error`]); it returns once the device is in `to` (stopped
     /// means stopped, with no DMA in flight). An error puts the device in the error state.
-    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigrationError>;
+    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigratableError>;
 
     /// Bytes the device still has to save now: in pre-copy what it would send if asked (it may
     /// grow while the device runs), in stop-and-copy what remains. 0 ends stop-and-copy.
-    fn pending_bytes(&mut self) -> Result<u64, MigrationError>;
+    fn pending_bytes(&mut self) -> Result<u64, MigratableError>;
 
     /// Writes the next chunk of saved state into `buf` and returns its length (at most
     /// `buf.len()`, possibly 0). Called in pre-copy and stop-and-copy; a chunk, once returned, is
     /// the device's to forget: the region keeps it until the client has read it.
-    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError>;
+    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError>;
 
     /// Consumes one chunk produced by `save_chunk` on the source, in the same order and with the
     /// same length. Called while resuming. An error puts the device in the error state.
-    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError>;
+    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigratableError>;
 }

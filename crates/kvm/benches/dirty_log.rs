@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vfmig_kvm::{
-    DirtyTracking, ExitHandler, KvmVm, Memslot, VcpuControl, VmConfig, load_image, write_tables,
+    DirtyTracking, ExitHandler, KvmConfig, KvmVm, Memslot, VcpuControl, load_image, write_tables,
 };
 
 const SLOT_SIZE: usize = 2 << 30;
@@ -89,9 +89,9 @@ fn measure(mode: DirtyTracking) -> Figures {
         ram[0x8000 + i * 8..0x8008 + i * 8].copy_from_slice(&word.to_le_bytes());
     }
     let vm = Arc::new(
-        KvmVm::new(VmConfig {
+        KvmVm::new(KvmConfig {
             dirty_tracking: mode,
-            ..VmConfig::default()
+            ..KvmConfig::default()
         })
         .unwrap(),
     );

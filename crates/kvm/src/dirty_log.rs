@@ -34,7 +34,7 @@ use std::os::fd::AsRawFd;
 use vfmig_dirty::{DirtyBitmap, PageSize, words_for};
 
 use crate::vm::{Memslot, PAGE_SIZE};
-use crate::{VmError, sys};
+use crate::{KvmError, sys};
 
 /// An entry KVM has filled: the page is dirty (`KVM_DIRTY_GFN_F_DIRTY`, bit 0 in the
 /// kernel header, which bindgen does not export as a constant).
@@ -78,13 +78,13 @@ struct SlotLog {
 
 impl DirtyLog {
     /// Enables `mode` on a VM that has no vCPU yet.
-    pub(crate) fn enable(vm: Arc<VmFd>, mode: DirtyTracking) -> Result<DirtyLog, VmError> {
+    pub(crate) fn enable(vm: Arc<VmFd>, mode: DirtyTracking) -> Result<DirtyLog, KvmError> {
         match mode {
             DirtyTracking::Bitmap => {
                 let flags = vm.check_extension_raw(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.into());
                 let wanted = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE;
                 if u32::try_from(flags).unwrap_or(0) & wanted == 0 {
-                    return Err(VmError::MissingCapability(
+                    return Err(KvmError::MissingCapability(
                         "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2",
                     ));
                 }
@@ -94,16 +94,16 @@ impl DirtyLog {
                 };
                 cap.args[0] = wanted.into();
                 vm.enable_cap(&cap)
-                    .map_err(VmError::ioctl("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))?;
+                    .map_err(KvmError::ioctl("KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)"))?;
             }
             DirtyTracking::Ring { entries } => {
                 let bytes = ring_bytes(entries)?;
                 let max = vm.check_extension_int(Cap::DirtyLogRing);
                 if max <= 0 {
-                    return Err(VmError::MissingCapability("KVM_CAP_DIRTY_LOG_RING"));
+                    return Err(KvmError::MissingCapability("KVM_CAP_DIRTY_LOG_RING"));
                 }
                 if u64::try_from(max).unwrap_or(0) < bytes {
-                    return Err(VmError::InvalidArgument(
+                    return Err(KvmError::InvalidArgument(
                         "dirty ring larger than KVM allows",
                     ));
                 }
@@ -113,7 +113,7 @@ impl DirtyLog {
                 };
                 cap.args[0] = bytes;
                 vm.enable_cap(&cap)
-                    .map_err(VmError::ioctl("KVM_ENABLE_CAP(DIRTY_LOG_RING)"))?;
+                    .map_err(KvmError::ioctl("KVM_ENABLE_CAP(DIRTY_LOG_RING)"))?;
             }
         }
         Ok(DirtyLog {
@@ -130,7 +130,7 @@ impl DirtyLog {
     }
 
     /// Maps the ring of a new vCPU (ring mode; nothing in bitmap mode).
-    pub(crate) fn attach_vcpu(&self, vcpu: &VcpuFd) -> Result<(), VmError> {
+    pub(crate) fn attach_vcpu(&self, vcpu: &VcpuFd) -> Result<(), KvmError> {
         if let DirtyTracking::Ring { entries } = self.mode {
             let ring = Ring::map(vcpu, entries)?;
             self.rings().push(ring);
@@ -139,7 +139,7 @@ impl DirtyLog {
     }
 
     /// Records a new slot.
-    pub(crate) fn slot_added(&self, slot: &Memslot) -> Result<(), VmError> {
+    pub(crate) fn slot_added(&self, slot: &Memslot) -> Result<(), KvmError> {
         let pages = slot.size / PAGE_SIZE;
         let ring_bits = match self.mode {
             DirtyTracking::Bitmap => None,
@@ -159,16 +159,16 @@ impl DirtyLog {
     /// dirty.
     ///
     /// # Errors
-    /// [`VmError::BadSlot`] for an unknown slot or an `out` shorter than the slot's
-    /// bitmap; [`VmError::Ioctl`] / [`VmError::Os`] with the kernel's errno.
-    pub fn read_slot_words(&self, slot: u32, out: &mut [u64]) -> Result<u64, VmError> {
+    /// [`KvmError::BadSlot`] for an unknown slot or an `out` shorter than the slot's
+    /// bitmap; [`KvmError::Ioctl`] / [`KvmError::Os`] with the kernel's errno.
+    pub fn read_slot_words(&self, slot: u32, out: &mut [u64]) -> Result<u64, KvmError> {
         let pages = self.slot_pages(slot)?;
-        let words = usize::try_from(words_for(pages)).map_err(|_| VmError::BadSlot {
+        let words = usize::try_from(words_for(pages)).map_err(|_| KvmError::BadSlot {
             slot,
             reason: "bitmap too large",
         })?;
         let Some(out) = out.get_mut(..words) else {
-            return Err(VmError::BadSlot {
+            return Err(KvmError::BadSlot {
                 slot,
                 reason: "output bitmap shorter than the slot",
             });
@@ -181,7 +181,7 @@ impl DirtyLog {
                 let bits = slots
                     .get(&slot)
                     .and_then(|log| log.ring_bits.as_ref())
-                    .ok_or(VmError::BadSlot {
+                    .ok_or(KvmError::BadSlot {
                         slot,
                         reason: "no such slot",
                     })?;
@@ -201,24 +201,24 @@ impl DirtyLog {
     /// as bitmap page `first_page + k`, and re-arms them. Returns how many pages were dirty.
     ///
     /// # Errors
-    /// As [`DirtyLog::read_slot_words`], and [`VmError::Dirty`] if the slot does not fit
+    /// As [`DirtyLog::read_slot_words`], and [`KvmError::Dirty`] if the slot does not fit
     /// in `bitmap` at `first_page`.
     pub fn read_slot_into(
         &self,
         slot: u32,
         bitmap: &DirtyBitmap,
         first_page: u64,
-    ) -> Result<u64, VmError> {
+    ) -> Result<u64, KvmError> {
         let pages = self.slot_pages(slot)?;
         if first_page
             .checked_add(pages)
             .is_none_or(|end| end > bitmap.pages())
         {
-            return Err(VmError::InvalidArgument(
+            return Err(KvmError::InvalidArgument(
                 "slot does not fit in the bitmap at first_page",
             ));
         }
-        let len = usize::try_from(words_for(pages)).map_err(|_| VmError::BadSlot {
+        let len = usize::try_from(words_for(pages)).map_err(|_| KvmError::BadSlot {
             slot,
             reason: "bitmap too large",
         })?;
@@ -245,9 +245,9 @@ impl DirtyLog {
     /// number of entries harvested. A no-op in bitmap mode.
     ///
     /// # Errors
-    /// [`VmError::Os`] if KVM_RESET_DIRTY_RINGS fails; [`VmError::Dirty`] if KVM named a
+    /// [`KvmError::Os`] if KVM_RESET_DIRTY_RINGS fails; [`KvmError::Dirty`] if KVM named a
     /// page outside its slot.
-    pub fn harvest(&self) -> Result<u64, VmError> {
+    pub fn harvest(&self) -> Result<u64, KvmError> {
         if self.mode == DirtyTracking::Bitmap {
             return Ok(0);
         }
@@ -258,7 +258,7 @@ impl DirtyLog {
             harvested += ring.harvest(|slot, page| {
                 // The upper 16 bits of `slot` are the address space; this VM has one.
                 match slots.get(&slot).and_then(|log| log.ring_bits.as_ref()) {
-                    Some(bits) => bits.mark_page(page).map_err(VmError::from),
+                    Some(bits) => bits.mark_page(page).map_err(KvmError::from),
                     // A slot removed since KVM logged the page: nothing to copy any more.
                     None => Ok(()),
                 }
@@ -266,7 +266,7 @@ impl DirtyLog {
         }
         drop(slots);
         if harvested > 0 {
-            sys::reset_dirty_rings(&self.vm).map_err(|source| VmError::Os {
+            sys::reset_dirty_rings(&self.vm).map_err(|source| KvmError::Os {
                 op: "KVM_RESET_DIRTY_RINGS",
                 source,
             })?;
@@ -275,15 +275,15 @@ impl DirtyLog {
     }
 
     /// Bitmap mode: KVM_GET_DIRTY_LOG, then KVM_CLEAR_DIRTY_LOG of what it returned.
-    fn read_bitmap(&self, slot: u32, pages: u64, out: &mut [u64]) -> Result<u64, VmError> {
-        let size = usize::try_from(pages * PAGE_SIZE).map_err(|_| VmError::BadSlot {
+    fn read_bitmap(&self, slot: u32, pages: u64, out: &mut [u64]) -> Result<u64, KvmError> {
+        let size = usize::try_from(pages * PAGE_SIZE).map_err(|_| KvmError::BadSlot {
             slot,
             reason: "slot too large",
         })?;
         let bitmap = self
             .vm
             .get_dirty_log(slot, size)
-            .map_err(VmError::ioctl("KVM_GET_DIRTY_LOG"))?;
+            .map_err(KvmError::ioctl("KVM_GET_DIRTY_LOG"))?;
         let dirty: u64 = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
         if dirty == 0 {
             return Ok(0);
@@ -299,9 +299,9 @@ impl DirtyLog {
                 .unwrap_or_default();
             if words.iter().any(|&w| w != 0) {
                 let num =
-                    u32::try_from(count).map_err(|_| VmError::InvalidArgument("clear chunk"))?;
+                    u32::try_from(count).map_err(|_| KvmError::InvalidArgument("clear chunk"))?;
                 sys::clear_dirty_log(&self.vm, slot, first, num, words).map_err(|source| {
-                    VmError::Os {
+                    KvmError::Os {
                         op: "KVM_CLEAR_DIRTY_LOG",
                         source,
                     }
@@ -315,11 +315,11 @@ impl DirtyLog {
         Ok(dirty)
     }
 
-    fn slot_pages(&self, slot: u32) -> Result<u64, VmError> {
+    fn slot_pages(&self, slot: u32) -> Result<u64, KvmError> {
         self.slots()
             .get(&slot)
             .map(|log| log.pages)
-            .ok_or(VmError::BadSlot {
+            .ok_or(KvmError::BadSlot {
                 slot,
                 reason: "no such slot",
             })
@@ -342,15 +342,15 @@ fn word_index(page: u64) -> usize {
 }
 
 /// The byte size of a ring of `entries` entries, checked against KVM's rules.
-fn ring_bytes(entries: u32) -> Result<u64, VmError> {
+fn ring_bytes(entries: u32) -> Result<u64, KvmError> {
     if !entries.is_power_of_two() {
-        return Err(VmError::InvalidArgument(
+        return Err(KvmError::InvalidArgument(
             "dirty ring entries not a power of two",
         ));
     }
     let bytes = u64::from(entries) * std::mem::size_of::<kvm_dirty_gfn>() as u64;
     if bytes < PAGE_SIZE {
-        return Err(VmError::InvalidArgument("dirty ring smaller than a page"));
+        return Err(KvmError::InvalidArgument("dirty ring smaller than a page"));
     }
     Ok(bytes)
 }
@@ -369,9 +369,9 @@ struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    fn map(vcpu: &VcpuFd, count: u32) -> Result<Ring, VmError> {
+    fn map(vcpu: &VcpuFd, count: u32) -> Result<Ring, KvmError> {
         let bytes = usize::try_from(ring_bytes(count)?)
-            .map_err(|_| VmError::InvalidArgument("dirty ring size"))?;
+            .map_err(|_| KvmError::InvalidArgument("dirty ring size"))?;
         let offset = libc::off_t::from(KVM_DIRTY_LOG_PAGE_OFFSET) * page_size_off();
         // SAFETY: a fresh shared mapping of the vCPU fd at the offset KVM documents for its
         // dirty ring; the result is checked before use.
@@ -386,12 +386,12 @@ impl Ring {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(VmError::Os {
+            return Err(KvmError::Os {
                 op: "mmap dirty ring",
                 source: io::Error::last_os_error(),
             });
         }
-        let entries = NonNull::new(addr.cast::<kvm_dirty_gfn>()).ok_or(VmError::Os {
+        let entries = NonNull::new(addr.cast::<kvm_dirty_gfn>()).ok_or(KvmError::Os {
             op: "mmap dirty ring",
             source: io::Error::from_raw_os_error(libc::EFAULT),
         })?;
@@ -404,7 +404,10 @@ impl Ring {
 
     /// Calls `f(slot, page)` for each entry KVM filled since the last harvest and marks it
     /// reset. Returns how many entries it took.
-    fn harvest(&self, mut f: impl FnMut(u32, u64) -> Result<(), VmError>) -> Result<u64, VmError> {
+    fn harvest(
+        &self,
+        mut f: impl FnMut(u32, u64) -> Result<(), KvmError>,
+    ) -> Result<u64, KvmError> {
         let mut taken = 0;
         let mut next = self.next.load(Ordering::Relaxed);
         loop {

@@ -6,7 +6,7 @@ use kvm_ioctls::Error as KvmErrno;
 
 /// A failure of a VM-level operation: creating the VM, memslots, interrupts, doorbells.
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub enum KvmError {
     /// An ioctl on `/dev/kvm` or the VM fd failed.
     #[error("{op}: {errno}")]
     Ioctl {
@@ -42,10 +42,10 @@ pub enum VmError {
     Dirty(#[from] vfmig_dirty::DirtyError),
 }
 
-impl VmError {
+impl KvmError {
     /// Wraps a failed ioctl.
-    pub(crate) fn ioctl(op: &'static str) -> impl FnOnce(KvmErrno) -> VmError {
-        move |errno| VmError::Ioctl { op, errno }
+    pub(crate) fn ioctl(op: &'static str) -> impl FnOnce(KvmErrno) -> KvmError {
+        move |errno| KvmError::Ioctl { op, errno }
     }
 }
 
@@ -101,7 +101,7 @@ pub enum RunError {
         /// The vCPU index.
         vcpu: u32,
         /// The harvest's error.
-        source: Box<VmError>,
+        source: Box<KvmError>,
     },
     /// The kick signal could not be set up for this thread.
     #[error("kick signal: {0}")]

@@ -23,7 +23,7 @@ use kvm_bindings::{
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::{KvmVm, VmError};
+use crate::{KvmError, KvmVm};
 
 /// GSIs below this are the IOAPIC's pins; MSI routes start here.
 pub const FIRST_MSI_GSI: u32 = 24;
@@ -77,7 +77,7 @@ impl MsiRoutes {
     }
 
     /// Installs the whole table with KVM_SET_GSI_ROUTING.
-    pub(crate) fn apply(&self, vm: &VmFd) -> Result<(), VmError> {
+    pub(crate) fn apply(&self, vm: &VmFd) -> Result<(), KvmError> {
         let mut entries = Vec::with_capacity(40 + self.msi.len());
         for gsi in 0..FIRST_MSI_GSI {
             if gsi < 16 {
@@ -94,9 +94,9 @@ impl MsiRoutes {
             entries.push(msi_entry(gsi, *message));
         }
         let routing = KvmIrqRouting::from_entries(&entries)
-            .map_err(|_| VmError::InvalidArgument("too many GSI routes"))?;
+            .map_err(|_| KvmError::InvalidArgument("too many GSI routes"))?;
         vm.set_gsi_routing(&routing)
-            .map_err(VmError::ioctl("KVM_SET_GSI_ROUTING"))
+            .map_err(KvmError::ioctl("KVM_SET_GSI_ROUTING"))
     }
 }
 
@@ -136,11 +136,11 @@ impl KvmVm {
     /// route. Call it again when the guest reprograms the vector; the irqfd stays.
     ///
     /// # Errors
-    /// [`VmError::InvalidArgument`] for a GSI out of range; [`VmError::Ioctl`] (the table
+    /// [`KvmError::InvalidArgument`] for a GSI out of range; [`KvmError::Ioctl`] (the table
     /// is left as it was in KVM, and here).
-    pub fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), VmError> {
+    pub fn set_msi_route(&self, gsi: u32, message: MsiMessage) -> Result<(), KvmError> {
         if !(FIRST_MSI_GSI..=MAX_GSI).contains(&gsi) {
-            return Err(VmError::InvalidArgument("MSI GSI outside 24..=4095"));
+            return Err(KvmError::InvalidArgument("MSI GSI outside 24..=4095"));
         }
         let mut routes = self.routes();
         let previous = routes.msi.insert(gsi, message);
@@ -157,8 +157,8 @@ impl KvmVm {
     /// Removes the MSI route of `gsi`.
     ///
     /// # Errors
-    /// [`VmError::Ioctl`].
-    pub fn remove_msi_route(&self, gsi: u32) -> Result<(), VmError> {
+    /// [`KvmError::Ioctl`].
+    pub fn remove_msi_route(&self, gsi: u32) -> Result<(), KvmError> {
         let mut routes = self.routes();
         if let Some(old) = routes.msi.remove(&gsi)
             && let Err(err) = routes.apply(self.fd())
@@ -172,29 +172,29 @@ impl KvmVm {
     /// Makes every write to `event` raise `gsi` (KVM_IRQFD).
     ///
     /// # Errors
-    /// [`VmError::Ioctl`] (EBUSY if `event` is already an irqfd of this VM).
-    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
+    /// [`KvmError::Ioctl`] (EBUSY if `event` is already an irqfd of this VM).
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), KvmError> {
         self.fd()
             .register_irqfd(event, gsi)
-            .map_err(VmError::ioctl("KVM_IRQFD"))
+            .map_err(KvmError::ioctl("KVM_IRQFD"))
     }
 
     /// Undoes [`KvmVm::register_irqfd`].
     ///
     /// # Errors
-    /// [`VmError::Ioctl`].
-    pub fn unregister_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), VmError> {
+    /// [`KvmError::Ioctl`].
+    pub fn unregister_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), KvmError> {
         self.fd()
             .unregister_irqfd(event, gsi)
-            .map_err(VmError::ioctl("KVM_IRQFD(DEASSIGN)"))
+            .map_err(KvmError::ioctl("KVM_IRQFD(DEASSIGN)"))
     }
 
     /// Delivers one MSI now (KVM_SIGNAL_MSI). Returns whether a LAPIC took it (KVM returns
     /// 0 when the interrupt was blocked or no destination matched).
     ///
     /// # Errors
-    /// [`VmError::Ioctl`].
-    pub fn signal_msi(&self, message: MsiMessage) -> Result<bool, VmError> {
+    /// [`KvmError::Ioctl`].
+    pub fn signal_msi(&self, message: MsiMessage) -> Result<bool, KvmError> {
         let msi = kvm_msi {
             address_lo: low32(message.address),
             address_hi: high32(message.address),
@@ -204,7 +204,7 @@ impl KvmVm {
         let delivered = self
             .fd()
             .signal_msi(msi)
-            .map_err(VmError::ioctl("KVM_SIGNAL_MSI"))?;
+            .map_err(KvmError::ioctl("KVM_SIGNAL_MSI"))?;
         Ok(delivered > 0)
     }
 
@@ -212,13 +212,13 @@ impl KvmVm {
     /// instead of exiting (KVM_IOEVENTFD).
     ///
     /// # Errors
-    /// [`VmError::Ioctl`] (EEXIST for the same address and match twice).
+    /// [`KvmError::Ioctl`] (EEXIST for the same address and match twice).
     pub fn register_ioeventfd(
         &self,
         event: &EventFd,
         address: DoorbellAddress,
         datamatch: Datamatch,
-    ) -> Result<(), VmError> {
+    ) -> Result<(), KvmError> {
         let address = io_event_address(address);
         let fd = self.fd();
         let result = match datamatch {
@@ -228,19 +228,19 @@ impl KvmVm {
             Datamatch::U32(value) => fd.register_ioevent(event, &address, value),
             Datamatch::U64(value) => fd.register_ioevent(event, &address, value),
         };
-        result.map_err(VmError::ioctl("KVM_IOEVENTFD"))
+        result.map_err(KvmError::ioctl("KVM_IOEVENTFD"))
     }
 
     /// Undoes [`KvmVm::register_ioeventfd`] (same address and match).
     ///
     /// # Errors
-    /// [`VmError::Ioctl`].
+    /// [`KvmError::Ioctl`].
     pub fn unregister_ioeventfd(
         &self,
         event: &EventFd,
         address: DoorbellAddress,
         datamatch: Datamatch,
-    ) -> Result<(), VmError> {
+    ) -> Result<(), KvmError> {
         let address = io_event_address(address);
         let fd = self.fd();
         let result = match datamatch {
@@ -250,7 +250,7 @@ impl KvmVm {
             Datamatch::U32(value) => fd.unregister_ioevent(event, &address, value),
             Datamatch::U64(value) => fd.unregister_ioevent(event, &address, value),
         };
-        result.map_err(VmError::ioctl("KVM_IOEVENTFD(DEASSIGN)"))
+        result.map_err(KvmError::ioctl("KVM_IOEVENTFD(DEASSIGN)"))
     }
 }
 

@@ -99,10 +99,10 @@ pub use boot::{
 };
 pub use control::{Throttle, VcpuControl, kick_signal};
 pub use dirty_log::{DirtyLog, DirtyTracking};
-pub use error::{RunError, SnapshotError, StateError, VmError};
+pub use error::{KvmError, RunError, SnapshotError, StateError};
 pub use irq::{Datamatch, DoorbellAddress, FIRST_MSI_GSI, MAX_GSI, MsiMessage};
 pub use snapshot::{MAX_MSRS, MAX_SNAPSHOT_VCPUS, SNAPSHOT_VERSION};
 pub use state::{Snapshot, VcpuState, VcpuStateHandle, VmState};
 pub use vcpu::{ExitHandler, RunEnd, Vcpu};
-pub use vm::{IDENTITY_MAP_ADDRESS, KvmVm, Memslot, TSS_ADDRESS, VmConfig};
+pub use vm::{IDENTITY_MAP_ADDRESS, KvmConfig, KvmVm, Memslot, TSS_ADDRESS};
 pub use vmm_sys_util::eventfd::EventFd;

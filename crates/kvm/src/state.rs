@@ -31,7 +31,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, VcpuFd};
 
-use crate::{KvmVm, StateError, Vcpu, VmError};
+use crate::{KvmError, KvmVm, StateError, Vcpu};
 
 /// The KVM state of one vCPU.
 #[derive(Debug)]
@@ -101,12 +101,12 @@ impl Vcpu {
     /// A handle for this vCPU's state.
     ///
     /// # Errors
-    /// [`VmError::Os`] if the fd cannot be duplicated or its `kvm_run` mapped.
-    pub fn state_handle(&self, vm: &KvmVm) -> Result<VcpuStateHandle, VmError> {
+    /// [`KvmError::Os`] if the fd cannot be duplicated or its `kvm_run` mapped.
+    pub fn state_handle(&self, vm: &KvmVm) -> Result<VcpuStateHandle, KvmError> {
         // SAFETY: F_DUPFD_CLOEXEC on our own open vCPU fd; the result is checked.
         let raw = unsafe { libc::fcntl(self.fd().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
         if raw < 0 {
-            return Err(VmError::Os {
+            return Err(KvmError::Os {
                 op: "dup vCPU fd",
                 source: std::io::Error::last_os_error(),
             });
@@ -114,7 +114,7 @@ impl Vcpu {
         // SAFETY: `raw` is a fresh duplicate of a vCPU fd that nothing else owns; the
         // VcpuFd made from it takes ownership (and closes it on failure and on drop).
         let fd = unsafe { vm.fd().create_vcpu_from_rawfd(raw) }
-            .map_err(VmError::ioctl("mmap kvm_run of a vCPU fd"))?;
+            .map_err(KvmError::ioctl("mmap kvm_run of a vCPU fd"))?;
         Ok(VcpuStateHandle {
             index: self.index(),
             fd: Arc::new(fd),

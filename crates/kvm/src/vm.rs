@@ -13,7 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
-use crate::VmError;
+use crate::KvmError;
 use crate::dirty_log::{DirtyLog, DirtyTracking};
 use crate::irq::MsiRoutes;
 use crate::vcpu::Vcpu;
@@ -26,7 +26,7 @@ pub const IDENTITY_MAP_ADDRESS: u64 = 0xFEBF_C000;
 
 /// How to build a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmConfig {
+pub struct KvmConfig {
     /// The in-kernel PIT (KVM_CREATE_PIT2). The boot contract's guests do not use it; it is
     /// here for guests that do, and its state migrates when it exists.
     pub pit: bool,
@@ -35,9 +35,9 @@ pub struct VmConfig {
     pub dirty_tracking: DirtyTracking,
 }
 
-impl Default for VmConfig {
-    fn default() -> VmConfig {
-        VmConfig {
+impl Default for KvmConfig {
+    fn default() -> KvmConfig {
+        KvmConfig {
             pit: false,
             dirty_tracking: DirtyTracking::Bitmap,
         }
@@ -68,7 +68,7 @@ pub struct Memslot {
 pub struct KvmVm {
     kvm: Kvm,
     fd: Arc<VmFd>,
-    config: VmConfig,
+    config: KvmConfig,
     slots: Mutex<BTreeMap<u32, Memslot>>,
     dirty: Arc<DirtyLog>,
     routes: Mutex<MsiRoutes>,
@@ -82,10 +82,10 @@ impl KvmVm {
     /// routes, and the dirty tracking of `config`.
     ///
     /// # Errors
-    /// [`VmError::Ioctl`] with the errno of the first ioctl that fails, or
-    /// [`VmError::MissingCapability`].
-    pub fn new(config: VmConfig) -> Result<KvmVm, VmError> {
-        let kvm = Kvm::new().map_err(VmError::ioctl("open /dev/kvm"))?;
+    /// [`KvmError::Ioctl`] with the errno of the first ioctl that fails, or
+    /// [`KvmError::MissingCapability`].
+    pub fn new(config: KvmConfig) -> Result<KvmVm, KvmError> {
+        let kvm = Kvm::new().map_err(KvmError::ioctl("open /dev/kvm"))?;
         for (cap, name) in [
             (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
             (Cap::Irqfd, "KVM_CAP_IRQFD"),
@@ -95,30 +95,30 @@ impl KvmVm {
             (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
         ] {
             if !kvm.check_extension(cap) {
-                return Err(VmError::MissingCapability(name));
+                return Err(KvmError::MissingCapability(name));
             }
         }
-        let fd = Arc::new(kvm.create_vm().map_err(VmError::ioctl("KVM_CREATE_VM"))?);
+        let fd = Arc::new(kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?);
         let tss =
-            usize::try_from(TSS_ADDRESS).map_err(|_| VmError::InvalidArgument("TSS address"))?;
+            usize::try_from(TSS_ADDRESS).map_err(|_| KvmError::InvalidArgument("TSS address"))?;
         fd.set_tss_address(tss)
-            .map_err(VmError::ioctl("KVM_SET_TSS_ADDR"))?;
+            .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
-            .map_err(VmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+            .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip()
-            .map_err(VmError::ioctl("KVM_CREATE_IRQCHIP"))?;
+            .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
         if config.pit {
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
             fd.create_pit2(pit)
-                .map_err(VmError::ioctl("KVM_CREATE_PIT2"))?;
+                .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
         }
         let dirty = Arc::new(DirtyLog::enable(Arc::clone(&fd), config.dirty_tracking)?);
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(VmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+            .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         let routes = MsiRoutes::new();
         routes.apply(&fd)?;
         Ok(KvmVm {
@@ -134,7 +134,7 @@ impl KvmVm {
     }
 
     /// The configuration the VM was built with.
-    pub fn config(&self) -> VmConfig {
+    pub fn config(&self) -> KvmConfig {
         self.config
     }
 
@@ -147,13 +147,13 @@ impl KvmVm {
     /// into leaves 0x1 and 0xB) and, in dirty-ring mode, its ring mapped.
     ///
     /// # Errors
-    /// [`VmError::Ioctl`] for KVM_CREATE_VCPU or KVM_SET_CPUID2; [`VmError::Os`] if the
+    /// [`KvmError::Ioctl`] for KVM_CREATE_VCPU or KVM_SET_CPUID2; [`KvmError::Os`] if the
     /// dirty ring cannot be mapped.
-    pub fn create_vcpu(&self, index: u32) -> Result<Vcpu, VmError> {
+    pub fn create_vcpu(&self, index: u32) -> Result<Vcpu, KvmError> {
         let fd = self
             .fd
             .create_vcpu(u64::from(index))
-            .map_err(VmError::ioctl("KVM_CREATE_VCPU"))?;
+            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
         let mut cpuid = self.cpuid.clone();
         for entry in cpuid.as_mut_slice() {
             match entry.function {
@@ -163,7 +163,7 @@ impl KvmVm {
             }
         }
         fd.set_cpuid2(&cpuid)
-            .map_err(VmError::ioctl("KVM_SET_CPUID2"))?;
+            .map_err(KvmError::ioctl("KVM_SET_CPUID2"))?;
         self.dirty.attach_vcpu(&fd)?;
         Ok(Vcpu::new(index, fd, Arc::clone(&self.dirty)))
     }
@@ -176,15 +176,15 @@ impl KvmVm {
     /// guest and KVM access it at any time.
     ///
     /// # Errors
-    /// [`VmError::BadSlot`] for a misaligned, empty or out-of-range slot;
-    /// [`VmError::Ioctl`] for KVM_SET_USER_MEMORY_REGION (EEXIST for an overlap).
-    pub unsafe fn add_memslot(&self, slot: Memslot) -> Result<(), VmError> {
+    /// [`KvmError::BadSlot`] for a misaligned, empty or out-of-range slot;
+    /// [`KvmError::Ioctl`] for KVM_SET_USER_MEMORY_REGION (EEXIST for an overlap).
+    pub unsafe fn add_memslot(&self, slot: Memslot) -> Result<(), KvmError> {
         check_slot(&slot, self.max_memslots())?;
         let mut slots = self.slots();
         let region = region_of(&slot);
         // SAFETY: the caller promises the mapping outlives the slot (this fn's contract).
         unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(VmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         self.dirty.slot_added(&slot)?;
         slots.insert(slot.slot, slot);
         Ok(())
@@ -193,11 +193,11 @@ impl KvmVm {
     /// Removes memslot `slot`; the guest then sees no memory there.
     ///
     /// # Errors
-    /// [`VmError::BadSlot`] if there is no such slot; [`VmError::Ioctl`].
-    pub fn remove_memslot(&self, slot: u32) -> Result<(), VmError> {
+    /// [`KvmError::BadSlot`] if there is no such slot; [`KvmError::Ioctl`].
+    pub fn remove_memslot(&self, slot: u32) -> Result<(), KvmError> {
         let mut slots = self.slots();
         let Some(existing) = slots.get(&slot).copied() else {
-            return Err(VmError::BadSlot {
+            return Err(KvmError::BadSlot {
                 slot,
                 reason: "no such slot",
             });
@@ -208,7 +208,7 @@ impl KvmVm {
         };
         // SAFETY: a zero-sized region deletes the slot; KVM keeps no pointer into it.
         unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(VmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         self.dirty.slot_removed(slot);
         slots.remove(&slot);
         Ok(())
@@ -219,11 +219,11 @@ impl KvmVm {
     /// whatever KVM had logged.
     ///
     /// # Errors
-    /// [`VmError::BadSlot`] if there is no such slot; [`VmError::Ioctl`].
-    pub fn set_dirty_logging(&self, slot: u32, on: bool) -> Result<(), VmError> {
+    /// [`KvmError::BadSlot`] if there is no such slot; [`KvmError::Ioctl`].
+    pub fn set_dirty_logging(&self, slot: u32, on: bool) -> Result<(), KvmError> {
         let mut slots = self.slots();
         let Some(existing) = slots.get_mut(&slot) else {
-            return Err(VmError::BadSlot {
+            return Err(KvmError::BadSlot {
                 slot,
                 reason: "no such slot",
             });
@@ -234,7 +234,7 @@ impl KvmVm {
         };
         // SAFETY: the same mapping as when the slot was added, under that call's contract.
         unsafe { self.fd.set_user_memory_region(region_of(&updated)) }
-            .map_err(VmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         *existing = updated;
         Ok(())
     }
@@ -280,8 +280,8 @@ impl KvmVm {
 pub(crate) const PAGE_SIZE: u64 = 4096;
 
 /// Checks a slot's numbers before KVM sees them.
-fn check_slot(slot: &Memslot, max_slots: usize) -> Result<(), VmError> {
-    let bad = |reason| VmError::BadSlot {
+fn check_slot(slot: &Memslot, max_slots: usize) -> Result<(), KvmError> {
+    let bad = |reason| KvmError::BadSlot {
         slot: slot.slot,
         reason,
     };

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{RAM_SIZE, TestVm, spawn, stop};
 use vfmig_dirty::{DirtyBitmap, PageSize};
-use vfmig_kvm::{DirtyTracking, ExitHandler, VcpuControl, VmConfig};
+use vfmig_kvm::{DirtyTracking, ExitHandler, KvmConfig, VcpuControl};
 
 const ROUND_1: [u64; 3] = [0x50_0000, 0x50_1000, 0x60_0010];
 /// Page 0x500 again (written in round 1, so only reported if the read re-armed it) and a
@@ -84,9 +84,9 @@ fn set_bits(words: &[u64]) -> BTreeSet<u64> {
 
 /// Runs both rounds in `mode`; returns the pages each read after a round reported.
 fn dirty_pages_per_round(mode: DirtyTracking) -> Vec<BTreeSet<u64>> {
-    let config = VmConfig {
+    let config = KvmConfig {
         dirty_tracking: mode,
-        ..VmConfig::default()
+        ..KvmConfig::default()
     };
     let vm = TestVm::boot_with(guest!("dirty"), 1, config, boot_page);
     vm.vm.set_dirty_logging(0, true).unwrap();
@@ -136,7 +136,7 @@ fn ring_mode_read_rearms_the_pages_it_returned() {
 
 #[test]
 fn a_read_into_a_dirty_bitmap_marks_the_slot_pages_at_its_offset() {
-    let config = VmConfig::default();
+    let config = KvmConfig::default();
     let vm = TestVm::boot_with(guest!("dirty"), 1, config, boot_page);
     vm.vm.set_dirty_logging(0, true).unwrap();
     let (done_tx, done_rx) = channel();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{NoDevices, RAM_SIZE, Ram, TestVm, spawn, stop, wait_for};
-use vfmig_kvm::{EventFd, MsiMessage, Snapshot, VcpuControl, VcpuStateHandle, VmConfig};
+use vfmig_kvm::{EventFd, KvmConfig, MsiMessage, Snapshot, VcpuControl, VcpuStateHandle};
 
 const COUNTER_GPA: u64 = 0x9000;
 
@@ -25,7 +25,7 @@ fn migrate(vm: &TestVm, handles: &[VcpuStateHandle], control: &VcpuControl) -> (
     let (new_vm, vcpus) = TestVm::fresh_vm(
         &ram,
         u32::try_from(handles.len()).unwrap(),
-        VmConfig::default(),
+        KvmConfig::default(),
     );
     let new_handles: Vec<_> = vcpus
         .iter()

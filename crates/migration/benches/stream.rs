@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use vfmig_migration::crc::crc32c;
 use vfmig_migration::stream::{
-    RamLayout, RamRegion, Section, StreamReader, StreamWriter, VmConfig, is_zero_page,
+    RamLayout, RegionDesc, Section, StreamConfig, StreamReader, StreamWriter, is_zero_page,
 };
-use vfmig_migration::transport::{Connection, TransportSecurity, connect_with, listen_with};
+use vfmig_migration::transport::{StreamConnection, TransportSecurity, connect_with, listen_with};
 use vfmig_migration::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// Guest RAM size.
@@ -108,7 +108,7 @@ enum Link {
 }
 
 /// A connected pair over `link`.
-fn pair(link: &Link) -> (Connection, Connection) {
+fn pair(link: &Link) -> (StreamConnection, StreamConnection) {
     match link {
         Link::Tcp(security) => {
             let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), security).unwrap();
@@ -117,13 +117,13 @@ fn pair(link: &Link) -> (Connection, Connection) {
             let sender = connect_with(&address, security).unwrap();
             (sender, accepting.join().unwrap())
         }
-        Link::Unix => Connection::unix_pair().unwrap(),
+        Link::Unix => StreamConnection::unix_pair().unwrap(),
     }
 }
 
 /// Sends all of `source` as a migration stream and applies it to `dest`. Timed from the
 /// first byte written to `End` read and applied.
-fn migrate(link: &Link, config: &VmConfig, source: &Memory, dest: &mut Memory) -> Sample {
+fn migrate(link: &Link, config: &StreamConfig, source: &Memory, dest: &mut Memory) -> Sample {
     let (sender, receiver) = pair(link);
     thread::scope(|scope| {
         let start = Instant::now();
@@ -190,7 +190,13 @@ fn plain_copy(link: &Link, source: &Memory, dest: &mut Memory) -> Sample {
 
 /// Runs migration and plain copy `REPS` times each, alternating; prints the medians and the
 /// median of the pairs' throughput ratios, and returns that ratio.
-fn compare(name: &str, link: &Link, config: &VmConfig, source: &Memory, dest: &mut Memory) -> f64 {
+fn compare(
+    name: &str,
+    link: &Link,
+    config: &StreamConfig,
+    source: &Memory,
+    dest: &mut Memory,
+) -> f64 {
     let mut check = |dest: &mut Memory| {
         dest.0[..STREAM_PAGE_SIZE.bytes_usize()].fill(0);
         let s = migrate(link, config, source, dest);
@@ -205,7 +211,7 @@ fn compare(name: &str, link: &Link, config: &VmConfig, source: &Memory, dest: &m
 /// median ratio of TLS's throughput to plain's.
 fn compare_tls(
     security: TransportSecurity,
-    config: &VmConfig,
+    config: &StreamConfig,
     source: &Memory,
     dest: &mut Memory,
 ) -> f64 {
@@ -286,12 +292,12 @@ fn main() {
         word.copy_from_slice(&((i as u64) << 1 | 1).to_le_bytes());
     }
     let mut dest = Memory(vec![0xffu8; RAM]);
-    let layout = RamLayout::new(vec![RamRegion {
+    let layout = RamLayout::new(vec![RegionDesc {
         gpa: Gpa(0),
         size: RAM as u64,
     }])
     .unwrap();
-    let config = VmConfig::new(layout, vec![]).unwrap();
+    let config = StreamConfig::new(layout, vec![]).unwrap();
 
     println!("1 GiB of non-zero RAM, medians of {REPS} runs");
     let ratio = compare(

@@ -7,7 +7,7 @@
 //!   [`stream::ReadGuestMemory`] and eliding zero pages); [`stream::StreamReader`] reads one,
 //!   returning each section only once it is verified.
 //! * [`transport`]: `tcp:HOST:PORT` and `unix:PATH` addresses, [`transport::connect`],
-//!   [`transport::listen`], and a [`transport::Connection`] that can be shut down to cancel;
+//!   [`transport::listen`], and a [`transport::StreamConnection`] that can be shut down to cancel;
 //!   on TCP, plain or mutual TLS ([`transport::TransportSecurity`]).
 //!
 //! The sender and receiver state machines (pre-copy, stop-and-copy, resume) build on these;
@@ -114,6 +114,6 @@ pub mod stream;
 pub mod transport;
 mod types;
 
-pub use types::{DeviceId, PageRun, STREAM_PAGE_SIZE};
+pub use types::{DeviceIndex, PageRun, STREAM_PAGE_SIZE};
 /// The address type of the stream's RAM sections and [`PageRun`]s, defined in `vfmig_memory`.
 pub use vfmig_memory::Gpa;

@@ -45,12 +45,12 @@ impl PageRun {
     }
 }
 
-/// A device of the VM, as named by the [`VmConfig`](crate::stream::VmConfig) and by every
+/// A device of the VM, as named by the [`StreamConfig`](crate::stream::StreamConfig) and by every
 /// device section of the stream. The VMM chooses the numbers; they are unique within a stream.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-pub struct DeviceId(pub u32);
+pub struct DeviceIndex(pub u32);
 
-impl fmt::Display for DeviceId {
+impl fmt::Display for DeviceIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "device {}", self.0)
     }

@@ -50,7 +50,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// A stream with a config, then a section header of `kind` declaring `len` bytes, then
 /// `sent` bytes of payload and nothing more.
 fn stream_declaring(kind: SectionKind, len: u32, sent: usize) -> Vec<u8> {
-    let config = vfmig_migration::stream::VmConfig::new(Default::default(), vec![]).unwrap();
+    let config = vfmig_migration::stream::StreamConfig::new(Default::default(), vec![]).unwrap();
     let mut writer = StreamWriter::new(Vec::new()).unwrap();
     writer.write_config(&config).unwrap();
     let mut stream = writer.into_inner().unwrap();

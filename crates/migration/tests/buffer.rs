@@ -7,13 +7,13 @@ mod common;
 use std::thread;
 
 use common::{chunk_bytes, sample_config};
-use vfmig_migration::DeviceId;
+use vfmig_migration::DeviceIndex;
 use vfmig_migration::stream::device::DEVICE_CHUNK_HEADER_LEN;
 use vfmig_migration::stream::frame::FRAME_OVERHEAD;
 use vfmig_migration::stream::{
     DeviceChunk, Phase, READ_BUFFER, Section, StreamReader, StreamWriter,
 };
-use vfmig_migration::transport::Connection;
+use vfmig_migration::transport::StreamConnection;
 
 /// A stream of the sample config and one chunk of device 1 per entry of `sizes` (each
 /// filled from its index), without `End`.
@@ -23,7 +23,7 @@ fn chunks_stream(sizes: &[usize]) -> Vec<u8> {
     for (i, &len) in sizes.iter().enumerate() {
         writer
             .write_device_chunk(&DeviceChunk {
-                device: DeviceId(1),
+                device: DeviceIndex(1),
                 phase: Phase::PreCopy,
                 iteration: i as u64,
                 data: &chunk_bytes(len, i as u8),
@@ -53,7 +53,7 @@ fn sections_that_wrap_around_the_buffer_end_arrive_whole() {
     // end at ever different offsets.
     let sizes = vec![700_001; 24];
     let stream = chunks_stream(&sizes);
-    let (sender, receiver) = Connection::unix_pair().unwrap();
+    let (sender, receiver) = StreamConnection::unix_pair().unwrap();
     let writer = thread::spawn(move || std::io::Write::write_all(&mut &sender, &stream));
     let mut reader = StreamReader::new(&receiver).unwrap();
     expect_chunks(&mut reader, &sizes);

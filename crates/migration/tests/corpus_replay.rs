@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use vfmig_migration::stream::{
     DeviceChunk, DeviceConfig, DeviceDesc, End, FLAG_OPTIONAL, Iteration, Phase, RamLayout,
-    RamRegion, StreamHeader, StreamWriter, Version, VmConfig, encode_frame,
+    RegionDesc, StreamConfig, StreamHeader, StreamVersion, StreamWriter, encode_frame,
 };
-use vfmig_migration::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
+use vfmig_migration::{DeviceIndex, Gpa, PageRun, STREAM_PAGE_SIZE};
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -66,13 +66,13 @@ fn seeds_are_what_the_writer_writes_today() {
 }
 
 /// A small layout: 64 KiB at 0 and 8 KiB at 1 MiB.
-fn small_config(devices: &[u32]) -> VmConfig {
+fn small_config(devices: &[u32]) -> StreamConfig {
     let ram = RamLayout::new(vec![
-        RamRegion {
+        RegionDesc {
             gpa: Gpa(0),
             size: 16 * STREAM_PAGE_SIZE.bytes(),
         },
-        RamRegion {
+        RegionDesc {
             gpa: Gpa(1 << 20),
             size: 2 * STREAM_PAGE_SIZE.bytes(),
         },
@@ -81,12 +81,12 @@ fn small_config(devices: &[u32]) -> VmConfig {
     let devices = devices
         .iter()
         .map(|&id| DeviceDesc {
-            id: DeviceId(id),
+            id: DeviceIndex(id),
             kind: if id == 1 { "mtty" } else { "dma-engine" }.into(),
             config: format!("dev{id}").into_bytes(),
         })
         .collect();
-    VmConfig::new(ram, devices).unwrap()
+    StreamConfig::new(ram, devices).unwrap()
 }
 
 /// The seed streams, by name.
@@ -117,7 +117,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .unwrap();
     writer
         .write_device_chunk(&DeviceChunk {
-            device: DeviceId(2),
+            device: DeviceIndex(2),
             phase: Phase::PreCopy,
             iteration: 0,
             data: b"pre-copy chunk",
@@ -125,7 +125,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .unwrap();
     writer
         .write_device_chunk(&DeviceChunk {
-            device: DeviceId(1),
+            device: DeviceIndex(1),
             phase: Phase::StopCopy,
             iteration: 1,
             data: &[],
@@ -134,7 +134,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     for id in [2, 1] {
         writer
             .write_device_config(&DeviceConfig {
-                device: DeviceId(id),
+                device: DeviceIndex(id),
                 data: b"config",
             })
             .unwrap();
@@ -143,7 +143,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     seeds.push(("all-sections", writer.into_inner().unwrap()));
 
     // A newer minor with an optional section of an unknown type.
-    let mut stream = StreamHeader::new(Version { major: 1, minor: 2 })
+    let mut stream = StreamHeader::new(StreamVersion { major: 1, minor: 2 })
         .to_bytes()
         .to_vec();
     stream.extend(encode_frame(1, 0, &small_config(&[]).encode()));

@@ -8,7 +8,7 @@ use vfmig_migration::stream::{
     CURRENT_VERSION, DeviceChunk, DeviceConfig, End, OrderError, Phase, ReadError, SectionKind,
     StreamHeader, StreamPart, StreamReader, StreamWriter, encode_frame,
 };
-use vfmig_migration::{DeviceId, Gpa, PageRun};
+use vfmig_migration::{DeviceIndex, Gpa, PageRun};
 
 /// A small stream of every section type: about 8.5 KiB.
 fn small_stream() -> Vec<u8> {
@@ -25,7 +25,7 @@ fn small_stream() -> Vec<u8> {
     writer.write_ram([PageRun::new(Gpa(0), 3)], &ram).unwrap();
     writer
         .write_device_chunk(&DeviceChunk {
-            device: DeviceId(2),
+            device: DeviceIndex(2),
             phase: Phase::PreCopy,
             iteration: 0,
             data: &common::chunk_bytes(50, 9),
@@ -34,7 +34,7 @@ fn small_stream() -> Vec<u8> {
     for id in [1, 2] {
         writer
             .write_device_config(&DeviceConfig {
-                device: DeviceId(id),
+                device: DeviceIndex(id),
                 data: b"cfg",
             })
             .unwrap();
@@ -147,7 +147,7 @@ fn end_with_wrong_counts_is_refused() {
     let mut stream = StreamHeader::new(CURRENT_VERSION).to_bytes().to_vec();
     stream.extend(encode_frame(1, 0, &config.encode()));
     // A stream of a config without devices, then an End that claims 2 sections.
-    let config = vfmig_migration::stream::VmConfig::new(sample_layout(), vec![]).unwrap();
+    let config = vfmig_migration::stream::StreamConfig::new(sample_layout(), vec![]).unwrap();
     let mut stream2 = StreamHeader::new(CURRENT_VERSION).to_bytes().to_vec();
     stream2.extend(encode_frame(1, 0, &config.encode()));
     let end_offset = stream2.len() as u64;
@@ -210,7 +210,7 @@ fn reader_refuses_to_go_on_after_an_error() {
 fn a_known_section_flagged_optional_is_refused() {
     // A config without devices and its End, the End flagged optional: the stream's only
     // encoding of an End has no flags, so this one is not a stream of ours.
-    let config = vfmig_migration::stream::VmConfig::new(sample_layout(), vec![]).unwrap();
+    let config = vfmig_migration::stream::StreamConfig::new(sample_layout(), vec![]).unwrap();
     let mut stream = StreamHeader::new(CURRENT_VERSION).to_bytes().to_vec();
     stream.extend(encode_frame(1, 0, &config.encode()));
     let end = End {

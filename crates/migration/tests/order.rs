@@ -7,7 +7,7 @@ mod common;
 use std::io::{self, Write};
 
 use common::sample_config;
-use vfmig_migration::DeviceId;
+use vfmig_migration::DeviceIndex;
 use vfmig_migration::stream::{
     CURRENT_VERSION, DeviceChunk, DeviceConfig, Iteration, OrderError, Phase, ReadError,
     SectionKind, StreamHeader, StreamReader, StreamWriter, WriteError, encode_frame,
@@ -15,7 +15,7 @@ use vfmig_migration::stream::{
 
 fn chunk(device: u32, data: &[u8]) -> DeviceChunk<'_> {
     DeviceChunk {
-        device: DeviceId(device),
+        device: DeviceIndex(device),
         phase: Phase::PreCopy,
         iteration: 0,
         data,
@@ -24,7 +24,7 @@ fn chunk(device: u32, data: &[u8]) -> DeviceChunk<'_> {
 
 fn device_config(device: u32) -> DeviceConfig<'static> {
     DeviceConfig {
-        device: DeviceId(device),
+        device: DeviceIndex(device),
         data: b"c",
     }
 }
@@ -68,7 +68,7 @@ fn writer_enforces_the_device_rules() {
     assert_eq!(
         order_error(writer.write_device_chunk(&chunk(3, b"x"))),
         OrderError::UnknownDevice {
-            device: DeviceId(3)
+            device: DeviceIndex(3)
         }
     );
     writer.write_device_config(&device_config(1)).unwrap();
@@ -83,7 +83,7 @@ fn writer_enforces_the_device_rules() {
     assert_eq!(
         order_error(writer.finish().map(|_| ())),
         OrderError::MissingDeviceConfig {
-            device: DeviceId(2)
+            device: DeviceIndex(2)
         }
     );
     writer.write_device_config(&device_config(2)).unwrap();
@@ -172,7 +172,7 @@ fn reader_refuses_sections_out_of_order() {
     assert_eq!(
         reader_order_error(&hand_made(&[chunk_frame(9)]), 2),
         OrderError::UnknownDevice {
-            device: DeviceId(9)
+            device: DeviceIndex(9)
         }
     );
     let after = hand_made(&[device_config_frame(1), chunk_frame(1)]);

@@ -8,9 +8,9 @@ use common::{GuestRam, Owned};
 use proptest::prelude::*;
 use vfmig_migration::stream::{
     CURRENT_VERSION, DeviceChunk, DeviceConfig, DeviceDesc, Iteration, Phase, RamEncoder,
-    RamLayout, RamPages, RamRegion, StreamHeader, StreamWriter, VmConfig,
+    RamLayout, RamPages, RegionDesc, StreamConfig, StreamHeader, StreamWriter,
 };
-use vfmig_migration::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
+use vfmig_migration::{DeviceIndex, Gpa, PageRun, STREAM_PAGE_SIZE};
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -45,7 +45,7 @@ fn layout_strategy() -> impl Strategy<Value = RamLayout> {
             .map(|(gap, pages)| {
                 let gpa = next + gap * STREAM_PAGE_SIZE.bytes();
                 next = gpa + pages * STREAM_PAGE_SIZE.bytes();
-                RamRegion {
+                RegionDesc {
                     gpa: Gpa(gpa),
                     size: pages * STREAM_PAGE_SIZE.bytes(),
                 }
@@ -55,7 +55,7 @@ fn layout_strategy() -> impl Strategy<Value = RamLayout> {
     })
 }
 
-fn config_strategy() -> impl Strategy<Value = VmConfig> {
+fn config_strategy() -> impl Strategy<Value = StreamConfig> {
     let device = (
         "[a-z][a-z-]{0,20}",
         proptest::collection::vec(any::<u8>(), 0..64),
@@ -65,12 +65,12 @@ fn config_strategy() -> impl Strategy<Value = VmConfig> {
             .into_iter()
             .enumerate()
             .map(|(i, (kind, config))| DeviceDesc {
-                id: DeviceId(i as u32 * 3 + 1),
+                id: DeviceIndex(i as u32 * 3 + 1),
                 kind,
                 config,
             })
             .collect();
-        VmConfig::new(layout, devices).unwrap()
+        StreamConfig::new(layout, devices).unwrap()
     })
 }
 
@@ -144,7 +144,7 @@ proptest! {
         let mut writer = StreamWriter::new(Vec::new()).unwrap();
         writer.set_ram_section_pages(64);
         writer.write_config(&config).unwrap();
-        let devices: Vec<DeviceId> = config.devices().iter().map(|d| d.id).collect();
+        let devices: Vec<DeviceIndex> = config.devices().iter().map(|d| d.id).collect();
         for step in &steps {
             match step {
                 Step::Iteration(number, pages) => {
@@ -199,7 +199,7 @@ proptest! {
 
     #[test]
     fn config_encoding_round_trips(config in config_strategy()) {
-        prop_assert_eq!(VmConfig::decode(&config.encode()), Ok(config));
+        prop_assert_eq!(StreamConfig::decode(&config.encode()), Ok(config));
     }
 
     #[test]

@@ -8,14 +8,14 @@ use std::io;
 
 use common::{GuestRam, sample_layout, sample_ram};
 use vfmig_migration::stream::{
-    CURRENT_VERSION, MAX_DATA_PAGES, MAX_RUNS, PayloadError, RUN_ZERO, RamEncoder, RamError,
-    RamLayout, RamPages, RamRegion, ReadError, Section, StreamHeader, StreamReader, StreamWriter,
-    VmConfig, WriteError, encode_frame,
+    CURRENT_VERSION, MAX_DATA_PAGES, MAX_RUNS, PayloadError, RUN_ZERO, RamEncoder, RamLayout,
+    RamPages, RamSectionError, ReadError, RegionDesc, Section, StreamConfig, StreamHeader,
+    StreamReader, StreamWriter, WriteError, encode_frame,
 };
 use vfmig_migration::{Gpa, PageRun, STREAM_PAGE_SIZE};
 
-fn config_for(layout: &RamLayout) -> VmConfig {
-    VmConfig::new(layout.clone(), vec![]).unwrap()
+fn config_for(layout: &RamLayout) -> StreamConfig {
+    StreamConfig::new(layout.clone(), vec![]).unwrap()
 }
 
 /// Writes a stream of `layout` with one `write_ram(runs)`, returning the stream and stats.
@@ -48,7 +48,7 @@ fn apply_stream(stream: &[u8], dest: &mut GuestRam) -> Vec<usize> {
 }
 
 fn single_region(bytes: u64) -> RamLayout {
-    RamLayout::new(vec![RamRegion {
+    RamLayout::new(vec![RegionDesc {
         gpa: Gpa(0x10_0000),
         size: bytes,
     }])
@@ -222,11 +222,11 @@ fn scattered_zero_pages_respect_the_table_cap() {
 #[test]
 fn runs_of_adjacent_regions_stay_in_separate_entries() {
     let layout = RamLayout::new(vec![
-        RamRegion {
+        RegionDesc {
             gpa: Gpa(0),
             size: 4 * STREAM_PAGE_SIZE.bytes(),
         },
-        RamRegion {
+        RegionDesc {
             gpa: Gpa(4 * STREAM_PAGE_SIZE.bytes()),
             size: 4 * STREAM_PAGE_SIZE.bytes(),
         },
@@ -272,7 +272,7 @@ fn writer_refuses_runs_outside_ram_before_reading_them() {
         let before = writer.bytes_written();
         let err = writer.write_ram([run], &ram).unwrap_err();
         assert!(
-            matches!(err, WriteError::Ram(RamError::OutsideRam { .. })),
+            matches!(err, WriteError::Ram(RamSectionError::OutsideRam { .. })),
             "{why}: {err:?}"
         );
         assert_eq!(writer.bytes_written(), before, "{why}");
@@ -282,7 +282,7 @@ fn writer_refuses_runs_outside_ram_before_reading_them() {
         writer.write_config(&config_for(&layout)).unwrap();
         assert!(matches!(
             writer.write_ram([run], &ram),
-            Err(WriteError::Ram(RamError::BadRun { .. }))
+            Err(WriteError::Ram(RamSectionError::BadRun { .. }))
         ));
     }
 }
@@ -311,7 +311,7 @@ fn read_hand_made(payload: &[u8]) -> Result<(), ReadError> {
     reader.next_section().map(|_| ())
 }
 
-fn ram_error(result: Result<(), ReadError>) -> RamError {
+fn ram_error(result: Result<(), ReadError>) -> RamSectionError {
     match result {
         Err(ReadError::Malformed {
             source: PayloadError::Ram(err),
@@ -331,16 +331,16 @@ fn reader_refuses_runs_outside_ram() {
     for (gpa, pages) in [(0xff000, 2), (1 << 31, 1), (!0xfff, 1)] {
         assert!(matches!(
             ram_error(read_hand_made(&ram_payload(&[(gpa, pages, RUN_ZERO)], &[]))),
-            RamError::OutsideRam { .. }
+            RamSectionError::OutsideRam { .. }
         ));
     }
     assert!(matches!(
         ram_error(read_hand_made(&ram_payload(&[(0x800, 1, RUN_ZERO)], &[]))),
-        RamError::BadRun { .. }
+        RamSectionError::BadRun { .. }
     ));
     assert!(matches!(
         ram_error(read_hand_made(&ram_payload(&[(0, 0, RUN_ZERO)], &[]))),
-        RamError::BadRun { .. }
+        RamSectionError::BadRun { .. }
     ));
 }
 
@@ -349,24 +349,24 @@ fn reader_refuses_data_of_the_wrong_length_and_unknown_run_flags() {
     let page = vec![1u8; STREAM_PAGE_SIZE.bytes_usize()];
     assert!(matches!(
         ram_error(read_hand_made(&ram_payload(&[(0, 2, 0)], &page))),
-        RamError::DataLength {
+        RamSectionError::DataLength {
             declared_pages: 2,
             data_bytes: 4096
         }
     ));
     assert!(matches!(
         ram_error(read_hand_made(&ram_payload(&[(0, 1, RUN_ZERO)], &page))),
-        RamError::DataLength { .. }
+        RamSectionError::DataLength { .. }
     ));
     assert!(matches!(
         ram_error(read_hand_made(&ram_payload(&[(0, 1, 2)], &page))),
-        RamError::RunFlags { flags: 2, .. }
+        RamSectionError::RunFlags { flags: 2, .. }
     ));
     let mut too_many = ram_payload(&[], &[]);
     too_many[..4].copy_from_slice(&(MAX_RUNS as u32 + 1).to_le_bytes());
     assert!(matches!(
         ram_error(read_hand_made(&too_many)),
-        RamError::TooManyRuns { .. }
+        RamSectionError::TooManyRuns { .. }
     ));
 }
 
@@ -492,7 +492,7 @@ fn parallel_ram_writer_refuses_a_run_outside_ram() {
     writer.write_config(&config_for(&layout)).unwrap();
     let err = writer.write_ram_parallel(&runs, &source, 2).unwrap_err();
     assert!(
-        matches!(err, WriteError::Ram(RamError::OutsideRam { gpa, pages: 1 }) if gpa == Gpa(2 << 20)),
+        matches!(err, WriteError::Ram(RamSectionError::OutsideRam { gpa, pages: 1 }) if gpa == Gpa(2 << 20)),
         "{err:?}"
     );
 }

@@ -8,10 +8,10 @@ mod common;
 use std::thread;
 
 use common::{GuestRam, Owned, read_body, sample_layout, sample_ram, sample_sections};
-use vfmig_migration::transport::{Address, Connection, connect, listen};
+use vfmig_migration::transport::{Address, StreamConnection, connect, listen};
 
 /// Sends the sample stream on `sender` from another thread while `receiver` reads it.
-fn exchange(sender: Connection, receiver: Connection) -> (Vec<Owned>, GuestRam) {
+fn exchange(sender: StreamConnection, receiver: StreamConnection) -> (Vec<Owned>, GuestRam) {
     let source = sample_ram();
     let writer = thread::spawn(move || {
         let writer = common::write_sample(&sender, &source).expect("write sample");
@@ -43,7 +43,7 @@ fn every_section_type_round_trips_over_tcp_loopback() {
 
 #[test]
 fn every_section_type_round_trips_over_a_unix_socket_pair() {
-    let (sender, receiver) = Connection::unix_pair().unwrap();
+    let (sender, receiver) = StreamConnection::unix_pair().unwrap();
     let (sections, dest) = exchange(sender, receiver);
     assert_sample_received(sections, dest);
 }

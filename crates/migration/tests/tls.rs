@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{GuestRam, read_body, sample_layout, sample_ram, sample_sections};
 use tls_creds::{Ca, good_creds, temp_dir, tls, write_creds};
 use vfmig_migration::transport::{
-    Address, Connection, CredsError, HANDSHAKE_TIMEOUT, Listener, TlsCreds, TransportError,
+    Address, CredsError, HANDSHAKE_TIMEOUT, Listener, StreamConnection, TlsCreds, TransportError,
     TransportSecurity, connect_with, listen_with,
 };
 
@@ -25,7 +25,7 @@ fn tls_listener(security: &TransportSecurity) -> Listener {
 }
 
 /// A connected pair (source, destination) over mutual TLS.
-fn tls_pair(name: &str) -> (Connection, Connection) {
+fn tls_pair(name: &str) -> (StreamConnection, StreamConnection) {
     let security = tls(&good_creds(name), &[]);
     let listener = tls_listener(&security);
     let address = listener.address().clone();
@@ -191,7 +191,7 @@ fn clones_of_a_tls_connection_read_and_write_at_once() {
     let (source, destination) = tls_pair("duplex");
     let pattern =
         |seed: u8| -> Vec<u8> { (0..LEN).map(|i| (i as u8).wrapping_mul(seed)).collect() };
-    let run = |conn: Connection, seed: u8, peer_seed: u8| {
+    let run = |conn: StreamConnection, seed: u8, peer_seed: u8| {
         let reader = conn.try_clone().unwrap();
         let reading = thread::spawn(move || {
             let mut got = Vec::with_capacity(LEN);

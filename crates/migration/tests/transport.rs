@@ -8,11 +8,11 @@ use std::thread;
 use std::time::Duration;
 
 use common::sample_config;
-use vfmig_migration::DeviceId;
+use vfmig_migration::DeviceIndex;
 use vfmig_migration::stream::{
     DeviceChunk, Phase, ReadError, Section, StreamPart, StreamReader, StreamWriter,
 };
-use vfmig_migration::transport::{Address, Connection, TransportError, connect, listen};
+use vfmig_migration::transport::{Address, StreamConnection, TransportError, connect, listen};
 
 fn temp_socket(name: &str) -> Address {
     let dir = std::env::temp_dir().join(format!("vfmig-mig-tr-{}-{name}", std::process::id()));
@@ -76,13 +76,13 @@ fn unix_listener_refuses_a_used_path_and_removes_its_socket() {
 
 #[test]
 fn cancelled_sender_makes_the_blocked_receiver_see_a_truncated_stream() {
-    let (sender, receiver) = Connection::unix_pair().unwrap();
+    let (sender, receiver) = StreamConnection::unix_pair().unwrap();
     let sending = thread::spawn(move || {
         let mut writer = StreamWriter::new(&sender).unwrap();
         writer.write_config(&sample_config()).unwrap();
         writer
             .write_device_chunk(&DeviceChunk {
-                device: DeviceId(1),
+                device: DeviceIndex(1),
                 phase: Phase::PreCopy,
                 iteration: 0,
                 data: b"partial",
@@ -112,7 +112,7 @@ fn cancelled_sender_makes_the_blocked_receiver_see_a_truncated_stream() {
 
 #[test]
 fn shutdown_from_another_thread_unblocks_our_own_reader() {
-    let (sender, receiver) = Connection::unix_pair().unwrap();
+    let (sender, receiver) = StreamConnection::unix_pair().unwrap();
     let canceller = receiver.try_clone().unwrap();
     let reading = thread::spawn(move || StreamReader::new(&receiver).map(|_| ()));
     thread::sleep(Duration::from_millis(50));

@@ -6,12 +6,12 @@ mod common;
 
 use common::{GuestRam, read_all, sample_layout};
 use vfmig_migration::stream::{
-    CURRENT_VERSION, End, FLAG_OPTIONAL, HeaderError, ReadError, StreamHeader, StreamReader,
-    Version, VmConfig, encode_frame,
+    CURRENT_VERSION, End, FLAG_OPTIONAL, HeaderError, ReadError, StreamConfig, StreamHeader,
+    StreamReader, StreamVersion, encode_frame,
 };
 
 /// A stream of `version` holding `frames` (already encoded) after the header.
-fn stream_of(version: Version, frames: &[Vec<u8>]) -> Vec<u8> {
+fn stream_of(version: StreamVersion, frames: &[Vec<u8>]) -> Vec<u8> {
     let mut stream = StreamHeader::new(version).to_bytes().to_vec();
     for frame in frames {
         stream.extend_from_slice(frame);
@@ -20,7 +20,7 @@ fn stream_of(version: Version, frames: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn config_frame() -> Vec<u8> {
-    let config = VmConfig::new(sample_layout(), vec![]).unwrap();
+    let config = StreamConfig::new(sample_layout(), vec![]).unwrap();
     encode_frame(1, 0, &config.encode())
 }
 
@@ -44,7 +44,7 @@ fn read(stream: &[u8]) -> Result<usize, ReadError> {
 #[test]
 fn unknown_major_is_refused_naming_both_versions() {
     for major in [0, 2, 0xffff] {
-        let theirs = Version { major, minor: 3 };
+        let theirs = StreamVersion { major, minor: 3 };
         let stream = stream_of(theirs, &[config_frame()]);
         let err = StreamReader::new(stream.as_slice()).unwrap_err();
         assert!(
@@ -66,12 +66,12 @@ fn unknown_major_is_refused_naming_both_versions() {
 #[test]
 fn higher_minor_is_accepted() {
     let sample = common::sample_stream();
-    let mut stream = StreamHeader::new(Version { major: 1, minor: 7 })
+    let mut stream = StreamHeader::new(StreamVersion { major: 1, minor: 7 })
         .to_bytes()
         .to_vec();
     stream.extend_from_slice(&sample[16..]);
     let mut reader = StreamReader::new(stream.as_slice()).unwrap();
-    assert_eq!(reader.version(), Version { major: 1, minor: 7 });
+    assert_eq!(reader.version(), StreamVersion { major: 1, minor: 7 });
     reader.next_section().unwrap();
     assert_eq!(read(&stream).unwrap(), 13);
 }
@@ -82,7 +82,7 @@ fn optional_section_of_a_newer_minor_is_verified_and_skipped() {
     let optional = encode_frame(0x4001, FLAG_OPTIONAL, b"something new");
     let offset = 16 + config.len() + optional.len();
     let stream = stream_of(
-        Version { major: 1, minor: 1 },
+        StreamVersion { major: 1, minor: 1 },
         &[config.clone(), optional.clone(), end_frame(2, offset)],
     );
     let mut reader = StreamReader::new(stream.as_slice()).unwrap();

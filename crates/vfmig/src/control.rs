@@ -19,7 +19,7 @@
 //!
 //! Every argument of `migrate` but `to` may be left out: it then takes the engine's default
 //! ([`DowntimeLimit::default`], the one place the defaults are written). The framing — lines,
-//! envelope, error classes — is `vfmig_vmm::control`; [`Client`] sends these commands over it.
+//! envelope, error classes — is `vfmig_vmm::control`; [`ControlClient`] sends these commands over it.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ use vfmig_vmm::viommu::ViommuCounters;
 /// A request on the control socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "execute", content = "arguments", rename_all = "kebab-case")]
-pub enum Command {
+pub enum ControlCommand {
     /// The VM's state, devices, guest counters and last migration.
     Status,
     /// Starts a migration, on a thread of its own; `stats` follows it.
@@ -52,7 +52,7 @@ pub enum Command {
     Quit,
 }
 
-impl Command {
+impl ControlCommand {
     /// The `execute` name of every command.
     pub const NAMES: &'static [&'static str] = &[
         "status", "migrate", "cancel", "stats", "digest", "stop", "cont", "quit",
@@ -61,14 +61,14 @@ impl Command {
     /// The `execute` name of this command.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Status => "status",
-            Command::Migrate(_) => "migrate",
-            Command::Cancel => "cancel",
-            Command::Stats => "stats",
-            Command::Digest => "digest",
-            Command::Stop => "stop",
-            Command::Cont => "cont",
-            Command::Quit => "quit",
+            ControlCommand::Status => "status",
+            ControlCommand::Migrate(_) => "migrate",
+            ControlCommand::Cancel => "cancel",
+            ControlCommand::Stats => "stats",
+            ControlCommand::Digest => "digest",
+            ControlCommand::Stop => "stop",
+            ControlCommand::Cont => "cont",
+            ControlCommand::Quit => "quit",
         }
     }
 }
@@ -86,7 +86,7 @@ pub struct MigrateArgs {
 /// What a command returns.
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
-pub enum Reply {
+pub enum ControlReply {
     /// Of `status`.
     Status(Box<VmStatus>),
     /// Of `stats`.
@@ -104,7 +104,7 @@ pub struct Done {}
 /// Whether the guest runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum VmState {
+pub enum RunState {
     /// No VM yet: an incoming migration is awaited.
     Incoming,
     /// The guest is paused.
@@ -127,7 +127,7 @@ pub enum IncomingState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmStatus {
     /// Whether the guest runs.
-    pub state: VmState,
+    pub state: RunState,
     /// The incoming migration, for a VM started with `--incoming`.
     pub incoming: Option<IncomingState>,
     /// The VM, once it exists.
@@ -175,14 +175,14 @@ pub struct GuestCounters {
 /// The sending end of a control socket: one method per command, each returning its typed
 /// result.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub struct ControlClient {
     path: PathBuf,
 }
 
-impl Client {
+impl ControlClient {
     /// A client of the control socket at `path` (connected afresh for each command).
-    pub fn new(path: impl Into<PathBuf>) -> Client {
-        Client { path: path.into() }
+    pub fn new(path: impl Into<PathBuf>) -> ControlClient {
+        ControlClient { path: path.into() }
     }
 
     /// The socket's path.
@@ -192,45 +192,45 @@ impl Client {
 
     /// `status`.
     pub fn status(&self) -> Result<VmStatus, RequestError> {
-        request(&self.path, &Command::Status)
+        request(&self.path, &ControlCommand::Status)
     }
 
     /// `migrate`.
     pub fn migrate(&self, args: MigrateArgs) -> Result<(), RequestError> {
-        self.done(&Command::Migrate(args))
+        self.done(&ControlCommand::Migrate(args))
     }
 
     /// `cancel`.
     pub fn cancel(&self) -> Result<(), RequestError> {
-        self.done(&Command::Cancel)
+        self.done(&ControlCommand::Cancel)
     }
 
     /// `stats`.
     pub fn stats(&self) -> Result<MigrationStatus, RequestError> {
-        request(&self.path, &Command::Stats)
+        request(&self.path, &ControlCommand::Stats)
     }
 
     /// `digest`.
     pub fn digest(&self) -> Result<VmDigest, RequestError> {
-        request(&self.path, &Command::Digest)
+        request(&self.path, &ControlCommand::Digest)
     }
 
     /// `stop`.
     pub fn stop(&self) -> Result<(), RequestError> {
-        self.done(&Command::Stop)
+        self.done(&ControlCommand::Stop)
     }
 
     /// `cont`.
     pub fn cont(&self) -> Result<(), RequestError> {
-        self.done(&Command::Cont)
+        self.done(&ControlCommand::Cont)
     }
 
     /// `quit`.
     pub fn quit(&self) -> Result<(), RequestError> {
-        self.done(&Command::Quit)
+        self.done(&ControlCommand::Quit)
     }
 
-    fn done(&self, command: &Command) -> Result<(), RequestError> {
+    fn done(&self, command: &ControlCommand) -> Result<(), RequestError> {
         request::<_, Done>(&self.path, command).map(|Done {}| ())
     }
 }
@@ -243,20 +243,20 @@ mod tests {
 
     use super::*;
 
-    fn every_command() -> Vec<Command> {
+    fn every_command() -> Vec<ControlCommand> {
         let to: Address = "tcp:127.0.0.1:4444".parse().unwrap();
         vec![
-            Command::Status,
-            Command::Migrate(MigrateArgs {
+            ControlCommand::Status,
+            ControlCommand::Migrate(MigrateArgs {
                 to,
                 policy: DowntimeLimit::default(),
             }),
-            Command::Cancel,
-            Command::Stats,
-            Command::Digest,
-            Command::Stop,
-            Command::Cont,
-            Command::Quit,
+            ControlCommand::Cancel,
+            ControlCommand::Stats,
+            ControlCommand::Digest,
+            ControlCommand::Stop,
+            ControlCommand::Cont,
+            ControlCommand::Quit,
         ]
     }
 
@@ -267,26 +267,26 @@ mod tests {
             .map(|c| serde_json::to_value(c).unwrap()["execute"].to_string())
             .map(|n| n.trim_matches('"').to_string())
             .collect();
-        assert_eq!(names, Command::NAMES);
+        assert_eq!(names, ControlCommand::NAMES);
         for c in every_command() {
-            assert!(Command::NAMES.contains(&c.name()), "{c:?}");
+            assert!(ControlCommand::NAMES.contains(&c.name()), "{c:?}");
         }
     }
 
     #[test]
     fn a_command_without_arguments_is_just_its_name() {
         assert_eq!(
-            serde_json::to_value(Command::Status).unwrap(),
+            serde_json::to_value(ControlCommand::Status).unwrap(),
             json!({"execute": "status"})
         );
     }
 
     #[test]
     fn migrate_arguments_left_out_take_the_engines_defaults() {
-        let c: Command =
+        let c: ControlCommand =
             serde_json::from_value(json!({"execute": "migrate", "arguments": {"to": "unix:/s"}}))
                 .unwrap();
-        let Command::Migrate(args) = c else {
+        let ControlCommand::Migrate(args) = c else {
             panic!("{c:?}")
         };
         assert_eq!(args.policy, DowntimeLimit::default());
@@ -294,13 +294,13 @@ mod tests {
 
     #[test]
     fn every_migrate_parameter_is_read_from_the_request() {
-        let c: Command = serde_json::from_value(json!({"execute": "migrate", "arguments": {
+        let c: ControlCommand = serde_json::from_value(json!({"execute": "migrate", "arguments": {
             "to": "tcp:h:1", "downtime_ms": 5, "max_iterations": 6, "max_time_ms": 7
         }}))
         .unwrap();
         assert_eq!(
             c,
-            Command::Migrate(MigrateArgs {
+            ControlCommand::Migrate(MigrateArgs {
                 to: "tcp:h:1".parse().unwrap(),
                 policy: DowntimeLimit {
                     limit: Duration::from_millis(5),
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_bad_destination_is_refused_when_the_request_is_read() {
-        let r = serde_json::from_value::<Command>(
+        let r = serde_json::from_value::<ControlCommand>(
             json!({"execute": "migrate", "arguments": {"to": "ftp:x"}}),
         );
         assert!(r.unwrap_err().to_string().contains("tcp: or unix:"));
@@ -323,7 +323,7 @@ mod tests {
     #[test]
     fn an_incoming_status_has_no_vm_fields() {
         let s = VmStatus {
-            state: VmState::Incoming,
+            state: RunState::Incoming,
             incoming: Some(IncomingState::Waiting),
             vm: None,
         };

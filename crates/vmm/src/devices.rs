@@ -15,7 +15,7 @@ use crate::ram::GuestRam;
 
 /// Why a device could not be attached or used.
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub enum AttachError {
     /// The device process could not be started.
     #[error("device {id}: cannot start {program}: {source}")]
     Spawn {
@@ -96,13 +96,13 @@ impl std::fmt::Debug for AttachedDevice {
     }
 }
 
-fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, DeviceError> {
+fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, AttachError> {
     let start = Instant::now();
     loop {
         match Client::connect(socket, ClientConfig::default()) {
             Ok(client) => return Ok(client),
             Err(last) if start.elapsed() >= timeout => {
-                return Err(DeviceError::Connect {
+                return Err(AttachError::Connect {
                     id: id.to_string(),
                     socket: socket.display().to_string(),
                     waited: start.elapsed(),
@@ -116,7 +116,7 @@ fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, DeviceE
 
 impl AttachedDevice {
     /// Starts `program device <kind> --socket <dir>/<id>.sock <args>` and connects to it.
-    pub fn spawn(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, DeviceError> {
+    pub fn spawn(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, AttachError> {
         let socket = dir.join(format!("{}.sock", spec.id));
         let mut command = Command::new(program);
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
@@ -145,7 +145,7 @@ impl AttachedDevice {
             .args(&spec.args)
             .stdin(Stdio::null())
             .spawn()
-            .map_err(|source| DeviceError::Spawn {
+            .map_err(|source| AttachError::Spawn {
                 id: spec.id.clone(),
                 program: program.display().to_string(),
                 source,
@@ -166,7 +166,7 @@ impl AttachedDevice {
     }
 
     /// Connects to a device served on `socket` by someone else.
-    pub fn connect(spec: DeviceSpec, socket: &Path) -> Result<Self, DeviceError> {
+    pub fn connect(spec: DeviceSpec, socket: &Path) -> Result<Self, AttachError> {
         let client = connect(&spec.id, socket, Duration::from_secs(10))?;
         Ok(AttachedDevice {
             spec,
@@ -177,7 +177,7 @@ impl AttachedDevice {
     }
 
     /// Maps every RAM region into the device's container, by fd.
-    pub fn map_ram(&self, ram: &GuestRam, window: Option<(u64, u64)>) -> Result<(), DeviceError> {
+    pub fn map_ram(&self, ram: &GuestRam, window: Option<(u64, u64)>) -> Result<(), AttachError> {
         for r in ram.regions() {
             let (start, end) = (r.gpa(), r.gpa() + r.size());
             // A window inside the region is mapped on its own, so it can be unmapped alone.
@@ -202,16 +202,16 @@ impl AttachedDevice {
     }
 
     /// A guest RAM failure while serving this device.
-    pub fn ram_error(&self, e: crate::ram::RamError) -> DeviceError {
-        DeviceError::Ram {
+    pub fn ram_error(&self, e: crate::ram::RamError) -> AttachError {
+        AttachError::Ram {
             id: self.spec.id.clone(),
             source: e,
         }
     }
 
     /// An error of a request to this device.
-    pub fn request(&self, what: &'static str, source: ClientError) -> DeviceError {
-        DeviceError::Request {
+    pub fn request(&self, what: &'static str, source: ClientError) -> AttachError {
+        AttachError::Request {
             id: self.spec.id.clone(),
             what,
             source: Box::new(source),

@@ -25,7 +25,7 @@ pub mod viommu;
 mod vm;
 mod workload;
 
-pub use devices::{AttachedDevice, DeviceError, DeviceSpec};
+pub use devices::{AttachError, AttachedDevice, DeviceSpec};
 pub use gate::{Gate, Running};
 pub use machine::{GuestProgram, Machine, MachineError};
 pub use pci::PciConfigState;

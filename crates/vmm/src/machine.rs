@@ -38,7 +38,7 @@ const BOOT_AREA: usize = vfmig_kvm::MIN_RAM;
 pub enum MachineError {
     /// KVM refused something, with its errno.
     #[error("KVM: {0}")]
-    Kvm(#[from] vfmig_kvm::VmError),
+    Kvm(#[from] vfmig_kvm::KvmError),
     /// Capturing or restoring KVM state failed.
     #[error("KVM state: {0}")]
     State(#[from] vfmig_kvm::StateError),
@@ -102,7 +102,7 @@ struct Router {
     registered: Mutex<Vec<u8>>,
 }
 
-fn os(e: vfmig_kvm::VmError) -> io::Error {
+fn os(e: vfmig_kvm::KvmError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
@@ -141,7 +141,7 @@ struct Exits {
 }
 
 impl Exits {
-    fn result(&self, r: Result<bool, crate::devices::DeviceError>, data: Option<&mut [u8]>) {
+    fn result(&self, r: Result<bool, crate::devices::AttachError>, data: Option<&mut [u8]>) {
         self.exits.fetch_add(1, Ordering::Relaxed);
         match r {
             Ok(true) => {}
@@ -325,7 +325,7 @@ impl Machine {
     /// A KVM VM with the dirty bitmap (measured faster than the dirty ring here: see
     /// `vfmig-kvm`'s docs).
     pub fn create_vm() -> Result<Arc<KvmVm>, MachineError> {
-        Ok(Arc::new(KvmVm::new(vfmig_kvm::VmConfig {
+        Ok(Arc::new(KvmVm::new(vfmig_kvm::KvmConfig {
             pit: false,
             dirty_tracking: DirtyTracking::Bitmap,
         })?))
@@ -333,7 +333,7 @@ impl Machine {
 
     /// True if this host can run a KVM guest (`/dev/kvm` opens and has what we need).
     pub fn available() -> bool {
-        KvmVm::new(vfmig_kvm::VmConfig::default()).is_ok()
+        KvmVm::new(vfmig_kvm::KvmConfig::default()).is_ok()
     }
 
     /// What the guest program was started with.

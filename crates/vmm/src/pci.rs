@@ -26,7 +26,7 @@ use vfmig_vfio_user::client::IrqValues;
 use vfmig_vfio_user::message::IrqAction;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::devices::{AttachedDevice, DeviceError};
+use crate::devices::{AttachError, AttachedDevice};
 
 /// The configuration address port.
 pub const CONFIG_ADDRESS: u16 = 0xcf8;
@@ -51,7 +51,7 @@ const MSI_IMAGE: usize = 14;
 
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum BarKind {
+pub enum BarDecode {
     /// I/O space.
     Io,
     /// 32-bit memory space.
@@ -63,7 +63,7 @@ pub enum BarKind {
 /// One BAR as the device has it: kind and size fixed when the device is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bar {
-    kind: BarKind,
+    kind: BarDecode,
     size: u64,
     /// The low bits of the register (space, type, prefetchable), as the device reports them.
     flags: u32,
@@ -74,7 +74,7 @@ impl Bar {
     fn mask(self) -> u32 {
         // Sizes are powers of two of at least 4 (I/O) or 16 (memory) bytes.
         let low = u32::try_from(self.size.min(1 << 31)).unwrap_or(1 << 31);
-        let flag_bits = if self.kind == BarKind::Io { 0x3 } else { 0xf };
+        let flag_bits = if self.kind == BarDecode::Io { 0x3 } else { 0xf };
         !(low - 1) & !flag_bits
     }
 }
@@ -177,33 +177,33 @@ impl std::fmt::Debug for PciBus {
     }
 }
 
-fn read_config(dev: &AttachedDevice, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+fn read_config(dev: &AttachedDevice, offset: u64, buf: &mut [u8]) -> Result<(), AttachError> {
     dev.client()
         .region_read(VFIO_PCI_CONFIG_REGION_INDEX, offset, buf)
         .map_err(|e| dev.request("read configuration space", e))
 }
 
-fn write_config(dev: &AttachedDevice, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+fn write_config(dev: &AttachedDevice, offset: u64, data: &[u8]) -> Result<(), AttachError> {
     dev.client()
         .region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
         .map_err(|e| dev.request("write configuration space", e))
 }
 
-fn config_u32(dev: &AttachedDevice, offset: u64) -> Result<u32, DeviceError> {
+fn config_u32(dev: &AttachedDevice, offset: u64) -> Result<u32, AttachError> {
     let mut b = [0; 4];
     read_config(dev, offset, &mut b)?;
     Ok(u32::from_le_bytes(b))
 }
 
-fn invalid(dev: &AttachedDevice, what: String) -> DeviceError {
-    DeviceError::Invalid {
+fn invalid(dev: &AttachedDevice, what: String) -> AttachError {
+    AttachError::Invalid {
         id: dev.id().to_string(),
         what,
     }
 }
 
 /// The device's BARs: kinds from its BAR registers, sizes from REGION_INFO.
-fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], DeviceError> {
+fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], AttachError> {
     let mut bars = [None; BARS];
     let mut i = 0;
     while i < BARS {
@@ -214,16 +214,16 @@ fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], DeviceError> 
             .region_info(index)
             .map_err(|e| dev.request("REGION_INFO of a BAR", e))?;
         let kind = if register & 1 == 1 {
-            BarKind::Io
+            BarDecode::Io
         } else if register & 0x6 == 0x4 {
-            BarKind::Memory64
+            BarDecode::Memory64
         } else {
-            BarKind::Memory32
+            BarDecode::Memory32
         };
         let (min, max) = match kind {
-            BarKind::Io => (4, 1 << 16),
-            BarKind::Memory32 => (16, 1 << 31),
-            BarKind::Memory64 => (16, 1 << 40),
+            BarDecode::Io => (4, 1 << 16),
+            BarDecode::Memory32 => (16, 1 << 31),
+            BarDecode::Memory64 => (16, 1 << 40),
         };
         if region.size != 0 {
             if !region.size.is_power_of_two() || region.size < min || region.size > max {
@@ -232,20 +232,20 @@ fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], DeviceError> 
                     format!("BAR{i} of {} bytes is not a PCI BAR size", region.size),
                 ));
             }
-            let flag_bits = if kind == BarKind::Io { 0x3 } else { 0xf };
+            let flag_bits = if kind == BarDecode::Io { 0x3 } else { 0xf };
             bars[i] = Some(Bar {
                 kind,
                 size: region.size,
                 flags: register & flag_bits,
             });
         }
-        i += if kind == BarKind::Memory64 { 2 } else { 1 };
+        i += if kind == BarDecode::Memory64 { 2 } else { 1 };
     }
     Ok(bars)
 }
 
 /// The MSI capability, found by walking the capability list.
-fn probe_msi(dev: &AttachedDevice) -> Result<Option<MsiCap>, DeviceError> {
+fn probe_msi(dev: &AttachedDevice) -> Result<Option<MsiCap>, AttachError> {
     let mut status = [0; 2];
     read_config(dev, 0x06, &mut status)?;
     if u16::from_le_bytes(status) & 0x10 == 0 {
@@ -289,7 +289,7 @@ impl Function {
         let bar = self.bars.get(i).copied().flatten()?;
         let low = u64::from(self.state.bars[i] & bar.mask());
         let high = match bar.kind {
-            BarKind::Memory64 => u64::from(self.state.bars.get(i + 1).copied().unwrap_or(0)),
+            BarDecode::Memory64 => u64::from(self.state.bars.get(i + 1).copied().unwrap_or(0)),
             _ => 0,
         };
         Some(low | high << 32)
@@ -301,7 +301,7 @@ impl Function {
             Some(bar) => self.state.bars[i] & bar.mask() | bar.flags,
             None => match i.checked_sub(1).and_then(|p| self.bars[p]) {
                 // The upper half of a 64-bit BAR: address bits above the size are writable.
-                Some(low) if low.kind == BarKind::Memory64 => {
+                Some(low) if low.kind == BarDecode::Memory64 => {
                     let high_mask = !u32::try_from((low.size - 1) >> 32).unwrap_or(u32::MAX);
                     self.state.bars[i] & high_mask
                 }
@@ -333,7 +333,7 @@ impl Function {
     fn windows(&self, slot: usize) -> impl Iterator<Item = Window> + '_ {
         (0..BARS).filter_map(move |i| {
             let bar = self.bars[i]?;
-            let io = bar.kind == BarKind::Io;
+            let io = bar.kind == BarDecode::Io;
             let enable = if io { COMMAND_IO } else { COMMAND_MEMORY };
             let base = self.bar_address(i)?;
             (self.state.command & enable != 0 && base != 0).then_some(Window {
@@ -353,9 +353,9 @@ impl PciBus {
     pub fn new(
         devices: Arc<Vec<AttachedDevice>>,
         router: Arc<dyn InterruptRouter>,
-    ) -> Result<PciBus, DeviceError> {
+    ) -> Result<PciBus, AttachError> {
         if devices.len() > 32 {
-            return Err(DeviceError::Invalid {
+            return Err(AttachError::Invalid {
                 id: "pci".into(),
                 what: format!("{} devices: one bus holds 32", devices.len()),
             });
@@ -407,7 +407,7 @@ impl PciBus {
 
     /// A port read by the guest, if it is the bus's (configuration mechanism #1); `Ok(false)`
     /// for a port that is not.
-    pub fn pio_read(&self, port: u16, data: &mut [u8]) -> Result<bool, DeviceError> {
+    pub fn pio_read(&self, port: u16, data: &mut [u8]) -> Result<bool, AttachError> {
         match port {
             CONFIG_ADDRESS if data.len() == 4 => {
                 data.copy_from_slice(&self.address.load(Ordering::Relaxed).to_le_bytes());
@@ -422,7 +422,7 @@ impl PciBus {
     }
 
     /// A port write by the guest; `Ok(false)` for a port that is not the bus's.
-    pub fn pio_write(&self, port: u16, data: &[u8]) -> Result<bool, DeviceError> {
+    pub fn pio_write(&self, port: u16, data: &[u8]) -> Result<bool, AttachError> {
         match port {
             CONFIG_ADDRESS if data.len() == 4 => {
                 let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -439,16 +439,16 @@ impl PciBus {
     }
 
     /// A guest read of MMIO at `gpa`; `Ok(false)` if no BAR decodes it.
-    pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) -> Result<bool, DeviceError> {
+    pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) -> Result<bool, AttachError> {
         self.bar_access(false, gpa, Access::Read(data))
     }
 
     /// A guest write of MMIO at `gpa`; `Ok(false)` if no BAR decodes it.
-    pub fn mmio_write(&self, gpa: u64, data: &[u8]) -> Result<bool, DeviceError> {
+    pub fn mmio_write(&self, gpa: u64, data: &[u8]) -> Result<bool, AttachError> {
         self.bar_access(false, gpa, Access::Write(data))
     }
 
-    fn bar_access(&self, io: bool, addr: u64, access: Access<'_>) -> Result<bool, DeviceError> {
+    fn bar_access(&self, io: bool, addr: u64, access: Access<'_>) -> Result<bool, AttachError> {
         let len = access.len();
         let hit = self
             .windows
@@ -477,7 +477,7 @@ impl PciBus {
         Ok(true)
     }
 
-    fn config_read(&self, slot: usize, register: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn config_read(&self, slot: usize, register: u64, data: &mut [u8]) -> Result<(), AttachError> {
         let (Some(f), Some(dev)) = (self.function(slot), self.devices.get(slot)) else {
             data.fill(0xff);
             return Ok(());
@@ -511,7 +511,7 @@ impl PciBus {
         Ok(())
     }
 
-    fn config_write(&self, slot: usize, register: u64, data: &[u8]) -> Result<(), DeviceError> {
+    fn config_write(&self, slot: usize, register: u64, data: &[u8]) -> Result<(), AttachError> {
         let (Some(mut f), Some(dev)) = (self.function(slot), self.devices.get(slot)) else {
             return Ok(());
         };
@@ -564,7 +564,7 @@ impl PciBus {
         dev: &AttachedDevice,
         slot: usize,
         f: &mut Function,
-    ) -> Result<(), DeviceError> {
+    ) -> Result<(), AttachError> {
         let Some(cap) = f.msi_cap else {
             return Ok(());
         };
@@ -632,9 +632,9 @@ impl PciBus {
     /// Writes back what the guest programmed (after the devices' own data was restored):
     /// the VMM's copy, the command register and MSI capability into each device, and the
     /// MSI routes.
-    pub fn restore(&self, states: &[PciConfigState]) -> Result<(), DeviceError> {
+    pub fn restore(&self, states: &[PciConfigState]) -> Result<(), AttachError> {
         if states.len() != self.functions.len() {
-            return Err(DeviceError::Invalid {
+            return Err(AttachError::Invalid {
                 id: "pci".into(),
                 what: format!(
                     "configuration of {} functions for a bus of {}",

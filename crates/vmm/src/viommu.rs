@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use vfmig_iommu::Prot;
 use vfmig_memory::Iova;
 
-use crate::devices::{AttachedDevice, DeviceError};
+use crate::devices::{AttachError, AttachedDevice};
 use crate::ram::GuestRam;
 
 /// The remapped window: 1 MiB at 1 MiB, where the dma-engines' DMA buffers live.
@@ -57,7 +57,7 @@ impl Viommu {
     }
 
     /// Unmaps the window from `dev` (with its dirty bitmap while tracking) and maps it again.
-    pub fn remap(&self, dev: &AttachedDevice, ram: &GuestRam) -> Result<(), DeviceError> {
+    pub fn remap(&self, dev: &AttachedDevice, ram: &GuestRam) -> Result<(), AttachError> {
         let (gpa, size) = WINDOW;
         let client = dev.client();
         if self.tracking.load(Ordering::Acquire) {

@@ -7,7 +7,7 @@ use vfmig_device::DIGEST_REGION_INDEX;
 use vfmig_device::digest::Digest;
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
-use crate::devices::{AttachedDevice, DeviceError, DeviceSpec};
+use crate::devices::{AttachError, AttachedDevice, DeviceSpec};
 use crate::gate::Gate;
 use crate::machine::{GuestProgram, Machine, MachineError};
 use crate::pci::{PciBus, PciConfigState};
@@ -27,7 +27,7 @@ pub enum VmError {
     Ram(#[from] RamError),
     /// A device.
     #[error(transparent)]
-    Device(#[from] DeviceError),
+    Device(#[from] AttachError),
     /// The KVM guest.
     #[error(transparent)]
     Machine(#[from] MachineError),

@@ -21,7 +21,7 @@ use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, Op};
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
 use vfmig_vfio_user::Client;
 
-use crate::devices::{AttachedDevice, DeviceError};
+use crate::devices::{AttachError, AttachedDevice};
 use crate::gate::Gate;
 use crate::ram::GuestRam;
 use crate::viommu::Viommu;
@@ -86,7 +86,7 @@ impl std::fmt::Debug for Workload {
 
 /// Programs each dma-engine's ring (enabled, empty). Only for a fresh VM: a migrated one
 /// inherits its devices' registers.
-pub fn init_drivers(devices: &[AttachedDevice]) -> Result<(), DeviceError> {
+pub fn init_drivers(devices: &[AttachedDevice]) -> Result<(), AttachError> {
     for (i, dev) in dma_engines(devices) {
         let c = dev.client();
         let ring = RING_BASE + i * CONTAINER_PAGE_SIZE.bytes();
@@ -344,7 +344,7 @@ fn drive_dma(c: &Client, ram: &GuestRam, index: u64, op: u64) -> Result<(), Driv
 #[derive(Debug, thiserror::Error)]
 enum DriveError {
     #[error(transparent)]
-    Remap(Box<DeviceError>),
+    Remap(Box<AttachError>),
     #[error(transparent)]
     Client(#[from] vfmig_vfio_user::ClientError),
     #[error(transparent)]

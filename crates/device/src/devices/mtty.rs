@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 
 use vfmig_abi::StateKind;
 
-use crate::migratable::{Migratable, MigrationError};
+use crate::migratable::{Migratable, MigratableError};
 use crate::model::{Bar, DeviceContext, DeviceError, DeviceModel};
 use crate::pci::{BarKind, PciIdentity};
 
@@ -170,10 +170,10 @@ impl Port {
         out.extend_from_slice(&fifo);
     }
 
-    fn load(b: &[u8; PORT_STATE]) -> Result<Port, MigrationError> {
+    fn load(b: &[u8; PORT_STATE]) -> Result<Port, MigratableError> {
         let len = usize::from(b[10]);
         if len > FIFO || b[8] > 1 || b[9] > 1 {
-            return Err(MigrationError::bad_chunk("mtty port state out of range"));
+            return Err(MigratableError::bad_chunk("mtty port state out of range"));
         }
         Ok(Port {
             ier: b[0],
@@ -296,36 +296,36 @@ impl DeviceModel for Mtty {
 }
 
 impl Migratable for Mtty {
-    fn set_state(&mut self, _from: StateKind, to: StateKind) -> Result<(), MigrationError> {
+    fn set_state(&mut self, _from: StateKind, to: StateKind) -> Result<(), MigratableError> {
         // The state is a few dozen bytes: nothing is sent in pre-copy, all of it at stop.
         self.unsent = to == StateKind::StopCopy;
         Ok(())
     }
 
-    fn pending_bytes(&mut self) -> Result<u64, MigrationError> {
+    fn pending_bytes(&mut self) -> Result<u64, MigratableError> {
         Ok(if self.unsent { STATE_LEN as u64 } else { 0 })
     }
 
-    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError> {
         if !self.unsent {
             return Ok(0);
         }
         let state = self.encode();
         let dst = buf.get_mut(..state.len()).ok_or_else(|| {
-            MigrationError::new(libc::ENOSPC, "data section smaller than the mtty state")
+            MigratableError::new(libc::ENOSPC, "data section smaller than the mtty state")
         })?;
         dst.copy_from_slice(&state);
         self.unsent = false;
         Ok(state.len())
     }
 
-    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError> {
+    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigratableError> {
         if chunk.len() != STATE_LEN || &chunk[..4] != MAGIC {
-            return Err(MigrationError::bad_chunk("not an mtty state chunk"));
+            return Err(MigratableError::bad_chunk("not an mtty state chunk"));
         }
         let version = u16::from_le_bytes([chunk[4], chunk[5]]);
         if version != VERSION {
-            return Err(MigrationError::bad_chunk(format!(
+            return Err(MigratableError::bad_chunk(format!(
                 "mtty state version {version}, expected {VERSION}"
             )));
         }
@@ -334,7 +334,7 @@ impl Migratable for Mtty {
             let at = 6 + i * PORT_STATE;
             let raw: &[u8; PORT_STATE] = chunk[at..at + PORT_STATE]
                 .try_into()
-                .map_err(|_| MigrationError::bad_chunk("short mtty port state"))?;
+                .map_err(|_| MigratableError::bad_chunk("short mtty port state"))?;
             *port = Port::load(raw)?;
         }
         self.ports = ports;

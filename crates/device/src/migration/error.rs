@@ -3,7 +3,7 @@
 use vfmig_abi::migration_info::Field;
 use vfmig_abi::{DeviceState, StateKind};
 
-use crate::migratable::MigrationError;
+use crate::migratable::MigratableError;
 
 /// Why an access to the migration region was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub enum AccessError {
     InError,
     /// The device failed; a failed transition or load left it in the error state.
     #[error("device: {0}")]
-    Device(#[from] MigrationError),
+    Device(#[from] MigratableError),
     /// The shared data section could not be accessed.
     #[error("data section: {0}")]
     Memory(String),

@@ -8,7 +8,7 @@ use vfmig_abi::migration_info::{
 use vfmig_abi::{DeviceState, StateKind};
 
 use super::*;
-use crate::migratable::{Migratable, MigrationError};
+use crate::migratable::{Migratable, MigratableError};
 
 /// A device whose state is a byte vector, saved in chunks of `chunk` bytes.
 #[derive(Default)]
@@ -34,9 +34,9 @@ impl Blob {
 }
 
 impl Migratable for Blob {
-    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigrationError> {
+    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigratableError> {
         if self.fail_transition {
-            return Err(MigrationError::new(libc::EIO, "refused"));
+            return Err(MigratableError::new(libc::EIO, "refused"));
         }
         if to == StateKind::PreCopy || (to == StateKind::StopCopy && from != StateKind::PreCopy) {
             self.cursor = 0;
@@ -44,10 +44,10 @@ impl Migratable for Blob {
         self.transitions.push((from, to));
         Ok(())
     }
-    fn pending_bytes(&mut self) -> Result<u64, MigrationError> {
+    fn pending_bytes(&mut self) -> Result<u64, MigratableError> {
         Ok((self.state.len() - self.cursor) as u64)
     }
-    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError> {
         let n = self
             .chunk
             .min(buf.len())
@@ -56,9 +56,9 @@ impl Migratable for Blob {
         self.cursor += n;
         Ok(n)
     }
-    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError> {
+    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigratableError> {
         if self.fail_load {
-            return Err(MigrationError::bad_chunk("corrupt"));
+            return Err(MigratableError::bad_chunk("corrupt"));
         }
         self.loaded.extend_from_slice(chunk);
         Ok(())

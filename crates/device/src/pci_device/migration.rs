@@ -7,7 +7,7 @@
 
 use vfmig_abi::StateKind;
 
-use crate::migratable::{Migratable, MigrationError};
+use crate::migratable::{Migratable, MigratableError};
 use crate::pci::ConfigSpace;
 
 /// Tag of a chunk the model produced.
@@ -26,13 +26,13 @@ pub(crate) struct PciMigration<'a> {
 }
 
 impl Migratable for PciMigration<'_> {
-    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigrationError> {
+    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigratableError> {
         self.model.set_state(from, to)?;
         *self.config_pending = to == StateKind::StopCopy;
         Ok(())
     }
 
-    fn pending_bytes(&mut self) -> Result<u64, MigrationError> {
+    fn pending_bytes(&mut self) -> Result<u64, MigratableError> {
         let config = if *self.config_pending {
             CONFIG_CHUNK
         } else {
@@ -41,9 +41,9 @@ impl Migratable for PciMigration<'_> {
         Ok(self.model.pending_bytes()?.saturating_add(config))
     }
 
-    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError> {
         let Some((tag, body)) = buf.split_first_mut() else {
-            return Err(MigrationError::new(libc::ENOSPC, "no room for a chunk"));
+            return Err(MigratableError::new(libc::ENOSPC, "no room for a chunk"));
         };
         if self.model.pending_bytes()? > 0 {
             let n = self.model.save_chunk(body)?;
@@ -58,27 +58,27 @@ impl Migratable for PciMigration<'_> {
         let config = self.config.bytes();
         let dst = body
             .get_mut(..config.len())
-            .ok_or_else(|| MigrationError::new(libc::ENOSPC, "no room for the config space"))?;
+            .ok_or_else(|| MigratableError::new(libc::ENOSPC, "no room for the config space"))?;
         dst.copy_from_slice(config);
         *tag = TAG_CONFIG;
         *self.config_pending = false;
         Ok(config.len() + 1)
     }
 
-    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError> {
+    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigratableError> {
         match chunk.split_first() {
             Some((&TAG_MODEL, body)) => self.model.load_chunk(body),
             Some((&TAG_CONFIG, body)) => {
                 let saved: &[u8; 256] = body
                     .try_into()
-                    .map_err(|_| MigrationError::bad_chunk("config chunk is not 256 bytes"))?;
+                    .map_err(|_| MigratableError::bad_chunk("config chunk is not 256 bytes"))?;
                 self.config.restore(saved);
                 Ok(())
             }
-            Some((tag, _)) => Err(MigrationError::bad_chunk(format!(
+            Some((tag, _)) => Err(MigratableError::bad_chunk(format!(
                 "unknown chunk tag {tag}"
             ))),
-            None => Err(MigrationError::bad_chunk("empty chunk")),
+            None => Err(MigratableError::bad_chunk("empty chunk")),
         }
     }
 }

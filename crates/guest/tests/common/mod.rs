@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vfmig_guest::layout::{BOOT_PAGE_GPA, PAGE_SIZE, STATUS_PAGE_GPA};
 use vfmig_guest::{BootPage, IMAGE, StatusPage, Workloads};
 use vfmig_kvm::{
-    ExitHandler, KvmVm, Memslot, RunEnd, RunError, Vcpu, VcpuControl, VmConfig, load_image,
+    ExitHandler, KvmConfig, KvmVm, Memslot, RunEnd, RunError, Vcpu, VcpuControl, load_image,
     write_tables,
 };
 use zerocopy::{FromBytes, IntoBytes};
@@ -190,7 +190,7 @@ impl Guest {
         ram.bytes_mut()[at..at + size_of::<BootPage>()].copy_from_slice(boot.as_bytes());
         let ram = Arc::new(ram);
 
-        let vm = Arc::new(KvmVm::new(VmConfig::default()).expect("a KVM VM"));
+        let vm = Arc::new(KvmVm::new(KvmConfig::default()).expect("a KVM VM"));
         // SAFETY: `ram` lives in this Guest beside the VM, which `Drop` stops using first
         // (the vCPU threads are joined before either is dropped).
         unsafe {

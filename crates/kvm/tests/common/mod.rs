@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use vfmig_kvm::{
-    ExitHandler, KvmVm, Memslot, RunEnd, RunError, Vcpu, VcpuControl, VmConfig, load_image,
+    ExitHandler, KvmConfig, KvmVm, Memslot, RunEnd, RunError, Vcpu, VcpuControl, load_image,
     write_tables,
 };
 
@@ -107,7 +107,7 @@ pub const RAM_SIZE: usize = 8 << 20;
 
 impl TestVm {
     pub fn boot(image: &[u8], vcpus: u32) -> TestVm {
-        TestVm::boot_with(image, vcpus, VmConfig::default(), |_| {})
+        TestVm::boot_with(image, vcpus, KvmConfig::default(), |_| {})
     }
 
     /// Boots with `config`; `prepare` writes into RAM (the boot page, say) before the
@@ -115,7 +115,7 @@ impl TestVm {
     pub fn boot_with(
         image: &[u8],
         vcpus: u32,
-        config: VmConfig,
+        config: KvmConfig,
         prepare: impl FnOnce(&mut [u8]),
     ) -> TestVm {
         let mut ram = Ram::new(RAM_SIZE);
@@ -130,7 +130,7 @@ impl TestVm {
     }
 
     /// A VM over `ram` with `vcpus` vCPUs in KVM's reset state.
-    pub fn fresh_vm(ram: &Ram, vcpus: u32, config: VmConfig) -> (Arc<KvmVm>, Vec<Vcpu>) {
+    pub fn fresh_vm(ram: &Ram, vcpus: u32, config: KvmConfig) -> (Arc<KvmVm>, Vec<Vcpu>) {
         let vm = Arc::new(KvmVm::new(config).unwrap());
         // SAFETY: `ram` outlives the VM in every test (both live in one TestVm, the VM
         // dropped with it, or `ram` outlives the test's VM by construction).

@@ -60,8 +60,8 @@ pub use status::{MigrationState, MigrationStatus, Progress};
 
 use vfmig_vmm::Vm;
 
-use crate::DeviceId;
-use crate::stream::{DeviceDesc, RamLayout, RamRegion, VmConfig};
+use crate::DeviceIndex;
+use crate::stream::{DeviceDesc, RamLayout, RegionDesc, StreamConfig};
 
 /// The destination's report that it applied the whole stream, devices RUNNING, and waits
 /// for [`GO`] to run the guest.
@@ -121,12 +121,12 @@ fn read_line(conn: &mut impl std::io::Read, pending: &mut Vec<u8>) -> std::io::R
 }
 
 /// The stream's configuration of `vm`: its RAM layout, and each device's kind and spec.
-fn stream_config(vm: &Vm) -> Result<VmConfig, MigrationError> {
+fn stream_config(vm: &Vm) -> Result<StreamConfig, MigrationError> {
     let ram = RamLayout::new(
         vm.ram()
             .regions()
             .iter()
-            .map(|r| RamRegion {
+            .map(|r| RegionDesc {
                 gpa: crate::Gpa(r.gpa()),
                 size: r.size(),
             })
@@ -139,12 +139,14 @@ fn stream_config(vm: &Vm) -> Result<VmConfig, MigrationError> {
         .enumerate()
         .map(|(i, d)| {
             Ok(DeviceDesc {
-                id: DeviceId(u32::try_from(i).map_err(|e| MigrationError::Config(e.to_string()))?),
+                id: DeviceIndex(
+                    u32::try_from(i).map_err(|e| MigrationError::Config(e.to_string()))?,
+                ),
                 kind: d.spec().kind.clone(),
                 config: serde_json::to_vec(d.spec())
                     .map_err(|e| MigrationError::Config(e.to_string()))?,
             })
         })
         .collect::<Result<_, MigrationError>>()?;
-    VmConfig::new(ram, devices).map_err(|e| MigrationError::Config(e.to_string()))
+    StreamConfig::new(ram, devices).map_err(|e| MigrationError::Config(e.to_string()))
 }

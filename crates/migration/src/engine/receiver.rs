@@ -15,8 +15,8 @@ use vfmig_vmm::{DeviceHost, DeviceSpec, GuestProgram, GuestRam, PciConfigState, 
 use super::device::DeviceLink;
 use super::error::MigrationError;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line};
-use crate::stream::{Section, StreamReader, VmConfig as StreamConfig, WriteGuestMemory};
-use crate::transport::{Connection, Listener};
+use crate::stream::{Section, StreamConfig, StreamReader, WriteGuestMemory};
+use crate::transport::{Listener, StreamConnection};
 
 /// Guest RAM as the stream fills it: not dirty-tracked (the guest is not running), and zero
 /// runs free their pages instead of writing zeros.
@@ -126,8 +126,8 @@ pub fn receive_into(
 /// Tells the source the VM is ready, then waits on the stream's connection (after `End`;
 /// `left` is what the stream reader received past it) for its go.
 fn wait_for_go(
-    ack: &mut Connection,
-    mut conn: Connection,
+    ack: &mut StreamConnection,
+    mut conn: StreamConnection,
     mut left: Vec<u8>,
 ) -> Result<(), MigrationError> {
     let no_go = |what: String| MigrationError::NoGo(what);
@@ -154,7 +154,7 @@ fn wait_for_go(
 /// Sends the source why the stream was refused, then closes gently: a half-close, and what
 /// the source still sends is read and dropped for a moment, so the close does not reset the
 /// connection (a reset would discard the reason before the source reads it).
-fn tell_source(ack: &mut Connection, e: &MigrationError) {
+fn tell_source(ack: &mut StreamConnection, e: &MigrationError) {
     let _ = ack.write_all(format!("{ACK_FAILED} {e}\n").as_bytes());
     let _ = ack.shutdown_write();
     let _ = ack.set_read_timeout(Some(std::time::Duration::from_millis(200)));
@@ -172,10 +172,10 @@ fn tell_source(ack: &mut Connection, e: &MigrationError) {
 /// Reads the stream and builds the VM; returns it, devices RUNNING, with the stream's
 /// connection and the bytes received past `End`.
 fn receive_on(
-    conn: Connection,
+    conn: StreamConnection,
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
-) -> Result<(Vm, ReceiveStats, Connection, Vec<u8>), MigrationError> {
+) -> Result<(Vm, ReceiveStats, StreamConnection, Vec<u8>), MigrationError> {
     let mut stats = ReceiveStats::default();
     let mut reader = StreamReader::new(conn)?;
     let config = match reader.next_section()? {

@@ -18,9 +18,9 @@ use super::policy::{Convergence, Decision, Estimate};
 use super::stats::{IterationStats, MigrationStats};
 use super::status::{MigrationState, Progress};
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
-use crate::stream::{DeviceChunk, DeviceConfig, Iteration, Machine, Phase, StreamWriter};
-use crate::transport::{self, Address, Connection, TransportSecurity};
-use crate::{DeviceId, Gpa};
+use crate::stream::{DeviceChunk, DeviceConfig, Iteration, MachineState, Phase, StreamWriter};
+use crate::transport::{self, Address, StreamConnection, TransportSecurity};
+use crate::{DeviceIndex, Gpa};
 
 /// Threads that read, checksum and write RAM sections (see
 /// [`StreamWriter::write_ram_parallel`]).
@@ -68,7 +68,7 @@ pub fn migrate_with(
         .map(DeviceLink::new)
         .collect::<Result<Vec<_>, _>>()?;
     let conn = transport::connect_with(to, security)?;
-    let clone = |c: &Connection| {
+    let clone = |c: &StreamConnection| {
         c.try_clone()
             .map_err(|e| MigrationError::NoAck(e.to_string()))
     };
@@ -138,8 +138,8 @@ pub fn migrate_with(
 struct Sender<'a> {
     vm: &'a Vm,
     links: Vec<DeviceLink<'a>>,
-    writer: StreamWriter<Connection>,
-    ack: Connection,
+    writer: StreamWriter<StreamConnection>,
+    ack: StreamConnection,
     progress: &'a Progress,
     tracking: bool,
     devices_saving: bool,
@@ -336,7 +336,7 @@ impl Sender<'_> {
             let state = machine
                 .save()
                 .map_err(|e| MigrationError::Guest(Box::new(e.into())))?;
-            self.writer.write_machine(&Machine {
+            self.writer.write_machine(&MachineState {
                 vcpus: machine.program().vcpus,
                 program: &program,
                 state: &state,
@@ -548,6 +548,6 @@ pub fn reclaim(vm: &Vm) -> Result<(), MigrationError> {
     Ok(())
 }
 
-fn device_id(index: usize) -> DeviceId {
-    DeviceId(u32::try_from(index).unwrap_or(u32::MAX))
+fn device_id(index: usize) -> DeviceIndex {
+    DeviceIndex(u32::try_from(index).unwrap_or(u32::MAX))
 }

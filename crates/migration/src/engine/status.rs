@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::stats::MigrationStats;
-use crate::transport::Connection;
+use crate::transport::StreamConnection;
 
 /// Where a migration is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,7 @@ pub struct Progress {
     cancel: Arc<AtomicBool>,
     /// The migration's connection while it runs: a cancel shuts it down, so a sender blocked
     /// writing to a stalled destination returns at once.
-    connection: Arc<Mutex<Option<Connection>>>,
+    connection: Arc<Mutex<Option<StreamConnection>>>,
 }
 
 impl Progress {
@@ -128,7 +128,7 @@ impl Progress {
     }
 
     /// Registers (or, with `None`, forgets) the connection a cancel shuts down.
-    pub(crate) fn set_connection(&self, conn: Option<Connection>) {
+    pub(crate) fn set_connection(&self, conn: Option<StreamConnection>) {
         *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = conn;
     }
 

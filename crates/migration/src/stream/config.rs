@@ -8,7 +8,7 @@
 //!                      kind (k bytes, UTF-8) | config (c bytes, opaque to the stream)
 //! ```
 //!
-//! A [`VmConfig`] is validated when it is built, by the sender with [`VmConfig::new`] and by
+//! A [`StreamConfig`] is validated when it is built, by the sender with [`StreamConfig::new`] and by
 //! the receiver when it decodes one, with the same rules, so an invalid layout cannot exist
 //! on either side. The per-device `config` is whatever the VMM needs to recreate the device
 //! on the destination (its kind's command line, its options): the stream does not look
@@ -25,7 +25,7 @@ pub use crate::stream::error::ConfigError;
 use crate::stream::error::PayloadError;
 
 use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from};
-use crate::types::{DeviceId, STREAM_PAGE_SIZE};
+use crate::types::{DeviceIndex, STREAM_PAGE_SIZE};
 
 /// The most RAM regions a VM may have: far more than any layout with hot-plugged memory.
 pub const MAX_REGIONS: usize = 1024;
@@ -42,14 +42,14 @@ pub const MAX_CONFIG_PAYLOAD: u32 = 1 << 20;
 
 /// One region of guest RAM.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct RamRegion {
+pub struct RegionDesc {
     /// The first byte; page-aligned.
     pub gpa: Gpa,
     /// Bytes; a non-zero multiple of the page size.
     pub size: u64,
 }
 
-impl RamRegion {
+impl RegionDesc {
     /// One past the last byte (`None` on overflow, which a validated region never has).
     pub fn end(&self) -> Option<u64> {
         self.gpa.raw().checked_add(self.size)
@@ -59,7 +59,7 @@ impl RamRegion {
 /// The RAM regions of a VM: sorted by address, disjoint, page-aligned, non-empty.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct RamLayout {
-    regions: Vec<RamRegion>,
+    regions: Vec<RegionDesc>,
 }
 
 impl RamLayout {
@@ -68,7 +68,7 @@ impl RamLayout {
     /// # Errors
     /// [`ConfigError`] if there are too many regions, or one is empty, unaligned, wraps
     /// around, or overlaps another.
-    pub fn new(mut regions: Vec<RamRegion>) -> Result<RamLayout, ConfigError> {
+    pub fn new(mut regions: Vec<RegionDesc>) -> Result<RamLayout, ConfigError> {
         if regions.len() > MAX_REGIONS {
             return Err(ConfigError::TooManyRegions {
                 count: u64_from(regions.len()),
@@ -100,7 +100,7 @@ impl RamLayout {
     }
 
     /// The regions, sorted by address.
-    pub fn regions(&self) -> &[RamRegion] {
+    pub fn regions(&self) -> &[RegionDesc] {
         &self.regions
     }
 
@@ -113,7 +113,7 @@ impl RamLayout {
 
     /// The region that holds all of `[gpa, gpa + bytes)`, if one does. A range that spans
     /// two adjacent regions is not held by either: runs never cross a region boundary.
-    pub fn region_of(&self, gpa: Gpa, bytes: u64) -> Option<&RamRegion> {
+    pub fn region_of(&self, gpa: Gpa, bytes: u64) -> Option<&RegionDesc> {
         let end = gpa.raw().checked_add(bytes)?;
         let after = self.regions.partition_point(|region| region.gpa <= gpa);
         let region = self.regions.get(after.checked_sub(1)?)?;
@@ -125,7 +125,7 @@ impl RamLayout {
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct DeviceDesc {
     /// The id every device section names it by.
-    pub id: DeviceId,
+    pub id: DeviceIndex,
     /// What kind of device it is (e.g. `"mtty"`): 1 to [`MAX_KIND_LEN`] bytes.
     pub kind: String,
     /// Its configuration, in a format the VMM defines.
@@ -134,7 +134,7 @@ pub struct DeviceDesc {
 
 /// The VM layout the `Config` section carries: RAM regions and devices, validated.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct VmConfig {
+pub struct StreamConfig {
     ram: RamLayout,
     devices: Vec<DeviceDesc>,
 }
@@ -168,13 +168,13 @@ const _: () = assert!(size_of::<ConfigHeader>() == 16);
 const _: () = assert!(size_of::<RegionWire>() == 16);
 const _: () = assert!(size_of::<DeviceWire>() == 12);
 
-impl VmConfig {
+impl StreamConfig {
     /// Validates a layout and devices into a configuration.
     ///
     /// # Errors
     /// [`ConfigError`]: an invalid layout, too many devices, a duplicate id, a bad kind
     /// name, or an encoding larger than the 1 MiB section cap.
-    pub fn new(ram: RamLayout, devices: Vec<DeviceDesc>) -> Result<VmConfig, ConfigError> {
+    pub fn new(ram: RamLayout, devices: Vec<DeviceDesc>) -> Result<StreamConfig, ConfigError> {
         if devices.len() > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices {
                 count: u64_from(devices.len()),
@@ -194,7 +194,7 @@ impl VmConfig {
                 });
             }
         }
-        let config = VmConfig { ram, devices };
+        let config = StreamConfig { ram, devices };
         let bytes = config.encoded_len();
         if bytes > u64::from(MAX_CONFIG_PAYLOAD) {
             return Err(ConfigError::TooLarge {
@@ -216,7 +216,7 @@ impl VmConfig {
     }
 
     /// The device with id `id`.
-    pub fn device(&self, id: DeviceId) -> Option<&DeviceDesc> {
+    pub fn device(&self, id: DeviceIndex) -> Option<&DeviceDesc> {
         self.devices.iter().find(|device| device.id == id)
     }
 
@@ -232,7 +232,7 @@ impl VmConfig {
             .saturating_add(devices)
     }
 
-    /// The payload of the `Config` section. At most 1 MiB ([`VmConfig::new`] checked).
+    /// The payload of the `Config` section. At most 1 MiB ([`StreamConfig::new`] checked).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(usize::try_from(self.encoded_len()).unwrap_or(0));
         let header = ConfigHeader {
@@ -271,7 +271,7 @@ impl VmConfig {
     /// # Errors
     /// [`PayloadError`]: bytes missing or left over, a reserved field set, or a
     /// [`ConfigError`].
-    pub fn decode(payload: &[u8]) -> Result<VmConfig, PayloadError> {
+    pub fn decode(payload: &[u8]) -> Result<StreamConfig, PayloadError> {
         let mut cursor = Cursor::new(payload);
         let header = cursor.read::<ConfigHeader>()?;
         if header.page_size.get() != 4096 {
@@ -297,10 +297,10 @@ impl VmConfig {
             }
             .into());
         }
-        let regions: Vec<RamRegion> = cursor
+        let regions: Vec<RegionDesc> = cursor
             .read_slice::<RegionWire>(region_count)?
             .iter()
-            .map(|wire| RamRegion {
+            .map(|wire| RegionDesc {
                 gpa: Gpa(wire.gpa.get()),
                 size: wire.size.get(),
             })
@@ -317,7 +317,7 @@ impl VmConfig {
         let mut devices = Vec::with_capacity(device_count);
         for _ in 0..device_count {
             let wire = cursor.read::<DeviceWire>()?;
-            let id = DeviceId(wire.id.get());
+            let id = DeviceIndex(wire.id.get());
             reserved_zero("device reserved", wire.reserved.get().into())?;
             let kind = cursor.take(usize::from(wire.kind_len.get()))?;
             let kind = std::str::from_utf8(kind).map_err(|_| ConfigError::KindNotUtf8 { id })?;
@@ -329,7 +329,7 @@ impl VmConfig {
             });
         }
         cursor.finish()?;
-        Ok(VmConfig::new(ram, devices)?)
+        Ok(StreamConfig::new(ram, devices)?)
     }
 }
 
@@ -337,8 +337,8 @@ impl VmConfig {
 mod tests {
     use super::*;
 
-    fn region(gpa: u64, size: u64) -> RamRegion {
-        RamRegion {
+    fn region(gpa: u64, size: u64) -> RegionDesc {
+        RegionDesc {
             gpa: Gpa(gpa),
             size,
         }
@@ -346,7 +346,7 @@ mod tests {
 
     fn device(id: u32, kind: &str) -> DeviceDesc {
         DeviceDesc {
-            id: DeviceId(id),
+            id: DeviceIndex(id),
             kind: kind.to_owned(),
             config: br#"{"socket":"/tmp/x"}"#.to_vec(),
         }
@@ -400,23 +400,24 @@ mod tests {
     fn config_round_trips() {
         let ram =
             RamLayout::new(vec![region(0, 0x4000_0000), region(0x1_0000_0000, 0x1000)]).unwrap();
-        let config = VmConfig::new(ram, vec![device(1, "mtty"), device(7, "dma-engine")]).unwrap();
-        assert_eq!(VmConfig::decode(&config.encode()), Ok(config));
+        let config =
+            StreamConfig::new(ram, vec![device(1, "mtty"), device(7, "dma-engine")]).unwrap();
+        assert_eq!(StreamConfig::decode(&config.encode()), Ok(config));
     }
 
     #[test]
     fn duplicate_device_and_bad_kind_are_refused() {
         let ram = RamLayout::default();
         assert_eq!(
-            VmConfig::new(ram.clone(), vec![device(1, "a"), device(1, "b")]),
-            Err(ConfigError::DuplicateDevice { id: DeviceId(1) })
+            StreamConfig::new(ram.clone(), vec![device(1, "a"), device(1, "b")]),
+            Err(ConfigError::DuplicateDevice { id: DeviceIndex(1) })
         );
         assert!(matches!(
-            VmConfig::new(ram.clone(), vec![device(1, "")]),
+            StreamConfig::new(ram.clone(), vec![device(1, "")]),
             Err(ConfigError::BadKind { len: 0, .. })
         ));
         assert!(matches!(
-            VmConfig::new(ram, vec![device(1, &"k".repeat(65))]),
+            StreamConfig::new(ram, vec![device(1, &"k".repeat(65))]),
             Err(ConfigError::BadKind { len: 65, .. })
         ));
     }
@@ -426,19 +427,19 @@ mod tests {
         let mut big = device(1, "blob");
         big.config = vec![1; 1 << 20];
         assert!(matches!(
-            VmConfig::new(RamLayout::default(), vec![big]),
+            StreamConfig::new(RamLayout::default(), vec![big]),
             Err(ConfigError::TooLarge { .. })
         ));
     }
 
     #[test]
     fn huge_counts_are_refused_before_reading() {
-        let mut payload = VmConfig::new(RamLayout::default(), vec![])
+        let mut payload = StreamConfig::new(RamLayout::default(), vec![])
             .unwrap()
             .encode();
         payload[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
-            VmConfig::decode(&payload),
+            StreamConfig::decode(&payload),
             Err(PayloadError::Config(ConfigError::TooManyRegions { .. }))
         ));
     }

@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::stream::error::PayloadError;
 use crate::stream::kind::SectionKind;
 use crate::stream::wire::{Cursor, reserved_zero};
-use crate::types::DeviceId;
+use crate::types::DeviceIndex;
 
 /// The largest device chunk: 16 MiB, more than any device data area the sender reads from.
 pub const MAX_DEVICE_CHUNK: u32 = 16 << 20;
@@ -106,7 +106,7 @@ const _: () = assert!(size_of::<MarkerWire>() == MARKER_PAYLOAD_LEN as usize);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct DeviceChunk<'a> {
     /// The device.
-    pub device: DeviceId,
+    pub device: DeviceIndex,
     /// When the device produced it.
     pub phase: Phase,
     /// The sender's iteration number when it was read.
@@ -134,7 +134,7 @@ impl<'a> DeviceChunk<'a> {
         let header = cursor.read::<DeviceChunkHeader>()?;
         reserved_zero("device-chunk reserved", header.reserved.get().into())?;
         Ok(DeviceChunk {
-            device: DeviceId(header.device.get()),
+            device: DeviceIndex(header.device.get()),
             phase: Phase::from_wire(header.phase.get())?,
             iteration: header.iteration.get(),
             data: cursor.rest(),
@@ -146,7 +146,7 @@ impl<'a> DeviceChunk<'a> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct DeviceConfig<'a> {
     /// The device.
-    pub device: DeviceId,
+    pub device: DeviceIndex,
     /// The bytes, opaque to the stream; at most [`MAX_DEVICE_CONFIG`].
     pub data: &'a [u8],
 }
@@ -168,7 +168,7 @@ impl<'a> DeviceConfig<'a> {
         let header = cursor.read::<DeviceConfigHeader>()?;
         reserved_zero("device-config reserved", header.reserved.get().into())?;
         Ok(DeviceConfig {
-            device: DeviceId(header.device.get()),
+            device: DeviceIndex(header.device.get()),
             data: cursor.rest(),
         })
     }
@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn chunk_round_trips_with_its_data_untouched() {
         let chunk = DeviceChunk {
-            device: DeviceId(3),
+            device: DeviceIndex(3),
             phase: Phase::StopCopy,
             iteration: 9,
             data: &[1, 2, 3],

@@ -11,7 +11,7 @@ use vfmig_memory::Gpa;
 
 use crate::stream::header::HeaderError;
 use crate::stream::kind::SectionKind;
-use crate::types::{DeviceId, STREAM_PAGE_SIZE};
+use crate::types::{DeviceIndex, STREAM_PAGE_SIZE};
 
 /// Where a section starts: its index (the stream's first section is 0), its type as found on
 /// the wire, and the byte offset of its frame header from the start of the stream.
@@ -105,7 +105,7 @@ pub enum PayloadError {
     Config(#[from] ConfigError),
     /// An invalid RAM pages table.
     #[error(transparent)]
-    Ram(#[from] RamError),
+    Ram(#[from] RamSectionError),
 }
 
 /// Why a VM configuration was refused.
@@ -159,13 +159,13 @@ pub enum ConfigError {
     #[error("{id} appears twice")]
     DuplicateDevice {
         /// The id.
-        id: DeviceId,
+        id: DeviceIndex,
     },
     /// A kind name that is empty or longer than `MAX_KIND_LEN`.
     #[error("{id}: kind name of {len} bytes, must be 1 to {max}")]
     BadKind {
         /// The device.
-        id: DeviceId,
+        id: DeviceIndex,
         /// The name's length.
         len: usize,
         /// `MAX_KIND_LEN`.
@@ -175,7 +175,7 @@ pub enum ConfigError {
     #[error("{id}: kind name is not UTF-8")]
     KindNotUtf8 {
         /// The device.
-        id: DeviceId,
+        id: DeviceIndex,
     },
     /// A page size other than 4 KiB.
     #[error("page size {found}, only {STREAM_PAGE_SIZE} is supported")]
@@ -195,7 +195,7 @@ pub enum ConfigError {
 
 /// Why a RAM run or table was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RamError {
+pub enum RamSectionError {
     /// More table entries than `MAX_RUNS`.
     #[error("{runs} runs in one section, at most {max} allowed")]
     TooManyRuns {
@@ -255,7 +255,7 @@ pub enum OrderError {
     #[error("{device} is not in the config")]
     UnknownDevice {
         /// The device named.
-        device: DeviceId,
+        device: DeviceIndex,
     },
     /// A device chunk or config after that device's config (its last section).
     #[error("{kind} section for {device} after its device-config section")]
@@ -263,13 +263,13 @@ pub enum OrderError {
         /// The section found.
         kind: SectionKind,
         /// The device.
-        device: DeviceId,
+        device: DeviceIndex,
     },
     /// `End` while a device of the config has not sent its `DeviceConfig`.
     #[error("end of stream before the device-config section of {device}")]
     MissingDeviceConfig {
         /// The first device missing.
-        device: DeviceId,
+        device: DeviceIndex,
     },
     /// A second `Machine`.
     #[error("second machine section")]
@@ -278,7 +278,7 @@ pub enum OrderError {
     #[error("machine section after the device-config section of {device}")]
     MachineAfterDeviceConfig {
         /// A device whose config came first.
-        device: DeviceId,
+        device: DeviceIndex,
     },
     /// A section after `End`.
     #[error("section after the end of the stream")]
@@ -428,7 +428,7 @@ pub enum WriteError {
     Broken,
     /// A run of pages that is not valid for the VM's RAM layout.
     #[error(transparent)]
-    Ram(#[from] RamError),
+    Ram(#[from] RamSectionError),
     /// Guest memory could not be read.
     #[error(transparent)]
     Memory(#[from] MemoryError),

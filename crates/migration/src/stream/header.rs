@@ -24,21 +24,21 @@ use crate::crc::crc32c;
 pub const MAGIC: [u8; 8] = *b"VFMIGSTR";
 
 /// The version this crate writes, and the newest it understands fully.
-pub const CURRENT_VERSION: Version = Version { major: 1, minor: 0 };
+pub const CURRENT_VERSION: StreamVersion = StreamVersion { major: 1, minor: 0 };
 
 /// A stream format version. A reader accepts its own major version with any minor: a new
 /// minor only adds what an older reader may skip (sections flagged
 /// [`OPTIONAL`](crate::stream::frame::FLAG_OPTIONAL)); a new major is a format an older reader
 /// cannot read, and it refuses it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-pub struct Version {
+pub struct StreamVersion {
     /// Incompatible changes.
     pub major: u16,
     /// Compatible additions.
     pub minor: u16,
 }
 
-impl fmt::Display for Version {
+impl fmt::Display for StreamVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
     }
@@ -50,9 +50,9 @@ impl fmt::Display for Version {
 pub struct StreamHeader {
     /// [`MAGIC`].
     pub magic: [u8; 8],
-    /// [`Version::major`].
+    /// [`StreamVersion::major`].
     pub major: U16,
-    /// [`Version::minor`].
+    /// [`StreamVersion::minor`].
     pub minor: U16,
     /// CRC32C of the 12 bytes before it.
     pub crc: U32,
@@ -85,15 +85,15 @@ pub enum HeaderError {
     )]
     UnsupportedVersion {
         /// The version of the stream.
-        theirs: Version,
+        theirs: StreamVersion,
         /// The version of this reader.
-        ours: Version,
+        ours: StreamVersion,
     },
 }
 
 impl StreamHeader {
     /// The header of a stream of `version`, with its checksum.
-    pub fn new(version: Version) -> StreamHeader {
+    pub fn new(version: StreamVersion) -> StreamHeader {
         let mut header = StreamHeader {
             magic: MAGIC,
             major: U16::new(version.major),
@@ -112,8 +112,8 @@ impl StreamHeader {
     }
 
     /// The version the header declares.
-    pub fn version(&self) -> Version {
-        Version {
+    pub fn version(&self) -> StreamVersion {
+        StreamVersion {
             major: self.major.get(),
             minor: self.minor.get(),
         }
@@ -130,7 +130,7 @@ impl StreamHeader {
     ///
     /// # Errors
     /// [`HeaderError`], naming what is wrong.
-    pub fn validate(&self) -> Result<Version, HeaderError> {
+    pub fn validate(&self) -> Result<StreamVersion, HeaderError> {
         if self.magic != MAGIC {
             return Err(HeaderError::BadMagic { found: self.magic });
         }
@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn unknown_major_names_both_versions() {
-        let theirs = Version { major: 2, minor: 1 };
+        let theirs = StreamVersion { major: 2, minor: 1 };
         let err = StreamHeader::new(theirs).validate().unwrap_err();
         assert_eq!(
             err,
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn higher_minor_is_accepted() {
-        let theirs = Version { major: 1, minor: 9 };
+        let theirs = StreamVersion { major: 1, minor: 9 };
         assert_eq!(StreamHeader::new(theirs).validate(), Ok(theirs));
     }
 

@@ -1,9 +1,9 @@
-//! The `Machine` section: the guest's CPUs and interrupt controllers, sent once, paused, after
+//! The `MachineState` section: the guest's CPUs and interrupt controllers, sent once, paused, after
 //! the last RAM the guest could change and before any device's configuration (whose MSI
 //! routes need the machine).
 //!
 //! ```text
-//!  Machine   vcpus u32 | program_len u32 | state_len u32 | reserved u32 = 0 |
+//!  MachineState   vcpus u32 | program_len u32 | state_len u32 | reserved u32 = 0 |
 //!            program (program_len bytes) | state (state_len bytes)
 //! ```
 //!
@@ -18,11 +18,11 @@ use crate::stream::error::PayloadError;
 use crate::stream::kind::SectionKind;
 use crate::stream::wire::{Cursor, reserved_zero};
 
-/// The largest `Machine` payload: 4 MiB holds the state of far more vCPUs than a VM of ours
+/// The largest `MachineState` payload: 4 MiB holds the state of far more vCPUs than a VM of ours
 /// has (each is about 10 KiB).
 pub const MAX_MACHINE: u32 = 4 << 20;
 
-/// Bytes of the `Machine` header.
+/// Bytes of the `MachineState` header.
 pub const MACHINE_HEADER_LEN: u32 = 16;
 
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -38,7 +38,7 @@ const _: () = assert!(size_of::<MachineHeader>() == MACHINE_HEADER_LEN as usize)
 
 /// The guest machine: vCPU count, what it runs, and its hypervisor state.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Machine<'a> {
+pub struct MachineState<'a> {
     /// vCPUs.
     pub vcpus: u32,
     /// What the guest runs, opaque to the stream.
@@ -47,7 +47,7 @@ pub struct Machine<'a> {
     pub state: &'a [u8],
 }
 
-impl<'a> Machine<'a> {
+impl<'a> MachineState<'a> {
     /// The header, or `None` if a length does not fit its field.
     pub(crate) fn header(&self) -> Option<MachineHeader> {
         Some(MachineHeader {
@@ -58,12 +58,12 @@ impl<'a> Machine<'a> {
         })
     }
 
-    /// Decodes a `Machine` payload.
+    /// Decodes a `MachineState` payload.
     ///
     /// # Errors
     /// [`PayloadError`] for a short header, a reserved field set, or lengths that do not add
     /// up to the payload.
-    pub fn decode(payload: &'a [u8]) -> Result<Machine<'a>, PayloadError> {
+    pub fn decode(payload: &'a [u8]) -> Result<MachineState<'a>, PayloadError> {
         let mut cursor = Cursor::new(payload);
         let header = cursor.read::<MachineHeader>()?;
         reserved_zero("machine reserved", header.reserved.get().into())?;
@@ -79,7 +79,7 @@ impl<'a> Machine<'a> {
             });
         }
         let (program, state) = rest.split_at(program_len);
-        Ok(Machine {
+        Ok(MachineState {
             vcpus: header.vcpus.get(),
             program,
             state,
@@ -91,7 +91,7 @@ impl<'a> Machine<'a> {
 mod tests {
     use super::*;
 
-    fn encode(m: &Machine<'_>) -> Vec<u8> {
+    fn encode(m: &MachineState<'_>) -> Vec<u8> {
         let mut out = m.header().unwrap().as_bytes().to_vec();
         out.extend_from_slice(m.program);
         out.extend_from_slice(m.state);
@@ -100,17 +100,17 @@ mod tests {
 
     #[test]
     fn a_machine_section_decodes_to_what_was_encoded() {
-        let m = Machine {
+        let m = MachineState {
             vcpus: 2,
             program: b"{\"vcpus\":2}",
             state: &[7; 100],
         };
-        assert_eq!(Machine::decode(&encode(&m)).unwrap(), m);
+        assert_eq!(MachineState::decode(&encode(&m)).unwrap(), m);
     }
 
     #[test]
     fn lengths_that_do_not_add_up_are_refused() {
-        let m = Machine {
+        let m = MachineState {
             vcpus: 1,
             program: b"p",
             state: b"state",
@@ -118,7 +118,7 @@ mod tests {
         let mut bytes = encode(&m);
         bytes.pop();
         assert!(matches!(
-            Machine::decode(&bytes),
+            MachineState::decode(&bytes),
             Err(PayloadError::Length { .. })
         ));
     }

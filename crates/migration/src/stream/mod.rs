@@ -48,18 +48,18 @@ mod section;
 mod wire;
 mod writer;
 
-pub use config::{ConfigError, DeviceDesc, RamLayout, RamRegion, VmConfig};
+pub use config::{ConfigError, DeviceDesc, RamLayout, RegionDesc, StreamConfig};
 pub use device::{DeviceChunk, DeviceConfig, End, Iteration, Phase};
 pub use error::{
     MemoryError, OrderError, PayloadError, ReadError, SectionPos, StreamPart, WriteError,
 };
 pub use frame::{FLAG_OPTIONAL, encode_frame};
-pub use header::{CURRENT_VERSION, HeaderError, MAGIC, StreamHeader, Version};
+pub use header::{CURRENT_VERSION, HeaderError, MAGIC, StreamHeader, StreamVersion};
 pub use kind::SectionKind;
-pub use machine::{MAX_MACHINE, Machine};
+pub use machine::{MAX_MACHINE, MachineState};
 pub use ram::{
-    MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamError, RamPages, RamRun, ReadGuestMemory, RunEntry,
-    Runs, WriteGuestMemory, is_zero_page,
+    MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamPages, RamRun, RamRuns, RamSectionError,
+    ReadGuestMemory, RunEntry, WriteGuestMemory, is_zero_page,
 };
 pub use ram_encode::{BATCH_PAGES, DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};
 pub use reader::{INITIAL_BUFFER, READ_BUFFER, StreamReader};

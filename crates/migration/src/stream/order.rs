@@ -13,18 +13,18 @@
 
 use std::collections::HashSet;
 
-use crate::stream::config::VmConfig;
+use crate::stream::config::StreamConfig;
 use crate::stream::error::OrderError;
 use crate::stream::kind::SectionKind;
-use crate::types::DeviceId;
+use crate::types::DeviceIndex;
 
 /// A section, as far as the order rules care.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Step {
     Config,
     RamPages,
-    DeviceChunk(DeviceId),
-    DeviceConfig(DeviceId),
+    DeviceChunk(DeviceIndex),
+    DeviceConfig(DeviceIndex),
     Iteration,
     End,
     Machine,
@@ -47,15 +47,15 @@ impl Step {
 /// Where a stream is in the rules.
 #[derive(Debug, Default)]
 pub(crate) struct Order {
-    config: Option<VmConfig>,
-    configured_devices: HashSet<DeviceId>,
+    config: Option<StreamConfig>,
+    configured_devices: HashSet<DeviceIndex>,
     machine: bool,
     ended: bool,
 }
 
 impl Order {
     /// The config, once its section was accepted.
-    pub(crate) fn config(&self) -> Option<&VmConfig> {
+    pub(crate) fn config(&self) -> Option<&StreamConfig> {
         self.config.as_ref()
     }
 
@@ -121,7 +121,10 @@ impl Order {
     }
 
     /// Checks and accepts the `Config` step.
-    pub(crate) fn accept_config(&mut self, config: VmConfig) -> Result<&VmConfig, OrderError> {
+    pub(crate) fn accept_config(
+        &mut self,
+        config: StreamConfig,
+    ) -> Result<&StreamConfig, OrderError> {
         self.check(Step::Config)?;
         Ok(self.config.insert(config))
     }
@@ -136,14 +139,14 @@ mod tests {
         let devices = ids
             .iter()
             .map(|&id| DeviceDesc {
-                id: DeviceId(id),
+                id: DeviceIndex(id),
                 kind: "mtty".into(),
                 config: vec![],
             })
             .collect();
         let mut order = Order::default();
         order
-            .accept_config(VmConfig::new(RamLayout::default(), devices).unwrap())
+            .accept_config(StreamConfig::new(RamLayout::default(), devices).unwrap())
             .unwrap();
         order
     }
@@ -165,12 +168,12 @@ mod tests {
     #[test]
     fn device_sections_follow_their_rules() {
         let mut order = order_with_devices(&[1, 2]);
-        let one = DeviceId(1);
+        let one = DeviceIndex(1);
         assert_eq!(order.accept(Step::DeviceChunk(one)), Ok(()));
         assert_eq!(
-            order.accept(Step::DeviceChunk(DeviceId(9))),
+            order.accept(Step::DeviceChunk(DeviceIndex(9))),
             Err(OrderError::UnknownDevice {
-                device: DeviceId(9)
+                device: DeviceIndex(9)
             })
         );
         assert_eq!(order.accept(Step::DeviceConfig(one)), Ok(()));
@@ -181,10 +184,10 @@ mod tests {
         assert_eq!(
             order.accept(Step::End),
             Err(OrderError::MissingDeviceConfig {
-                device: DeviceId(2)
+                device: DeviceIndex(2)
             })
         );
-        assert_eq!(order.accept(Step::DeviceConfig(DeviceId(2))), Ok(()));
+        assert_eq!(order.accept(Step::DeviceConfig(DeviceIndex(2))), Ok(()));
         assert_eq!(order.accept(Step::End), Ok(()));
         assert_eq!(order.accept(Step::Iteration), Err(OrderError::AfterEnd));
     }

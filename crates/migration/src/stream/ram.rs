@@ -9,7 +9,7 @@
 //! A run flagged `ZERO` has no data: the receiver zeroes its pages (the destination's RAM
 //! is not assumed to be zero, since a page may have been sent with data in an earlier
 //! iteration). Every run is page-aligned, non-empty and lies inside one RAM region of the
-//! [`VmConfig`](crate::stream::VmConfig); the data is exactly the sum of the data runs'
+//! [`StreamConfig`](crate::stream::StreamConfig); the data is exactly the sum of the data runs'
 //! pages. A [`RamPages`] exists only once all of this was checked, so
 //! [`RamPages::apply`] can write without failing on the peer's account.
 //!
@@ -25,7 +25,7 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::stream::config::RamLayout;
-pub use crate::stream::error::RamError;
+pub use crate::stream::error::RamSectionError;
 use crate::stream::error::{MemoryError, PayloadError};
 
 use crate::stream::wire::{Cursor, reserved_zero, u64_from, usize_from, usize_from_u64};
@@ -185,7 +185,7 @@ impl<'a> RamPages<'a> {
         reserved_zero("ram-pages reserved", header.reserved.get().into())?;
         let count = usize_from(header.runs.get());
         if count > MAX_RUNS {
-            return Err(RamError::TooManyRuns {
+            return Err(RamSectionError::TooManyRuns {
                 runs: header.runs.get(),
                 max: MAX_RUNS,
             }
@@ -201,7 +201,7 @@ impl<'a> RamPages<'a> {
         runs: &'a [RunEntry],
         data: &'a [u8],
         layout: &RamLayout,
-    ) -> Result<RamPages<'a>, RamError> {
+    ) -> Result<RamPages<'a>, RamSectionError> {
         let mut data_pages = 0u64;
         let mut zero_pages = 0u64;
         for entry in runs {
@@ -209,17 +209,17 @@ impl<'a> RamPages<'a> {
             let pages = u64::from(entry.pages.get());
             let flags = entry.flags.get();
             if flags & !RUN_ZERO != 0 {
-                return Err(RamError::RunFlags { gpa, flags });
+                return Err(RamSectionError::RunFlags { gpa, flags });
             }
             if pages == 0 || !gpa.is_aligned(STREAM_PAGE_SIZE.bytes()) {
-                return Err(RamError::BadRun { gpa, pages });
+                return Err(RamSectionError::BadRun { gpa, pages });
             }
             let bytes = pages.checked_mul(STREAM_PAGE_SIZE.bytes());
             if bytes
                 .and_then(|bytes| layout.region_of(gpa, bytes))
                 .is_none()
             {
-                return Err(RamError::OutsideRam { gpa, pages });
+                return Err(RamSectionError::OutsideRam { gpa, pages });
             }
             // Sums of u32 page counts over at most MAX_RUNS entries: no overflow.
             if flags & RUN_ZERO != 0 {
@@ -230,7 +230,7 @@ impl<'a> RamPages<'a> {
         }
         let data_bytes = u64_from(data.len());
         if data_pages.checked_mul(STREAM_PAGE_SIZE.bytes()) != Some(data_bytes) {
-            return Err(RamError::DataLength {
+            return Err(RamSectionError::DataLength {
                 declared_pages: data_pages,
                 data_bytes,
             });
@@ -244,8 +244,8 @@ impl<'a> RamPages<'a> {
     }
 
     /// The runs, in table order.
-    pub fn runs(&self) -> Runs<'a> {
-        Runs {
+    pub fn runs(&self) -> RamRuns<'a> {
+        RamRuns {
             entries: self.runs.iter(),
             data: self.data,
         }
@@ -309,12 +309,12 @@ impl<'a> RamPages<'a> {
 
 /// The runs of a [`RamPages`], from [`RamPages::runs`].
 #[derive(Clone, Debug)]
-pub struct Runs<'a> {
+pub struct RamRuns<'a> {
     entries: std::slice::Iter<'a, RunEntry>,
     data: &'a [u8],
 }
 
-impl<'a> Iterator for Runs<'a> {
+impl<'a> Iterator for RamRuns<'a> {
     type Item = RamRun<'a>;
 
     fn next(&mut self) -> Option<RamRun<'a>> {
@@ -338,7 +338,7 @@ impl<'a> Iterator for Runs<'a> {
     }
 }
 
-impl FusedIterator for Runs<'_> {}
+impl FusedIterator for RamRuns<'_> {}
 
 #[cfg(test)]
 mod tests {

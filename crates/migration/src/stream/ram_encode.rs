@@ -16,7 +16,8 @@ use zerocopy::byteorder::little_endian::{U32, U64};
 use crate::stream::config::RamLayout;
 use crate::stream::error::MemoryError;
 use crate::stream::ram::{
-    MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamError, RamPages, ReadGuestMemory, RunEntry, is_zero_page,
+    MAX_DATA_PAGES, MAX_RUNS, RUN_ZERO, RamPages, RamSectionError, ReadGuestMemory, RunEntry,
+    is_zero_page,
 };
 
 use crate::types::{PageRun, STREAM_PAGE_SIZE};
@@ -76,7 +77,7 @@ impl fmt::Display for RamStats {
 pub enum EncodeError<E> {
     /// A run not valid for the layout.
     #[error(transparent)]
-    Ram(#[from] RamError),
+    Ram(#[from] RamSectionError),
     /// Guest memory could not be read.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -231,7 +232,7 @@ impl RamEncoder {
         let buf = self
             .data
             .get_mut(start..start + len)
-            .ok_or(RamError::BadRun {
+            .ok_or(RamSectionError::BadRun {
                 gpa,
                 pages: crate::stream::wire::u64_from(batch),
             })?;
@@ -321,9 +322,9 @@ impl RamEncoder {
 
 /// Checks a run the sender asked for, before any memory is read; returns the address of
 /// the region that holds it.
-fn check_run(layout: &RamLayout, run: PageRun) -> Result<Gpa, RamError> {
+fn check_run(layout: &RamLayout, run: PageRun) -> Result<Gpa, RamSectionError> {
     if run.pages == 0 || !run.gpa.is_aligned(STREAM_PAGE_SIZE.bytes()) {
-        return Err(RamError::BadRun {
+        return Err(RamSectionError::BadRun {
             gpa: run.gpa,
             pages: run.pages,
         });
@@ -333,7 +334,7 @@ fn check_run(layout: &RamLayout, run: PageRun) -> Result<Gpa, RamError> {
         .and_then(|bytes| layout.region_of(run.gpa, bytes))
     {
         Some(region) => Ok(region.gpa),
-        None => Err(RamError::OutsideRam {
+        None => Err(RamSectionError::OutsideRam {
             gpa: run.gpa,
             pages: run.pages,
         }),

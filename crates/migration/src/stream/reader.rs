@@ -14,16 +14,16 @@ use std::io::{self, Read};
 use zerocopy::FromBytes;
 
 use crate::crc::crc32c;
-use crate::stream::config::VmConfig;
+use crate::stream::config::StreamConfig;
 use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
 use crate::stream::error::{OrderError, PayloadError, ReadError, SectionPos, StreamPart};
 use crate::stream::frame::{
     FLAG_OPTIONAL, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, FrameHeader, KNOWN_FLAGS,
     MAX_OPTIONAL_PAYLOAD,
 };
-use crate::stream::header::{StreamHeader, Version};
+use crate::stream::header::{StreamHeader, StreamVersion};
 use crate::stream::kind::SectionKind;
-use crate::stream::machine::Machine;
+use crate::stream::machine::MachineState;
 use crate::stream::mirror::Mirror;
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::RamPages;
@@ -63,7 +63,7 @@ struct Frame {
 #[derive(Debug)]
 pub struct StreamReader<R: Read> {
     inner: R,
-    version: Version,
+    version: StreamVersion,
     /// The buffer: stream offset `p` is at `p % capacity`. None until the first read.
     ring: Option<Mirror>,
     /// Stream bytes received: those in `[consumed, received)` are held, not consumed yet.
@@ -85,7 +85,7 @@ impl<R: Read> StreamReader<R> {
     pub fn new(inner: R) -> Result<StreamReader<R>, ReadError> {
         let mut reader = StreamReader {
             inner,
-            version: Version { major: 0, minor: 0 },
+            version: StreamVersion { major: 0, minor: 0 },
             ring: None,
             received: 0,
             consumed: 0,
@@ -109,7 +109,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The version of the stream (its minor may be newer than this reader's).
-    pub fn version(&self) -> Version {
+    pub fn version(&self) -> StreamVersion {
         self.version
     }
 
@@ -129,7 +129,7 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The config, once its section was read.
-    pub fn config(&self) -> Option<&VmConfig> {
+    pub fn config(&self) -> Option<&StreamConfig> {
         self.order.config()
     }
 
@@ -353,7 +353,7 @@ fn decode<'a>(
     let section = match frame.kind {
         SectionKind::Config => {
             order.check(Step::Config).map_err(misplaced)?;
-            let config = VmConfig::decode(payload).map_err(malformed)?;
+            let config = StreamConfig::decode(payload).map_err(malformed)?;
             return Ok(Section::Config(
                 order.accept_config(config).map_err(misplaced)?,
             ));
@@ -382,7 +382,7 @@ fn decode<'a>(
             Section::DeviceConfig(config)
         }
         SectionKind::Machine => {
-            let machine = Machine::decode(payload).map_err(malformed)?;
+            let machine = MachineState::decode(payload).map_err(malformed)?;
             order.accept(Step::Machine).map_err(misplaced)?;
             Section::Machine(machine)
         }

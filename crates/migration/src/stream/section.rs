@@ -1,9 +1,9 @@
 //! [`Section`]: one decoded, checksum-verified section, borrowing the reader's buffer.
 
-use crate::stream::config::VmConfig;
+use crate::stream::config::StreamConfig;
 use crate::stream::device::{DeviceChunk, DeviceConfig, End, Iteration};
 use crate::stream::kind::SectionKind;
-use crate::stream::machine::Machine;
+use crate::stream::machine::MachineState;
 use crate::stream::ram::RamPages;
 
 /// A section of the stream. The reader returns it borrowing its buffer (no copy, no
@@ -11,7 +11,7 @@ use crate::stream::ram::RamPages;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Section<'a> {
     /// The VM layout; always the first section.
-    Config(&'a VmConfig),
+    Config(&'a StreamConfig),
     /// RAM runs and their data, checked against the config's layout.
     RamPages(RamPages<'a>),
     /// One chunk of a device's migration data.
@@ -23,7 +23,7 @@ pub enum Section<'a> {
     /// The end of the stream.
     End(End),
     /// The guest's CPUs and interrupt controllers.
-    Machine(Machine<'a>),
+    Machine(MachineState<'a>),
 }
 
 impl Section<'_> {

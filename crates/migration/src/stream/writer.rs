@@ -8,7 +8,7 @@ use std::thread;
 use vfmig_memory::Gpa;
 use zerocopy::IntoBytes;
 
-use crate::stream::config::VmConfig;
+use crate::stream::config::StreamConfig;
 use crate::stream::device::{
     DeviceChunk, DeviceConfig, End, Iteration, MAX_DEVICE_CHUNK, MAX_DEVICE_CONFIG,
 };
@@ -16,7 +16,7 @@ use crate::stream::error::{OrderError, WriteError};
 use crate::stream::frame::{FRAME_OVERHEAD, FrameHeader};
 use crate::stream::header::{CURRENT_VERSION, StreamHeader};
 use crate::stream::kind::SectionKind;
-use crate::stream::machine::{MAX_MACHINE, Machine};
+use crate::stream::machine::{MAX_MACHINE, MachineState};
 use crate::stream::order::{Order, Step};
 use crate::stream::ram::{RamPages, ReadGuestMemory};
 use crate::stream::ram_encode::{DEFAULT_SECTION_PAGES, EncodeError, RamEncoder, RamStats};
@@ -149,7 +149,7 @@ fn write_all_vectored<W: Write>(out: &mut W, mut slices: &mut [IoSlice<'_>]) -> 
 /// section on the transport: every later call returns [`WriteError::Broken`].
 ///
 /// To cancel, shut the transport down (e.g.
-/// [`Connection::shutdown`](crate::transport::Connection::shutdown) through
+/// [`StreamConnection::shutdown`](crate::transport::StreamConnection::shutdown) through
 /// [`get_ref`](Self::get_ref)): the receiver sees the stream end without `End` and refuses it.
 #[derive(Debug)]
 pub struct StreamWriter<W: Write> {
@@ -202,7 +202,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     /// The config, once written.
-    pub fn config(&self) -> Option<&VmConfig> {
+    pub fn config(&self) -> Option<&StreamConfig> {
         self.order.config()
     }
 
@@ -228,7 +228,7 @@ impl<W: Write> StreamWriter<W> {
     ///
     /// # Errors
     /// [`WriteError::Order`] if a config was written already; [`WriteError::Io`].
-    pub fn write_config(&mut self, config: &VmConfig) -> Result<(), WriteError> {
+    pub fn write_config(&mut self, config: &StreamConfig) -> Result<(), WriteError> {
         self.order.check(Step::Config)?;
         let payload = config.encode();
         self.sink.frame(SectionKind::Config, &[&payload])?;
@@ -419,7 +419,7 @@ impl<W: Write> StreamWriter<W> {
     /// # Errors
     /// [`WriteError::TooLong`] above [`MAX_MACHINE`]; [`WriteError::Order`] for a second
     /// one or one after a `DeviceConfig`; [`WriteError::Io`].
-    pub fn write_machine(&mut self, machine: &Machine<'_>) -> Result<(), WriteError> {
+    pub fn write_machine(&mut self, machine: &MachineState<'_>) -> Result<(), WriteError> {
         let len = machine.program.len().saturating_add(machine.state.len());
         check_len(SectionKind::Machine, len, MAX_MACHINE)?;
         self.order.check(Step::Machine)?;

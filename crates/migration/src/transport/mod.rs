@@ -1,8 +1,8 @@
 //! Transports: TCP and UNIX stream sockets, named by an [`Address`] (`tcp:HOST:PORT`,
 //! `unix:PATH`), dialled with [`connect`] or served with [`listen`] and
-//! [`Listener::accept`]. Either way the result is a [`Connection`]: `Read + Write` (also
-//! through `&Connection`, so one thread can read while another writes), and
-//! [`Connection::shutdown`], which a cancelled sender calls to make the receiver see the end
+//! [`Listener::accept`]. Either way the result is a [`StreamConnection`]: `Read + Write` (also
+//! through `&StreamConnection`, so one thread can read while another writes), and
+//! [`StreamConnection::shutdown`], which a cancelled sender calls to make the receiver see the end
 //! of the stream at once.
 //!
 //! # Who is at the other end
@@ -36,13 +36,13 @@
 //!   Note over S: destination's chain, host name, allow-list
 //!   S->>D: Certificate, CertificateVerify, Finished
 //!   Note over D: source's chain, allow-list
-//!   Note over S,D: only now: a Connection; the stream, ready, go, running
+//!   Note over S,D: only now: a StreamConnection; the stream, ready, go, running
 //! ```
 //!
 //! A TLS connection's clones share one session, so the engine's pattern (one thread writes
 //! the stream while another reads the answers, a third shuts it down on cancel) holds; see
 //! `tls.rs` for the locking. Timeouts and shutdown keep their meaning; a shutdown sends no
-//! `close_notify`, so the peer sees a cut stream, while [`Connection::shutdown_write`]
+//! `close_notify`, so the peer sees a cut stream, while [`StreamConnection::shutdown_write`]
 //! sends one and the peer reads a clean end.
 //!
 //! Socket options:
@@ -198,18 +198,18 @@ enum Link {
 /// A connected stream socket, TCP or UNIX, with its options set; on TCP, plain or TLS
 /// (authenticated before the connection is handed out).
 #[derive(Debug)]
-pub struct Connection {
+pub struct StreamConnection {
     link: Link,
 }
 
-impl Connection {
+impl StreamConnection {
     /// Wraps a connected TCP socket, setting `TCP_NODELAY`.
     ///
     /// # Errors
     /// [`TransportError::SocketOption`].
-    pub fn from_tcp(stream: TcpStream) -> Result<Connection, TransportError> {
+    pub fn from_tcp(stream: TcpStream) -> Result<StreamConnection, TransportError> {
         set_nodelay(&stream)?;
-        Ok(Connection {
+        Ok(StreamConnection {
             link: Link::Plain(Socket::Tcp(stream)),
         })
     }
@@ -218,7 +218,7 @@ impl Connection {
     ///
     /// # Errors
     /// [`TransportError::SocketOption`].
-    pub fn from_unix(stream: UnixStream) -> Result<Connection, TransportError> {
+    pub fn from_unix(stream: UnixStream) -> Result<StreamConnection, TransportError> {
         set_buffer(stream.as_fd(), libc::SO_SNDBUF, UNIX_SOCKET_BUFFER).map_err(|source| {
             TransportError::SocketOption {
                 option: "SO_SNDBUF",
@@ -231,7 +231,7 @@ impl Connection {
                 source,
             }
         })?;
-        Ok(Connection {
+        Ok(StreamConnection {
             link: Link::Plain(Socket::Unix(stream)),
         })
     }
@@ -241,12 +241,15 @@ impl Connection {
     ///
     /// # Errors
     /// [`TransportError::Connect`] if `socketpair` fails; [`TransportError::SocketOption`].
-    pub fn unix_pair() -> Result<(Connection, Connection), TransportError> {
+    pub fn unix_pair() -> Result<(StreamConnection, StreamConnection), TransportError> {
         let (a, b) = UnixStream::pair().map_err(|source| TransportError::Connect {
             address: Address::Unix(PathBuf::from("(socketpair)")),
             source,
         })?;
-        Ok((Connection::from_unix(a)?, Connection::from_unix(b)?))
+        Ok((
+            StreamConnection::from_unix(a)?,
+            StreamConnection::from_unix(b)?,
+        ))
     }
 
     /// The TCP or UNIX socket; for TLS, the one under the session (not to be read or
@@ -290,13 +293,13 @@ impl Connection {
     ///
     /// # Errors
     /// The `dup` errno.
-    pub fn try_clone(&self) -> io::Result<Connection> {
+    pub fn try_clone(&self) -> io::Result<StreamConnection> {
         let link = match &self.link {
             Link::Plain(Socket::Tcp(stream)) => Link::Plain(Socket::Tcp(stream.try_clone()?)),
             Link::Plain(Socket::Unix(stream)) => Link::Plain(Socket::Unix(stream.try_clone()?)),
             Link::Tls(session) => Link::Tls(Arc::clone(session)),
         };
-        Ok(Connection { link })
+        Ok(StreamConnection { link })
     }
 
     /// Sets (or with `None` clears) how long a read may block before it fails with
@@ -344,7 +347,7 @@ impl Connection {
     }
 }
 
-impl Read for &Connection {
+impl Read for &StreamConnection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.link {
             Link::Plain(Socket::Tcp(stream)) => (&*stream).read(buf),
@@ -354,7 +357,7 @@ impl Read for &Connection {
     }
 }
 
-impl Write for &Connection {
+impl Write for &StreamConnection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &self.link {
             Link::Plain(Socket::Tcp(stream)) => (&*stream).write(buf),
@@ -376,13 +379,13 @@ impl Write for &Connection {
     }
 }
 
-impl Read for Connection {
+impl Read for StreamConnection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&*self).read(buf)
     }
 }
 
-impl Write for Connection {
+impl Write for StreamConnection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&*self).write(buf)
     }
@@ -398,7 +401,7 @@ impl Write for Connection {
 
 /// The socket, to poll it; over TLS, bytes read or written on it bypass the session and
 /// break it.
-impl AsFd for Connection {
+impl AsFd for StreamConnection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self.socket() {
             SocketRef::Tcp(stream) => stream.as_fd(),
@@ -407,7 +410,7 @@ impl AsFd for Connection {
     }
 }
 
-impl AsRawFd for Connection {
+impl AsRawFd for StreamConnection {
     fn as_raw_fd(&self) -> RawFd {
         self.as_fd().as_raw_fd()
     }
@@ -418,7 +421,7 @@ impl AsRawFd for Connection {
 /// # Errors
 /// [`TransportError::Resolve`], [`TransportError::Connect`] (the last address's error),
 /// [`TransportError::SocketOption`].
-pub fn connect(address: &Address) -> Result<Connection, TransportError> {
+pub fn connect(address: &Address) -> Result<StreamConnection, TransportError> {
     connect_with(address, &TransportSecurity::Plain)
 }
 
@@ -436,7 +439,7 @@ pub fn connect(address: &Address) -> Result<Connection, TransportError> {
 pub fn connect_with(
     address: &Address,
     security: &TransportSecurity,
-) -> Result<Connection, TransportError> {
+) -> Result<StreamConnection, TransportError> {
     match (address, security) {
         (Address::Tcp { host, port }, TransportSecurity::Tls(creds)) => {
             let config = creds.client_config()?;
@@ -449,37 +452,37 @@ pub fn connect_with(
                     source: io::Error::new(io::ErrorKind::InvalidInput, e),
                 }
             })?;
-            Connection::tls(stream, tls.into(), address.clone())
+            StreamConnection::tls(stream, tls.into(), address.clone())
         }
         (Address::Unix(_), TransportSecurity::Tls(_)) => Err(TransportError::TlsNeedsTcp {
             address: address.clone(),
         }),
         (Address::Tcp { host, port }, TransportSecurity::Plain) => {
-            Connection::from_tcp(connect_tcp(address, host, *port)?)
+            StreamConnection::from_tcp(connect_tcp(address, host, *port)?)
         }
         (Address::Unix(path), TransportSecurity::Plain) => {
             let stream = UnixStream::connect(path).map_err(|source| TransportError::Connect {
                 address: address.clone(),
                 source,
             })?;
-            Connection::from_unix(stream)
+            StreamConnection::from_unix(stream)
         }
     }
 }
 
-impl Connection {
+impl StreamConnection {
     /// Sets `TCP_NODELAY` on `stream` and runs the handshake of `tls` on it.
     fn tls(
         stream: TcpStream,
         tls: rustls::Connection,
         peer: Address,
-    ) -> Result<Connection, TransportError> {
+    ) -> Result<StreamConnection, TransportError> {
         set_nodelay(&stream)?;
         let session = tls::TlsStream::handshake(stream, tls).map_err(|e| match e {
             tls::HandshakeError::Timeout => TransportError::HandshakeTimeout { peer },
             tls::HandshakeError::Io(source) => TransportError::Handshake { peer, source },
         })?;
-        Ok(Connection {
+        Ok(StreamConnection {
             link: Link::Tls(Arc::new(session)),
         })
     }
@@ -608,7 +611,7 @@ impl Listener {
     /// # Errors
     /// [`TransportError::Accept`], [`TransportError::SocketOption`],
     /// [`TransportError::Handshake`], [`TransportError::HandshakeTimeout`].
-    pub fn accept(&self) -> Result<Connection, TransportError> {
+    pub fn accept(&self) -> Result<StreamConnection, TransportError> {
         let accept_error = |source| TransportError::Accept {
             address: self.address.clone(),
             source,
@@ -617,7 +620,7 @@ impl Listener {
             ListenSocket::Tcp(socket) => {
                 let (stream, peer) = socket.accept().map_err(accept_error)?;
                 let Some(config) = &self.tls else {
-                    return Connection::from_tcp(stream);
+                    return StreamConnection::from_tcp(stream);
                 };
                 let peer = Address::Tcp {
                     host: peer.ip().to_string(),
@@ -629,11 +632,11 @@ impl Listener {
                         source: io::Error::new(io::ErrorKind::InvalidInput, e),
                     }
                 })?;
-                Connection::tls(stream, tls.into(), peer)
+                StreamConnection::tls(stream, tls.into(), peer)
             }
             ListenSocket::Unix(socket) => {
                 let (stream, _) = socket.accept().map_err(accept_error)?;
-                Connection::from_unix(stream)
+                StreamConnection::from_unix(stream)
             }
         }
     }

@@ -49,7 +49,7 @@ struct Outgoing {
     broken: bool,
 }
 
-/// One TLS session, shared by every handle of a [`Connection`](super::Connection).
+/// One TLS session, shared by every handle of a [`StreamConnection`](super::StreamConnection).
 pub(super) struct TlsStream {
     socket: TcpStream,
     tls: Mutex<rustls::Connection>,

@@ -6,11 +6,11 @@
 use std::io::{self, Read, Write};
 
 use vfmig_migration::stream::{
-    DeviceChunk, DeviceConfig, DeviceDesc, End, Iteration, Machine, Phase, RamLayout, RamRegion,
-    ReadError, ReadGuestMemory, Section, StreamReader, StreamWriter, VmConfig, WriteError,
-    WriteGuestMemory,
+    DeviceChunk, DeviceConfig, DeviceDesc, End, Iteration, MachineState, Phase, RamLayout,
+    ReadError, ReadGuestMemory, RegionDesc, Section, StreamConfig, StreamReader, StreamWriter,
+    WriteError, WriteGuestMemory,
 };
-use vfmig_migration::{DeviceId, Gpa, PageRun, STREAM_PAGE_SIZE};
+use vfmig_migration::{DeviceIndex, Gpa, PageRun, STREAM_PAGE_SIZE};
 
 /// Guest RAM: one `Vec` per region.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -105,11 +105,11 @@ impl WriteGuestMemory for GuestRam {
 /// Two regions: 1 MiB at 0 and 256 KiB at 4 GiB.
 pub fn sample_layout() -> RamLayout {
     RamLayout::new(vec![
-        RamRegion {
+        RegionDesc {
             gpa: Gpa(0),
             size: 1 << 20,
         },
-        RamRegion {
+        RegionDesc {
             gpa: Gpa(1 << 32),
             size: 256 << 10,
         },
@@ -118,20 +118,20 @@ pub fn sample_layout() -> RamLayout {
 }
 
 /// The sample layout with devices 1 (`mtty`) and 2 (`dma-engine`).
-pub fn sample_config() -> VmConfig {
+pub fn sample_config() -> StreamConfig {
     let devices = vec![
         DeviceDesc {
-            id: DeviceId(1),
+            id: DeviceIndex(1),
             kind: "mtty".into(),
             config: br#"{"ports":2}"#.to_vec(),
         },
         DeviceDesc {
-            id: DeviceId(2),
+            id: DeviceIndex(2),
             kind: "dma-engine".into(),
             config: vec![0, 1, 2, 3],
         },
     ];
-    VmConfig::new(sample_layout(), devices).expect("valid config")
+    StreamConfig::new(sample_layout(), devices).expect("valid config")
 }
 
 /// Source RAM for the sample: every page patterned, except every fifth page of the first
@@ -160,10 +160,10 @@ pub fn chunk_bytes(len: usize, seed: u8) -> Vec<u8> {
 /// A section as the tests compare it: owned, RAM summarised.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Owned {
-    Config(VmConfig),
+    Config(StreamConfig),
     Ram { data_pages: u64, zero_pages: u64 },
-    Chunk(DeviceId, Phase, u64, Vec<u8>),
-    DeviceConfig(DeviceId, Vec<u8>),
+    Chunk(DeviceIndex, Phase, u64, Vec<u8>),
+    DeviceConfig(DeviceIndex, Vec<u8>),
     Machine(u32, Vec<u8>, Vec<u8>),
     Iteration(Iteration),
     End(End),
@@ -183,7 +183,7 @@ pub fn write_sample<W: Write>(out: W, ram: &GuestRam) -> Result<StreamWriter<W>,
         ram,
     )?;
     writer.write_device_chunk(&DeviceChunk {
-        device: DeviceId(1),
+        device: DeviceIndex(1),
         phase: Phase::PreCopy,
         iteration: 0,
         data: &chunk_bytes(100, 1),
@@ -200,28 +200,28 @@ pub fn write_sample<W: Write>(out: W, ram: &GuestRam) -> Result<StreamWriter<W>,
         ram,
     )?;
     writer.write_device_chunk(&DeviceChunk {
-        device: DeviceId(2),
+        device: DeviceIndex(2),
         phase: Phase::StopCopy,
         iteration: 1,
         data: &chunk_bytes(70_000, 2),
     })?;
     writer.write_device_chunk(&DeviceChunk {
-        device: DeviceId(1),
+        device: DeviceIndex(1),
         phase: Phase::StopCopy,
         iteration: 1,
         data: &[],
     })?;
-    writer.write_machine(&Machine {
+    writer.write_machine(&MachineState {
         vcpus: 2,
         program: b"program",
         state: &chunk_bytes(9000, 4),
     })?;
     writer.write_device_config(&DeviceConfig {
-        device: DeviceId(1),
+        device: DeviceIndex(1),
         data: b"mtty-config",
     })?;
     writer.write_device_config(&DeviceConfig {
-        device: DeviceId(2),
+        device: DeviceIndex(2),
         data: &chunk_bytes(5000, 3),
     })?;
     writer.finish()?;
@@ -252,7 +252,7 @@ pub fn sample_sections() -> Vec<Owned> {
             data_pages: 12,
             zero_pages: 0,
         },
-        Owned::Chunk(DeviceId(1), Phase::PreCopy, 0, chunk_bytes(100, 1)),
+        Owned::Chunk(DeviceIndex(1), Phase::PreCopy, 0, chunk_bytes(100, 1)),
         Owned::Iteration(Iteration {
             number: 1,
             pages: 3,
@@ -261,11 +261,11 @@ pub fn sample_sections() -> Vec<Owned> {
             data_pages: 3,
             zero_pages: 0,
         },
-        Owned::Chunk(DeviceId(2), Phase::StopCopy, 1, chunk_bytes(70_000, 2)),
-        Owned::Chunk(DeviceId(1), Phase::StopCopy, 1, vec![]),
+        Owned::Chunk(DeviceIndex(2), Phase::StopCopy, 1, chunk_bytes(70_000, 2)),
+        Owned::Chunk(DeviceIndex(1), Phase::StopCopy, 1, vec![]),
         Owned::Machine(2, b"program".to_vec(), chunk_bytes(9000, 4)),
-        Owned::DeviceConfig(DeviceId(1), b"mtty-config".to_vec()),
-        Owned::DeviceConfig(DeviceId(2), chunk_bytes(5000, 3)),
+        Owned::DeviceConfig(DeviceIndex(1), b"mtty-config".to_vec()),
+        Owned::DeviceConfig(DeviceIndex(2), chunk_bytes(5000, 3)),
     ]
 }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use vfmig::control::{self, Client, IncomingState, VmInfo, VmState, VmStatus};
+use vfmig::control::{self, ControlClient, IncomingState, RunState, VmInfo, VmStatus};
 
 use super::vm::{completed, follow_migration};
 use crate::cli::{DemoArgs, parse_size};
@@ -32,7 +32,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Waits until the VM behind `control` answers with a status that `ready` accepts.
 fn wait_for(
-    control: &Client,
+    control: &ControlClient,
     what: &str,
     ready: impl Fn(&VmStatus) -> bool,
 ) -> anyhow::Result<VmStatus> {
@@ -77,7 +77,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir: PathBuf = std::env::temp_dir().join(format!("vfmig-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (src_path, dst_path) = (dir.join("source.sock"), dir.join("destination.sock"));
-    let (src_ctl, dst_ctl) = (Client::new(&src_path), Client::new(&dst_path));
+    let (src_ctl, dst_ctl) = (ControlClient::new(&src_path), ControlClient::new(&dst_path));
     let mem = parse_size(&args.machine.mem)?;
     let port = free_port()?;
     let to = format!("tcp:127.0.0.1:{port}");
@@ -90,7 +90,10 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         let local = ["localhost", "127.0.0.1"].map(String::from);
         super::tls::generate(&creds, &local, "vfmig-source")?;
         common.extend(["--tls-creds".to_string(), path_str(&creds)?.to_string()]);
-        println!("migrating over mutual TLS (throwaway credentials in {})", creds.display());
+        println!(
+            "migrating over mutual TLS (throwaway credentials in {})",
+            creds.display()
+        );
     }
     println!(
         "vfmig demo: two VMs of {} MiB, each with an mtty and a dma-engine ({} MiB device RAM) in their own processes",
@@ -109,7 +112,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--paused",
         ],
     )?;
-    let status = wait_for(&src_ctl, "the source VM", |s| s.state == VmState::Running)?;
+    let status = wait_for(&src_ctl, "the source VM", |s| s.state == RunState::Running)?;
     wait_for(&dst_ctl, "the destination VM", |s| {
         s.incoming == Some(IncomingState::Waiting)
     })?;

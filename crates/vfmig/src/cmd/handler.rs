@@ -6,14 +6,14 @@ use std::thread;
 use std::time::Duration;
 
 use vfmig::control::{
-    Command, DeviceStatus, Done, GuestCounters, IncomingState, MigrateArgs, Reply, VmInfo, VmState,
-    VmStatus,
+    ControlCommand, ControlReply, DeviceStatus, Done, GuestCounters, IncomingState, MigrateArgs,
+    RunState, VmInfo, VmStatus,
 };
 use vfmig_migration::engine::{
     MigrationError, MigrationState, MigrationStats, Progress, migrate_with, reclaim,
 };
-use vfmig_vmm::control::{ControlError, ControlHandler};
 use vfmig_migration::transport::TransportSecurity;
+use vfmig_vmm::control::{ControlError, ControlHandler};
 use vfmig_vmm::{GuestPlan, Vm};
 
 /// The VM behind a control socket. The VM itself arrives later for an incoming migration.
@@ -96,7 +96,7 @@ impl VmHandler {
         let incoming = *self.incoming.lock().unwrap_or_else(|e| e.into_inner());
         let Some(vm) = self.vm.get() else {
             return VmStatus {
-                state: VmState::Incoming,
+                state: RunState::Incoming,
                 incoming,
                 vm: None,
             };
@@ -113,9 +113,9 @@ impl VmHandler {
             .collect();
         VmStatus {
             state: if vm.gate().is_paused() {
-                VmState::Paused
+                RunState::Paused
             } else {
-                VmState::Running
+                RunState::Running
             },
             incoming,
             vm: Some(VmInfo {
@@ -218,16 +218,16 @@ fn record_outcome(progress: &Progress, result: &Result<MigrationStats, Migration
 }
 
 impl ControlHandler for VmHandler {
-    type Command = Command;
-    type Reply = Reply;
-    const COMMANDS: &'static [&'static str] = Command::NAMES;
+    type Command = ControlCommand;
+    type Reply = ControlReply;
+    const COMMANDS: &'static [&'static str] = ControlCommand::NAMES;
 
-    fn execute(&self, command: Command) -> Result<Reply, ControlError> {
-        let done = Reply::Done(Done {});
+    fn execute(&self, command: ControlCommand) -> Result<ControlReply, ControlError> {
+        let done = ControlReply::Done(Done {});
         match command {
-            Command::Status => Ok(Reply::Status(Box::new(self.status()))),
-            Command::Migrate(args) => self.start_migration(args).map(Reply::Done),
-            Command::Cancel => {
+            ControlCommand::Status => Ok(ControlReply::Status(Box::new(self.status()))),
+            ControlCommand::Migrate(args) => self.start_migration(args).map(ControlReply::Done),
+            ControlCommand::Cancel => {
                 let slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
                 let p = slot
                     .as_ref()
@@ -235,24 +235,24 @@ impl ControlHandler for VmHandler {
                 p.cancel();
                 Ok(done)
             }
-            Command::Stats => {
+            ControlCommand::Stats => {
                 let slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
                 let status = slot
                     .as_ref()
                     .map(Progress::status)
                     .ok_or_else(|| ControlError::generic("no migration yet"))?;
-                Ok(Reply::Stats(Box::new(status)))
+                Ok(ControlReply::Stats(Box::new(status)))
             }
-            Command::Digest => self
+            ControlCommand::Digest => self
                 .vm()?
                 .digest()
-                .map(Reply::Digest)
+                .map(ControlReply::Digest)
                 .map_err(|e| ControlError::generic(e.to_string())),
-            Command::Stop => {
+            ControlCommand::Stop => {
                 self.vm()?.pause();
                 Ok(done)
             }
-            Command::Cont => {
+            ControlCommand::Cont => {
                 if self.last_migration_state() == Some(MigrationState::Unconfirmed) {
                     // The operator found no VM at the destination: the guest comes back here,
                     // devices first.
@@ -262,7 +262,7 @@ impl ControlHandler for VmHandler {
                 self.start_guest()?;
                 Ok(done)
             }
-            Command::Quit => {
+            ControlCommand::Quit => {
                 if let Some(vm) = self.vm.get() {
                     vm.shutdown();
                 }

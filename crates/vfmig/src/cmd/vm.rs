@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use vfmig::control::{self, Client, IncomingState};
+use vfmig::control::{self, ControlClient, IncomingState};
 use vfmig_migration::engine::{MigrationStatus, receive_into};
 use vfmig_migration::transport::{Address, TlsCreds, TransportSecurity, listen_with};
 use vfmig_vmm::{
@@ -24,7 +24,7 @@ pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Run(args) => run_vm(args),
         VmCommand::Migrate(args) => migrate_vm(args),
         VmCommand::Status(args) => {
-            let status = Client::new(&args.control).status()?;
+            let status = ControlClient::new(&args.control).status()?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
@@ -219,7 +219,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
 
 /// Polls the migration's status until it ends; shows progress on a terminal, plain lines
 /// otherwise. Returns the final status.
-pub(crate) fn follow_migration(control: &Client) -> anyhow::Result<MigrationStatus> {
+pub(crate) fn follow_migration(control: &ControlClient) -> anyhow::Result<MigrationStatus> {
     let tty = std::io::stderr().is_terminal();
     let mut last_state = None;
     loop {
@@ -272,7 +272,7 @@ pub(crate) fn completed(
 }
 
 fn migrate_vm(args: MigrateArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.control);
+    let client = ControlClient::new(&args.control);
     client.migrate(control::MigrateArgs {
         to: args.to.clone(),
         policy: args.policy.policy(),

@@ -10,7 +10,7 @@ use vfmig_abi::StateKind;
 
 use super::regs::{CONTROL_ENABLE, REGS_LEN, Regs};
 use super::{DmaEngine, RAM_PAGE_SIZE};
-use crate::migratable::{Migratable, MigrationError};
+use crate::migratable::{Migratable, MigratableError};
 
 const MAGIC: &[u8; 4] = b"DMAE";
 const KIND_PAGES: u8 = 1;
@@ -76,11 +76,11 @@ impl DmaEngine {
         at
     }
 
-    fn load_pages(&mut self, count: u32, mut body: &[u8]) -> Result<(), MigrationError> {
+    fn load_pages(&mut self, count: u32, mut body: &[u8]) -> Result<(), MigratableError> {
         for _ in 0..count {
             let (entry, rest) = body
                 .split_first_chunk::<ENTRY>()
-                .ok_or_else(|| MigrationError::bad_chunk("short page entry"))?;
+                .ok_or_else(|| MigratableError::bad_chunk("short page entry"))?;
             let page = u64::from(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]));
             let flags = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
             let range = self
@@ -89,7 +89,7 @@ impl DmaEngine {
                     RAM_PAGE_SIZE.bytes(),
                 )
                 .ok_or_else(|| {
-                    MigrationError::bad_chunk(format!("page {page} outside device RAM"))
+                    MigratableError::bad_chunk(format!("page {page} outside device RAM"))
                 })?;
             if flags & FLAG_ZERO != 0 {
                 self.ram[range].fill(0);
@@ -97,20 +97,20 @@ impl DmaEngine {
             } else {
                 let (data, rest) = rest
                     .split_at_checked(RAM_PAGE_SIZE.bytes_usize())
-                    .ok_or_else(|| MigrationError::bad_chunk("short page data"))?;
+                    .ok_or_else(|| MigratableError::bad_chunk("short page data"))?;
                 self.ram[range].copy_from_slice(data);
                 body = rest;
             }
         }
         if !body.is_empty() {
-            return Err(MigrationError::bad_chunk("trailing bytes after the pages"));
+            return Err(MigratableError::bad_chunk("trailing bytes after the pages"));
         }
         Ok(())
     }
 }
 
 impl Migratable for DmaEngine {
-    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigrationError> {
+    fn set_state(&mut self, from: StateKind, to: StateKind) -> Result<(), MigratableError> {
         match to {
             StateKind::PreCopy => {
                 // The first round sends all of device RAM.
@@ -133,7 +133,7 @@ impl Migratable for DmaEngine {
                 self.save = SaveState::default();
                 if self.regs.control & CONTROL_ENABLE != 0 {
                     self.take_ring_pin()
-                        .map_err(|e| MigrationError::new(e.errno, e.what))?;
+                        .map_err(|e| MigratableError::new(e.errno, e.what))?;
                 }
             }
             StateKind::Resuming => {
@@ -145,7 +145,7 @@ impl Migratable for DmaEngine {
         Ok(())
     }
 
-    fn pending_bytes(&mut self) -> Result<u64, MigrationError> {
+    fn pending_bytes(&mut self) -> Result<u64, MigratableError> {
         if !self.save.saving {
             return Ok(0);
         }
@@ -158,9 +158,9 @@ impl Migratable for DmaEngine {
         Ok(pages + regs)
     }
 
-    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError> {
         if buf.len() < HEADER + ENTRY + RAM_PAGE_SIZE.bytes_usize() {
-            return Err(MigrationError::new(
+            return Err(MigratableError::new(
                 libc::ENOSPC,
                 "data section smaller than one page",
             ));
@@ -177,20 +177,20 @@ impl Migratable for DmaEngine {
         Ok(HEADER + REGS_LEN)
     }
 
-    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError> {
+    fn load_chunk(&mut self, chunk: &[u8]) -> Result<(), MigratableError> {
         let (head, body) = chunk
             .split_first_chunk::<HEADER>()
             .filter(|(h, _)| &h[..4] == MAGIC)
-            .ok_or_else(|| MigrationError::bad_chunk("not a dma-engine chunk"))?;
+            .ok_or_else(|| MigratableError::bad_chunk("not a dma-engine chunk"))?;
         let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
         match head[4] {
             KIND_PAGES => self.load_pages(count, body),
             KIND_REGS => {
                 self.regs = Regs::decode(body)
-                    .ok_or_else(|| MigrationError::bad_chunk("invalid dma-engine registers"))?;
+                    .ok_or_else(|| MigratableError::bad_chunk("invalid dma-engine registers"))?;
                 Ok(())
             }
-            kind => Err(MigrationError::bad_chunk(format!(
+            kind => Err(MigratableError::bad_chunk(format!(
                 "unknown dma-engine chunk kind {kind}"
             ))),
         }
