@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vfmig_migration::engine::{DowntimeLimit, MigrationStatus};
 use vfmig_migration::transport::Address;
-use vfmig_vmm::VmDigest;
 use vfmig_vmm::control::{RequestError, request};
 use vfmig_vmm::viommu::ViommuCounters;
+use vfmig_vmm::{KvmGuestReport, VmDigest};
 
 /// A request on the control socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,6 +148,10 @@ pub struct VmInfo {
     pub migration: Option<MigrationStatus>,
     /// The emulated vIOMMU, if the VM has one.
     pub viommu: Option<ViommuCounters>,
+    /// The KVM guest's own report (its status page) and what the VMM saw of it, if the VM
+    /// runs one.
+    #[serde(default)]
+    pub kvm: Option<KvmGuestReport>,
 }
 
 /// One device of `status`.

@@ -20,17 +20,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vfmig_vmm::VmDigest;
 
 use common::proxy::{Fault, FaultyProxy};
 use common::{
-    BUSY_GUEST, Guest, TestDir, VmProcess, endless_migration, finite_migration, free_port, poll,
-    signal,
+    BUSY_GUEST, Guest, TestDir, VmProcess, digest, endless_migration, finite_migration, free_port,
+    poll, signal, to,
 };
-
-fn to(port: u16) -> String {
-    format!("tcp:127.0.0.1:{port}")
-}
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -40,10 +35,6 @@ fn error_of(migration: &Value) -> &str {
     migration["error"]
         .as_str()
         .unwrap_or_else(|| panic!("no error in {migration}"))
-}
-
-fn digest(vm: &VmProcess) -> VmDigest {
-    serde_json::from_value(vm.call("digest", Value::Null)).expect("a digest")
 }
 
 /// Kills the destination in the middle of pre-copy and waits for the source to notice.

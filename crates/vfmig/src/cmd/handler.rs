@@ -128,6 +128,7 @@ impl VmHandler {
                 },
                 migration,
                 viommu: vm.viommu_counters(),
+                kvm: vm.kvm_report(),
             }),
         }
     }

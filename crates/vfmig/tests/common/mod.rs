@@ -53,6 +53,16 @@ pub(crate) fn endless_migration(to: &str) -> Value {
     json!({ "to": to, "downtime_ms": 0, "max_iterations": 1_000_000 })
 }
 
+/// The address of a destination listening on `port` of 127.0.0.1.
+pub(crate) fn to(port: u16) -> String {
+    format!("tcp:127.0.0.1:{port}")
+}
+
+/// The VM's digests (RAM and every device), through its control socket.
+pub(crate) fn digest(vm: &VmProcess) -> vfmig_vmm::VmDigest {
+    serde_json::from_value(vm.call("digest", Value::Null)).expect("a digest")
+}
+
 /// Migration arguments that finish soon: the default downtime limit, at most 8 iterations.
 pub(crate) fn finite_migration(to: &str) -> Value {
     json!({ "to": to, "downtime_ms": 300, "max_iterations": 8 })
@@ -177,6 +187,10 @@ impl VmProcess {
             s["incoming"] == "waiting"
         });
         vm
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     pub(crate) fn pid(&self) -> u32 {
