@@ -231,8 +231,14 @@ fn receive_on(
                         m.vcpus, program.vcpus
                     )));
                 }
+                let restoring = Instant::now();
                 vm.restore_machine(&program, m.state)
                     .map_err(|e| MigrationError::Guest(Box::new(e)))?;
+                tracing::debug!(
+                    vcpus = m.vcpus,
+                    ms = restoring.elapsed().as_secs_f64() * 1e3,
+                    "KVM guest built and its state restored"
+                );
             }
             Section::DeviceConfig(c) => {
                 let record: DeviceRecord = serde_json::from_slice(c.data)

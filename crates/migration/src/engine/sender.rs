@@ -315,8 +315,10 @@ impl Sender<'_> {
         dirty: &mut DirtySet,
         stats: &mut MigrationStats,
     ) -> Result<(), MigrationError> {
+        let pausing = Instant::now();
         self.vm.pause();
         self.paused = true;
+        tracing::debug!(ms = ms(pausing.elapsed()), "guest paused");
         self.progress.update(|s| s.state = MigrationState::StopCopy);
         self.set_devices(DeviceState::STOP_COPY)?;
         self.sync(dirty, stats)?;
@@ -333,9 +335,15 @@ impl Sender<'_> {
         if let Some(machine) = self.vm.machine() {
             let program = serde_json::to_vec(machine.program())
                 .map_err(|e| MigrationError::Config(e.to_string()))?;
+            let saving = Instant::now();
             let state = machine
                 .save()
                 .map_err(|e| MigrationError::Guest(Box::new(e.into())))?;
+            tracing::debug!(
+                bytes = state.len(),
+                ms = ms(saving.elapsed()),
+                "KVM state saved"
+            );
             self.writer.write_machine(&MachineState {
                 vcpus: machine.program().vcpus,
                 program: &program,
