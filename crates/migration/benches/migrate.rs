@@ -139,7 +139,9 @@ fn migrate_once(vm: &Vm, host: &DeviceHost) -> Migration {
     let process = cpu(libc::RUSAGE_SELF);
     let ((stats, sender_cpu), (dest, receiver_cpu)) = thread::scope(|s| {
         let receiving = on_thread(s, "receive", || {
-            receive_into(&listener, host, Some(ram)).expect("receive").0
+            receive_into(&listener, host, Some(ram), None)
+                .expect("receive")
+                .0
         });
         let sending = on_thread(s, "send", || {
             migrate(vm, &to, &mut DowntimeLimit::default(), &Progress::new()).expect("migrate")

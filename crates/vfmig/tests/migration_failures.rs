@@ -340,3 +340,20 @@ fn a_terminated_vm_removes_its_runtime_directory_and_its_device_processes_end() 
         });
     }
 }
+
+#[test]
+fn a_destination_refuses_a_vm_of_another_shape_naming_the_difference() {
+    let dir = TestDir::new("shape");
+    let source = VmProcess::source(&dir, "src", BUSY_GUEST);
+    let port = free_port();
+    // The destination was started for a VM with one more device than the source has.
+    let _destination = VmProcess::destination(&dir, "dst", port, &["--device", "mtty"]);
+    source.call("migrate", finite_migration(&to(port)));
+    let done = source.wait_for_migration_end();
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        error_of(&done).contains("the incoming VM has 2 devices, this destination 3"),
+        "{done}"
+    );
+    source.assert_guest_runs_cleanly();
+}

@@ -89,22 +89,53 @@ pub fn receive(
     listener: &Listener,
     host: &DeviceHost,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
-    receive_into(listener, host, None)
+    receive_into(listener, host, None, None)
+}
+
+/// Refuses a stream whose VM is not the one this destination was set up for (`expected`:
+/// its RAM layout and devices), naming the first difference: a destination receives only
+/// the VM it was started for.
+fn check_shape(expected: &VmConfig, incoming: &VmConfig) -> Result<(), MigrationError> {
+    if expected.ram != incoming.ram {
+        return Err(MigrationError::Config(format!(
+            "the incoming VM's RAM is laid out as {:x?}, this destination's as {:x?}",
+            incoming.ram, expected.ram
+        )));
+    }
+    if expected.devices.len() != incoming.devices.len() {
+        return Err(MigrationError::Config(format!(
+            "the incoming VM has {} devices, this destination {}",
+            incoming.devices.len(),
+            expected.devices.len()
+        )));
+    }
+    for (i, (ours, theirs)) in expected.devices.iter().zip(&incoming.devices).enumerate() {
+        if ours != theirs {
+            return Err(MigrationError::Config(format!(
+                "device {i} of the incoming VM is {} ({} {:?}), this destination's is {} ({} {:?})",
+                theirs.id, theirs.kind, theirs.args, ours.id, ours.kind, ours.args
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// [`receive`] into guest RAM prepared beforehand (e.g. populated while waiting), used if its
-/// layout is the stream's; otherwise RAM is made from the stream's layout.
+/// layout is the stream's; otherwise RAM is made from the stream's layout. With `expected`, a
+/// stream of any other VM (RAM layout, devices) is refused, naming the difference, before
+/// anything of it is built.
 pub fn receive_into(
     listener: &Listener,
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
+    expected: Option<&VmConfig>,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
     let conn = listener.accept()?;
     let start = Instant::now();
     let mut ack = conn
         .try_clone()
         .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-    match receive_on(conn, host, ram).and_then(|(vm, stats, conn, left)| {
+    match receive_on(conn, host, ram, expected).and_then(|(vm, stats, conn, left)| {
         wait_for_go(&mut ack, conn, left)?;
         Ok((vm, stats))
     }) {
@@ -175,6 +206,7 @@ fn receive_on(
     conn: StreamConnection,
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
+    expected: Option<&VmConfig>,
 ) -> Result<(Vm, ReceiveStats, StreamConnection, Vec<u8>), MigrationError> {
     let mut stats = ReceiveStats::default();
     let mut reader = StreamReader::new(conn)?;
@@ -189,6 +221,9 @@ fn receive_on(
         }
     };
     tracing::info!(ram = ?config.ram, devices = config.devices.len(), "incoming VM");
+    if let Some(expected) = expected {
+        check_shape(expected, &config)?;
+    }
     let vm = match ram.filter(|r| r.layout() == config.ram) {
         Some(ram) => Vm::build_with_ram(config, ram, host, false),
         None => Vm::build(config, host, false),

@@ -176,18 +176,25 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                 listen_with(&addr, &security).with_context(|| format!("listening on {addr}"))?;
             handler.set_incoming(Some(IncomingState::Waiting));
             tracing::info!(%addr, "waiting for an incoming migration");
-            // Guest RAM as --mem lays it out, faulted in while the source connects; used if
-            // the stream's layout is the same (it usually is: both ends get the same --mem).
-            let layout = VmConfig::with_memory(parse_size(&args.machine.mem)?, Vec::new())?.ram;
-            let ram = Arc::new(GuestRam::new(&layout)?);
+            // The VM this destination is for: its --mem and --device. A stream of any other
+            // is refused. Its RAM is faulted in while the source connects.
+            let expected = VmConfig::with_memory(
+                parse_size(&args.machine.mem)?,
+                device_specs(
+                    &args.devices,
+                    args.machine.dma_ram_mib,
+                    args.machine.dma_all_mapped,
+                )?,
+            )?;
+            let ram = Arc::new(GuestRam::new(&expected.ram)?);
             let populating = ram.clone();
             std::thread::spawn(move || {
                 if let Err(e) = populating.populate() {
                     tracing::warn!(error = %e, "could not fault in guest RAM ahead of the migration");
                 }
             });
-            let (vm, stats) =
-                receive_into(&listener, &host, Some(ram)).context("incoming migration")?;
+            let (vm, stats) = receive_into(&listener, &host, Some(ram), Some(&expected))
+                .context("incoming migration")?;
             handler.set_incoming(Some(IncomingState::Completed));
             tracing::info!(?stats, "incoming migration completed");
             (Arc::new(vm), false)
