@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 
 use vfmig_abi::uapi::{
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
@@ -12,6 +11,7 @@ use vfmig_abi::uapi::{
     VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
 };
+use vfmig_vfio_user::server::IrqSetData;
 
 /// An interrupt index of a PCI device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,17 +55,6 @@ impl IrqError {
     }
 }
 
-/// The data of a SET_IRQS request.
-#[derive(Debug)]
-pub enum IrqData<'a> {
-    /// `VFIO_IRQ_SET_DATA_NONE`.
-    None,
-    /// `VFIO_IRQ_SET_DATA_BOOL`: one byte per vector.
-    Bool(&'a [u8]),
-    /// `VFIO_IRQ_SET_DATA_EVENTFD`: one fd per vector, or none to de-assign.
-    Eventfds(Vec<OwnedFd>),
-}
-
 /// The interrupt state of a device.
 #[derive(Debug, Default)]
 pub struct Irqs {
@@ -99,7 +88,7 @@ impl Irqs {
         flags: u32,
         start: u32,
         count: u32,
-        data: IrqData<'_>,
+        data: IrqSetData<'_>,
     ) -> Result<(), IrqError> {
         let (_, available) = Irqs::info(index)?;
         let data_type = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
@@ -136,9 +125,9 @@ impl Irqs {
             VFIO_IRQ_SET_ACTION_TRIGGER => self.trigger_action(slot, data_type, count, data),
             VFIO_IRQ_SET_ACTION_MASK | VFIO_IRQ_SET_ACTION_UNMASK if slot == IrqIndex::Intx => {
                 let set = match data {
-                    IrqData::None => true,
-                    IrqData::Bool(b) => b.first().is_some_and(|&v| v != 0),
-                    IrqData::Eventfds(_) => return Err(IrqError::BadFlags(flags)),
+                    IrqSetData::None => true,
+                    IrqSetData::Bool(b) => b.first().is_some_and(|&v| v != 0),
+                    IrqSetData::Eventfds(_) => return Err(IrqError::BadFlags(flags)),
                 };
                 if set {
                     self.mask_intx(action == VFIO_IRQ_SET_ACTION_MASK);
@@ -154,18 +143,18 @@ impl Irqs {
         slot: IrqIndex,
         data_type: u32,
         count: u32,
-        data: IrqData<'_>,
+        data: IrqSetData<'_>,
     ) -> Result<(), IrqError> {
         match (data_type, data) {
-            (VFIO_IRQ_SET_DATA_NONE, IrqData::None) if count == 0 => {
+            (VFIO_IRQ_SET_DATA_NONE, IrqSetData::None) if count == 0 => {
                 *self.slot(slot) = None;
                 Ok(())
             }
-            (VFIO_IRQ_SET_DATA_NONE, IrqData::None) => {
+            (VFIO_IRQ_SET_DATA_NONE, IrqSetData::None) => {
                 self.raise(slot);
                 Ok(())
             }
-            (VFIO_IRQ_SET_DATA_BOOL, IrqData::Bool(b)) => {
+            (VFIO_IRQ_SET_DATA_BOOL, IrqSetData::Bool(b)) => {
                 if b.len() != count as usize {
                     return Err(IrqError::BadData("one bool per vector"));
                 }
@@ -174,7 +163,7 @@ impl Irqs {
                 }
                 Ok(())
             }
-            (VFIO_IRQ_SET_DATA_EVENTFD, IrqData::Eventfds(mut fds)) => {
+            (VFIO_IRQ_SET_DATA_EVENTFD, IrqSetData::Eventfds(mut fds)) => {
                 match fds.len() {
                     0 => *self.slot(slot) = None,
                     1 if count == 1 => *self.slot(slot) = fds.pop().map(File::from),
@@ -243,7 +232,7 @@ fn signal(fd: Option<&mut File>) -> bool {
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::os::fd::FromRawFd;
+    use std::os::fd::{FromRawFd, OwnedFd};
 
     use super::*;
 
@@ -268,7 +257,7 @@ mod tests {
     fn intx_eventfd_fires_when_raised() {
         let (fd, mut r) = eventfd();
         let mut irqs = Irqs::new();
-        irqs.set(0, EVENTFD_TRIGGER, 0, 1, IrqData::Eventfds(vec![fd]))
+        irqs.set(0, EVENTFD_TRIGGER, 0, 1, IrqSetData::Eventfds(vec![fd]))
             .unwrap();
         assert!(irqs.raise(IrqIndex::Intx));
         assert!(fired(&mut r));
@@ -279,9 +268,9 @@ mod tests {
         let (a, mut ra) = eventfd();
         let (b, mut rb) = eventfd();
         let mut irqs = Irqs::new();
-        irqs.set(0, EVENTFD_TRIGGER, 0, 1, IrqData::Eventfds(vec![a]))
+        irqs.set(0, EVENTFD_TRIGGER, 0, 1, IrqSetData::Eventfds(vec![a]))
             .unwrap();
-        irqs.set(1, EVENTFD_TRIGGER, 0, 1, IrqData::Eventfds(vec![b]))
+        irqs.set(1, EVENTFD_TRIGGER, 0, 1, IrqSetData::Eventfds(vec![b]))
             .unwrap();
         irqs.raise(IrqIndex::Msi);
         assert!(fired(&mut rb));
@@ -292,14 +281,14 @@ mod tests {
     fn masked_intx_is_delivered_at_unmask() {
         let (fd, mut r) = eventfd();
         let mut irqs = Irqs::new();
-        irqs.set(0, EVENTFD_TRIGGER, 0, 1, IrqData::Eventfds(vec![fd]))
+        irqs.set(0, EVENTFD_TRIGGER, 0, 1, IrqSetData::Eventfds(vec![fd]))
             .unwrap();
         irqs.set(
             0,
             VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
             0,
             1,
-            IrqData::None,
+            IrqSetData::None,
         )
         .unwrap();
         assert!(!irqs.raise(IrqIndex::Intx));
@@ -309,7 +298,7 @@ mod tests {
             VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
             0,
             1,
-            IrqData::None,
+            IrqSetData::None,
         )
         .unwrap();
         assert!(fired(&mut r));
@@ -319,14 +308,14 @@ mod tests {
     fn count_zero_with_data_none_disables() {
         let (fd, _r) = eventfd();
         let mut irqs = Irqs::new();
-        irqs.set(1, EVENTFD_TRIGGER, 0, 1, IrqData::Eventfds(vec![fd]))
+        irqs.set(1, EVENTFD_TRIGGER, 0, 1, IrqSetData::Eventfds(vec![fd]))
             .unwrap();
         irqs.set(
             1,
             VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
             0,
             0,
-            IrqData::None,
+            IrqSetData::None,
         )
         .unwrap();
         assert!(!irqs.is_assigned(IrqIndex::Msi));
@@ -340,7 +329,7 @@ mod tests {
             VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
             1,
             1,
-            IrqData::None,
+            IrqSetData::None,
         );
         assert!(matches!(r, Err(IrqError::OutOfRange { .. })));
     }
@@ -350,7 +339,7 @@ mod tests {
         let mut irqs = Irqs::new();
         let flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_TRIGGER;
         assert_eq!(
-            irqs.set(0, flags, 0, 1, IrqData::None),
+            irqs.set(0, flags, 0, 1, IrqSetData::None),
             Err(IrqError::BadFlags(flags))
         );
     }

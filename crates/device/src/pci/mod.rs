@@ -5,4 +5,4 @@ mod config;
 mod irq;
 
 pub use config::{BarKind, ConfigSpace, PciIdentity};
-pub use irq::{IrqData, IrqError, IrqIndex, Irqs};
+pub use irq::{IrqError, IrqIndex, Irqs};

@@ -31,7 +31,7 @@ use vfmig_vfio_user::server::{
 
 use crate::migration::{DEFAULT_DATA_CAPACITY, MigrationRegion};
 use crate::model::{Bar, DeviceContext, DeviceModel};
-use crate::pci::{ConfigSpace, IrqData, Irqs};
+use crate::pci::{ConfigSpace, Irqs};
 use migration::PciMigration;
 
 /// Region index of the migration region.
@@ -340,11 +340,6 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
     }
 
     fn set_irqs(&mut self, set: &IrqSet, data: IrqSetData<'_>) -> Result<(), Errno> {
-        let data = match data {
-            IrqSetData::None => IrqData::None,
-            IrqSetData::Bool(b) => IrqData::Bool(b),
-            IrqSetData::Eventfds(fds) => IrqData::Eventfds(fds),
-        };
         self.irqs
             .set(set.index, set.flags, set.start, set.count, data)
             .map_err(|e| errno(e.errno()))
