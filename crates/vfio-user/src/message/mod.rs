@@ -40,6 +40,7 @@
 mod device;
 mod dirty;
 mod dma;
+mod error;
 mod header;
 mod io_fds;
 mod irq;
@@ -81,7 +82,7 @@ pub use version_caps::{
     MigrationCapability, TwinSocket,
 };
 
-use crate::error::MessageError;
+pub use error::MessageError;
 
 /// The body of one command in one direction: decoded from and encoded to its wire bytes.
 ///
