@@ -219,16 +219,8 @@ impl KvmVm {
         address: DoorbellAddress,
         datamatch: Datamatch,
     ) -> Result<(), KvmError> {
-        let address = io_event_address(address);
-        let fd = self.fd();
-        let result = match datamatch {
-            Datamatch::Any => fd.register_ioevent(event, &address, NoDatamatch),
-            Datamatch::U8(value) => fd.register_ioevent(event, &address, value),
-            Datamatch::U16(value) => fd.register_ioevent(event, &address, value),
-            Datamatch::U32(value) => fd.register_ioevent(event, &address, value),
-            Datamatch::U64(value) => fd.register_ioevent(event, &address, value),
-        };
-        result.map_err(KvmError::ioctl("KVM_IOEVENTFD"))
+        ioeventfd(self.fd(), Assign::Register, event, address, datamatch)
+            .map_err(KvmError::ioctl("KVM_IOEVENTFD"))
     }
 
     /// Undoes [`KvmVm::register_ioeventfd`] (same address and match).
@@ -241,16 +233,46 @@ impl KvmVm {
         address: DoorbellAddress,
         datamatch: Datamatch,
     ) -> Result<(), KvmError> {
-        let address = io_event_address(address);
-        let fd = self.fd();
-        let result = match datamatch {
-            Datamatch::Any => fd.unregister_ioevent(event, &address, NoDatamatch),
-            Datamatch::U8(value) => fd.unregister_ioevent(event, &address, value),
-            Datamatch::U16(value) => fd.unregister_ioevent(event, &address, value),
-            Datamatch::U32(value) => fd.unregister_ioevent(event, &address, value),
-            Datamatch::U64(value) => fd.unregister_ioevent(event, &address, value),
-        };
-        result.map_err(KvmError::ioctl("KVM_IOEVENTFD(DEASSIGN)"))
+        ioeventfd(self.fd(), Assign::Unregister, event, address, datamatch)
+            .map_err(KvmError::ioctl("KVM_IOEVENTFD(DEASSIGN)"))
+    }
+}
+
+/// Whether KVM_IOEVENTFD adds or removes an ioeventfd.
+#[derive(Clone, Copy)]
+enum Assign {
+    Register,
+    Unregister,
+}
+
+/// KVM_IOEVENTFD for `event` at `address`, with `datamatch` as the width and value kvm-ioctls
+/// takes it in.
+fn ioeventfd(
+    fd: &VmFd,
+    assign: Assign,
+    event: &EventFd,
+    address: DoorbellAddress,
+    datamatch: Datamatch,
+) -> Result<(), kvm_ioctls::Error> {
+    fn call<T: Into<u64>>(
+        fd: &VmFd,
+        assign: Assign,
+        event: &EventFd,
+        address: &IoEventAddress,
+        datamatch: T,
+    ) -> Result<(), kvm_ioctls::Error> {
+        match assign {
+            Assign::Register => fd.register_ioevent(event, address, datamatch),
+            Assign::Unregister => fd.unregister_ioevent(event, address, datamatch),
+        }
+    }
+    let address = io_event_address(address);
+    match datamatch {
+        Datamatch::Any => call(fd, assign, event, &address, NoDatamatch),
+        Datamatch::U8(value) => call(fd, assign, event, &address, value),
+        Datamatch::U16(value) => call(fd, assign, event, &address, value),
+        Datamatch::U32(value) => call(fd, assign, event, &address, value),
+        Datamatch::U64(value) => call(fd, assign, event, &address, value),
     }
 }
 
