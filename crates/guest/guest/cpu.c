@@ -191,3 +191,14 @@ void interrupt(struct frame *f)
 	}
 	lapic_write(LAPIC_EOI, 0);
 }
+
+int wait_count(const volatile uint64_t *counter, uint64_t before, uint64_t us)
+{
+	uint64_t deadline = tsc_after_us(us);
+	while (*counter == before) {
+		if (rdtsc() >= deadline)
+			return 0;
+		idle();
+	}
+	return 1;
+}

@@ -74,6 +74,8 @@ void timer_start(void);
  * loops on its own condition. */
 void idle(void);
 uint64_t tsc_after_us(uint64_t us);
+/* Waits until *counter passes `before` or `us` microseconds pass; 0 on timeout. */
+int wait_count(const volatile uint64_t *counter, uint64_t before, uint64_t us);
 
 /* pci.c */
 struct pci_found {
@@ -103,9 +105,6 @@ int mtty_init(const struct pci_found *f);
 void mtty_round(void);
 int dma_init(const struct pci_found *f);
 void dma_round(void);
-
-/* Waits until *counter passes `before` or `us` microseconds pass; 0 on timeout. */
-int wait_count(const volatile uint64_t *counter, uint64_t before, uint64_t us);
 
 void *memset(void *dst, int c, unsigned long n);
 void *memcpy(void *dst, const void *src, unsigned long n);

@@ -34,17 +34,6 @@ void *memcpy(void *dst, const void *src, unsigned long n)
 	return dst;
 }
 
-int wait_count(const volatile uint64_t *counter, uint64_t before, uint64_t us)
-{
-	uint64_t deadline = tsc_after_us(us);
-	while (*counter == before) {
-		if (rdtsc() >= deadline)
-			return 0;
-		idle();
-	}
-	return 1;
-}
-
 static void wait_stage(uint32_t s)
 {
 	while (stage < s)

@@ -33,7 +33,7 @@ use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use std::os::fd::AsRawFd;
 use vfmig_dirty::{DirtyBitmap, PageSize, words_for};
 
-use crate::vm::{Memslot, PAGE_SIZE};
+use crate::memslot::{Memslot, PAGE_SIZE};
 use crate::{KvmError, sys};
 
 /// An entry KVM has filled: the page is dirty (`KVM_DIRTY_GFN_F_DIRTY`, bit 0 in the

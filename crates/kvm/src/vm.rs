@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -16,6 +16,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use crate::KvmError;
 use crate::dirty_log::{DirtyLog, DirtyTracking};
 use crate::irq::MsiRoutes;
+use crate::memslot::{Memslot, check_slot, region_of};
 use crate::vcpu::Vcpu;
 
 /// Where KVM puts the three pages of the real-mode TSS that Intel VMX needs (KVM_SET_TSS_ADDR):
@@ -42,22 +43,6 @@ impl Default for KvmConfig {
             dirty_tracking: DirtyTracking::Bitmap,
         }
     }
-}
-
-/// A memslot: `size` bytes of guest-physical space at `gpa`, backed by the caller's mapping
-/// at `host`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Memslot {
-    /// KVM's slot number (below [`KvmVm::max_memslots`]).
-    pub slot: u32,
-    /// The guest-physical address of the first byte; page-aligned.
-    pub gpa: u64,
-    /// The host virtual address of the first byte; page-aligned.
-    pub host: u64,
-    /// The size in bytes; a non-zero multiple of the page size.
-    pub size: u64,
-    /// Whether KVM logs the pages the guest writes (KVM_MEM_LOG_DIRTY_PAGES).
-    pub log_dirty: bool,
 }
 
 /// A KVM virtual machine with an in-kernel irqchip.
@@ -273,44 +258,5 @@ impl KvmVm {
     /// after its ioctl succeeded, so a panic cannot leave it half-changed.
     fn slots(&self) -> MutexGuard<'_, BTreeMap<u32, Memslot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The page size of guest memory slots.
-pub(crate) const PAGE_SIZE: u64 = 4096;
-
-/// Checks a slot's numbers before KVM sees them.
-fn check_slot(slot: &Memslot, max_slots: usize) -> Result<(), KvmError> {
-    let bad = |reason| KvmError::BadSlot {
-        slot: slot.slot,
-        reason,
-    };
-    if usize::try_from(slot.slot).map_or(true, |s| s >= max_slots) {
-        return Err(bad("slot number above KVM's limit"));
-    }
-    if slot.size == 0 || !slot.size.is_multiple_of(PAGE_SIZE) {
-        return Err(bad("size is not a non-zero multiple of 4 KiB"));
-    }
-    if !slot.gpa.is_multiple_of(PAGE_SIZE) || !slot.host.is_multiple_of(PAGE_SIZE) {
-        return Err(bad("address not 4 KiB aligned"));
-    }
-    if slot.gpa.checked_add(slot.size).is_none() || slot.host.checked_add(slot.size).is_none() {
-        return Err(bad("range wraps around"));
-    }
-    Ok(())
-}
-
-/// The kernel's view of a slot.
-fn region_of(slot: &Memslot) -> kvm_userspace_memory_region {
-    kvm_userspace_memory_region {
-        slot: slot.slot,
-        flags: if slot.log_dirty {
-            KVM_MEM_LOG_DIRTY_PAGES
-        } else {
-            0
-        },
-        guest_phys_addr: slot.gpa,
-        memory_size: slot.size,
-        userspace_addr: slot.host,
     }
 }
