@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
 use vfmig_migration::crc::crc32c;
-use vfmig_migration::engine::{DowntimeLimit, MigrationStats, Progress, migrate, receive_into};
+use vfmig_migration::engine::{
+    DowntimeLimit, MigrationStats, Progress, ReceiveOptions, migrate, receive_into,
+};
 use vfmig_migration::transport::{Address, connect, listen};
 use vfmig_vmm::{DeviceHost, GuestRam, Vm, VmConfig};
 
@@ -139,9 +141,11 @@ fn migrate_once(vm: &Vm, host: &DeviceHost) -> Migration {
     let process = cpu(libc::RUSAGE_SELF);
     let ((stats, sender_cpu), (dest, receiver_cpu)) = thread::scope(|s| {
         let receiving = on_thread(s, "receive", || {
-            receive_into(&listener, host, Some(ram), None)
-                .expect("receive")
-                .0
+            let options = ReceiveOptions {
+                ram: Some(ram),
+                ..ReceiveOptions::default()
+            };
+            receive_into(&listener, host, &options).expect("receive").0
         });
         let sending = on_thread(s, "send", || {
             migrate(vm, &to, &mut DowntimeLimit::default(), &Progress::new()).expect("migrate")

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vfmig_migration::engine::DowntimeLimit;
+use vfmig_migration::engine::{DowntimeLimit, ReceiveTimeouts};
 use vfmig_migration::transport::Address;
 
 /// Live migration of VMs with out-of-process vfio-user devices.
@@ -176,6 +176,12 @@ pub(crate) struct VmRunArgs {
     /// of starting a fresh one.
     #[arg(long)]
     pub(crate) incoming: Option<String>,
+    /// With --incoming: how long a connection may take, in ms, for its TLS handshake and
+    /// again for the stream's header and VM description. One that fails or takes longer is
+    /// dropped and the next one accepted; only a migration that fails past that ends this.
+    #[arg(long, default_value_t = ms(ReceiveTimeouts::DEFAULT.setup),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) incoming_timeout_ms: u64,
     /// Keep the guest paused until `cont` on the control socket.
     #[arg(long)]
     pub(crate) paused: bool,
@@ -183,6 +189,23 @@ pub(crate) struct VmRunArgs {
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
     pub(crate) workload: WorkloadArgs,
+}
+
+impl VmRunArgs {
+    /// The receiver's timeouts: `--incoming-timeout-ms` before the commit point, the
+    /// engine's defaults after it.
+    pub(crate) fn incoming_timeouts(&self) -> ReceiveTimeouts {
+        let before = Duration::from_millis(self.incoming_timeout_ms);
+        ReceiveTimeouts {
+            handshake: before,
+            setup: before,
+            ..ReceiveTimeouts::DEFAULT
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Mutual TLS on `tcp:` migrations, for the VM's incoming and outgoing streams.

@@ -46,6 +46,7 @@ mod receiver;
 mod sender;
 mod stats;
 mod status;
+mod timed;
 
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
@@ -53,7 +54,9 @@ pub use policy::{
     Convergence, Decision, DowntimeLimit, Estimate, SwitchReason, THROTTLE_FIRST, THROTTLE_FLOOR,
     THROTTLE_STEP,
 };
-pub use receiver::{ReceiveStats, receive, receive_into};
+pub use receiver::{
+    REFUSALS_KEPT, ReceiveOptions, ReceiveStats, ReceiveTimeouts, receive, receive_into,
+};
 pub use sender::{migrate, migrate_with, reclaim};
 pub use stats::{IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};

@@ -3,10 +3,44 @@
 //! devices to RUNNING, tell the source it is ready, and hand the VM over (guest paused) only
 //! once the source says go. Anything wrong, a missing go included, discards the VM (its
 //! device processes end) and tells the source.
+//!
+//! # Who may end a waiting destination
+//!
+//! Anyone who reaches the port can connect, so a connection is not yet a migration. The
+//! receiver commits to a peer only once it passed the **commit point**: accepted, the TLS
+//! handshake done (with TLS), a valid stream header, a `Config` section whose VM this
+//! destination can build and, with an expected VM, is that VM. Until then nothing is built
+//! or applied, and a failure (a port scan's connect-and-close, random bytes, a bad header,
+//! a certificate refused, a peer that stays silent or trickles bytes, a VM of another
+//! shape) is that peer's alone: the receiver tells it why (`VFMIG-FAILED reason`, where
+//! the stream got far enough to have a channel), logs a warning, counts it in
+//! [`ReceiveStats::refused`] and accepts the next connection. Past the commit point a
+//! failure is a failed migration, and [`receive_into`] returns it.
+//!
+//! Every read has a bound ([`ReceiveTimeouts`]): before the commit point, deadlines for
+//! the handshake and for the header and `Config` together, which no trickle of bytes
+//! extends, so one peer holds the port for at most their sum; after it, the longest one
+//! read may wait on the source (the stream may take as long as it takes while bytes
+//! come); after `VFMIG-READY`, a deadline for the go.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     [*] --> Accept
+//!     Accept --> Handshake: TLS
+//!     Accept --> Setup: plain
+//!     Handshake --> Setup: peer authenticated
+//!     Setup --> Committed: header, Config, shape check
+//!     Handshake --> Accept: refused or timed out
+//!     Setup --> Accept: refused or timed out (VFMIG-FAILED to the peer)
+//!     Committed --> Ready: stream applied, reads idle-bounded
+//!     Ready --> [*]: VFMIG-GO within the go timeout
+//!     Committed --> [*]: failure ends the receive
+//!     Ready --> [*]: no go: the VM is discarded
+//! ```
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vfmig_abi::DeviceState;
 use vfmig_memory::Gpa;
@@ -14,9 +48,10 @@ use vfmig_vmm::{DeviceHost, DeviceSpec, GuestProgram, GuestRam, PciConfigState, 
 
 use super::device::DeviceLink;
 use super::error::MigrationError;
+use super::timed::Timed;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line};
 use crate::stream::{Section, StreamConfig, StreamReader, WriteGuestMemory};
-use crate::transport::{Listener, StreamConnection};
+use crate::transport::{Listener, StreamConnection, TransportError};
 
 /// Guest RAM as the stream fills it: not dirty-tracked (the guest is not running), and zero
 /// runs free their pages instead of writing zeros.
@@ -51,6 +86,73 @@ pub struct ReceiveStats {
     pub device_chunks: u64,
     /// Pre-copy iterations the source announced.
     pub iterations: u64,
+    /// The longest one read of the stream waited for the source, in ms: how close the
+    /// migration came to [`ReceiveTimeouts::idle`].
+    pub longest_wait_ms: f64,
+    /// Connections refused before the commit point (see the [module](self) docs).
+    pub refused: u64,
+    /// Why, for the last [`REFUSALS_KEPT`] of them, oldest first.
+    pub refusals: Vec<String>,
+}
+
+/// How many refusal reasons [`ReceiveStats::refusals`] keeps.
+pub const REFUSALS_KEPT: usize = 8;
+
+impl ReceiveStats {
+    fn refuse(&mut self, reason: String) {
+        self.refused += 1;
+        if self.refusals.len() == REFUSALS_KEPT {
+            self.refusals.remove(0);
+        }
+        self.refusals.push(reason);
+    }
+}
+
+/// How long each phase of a receive may take. The first two bound what a peer that is not
+/// (yet) a migration can hold the destination for; see the [module](self) docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveTimeouts {
+    /// The TLS handshake, from the accept (TLS only).
+    pub handshake: Duration,
+    /// The stream header and the `Config` section, from the end of the handshake (or the
+    /// accept).
+    pub setup: Duration,
+    /// The longest one read of the rest of the stream may wait for the source, once
+    /// committed. The source writes while it syncs dirty pages and talks to its devices,
+    /// so this is long.
+    pub idle: Duration,
+    /// From `VFMIG-READY` to the source's `VFMIG-GO`.
+    pub go: Duration,
+}
+
+impl ReceiveTimeouts {
+    /// The defaults: a handshake of 10 s, 10 s for the header and config, 60 s of silence
+    /// mid-stream, 30 s for the go.
+    pub const DEFAULT: ReceiveTimeouts = ReceiveTimeouts {
+        handshake: crate::transport::HANDSHAKE_TIMEOUT,
+        setup: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        go: Duration::from_secs(30),
+    };
+}
+
+impl Default for ReceiveTimeouts {
+    fn default() -> Self {
+        ReceiveTimeouts::DEFAULT
+    }
+}
+
+/// What a receive is given besides its listener and host.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiveOptions<'a> {
+    /// Guest RAM prepared beforehand (e.g. populated while waiting), used if its layout is
+    /// the stream's; otherwise RAM is made from the stream's layout.
+    pub ram: Option<Arc<GuestRam>>,
+    /// The VM this destination is for (RAM layout, devices): a stream of any other is
+    /// refused, naming the difference, before anything of it is built. `None` takes any.
+    pub expected: Option<&'a VmConfig>,
+    /// How long each phase may take.
+    pub timeouts: ReceiveTimeouts,
 }
 
 /// The VMM's configuration from the stream's.
@@ -79,17 +181,13 @@ fn vm_config(config: &StreamConfig) -> Result<VmConfig, MigrationError> {
     Ok(VmConfig { ram, devices })
 }
 
-/// How long the destination, ready, waits for the source's go before it discards the VM.
-const GO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Accepts one migration on `listener` and returns the VM, devices RUNNING and the guest
-/// paused: the caller lets it run. It returns only once the source said go (see the
-/// [engine](super)'s handshake): the source will not resume the guest on its side.
+/// Receives one migration on `listener` with the default [`ReceiveOptions`]: any VM, the
+/// default timeouts.
 pub fn receive(
     listener: &Listener,
     host: &DeviceHost,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
-    receive_into(listener, host, None, None)
+    receive_into(listener, host, &ReceiveOptions::default())
 }
 
 /// Refuses a stream whose VM is not the one this destination was set up for (`expected`:
@@ -120,26 +218,45 @@ fn check_shape(expected: &VmConfig, incoming: &VmConfig) -> Result<(), Migration
     Ok(())
 }
 
-/// [`receive`] into guest RAM prepared beforehand (e.g. populated while waiting), used if its
-/// layout is the stream's; otherwise RAM is made from the stream's layout. With `expected`, a
-/// stream of any other VM (RAM layout, devices) is refused, naming the difference, before
-/// anything of it is built.
+/// Accepts connections on `listener` until one passes the commit point (see the
+/// [module](self) docs), refusing the others, then receives the migration it carries and
+/// returns the VM, devices RUNNING and the guest paused: the caller lets it run. It returns
+/// only once the source said go (see the [engine](super)'s handshake): the source will not
+/// resume the guest on its side.
+///
+/// # Errors
+/// A failure past the commit point, or of the listener itself; never a peer's before it.
 pub fn receive_into(
     listener: &Listener,
     host: &DeviceHost,
-    ram: Option<Arc<GuestRam>>,
-    expected: Option<&VmConfig>,
+    options: &ReceiveOptions<'_>,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
-    let conn = listener.accept()?;
-    let start = Instant::now();
-    let mut ack = conn
-        .try_clone()
-        .map_err(|e| MigrationError::NoAck(e.to_string()))?;
-    match receive_on(conn, host, ram, expected).and_then(|(vm, stats, conn, left)| {
-        wait_for_go(&mut ack, conn, left)?;
-        Ok((vm, stats))
-    }) {
-        Ok((vm, mut stats)) => {
+    let mut stats = ReceiveStats::default();
+    let admitted = loop {
+        match admit(listener, options) {
+            Ok(admitted) => break admitted,
+            Err(Refusal::Listener(e)) => return Err(e),
+            Err(Refusal::Peer(e)) => {
+                tracing::warn!(error = %e, "refused a connection before the commit point; listening on");
+                stats.refuse(e.to_string());
+            }
+        }
+    };
+    let Admitted {
+        reader,
+        config,
+        mut ack,
+        start,
+    } = admitted;
+    tracing::info!(ram = ?config.ram, devices = config.devices.len(), "incoming VM");
+    let ram = options.ram.clone();
+    match receive_on(reader, config, host, ram, options.timeouts.idle, &mut stats).and_then(
+        |(vm, mut timed, mut left)| {
+            wait_for_go(&mut ack, &mut timed, &mut left, options.timeouts.go)?;
+            Ok(vm)
+        },
+    ) {
+        Ok(vm) => {
             // The VM is ours now, whether or not the source hears it.
             if let Err(e) = ack.write_all(format!("{ACK_RUNNING}\n").as_bytes()) {
                 tracing::warn!(error = %e, "could not confirm to the source that the VM runs here");
@@ -154,30 +271,114 @@ pub fn receive_into(
     }
 }
 
+/// A connection past the commit point: its stream read up to the `Config`, and the VM it
+/// describes.
+struct Admitted {
+    reader: StreamReader<Timed>,
+    config: VmConfig,
+    ack: StreamConnection,
+    start: Instant,
+}
+
+/// Why no connection was admitted.
+enum Refusal {
+    /// The listening socket failed: no later connection can come.
+    Listener(MigrationError),
+    /// This peer failed before the commit point; the listener serves the next.
+    Peer(MigrationError),
+}
+
+/// Whether a failed `accept` leaves the listener unusable (rather than one connection lost,
+/// or resources short for a moment).
+fn listener_broken(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::EFAULT)
+    )
+}
+
+/// How long to wait before accepting again after an `accept` that failed for want of
+/// resources (`EMFILE`, `ENOBUFS`, …), so as not to spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts one connection and takes it to the commit point, within the pre-commit
+/// timeouts; a peer that fails is told why, where the stream got far enough.
+fn admit(listener: &Listener, options: &ReceiveOptions<'_>) -> Result<Admitted, Refusal> {
+    let conn = match listener.accept_within(options.timeouts.handshake) {
+        Ok(conn) => conn,
+        Err(TransportError::Accept { address, source }) => {
+            let broken = listener_broken(&source);
+            let e = MigrationError::Transport(TransportError::Accept { address, source });
+            if broken {
+                return Err(Refusal::Listener(e));
+            }
+            std::thread::sleep(ACCEPT_BACKOFF);
+            return Err(Refusal::Peer(e));
+        }
+        Err(e) => return Err(Refusal::Peer(e.into())),
+    };
+    let start = Instant::now();
+    let mut ack = conn
+        .try_clone()
+        .map_err(|e| Refusal::Peer(MigrationError::NoAck(e.to_string())))?;
+    match read_config(conn, options) {
+        Ok((reader, config)) => Ok(Admitted {
+            reader,
+            config,
+            ack,
+            start,
+        }),
+        Err(e) => {
+            tell_source(&mut ack, &e);
+            Err(Refusal::Peer(e))
+        }
+    }
+}
+
+/// Reads the stream header and `Config` within the setup timeout, and checks the VM it
+/// describes: the last steps before the commit point.
+fn read_config(
+    conn: StreamConnection,
+    options: &ReceiveOptions<'_>,
+) -> Result<(StreamReader<Timed>, VmConfig), MigrationError> {
+    let timed = Timed::within(
+        conn,
+        options.timeouts.setup,
+        "the stream header and Config section",
+    );
+    let mut reader = StreamReader::new(timed)?;
+    let config = match reader.next_section()? {
+        Section::Config(c) => vm_config(c)?,
+        // The reader refuses any other first section; this is for the type system.
+        other => {
+            return Err(MigrationError::Config(format!(
+                "stream starts with {:?}",
+                other.kind()
+            )));
+        }
+    };
+    if let Some(expected) = options.expected {
+        check_shape(expected, &config)?;
+    }
+    Ok((reader, config))
+}
+
 /// Tells the source the VM is ready, then waits on the stream's connection (after `End`;
-/// `left` is what the stream reader received past it) for its go.
+/// `left` is what the stream reader received past it) for its go, at most `within`.
 fn wait_for_go(
     ack: &mut StreamConnection,
-    mut conn: StreamConnection,
-    mut left: Vec<u8>,
+    conn: &mut Timed,
+    left: &mut Vec<u8>,
+    within: Duration,
 ) -> Result<(), MigrationError> {
     let no_go = |what: String| MigrationError::NoGo(what);
     ack.write_all(format!("{ACK_READY}\n").as_bytes())
         .map_err(|e| no_go(format!("telling the source the VM is ready: {e}")))?;
-    conn.set_read_timeout(Some(GO_TIMEOUT))
-        .map_err(|e| no_go(e.to_string()))?;
-    match read_line(&mut conn, &mut left) {
+    conn.set_within(within, "waiting for the go");
+    match read_line(conn, left) {
         Ok(line) if line == GO => Ok(()),
         Ok(line) if line.is_empty() => Err(no_go("the source closed the connection".into())),
         Ok(line) => Err(no_go(format!("unexpected message {line:?}"))),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(no_go(format!("nothing in {} s", GO_TIMEOUT.as_secs())))
-        }
         Err(e) => Err(no_go(e.to_string())),
     }
 }
@@ -200,30 +401,23 @@ fn tell_source(ack: &mut StreamConnection, e: &MigrationError) {
     let _ = ack.shutdown();
 }
 
-/// Reads the stream and builds the VM; returns it, devices RUNNING, with the stream's
-/// connection and the bytes received past `End`.
+/// Builds the VM of `config` and applies the rest of the stream to it, each read waiting at
+/// most `idle` for the source; returns it, devices RUNNING, with the stream's connection
+/// and the bytes received past `End`.
 fn receive_on(
-    conn: StreamConnection,
+    mut reader: StreamReader<Timed>,
+    config: VmConfig,
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
-    expected: Option<&VmConfig>,
-) -> Result<(Vm, ReceiveStats, StreamConnection, Vec<u8>), MigrationError> {
-    let mut stats = ReceiveStats::default();
-    let mut reader = StreamReader::new(conn)?;
-    let config = match reader.next_section()? {
-        Section::Config(c) => vm_config(c)?,
-        // The reader refuses any other first section; this is for the type system.
-        other => {
-            return Err(MigrationError::Config(format!(
-                "stream starts with {:?}",
-                other.kind()
-            )));
-        }
-    };
-    tracing::info!(ram = ?config.ram, devices = config.devices.len(), "incoming VM");
-    if let Some(expected) = expected {
-        check_shape(expected, &config)?;
-    }
+    idle: Duration,
+    stats: &mut ReceiveStats,
+) -> Result<(Vm, Timed, Vec<u8>), MigrationError> {
+    reader.get_mut().set_idle(idle).map_err(|source| {
+        MigrationError::Transport(TransportError::SocketOption {
+            option: "SO_RCVTIMEO",
+            source,
+        })
+    })?;
     let vm = match ram.filter(|r| r.layout() == config.ram) {
         Some(ram) => Vm::build_with_ram(config, ram, host, false),
         None => Vm::build(config, host, false),
@@ -314,7 +508,8 @@ fn receive_on(
         link.set_state(DeviceState::RUNNING)?;
     }
     stats.bytes = reader.bytes_read();
+    stats.longest_wait_ms = reader.get_ref().longest_wait().as_secs_f64() * 1e3;
     drop(links);
     let (conn, left) = reader.into_inner();
-    Ok((vm, stats, conn, left))
+    Ok((vm, conn, left))
 }

@@ -4,7 +4,7 @@
 //! go, its confirmation) — or, on any failure before the go, `Sender::roll_back`, which
 //! leaves the guest running here. `Sender::run` strings them together.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use vfmig_abi::DeviceState;
@@ -17,6 +17,7 @@ use super::error::MigrationError;
 use super::policy::{Convergence, Decision, Estimate};
 use super::stats::{IterationStats, MigrationStats};
 use super::status::{MigrationState, Progress};
+use super::timed::Timed;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
 use crate::stream::{DeviceChunk, DeviceConfig, Iteration, MachineState, Phase, StreamWriter};
 use crate::transport::{self, Address, StreamConnection, TransportSecurity};
@@ -458,10 +459,10 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// The destination's next line of the handshake, waiting at most `timeout`.
+    /// The destination's next line of the handshake, all of it within `timeout`.
     fn reply(&self, timeout: Duration) -> io::Result<String> {
-        self.ack.set_read_timeout(Some(timeout))?;
-        read_line(&mut &self.ack, &mut Vec::new())
+        let mut ack = Timed::within(self.ack.try_clone()?, timeout, "the destination's reply");
+        read_line(&mut ack, &mut Vec::new())
     }
 
     /// Waits for the destination to say it applied everything and waits for the go.
@@ -503,18 +504,13 @@ impl Sender<'_> {
     }
 
     /// After a failure: the destination's own account of it, if it sent one (a refused
-    /// stream shows up here first as a broken pipe).
+    /// stream shows up here first as a broken pipe), or the TLS alert it refused us with.
     fn destination_reason(&self) -> Option<MigrationError> {
-        self.ack.set_read_timeout(Some(REASON_TIMEOUT)).ok()?;
-        let mut line = String::new();
-        let reader = self.ack.try_clone().ok()?;
-        BufReader::new(io::Read::take(reader, 4096))
-            .read_line(&mut line)
-            .ok()?;
-        let reason = line.trim_end().strip_prefix(ACK_FAILED)?;
-        Some(MigrationError::Refused {
-            reason: reason.trim().to_string(),
-        })
+        let reason = match self.reply(REASON_TIMEOUT) {
+            Ok(line) => line.strip_prefix(ACK_FAILED)?.trim().to_string(),
+            Err(e) => format!("it sent the TLS alert {}", transport::tls_alert(&e)?),
+        };
+        Some(MigrationError::Refused { reason })
     }
 
     /// Leaves the guest running here: devices RUNNING, tracking off, guest resumed, the

@@ -143,6 +143,12 @@ impl<R: Read> StreamReader<R> {
         &self.inner
     }
 
+    /// The transport, e.g. to change its timeouts. Bytes read from it directly are lost to
+    /// the stream.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// The transport, and the bytes received from it but not consumed (none if the peer
     /// sent nothing after `End`).
     pub fn into_inner(self) -> (R, Vec<u8>) {

@@ -21,8 +21,12 @@
 //!   handshake without one);
 //! * with an allow-list, each end's certificate names an allowed peer.
 //!
-//! A peer that fails any of these fails the handshake (within [`HANDSHAKE_TIMEOUT`]), so
-//! the engine never sees it: no byte it sends past the handshake is read. From then on the
+//! A peer that fails any of these fails the handshake, so the engine never sees it: no byte
+//! it sends past the handshake is read. A handshake has a deadline as a whole
+//! ([`HANDSHAKE_TIMEOUT`] for a destination unless [`Listener::accept_within`] says
+//! otherwise, [`SOURCE_HANDSHAKE_TIMEOUT`] for a source), which a peer trickling bytes does
+//! not extend. A source that the destination refuses learns the TLS alert it sent
+//! ([`tls_alert`]). From then on the
 //! stream is encrypted and each record authenticated, so a change on the path is an error,
 //! not different guest memory. Not covered: revocation (no CRL is read) and which of the
 //! CA's holders is which, beyond the allow-list.
@@ -68,7 +72,19 @@ mod tls;
 
 pub use address::{Address, AddressError, MAX_UNIX_PATH};
 pub use creds::{CredsError, TlsCreds};
-pub use tls::HANDSHAKE_TIMEOUT;
+pub use tls::{HANDSHAKE_TIMEOUT, SOURCE_HANDSHAKE_TIMEOUT};
+
+/// How long a source's TCP connect may take (a host that drops the SYN would otherwise
+/// hold it for minutes). A destination busy with another peer still completes the TCP
+/// handshake at once: the kernel queues the connection for it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS alert in a read's error, if the peer sent one: e.g. `UnknownCA` when a
+/// destination refused our certificate (TLS 1.3 lets the source finish its part of the
+/// handshake first, so it learns of the refusal at its next read).
+pub fn tls_alert(error: &io::Error) -> Option<String> {
+    tls::alert(error).map(|alert| format!("{alert:?}"))
+}
 
 /// Whether a `tcp:` connection is plain or mutually authenticated TLS.
 #[derive(Clone, Debug, Default)]
@@ -144,11 +160,13 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
-    /// The peer did not complete the handshake within [`HANDSHAKE_TIMEOUT`].
-    #[error("TLS handshake with {peer}: nothing for {} s", HANDSHAKE_TIMEOUT.as_secs())]
+    /// The peer did not complete the handshake in time.
+    #[error("TLS handshake with {peer}: not complete within {} ms", within.as_millis())]
     HandshakeTimeout {
         /// The peer.
         peer: Address,
+        /// The time it had.
+        within: Duration,
     },
     /// The credentials lack what this end needs.
     #[error("TLS credentials: {0}")]
@@ -452,7 +470,12 @@ pub fn connect_with(
                     source: io::Error::new(io::ErrorKind::InvalidInput, e),
                 }
             })?;
-            StreamConnection::tls(stream, tls.into(), address.clone())
+            StreamConnection::tls(
+                stream,
+                tls.into(),
+                address.clone(),
+                SOURCE_HANDSHAKE_TIMEOUT,
+            )
         }
         (Address::Unix(_), TransportSecurity::Tls(_)) => Err(TransportError::TlsNeedsTcp {
             address: address.clone(),
@@ -471,15 +494,17 @@ pub fn connect_with(
 }
 
 impl StreamConnection {
-    /// Sets `TCP_NODELAY` on `stream` and runs the handshake of `tls` on it.
+    /// Sets `TCP_NODELAY` on `stream` and runs the handshake of `tls` on it, done within
+    /// `within`.
     fn tls(
         stream: TcpStream,
         tls: rustls::Connection,
         peer: Address,
+        within: Duration,
     ) -> Result<StreamConnection, TransportError> {
         set_nodelay(&stream)?;
-        let session = tls::TlsStream::handshake(stream, tls).map_err(|e| match e {
-            tls::HandshakeError::Timeout => TransportError::HandshakeTimeout { peer },
+        let session = tls::TlsStream::handshake(stream, tls, within).map_err(|e| match e {
+            tls::HandshakeError::Timeout => TransportError::HandshakeTimeout { peer, within },
             tls::HandshakeError::Io(source) => TransportError::Handshake { peer, source },
         })?;
         Ok(StreamConnection {
@@ -488,7 +513,8 @@ impl StreamConnection {
     }
 }
 
-/// A TCP connection to the first address `host` resolves to that accepts.
+/// A TCP connection to the first address `host` resolves to that accepts, each tried for at
+/// most [`CONNECT_TIMEOUT`].
 fn connect_tcp(address: &Address, host: &str, port: u16) -> Result<TcpStream, TransportError> {
     let targets = (host, port)
         .to_socket_addrs()
@@ -498,7 +524,7 @@ fn connect_tcp(address: &Address, host: &str, port: u16) -> Result<TcpStream, Tr
         })?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "host resolved to nothing");
     for target in targets {
-        match TcpStream::connect(target) {
+        match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
             Ok(stream) => return Ok(stream),
             Err(err) => last = err,
         }
@@ -603,7 +629,7 @@ impl Listener {
         self.tls.is_some()
     }
 
-    /// Waits for one connection; with TLS, runs the handshake as the server (at most
+    /// Waits for one connection; with TLS, runs the handshake as the server (done within
     /// [`HANDSHAKE_TIMEOUT`]) and returns the connection only once the peer's certificate
     /// is verified. A refused peer is an error here: nothing it sent past the handshake is
     /// read.
@@ -612,6 +638,16 @@ impl Listener {
     /// [`TransportError::Accept`], [`TransportError::SocketOption`],
     /// [`TransportError::Handshake`], [`TransportError::HandshakeTimeout`].
     pub fn accept(&self) -> Result<StreamConnection, TransportError> {
+        self.accept_within(HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`Listener::accept`] with the TLS handshake done within `handshake`. Only
+    /// [`TransportError::Accept`] is the listener's own failure; any other error is the
+    /// peer's (or its socket's), and the listener serves the next one as before.
+    ///
+    /// # Errors
+    /// As [`Listener::accept`].
+    pub fn accept_within(&self, handshake: Duration) -> Result<StreamConnection, TransportError> {
         let accept_error = |source| TransportError::Accept {
             address: self.address.clone(),
             source,
@@ -632,7 +668,7 @@ impl Listener {
                         source: io::Error::new(io::ErrorKind::InvalidInput, e),
                     }
                 })?;
-                StreamConnection::tls(stream, tls.into(), peer)
+                StreamConnection::tls(stream, tls.into(), peer, handshake)
             }
             ListenSocket::Unix(socket) => {
                 let (stream, _) = socket.accept().map_err(accept_error)?;

@@ -23,7 +23,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Ciphertext read from the socket at a time.
 const READ_CHUNK: usize = 64 << 10;
@@ -32,8 +32,15 @@ const READ_CHUNK: usize = 64 << 10;
 /// this much at a time.
 const SEND_BUFFER: usize = 256 << 10;
 
-/// How long connect or accept waits for the handshake to complete.
+/// How long a destination's accept waits for a source to complete the handshake, unless
+/// told otherwise ([`Listener::accept_within`](super::Listener::accept_within)).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a source's connect waits for the destination to complete the handshake: longer
+/// than a destination's [`HANDSHAKE_TIMEOUT`] and the receiver's setup timeout together,
+/// since a destination busy with another peer (one that stays silent until those run out)
+/// answers only after it.
+pub const SOURCE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ciphertext received and not yet given to rustls.
 struct Incoming {
@@ -72,28 +79,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Why a handshake failed.
 #[derive(Debug)]
 pub(super) enum HandshakeError {
-    /// No progress within [`HANDSHAKE_TIMEOUT`].
+    /// Not complete by the deadline.
     Timeout,
     /// The peer or its certificate was refused, the peer refused ours, or the socket failed.
     Io(io::Error),
 }
 
+/// The socket, each read and write given only the time left until a deadline: a peer that
+/// trickles a byte now and then does not stretch the handshake past it.
+struct Until<'a> {
+    socket: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Until<'_> {
+    /// The time left, set as the socket's timeouts; `TimedOut` once there is none.
+    fn arm(&self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.socket.set_read_timeout(Some(left))?;
+        self.socket.set_write_timeout(Some(left))
+    }
+}
+
+impl Read for Until<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.socket.read(buf)
+    }
+}
+
+impl Write for Until<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl TlsStream {
-    /// Runs the handshake on `socket` within [`HANDSHAKE_TIMEOUT`]: on success the peer is
-    /// authenticated (for a server, once the client's certificate is verified; for a client,
-    /// once the server's is and the client's `Finished` is sent). The socket's timeouts are
-    /// cleared afterwards.
+    /// Runs the handshake on `socket`, done within `timeout` in all (however the peer spaces
+    /// its bytes): on success the peer is authenticated (for a server, once the client's
+    /// certificate is verified; for a client, once the server's is and the client's
+    /// `Finished` is sent). The socket's timeouts are cleared afterwards.
     pub(super) fn handshake(
         socket: TcpStream,
         mut tls: rustls::Connection,
+        timeout: Duration,
     ) -> Result<TlsStream, HandshakeError> {
-        let timeouts = |t| {
-            socket
-                .set_read_timeout(t)
-                .and_then(|()| socket.set_write_timeout(t))
+        let mut io = Until {
+            socket: &socket,
+            deadline: Instant::now() + timeout,
         };
-        timeouts(Some(HANDSHAKE_TIMEOUT)).map_err(HandshakeError::Io)?;
-        let mut io = &socket;
         let done = (|| {
             while tls.is_handshaking() {
                 tls.complete_io(&mut io)?;
@@ -107,7 +149,10 @@ impl TlsStream {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => HandshakeError::Timeout,
             _ => HandshakeError::Io(e),
         })?;
-        timeouts(None).map_err(HandshakeError::Io)?;
+        socket
+            .set_read_timeout(None)
+            .and_then(|()| socket.set_write_timeout(None))
+            .map_err(HandshakeError::Io)?;
         tls.set_buffer_limit(Some(SEND_BUFFER));
         Ok(TlsStream {
             socket,
@@ -278,6 +323,15 @@ fn take_records(tls: &mut rustls::Connection, out: &mut Vec<u8>) -> io::Result<(
         tls.write_tls(out)?;
     }
     Ok(())
+}
+
+/// The alert the peer sent, if `error` is a read that failed on one (e.g. `UnknownCA` from a
+/// destination that refused our certificate).
+pub(super) fn alert(error: &io::Error) -> Option<rustls::AlertDescription> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(alert) => Some(*alert),
+        _ => None,
+    }
 }
 
 fn broken() -> io::Error {

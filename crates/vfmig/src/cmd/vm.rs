@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use vfmig::control::{self, ControlClient, IncomingState};
-use vfmig_migration::engine::{MigrationStatus, receive_into};
+use vfmig_migration::engine::{MigrationStatus, ReceiveOptions, receive_into};
 use vfmig_migration::transport::{Address, TlsCreds, TransportSecurity, listen_with};
 use vfmig_vmm::{
     DeviceHost, DeviceSpec, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig,
@@ -193,8 +193,13 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "could not fault in guest RAM ahead of the migration");
                 }
             });
-            let (vm, stats) = receive_into(&listener, &host, Some(ram), Some(&expected))
-                .context("incoming migration")?;
+            let options = ReceiveOptions {
+                ram: Some(ram),
+                expected: Some(&expected),
+                timeouts: args.incoming_timeouts(),
+            };
+            let (vm, stats) =
+                receive_into(&listener, &host, &options).context("incoming migration")?;
             handler.set_incoming(Some(IncomingState::Completed));
             tracing::info!(?stats, "incoming migration completed");
             (Arc::new(vm), false)
