@@ -1,6 +1,7 @@
 //! The engine over mutual TLS: a VM migrates whole, and a source whose certificate another CA
 //! signed is refused by the destination in the handshake, before any state is read (no VM is
-//! built) and without the source committing anything.
+//! built) and without the source committing anything; the source learns the TLS alert, and
+//! the destination goes on to receive the VM from a source it trusts.
 
 mod tls_creds;
 
@@ -9,7 +10,7 @@ use std::thread;
 
 use tls_creds::{Ca, good_creds, temp_dir, tls, write_creds};
 use vfmig_migration::engine::{DowntimeLimit, MigrationError, Progress, migrate_with, receive};
-use vfmig_migration::transport::{TransportError, TransportSecurity, listen_with};
+use vfmig_migration::transport::{TransportSecurity, listen_with};
 use vfmig_vmm::{DeviceHost, Vm, VmConfig};
 
 const RAM: u64 = 32 << 20;
@@ -84,16 +85,39 @@ fn a_source_with_a_certificate_of_another_ca_is_refused_before_any_state_is_read
     );
     let rogue = temp_dir("engine-rogue-source");
     write_creds(&rogue, &ours, &theirs, &["127.0.0.1"], &["vfmig-source"]);
-    let (received, sent) = migrate_between(&vm, &host, &tls(&rogue, &[]), &tls(&destination, &[]));
-    let Err(refused) = received else {
-        panic!("the destination accepted a rogue source");
-    };
-    assert!(
-        matches!(
-            refused,
-            MigrationError::Transport(TransportError::Handshake { .. })
-        ) && refused.to_string().contains("certificate"),
-        "{refused}"
-    );
-    assert!(sent.is_err());
+    let listener = listen_with(
+        &"tcp:127.0.0.1:0".parse().unwrap(),
+        &tls(&destination, &[]),
+    )
+    .unwrap();
+    let to = listener.address().clone();
+    thread::scope(|s| {
+        let receiving = s.spawn(|| receive(&listener, &host));
+        let refused = migrate_with(
+            &vm,
+            &to,
+            &tls(&rogue, &[]),
+            &mut DowntimeLimit::default(),
+            &Progress::new(),
+        )
+        .expect_err("the rogue source migrated");
+        // The destination is still there, and takes the VM from a source it trusts.
+        migrate_with(
+            &vm,
+            &to,
+            &tls(&destination, &[]),
+            &mut DowntimeLimit::default(),
+            &Progress::new(),
+        )
+        .unwrap();
+        let (received, stats) = receiving.join().unwrap().unwrap();
+        assert_eq!(received.digest().unwrap(), vm.digest().unwrap());
+        assert_eq!(stats.refused, 1, "{stats:?}");
+        assert!(stats.refusals[0].contains("certificate"), "{stats:?}");
+        assert!(
+            matches!(refused, MigrationError::Refused { .. })
+                && refused.to_string().contains("UnknownCA"),
+            "{refused}"
+        );
+    });
 }
