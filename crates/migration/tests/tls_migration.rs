@@ -85,11 +85,8 @@ fn a_source_with_a_certificate_of_another_ca_is_refused_before_any_state_is_read
     );
     let rogue = temp_dir("engine-rogue-source");
     write_creds(&rogue, &ours, &theirs, &["127.0.0.1"], &["vfmig-source"]);
-    let listener = listen_with(
-        &"tcp:127.0.0.1:0".parse().unwrap(),
-        &tls(&destination, &[]),
-    )
-    .unwrap();
+    let listener =
+        listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &tls(&destination, &[])).unwrap();
     let to = listener.address().clone();
     thread::scope(|s| {
         let receiving = s.spawn(|| receive(&listener, &host));
