@@ -67,6 +67,13 @@
 //!   never merged or split, so the destination writes back the same transactions in the
 //!   same order. A device's `DeviceConfig` comes after its last chunk, and every device of
 //!   the config sends one before `End`.
+//! * **A stranger cannot end or hold a waiting destination.** The receiver
+//!   ([`engine::receive_into`]) commits to a peer only once its TLS handshake (with TLS),
+//!   stream header and `Config` passed, and its VM is the expected one; any failure before
+//!   that refuses the peer and the destination accepts the next. Every read of a peer has a
+//!   bound: a deadline per phase before the commit and for the switch-over lines (no
+//!   trickle of bytes extends it), an idle timeout per read of the stream after it
+//!   ([`engine::ReceiveTimeouts`]).
 //! * **Versioning.** A reader refuses another major version, naming both; it accepts a
 //!   higher minor, whose additions are new section types flagged optional, which it verifies
 //!   and skips. Reserved fields and unknown flags must be zero.
