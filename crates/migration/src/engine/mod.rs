@@ -37,6 +37,48 @@
 //! `VFMIG-GO` went out and before `VFMIG-RUNNING` came back, the source cannot know which
 //! side has the guest: it leaves it paused and reports the migration
 //! [`MigrationState::Unconfirmed`] (see that state for what to do).
+//!
+//! # Who may end a waiting destination
+//!
+//! Anyone who reaches the port can connect, so a connection is not yet a migration. The
+//! receiver commits to a peer only once it passed the **commit point**: accepted, the TLS
+//! handshake done (with TLS), a valid stream header, a `Config` section whose VM this
+//! destination can build and, with an expected VM, is that VM. Until then nothing is built
+//! or applied, and a failure (a port scan's connect-and-close, random bytes, a bad header,
+//! a certificate refused, a peer that stays silent or trickles bytes, a VM of another
+//! shape) is that peer's alone: the receiver tells it why (`VFMIG-FAILED reason`, where
+//! the stream got far enough to have a channel), logs a warning, counts it in
+//! [`ReceiveStats::refused`] and accepts the next connection. Past the commit point a
+//! failure is a failed migration, and [`receive_into`] returns it.
+//!
+//! Every read has a bound ([`ReceiveTimeouts`]): before the commit point, deadlines for
+//! the handshake and for the header and `Config` together, which no trickle of bytes
+//! extends, so one peer holds the port for at most their sum (and up to 2 s more in which
+//! its refusal is delivered); after it, the longest one
+//! read may wait on the source (the stream may take as long as it takes while bytes
+//! come); after `VFMIG-READY`, a deadline for the go.
+//!
+//! ```mermaid
+//! stateDiagram-v2
+//!     [*] --> Accept
+//!     Accept --> Handshake: TLS
+//!     Accept --> Setup: plain
+//!     Handshake --> Setup: peer authenticated
+//!     Setup --> Committed: header, Config, shape check
+//!     Handshake --> Accept: refused or timed out
+//!     Setup --> Accept: refused or timed out (VFMIG-FAILED to the peer)
+//!     Committed --> Ready: stream applied, reads idle-bounded
+//!     Ready --> [*]: VFMIG-GO within the go timeout
+//!     Committed --> [*]: failure ends the receive
+//!     Ready --> [*]: no go: the VM is discarded
+//! ```
+//!
+//! The source bounds its side as well: a TCP connect of at most
+//! [`CONNECT_TIMEOUT`](crate::transport::CONNECT_TIMEOUT), a TLS handshake of
+//! [`SOURCE_HANDSHAKE_TIMEOUT`](crate::transport::SOURCE_HANDSHAKE_TIMEOUT) (longer than a
+//! destination may spend on the peer before it), each write at most 30 s, and a deadline
+//! of 30 s for each of `VFMIG-READY` and `VFMIG-RUNNING`. A source the destination's TLS
+//! refuses reports the alert it received.
 
 mod device;
 mod dirty;

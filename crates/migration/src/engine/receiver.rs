@@ -4,39 +4,8 @@
 //! once the source says go. Anything wrong, a missing go included, discards the VM (its
 //! device processes end) and tells the source.
 //!
-//! # Who may end a waiting destination
-//!
-//! Anyone who reaches the port can connect, so a connection is not yet a migration. The
-//! receiver commits to a peer only once it passed the **commit point**: accepted, the TLS
-//! handshake done (with TLS), a valid stream header, a `Config` section whose VM this
-//! destination can build and, with an expected VM, is that VM. Until then nothing is built
-//! or applied, and a failure (a port scan's connect-and-close, random bytes, a bad header,
-//! a certificate refused, a peer that stays silent or trickles bytes, a VM of another
-//! shape) is that peer's alone: the receiver tells it why (`VFMIG-FAILED reason`, where
-//! the stream got far enough to have a channel), logs a warning, counts it in
-//! [`ReceiveStats::refused`] and accepts the next connection. Past the commit point a
-//! failure is a failed migration, and [`receive_into`] returns it.
-//!
-//! Every read has a bound ([`ReceiveTimeouts`]): before the commit point, deadlines for
-//! the handshake and for the header and `Config` together, which no trickle of bytes
-//! extends, so one peer holds the port for at most their sum; after it, the longest one
-//! read may wait on the source (the stream may take as long as it takes while bytes
-//! come); after `VFMIG-READY`, a deadline for the go.
-//!
-//! ```mermaid
-//! stateDiagram-v2
-//!     [*] --> Accept
-//!     Accept --> Handshake: TLS
-//!     Accept --> Setup: plain
-//!     Handshake --> Setup: peer authenticated
-//!     Setup --> Committed: header, Config, shape check
-//!     Handshake --> Accept: refused or timed out
-//!     Setup --> Accept: refused or timed out (VFMIG-FAILED to the peer)
-//!     Committed --> Ready: stream applied, reads idle-bounded
-//!     Ready --> [*]: VFMIG-GO within the go timeout
-//!     Committed --> [*]: failure ends the receive
-//!     Ready --> [*]: no go: the VM is discarded
-//! ```
+//! Before the commit point a failure is the peer's alone and the receiver listens on; see
+//! "Who may end a waiting destination" in the [engine](super) docs.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -89,7 +58,7 @@ pub struct ReceiveStats {
     /// The longest one read of the stream waited for the source, in ms: how close the
     /// migration came to [`ReceiveTimeouts::idle`].
     pub longest_wait_ms: f64,
-    /// Connections refused before the commit point (see the [module](self) docs).
+    /// Connections refused before the commit point (see the [engine](super) docs).
     pub refused: u64,
     /// Why, for the last [`REFUSALS_KEPT`] of them, oldest first.
     pub refusals: Vec<String>,
@@ -109,7 +78,7 @@ impl ReceiveStats {
 }
 
 /// How long each phase of a receive may take. The first two bound what a peer that is not
-/// (yet) a migration can hold the destination for; see the [module](self) docs.
+/// (yet) a migration can hold the destination for; see the [engine](super) docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReceiveTimeouts {
     /// The TLS handshake, from the accept (TLS only).
@@ -219,7 +188,7 @@ fn check_shape(expected: &VmConfig, incoming: &VmConfig) -> Result<(), Migration
 }
 
 /// Accepts connections on `listener` until one passes the commit point (see the
-/// [module](self) docs), refusing the others, then receives the migration it carries and
+/// [engine](super) docs), refusing the others, then receives the migration it carries and
 /// returns the VM, devices RUNNING and the guest paused: the caller lets it run. It returns
 /// only once the source said go (see the [engine](super)'s handshake): the source will not
 /// resume the guest on its side.
