@@ -224,6 +224,41 @@ fn a_tls_peer_that_never_finishes_the_handshake_is_dropped_at_the_handshake_dead
 }
 
 #[test]
+fn a_tls_peer_trickling_its_hello_is_dropped_at_the_handshake_deadline() {
+    let host = host("incoming-hello");
+    let vm = source_vm(&host, RAM);
+    let security = tls(&good_creds("incoming-hello-creds"), &[]);
+    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &security).unwrap();
+    let to = listener.address().clone();
+    let (_, stats) = receive_while(&listener, &host, || {
+        let mut peer = TcpStream::connect(("127.0.0.1", port(&listener))).unwrap();
+        let start = Instant::now();
+        // A handshake record of 255 bytes, one byte every 100 ms: every read of the
+        // destination gets a byte in time, the record would take 26 s.
+        let mut trickle = peer.try_clone().unwrap();
+        let trickling = thread::spawn(move || {
+            for byte in [0x16, 0x03, 0x01, 0x00, 0xff].into_iter().chain([0; 255]) {
+                if trickle.write_all(&[byte]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (_, answered) = until_closed(&mut peer);
+        at_deadline(answered - start);
+        drop(peer);
+        trickling.join().unwrap();
+        migrate(&vm, &to, &security);
+    })
+    .unwrap();
+    assert_eq!(stats.refused, 1, "{stats:?}");
+    assert!(
+        stats.refusals[0].contains("not complete within 300 ms"),
+        "{stats:?}"
+    );
+}
+
+#[test]
 fn a_vm_of_another_shape_is_refused_and_the_destination_listens_on() {
     let host = host("incoming-shape");
     let (other, vm) = (source_vm(&host, 2 * RAM), source_vm(&host, RAM));
