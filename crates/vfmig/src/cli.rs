@@ -55,6 +55,14 @@ pub(crate) struct DeviceArgs {
     /// sync (a device without precise dirty tracking).
     #[arg(long)]
     pub(crate) all_mapped: bool,
+    /// Offer no migration region: the device cannot migrate, and a VM that has it refuses
+    /// `migrate` (stands in for a device server that does not support migration).
+    #[arg(long)]
+    pub(crate) no_migration: bool,
+    /// Offer no dirty page tracking: no migration capability in VERSION, DIRTY_PAGES refused
+    /// (stands in for a device server that cannot report the pages it writes).
+    #[arg(long)]
+    pub(crate) no_dirty_tracking: bool,
 }
 
 #[derive(Debug, Subcommand)]
