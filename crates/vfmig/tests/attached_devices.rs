@@ -94,10 +94,7 @@ fn a_vm_of_separately_started_servers_migrates_to_a_destination_with_its_own() {
         "the VMM started a device process of its own: {devices}"
     );
     let want = digest(&source);
-    assert!(
-        want.devices.iter().all(|(_, d)| d.is_some()),
-        "{want:?}"
-    );
+    assert!(want.devices.iter().all(|(_, d)| d.is_some()), "{want:?}");
 
     migrate_and_verify(&source, &destination, port);
 }
@@ -161,7 +158,11 @@ fn a_device_without_dirty_tracking_migrates_with_all_ram_dirty_at_every_sync() {
 
     let stats = migrate_and_verify(&source, &destination, port);
 
-    assert_eq!(stats["untracked_devices"], serde_json::json!(["serial0"]), "{stats}");
+    assert_eq!(
+        stats["untracked_devices"],
+        serde_json::json!(["serial0"]),
+        "{stats}"
+    );
     let iterations = stats["iterations"].as_array().expect("iterations");
     for it in iterations {
         assert_eq!(it["dirty_pages"].as_u64(), Some(RAM_PAGES), "{stats}");

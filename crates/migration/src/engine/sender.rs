@@ -302,8 +302,7 @@ impl Sender<'_> {
             bandwidth,
             elapsed: precopy.elapsed(),
             // An untracked device dirties all it has mapped, as an all-mapped one.
-            all_mapped: !stats.all_mapped_devices.is_empty()
-                || !stats.untracked_devices.is_empty(),
+            all_mapped: !stats.all_mapped_devices.is_empty() || !stats.untracked_devices.is_empty(),
         };
         self.progress.update(|s| {
             s.iteration = number + 1;

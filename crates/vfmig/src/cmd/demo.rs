@@ -154,7 +154,9 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         destination.ram,
         verdict(ram_ok)
     );
-    let hex = |d: &Option<u64>| d.map_or_else(|| format!("{:>16}", "(no digest)"), |d| format!("{d:016x}"));
+    let hex = |d: &Option<u64>| {
+        d.map_or_else(|| format!("{:>16}", "(no digest)"), |d| format!("{d:016x}"))
+    };
     for ((id, a), (_, b)) in source.devices.iter().zip(&destination.devices) {
         same &= a == b;
         println!(

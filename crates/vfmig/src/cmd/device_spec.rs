@@ -152,7 +152,10 @@ mod tests {
         let d: DeviceArg = "socket=/s,id=nvme0".parse().unwrap();
         assert_eq!(d.id.as_deref(), Some("nvme0"));
         let d: DeviceArg = "mtty,id=console".parse().unwrap();
-        assert_eq!((d.what, d.id.as_deref()), (DeviceWhat::Mtty, Some("console")));
+        assert_eq!(
+            (d.what, d.id.as_deref()),
+            (DeviceWhat::Mtty, Some("console"))
+        );
     }
 
     #[test]

@@ -10,8 +10,7 @@ use vfmig::control::{self, ControlClient, IncomingState};
 use vfmig_migration::engine::{MigrationStatus, receive_into};
 use vfmig_migration::transport::{Address, TlsCreds, TransportSecurity, listen_with};
 use vfmig_vmm::{
-    DeviceHost, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig,
-    WorkloadConfig,
+    DeviceHost, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig, WorkloadConfig,
 };
 
 use super::device_spec::device_specs;

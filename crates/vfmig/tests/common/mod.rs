@@ -142,12 +142,7 @@ impl VmProcess {
     }
 
     /// A VM of [`VM_ARGS`] with `devices` (`--device` options) instead of the usual two.
-    fn spawn_with_devices(
-        dir: &TestDir,
-        name: &str,
-        devices: &[&str],
-        args: &[&str],
-    ) -> VmProcess {
+    fn spawn_with_devices(dir: &TestDir, name: &str, devices: &[&str], args: &[&str]) -> VmProcess {
         let control = dir.path().join(format!("{name}.sock"));
         let log = dir.path().join(format!("{name}.log"));
         let out = File::create(&log).expect("create the VM log");
