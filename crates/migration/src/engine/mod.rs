@@ -37,6 +37,30 @@
 //! `VFMIG-GO` went out and before `VFMIG-RUNNING` came back, the source cannot know which
 //! side has the guest: it leaves it paused and reports the migration
 //! [`MigrationState::Unconfirmed`] (see that state for what to do).
+//!
+//! # Devices
+//!
+//! The engine knows a device only by what it answered when it was attached (its
+//! [`DeviceProfile`](vfmig_vmm::DeviceProfile)): whether it came from a process the VMM
+//! started or from a socket someone else serves, and who wrote it, make no difference. Its
+//! migration data is opaque bytes, one stream chunk per device transaction.
+//!
+//! * **Blockers.** A device without a v1 migration region cannot migrate: `migrate` fails
+//!   with [`MigrationError::NotMigratable`], naming it, before it connects to the
+//!   destination.
+//! * **Untracked devices.** A device that offers no dirty tracking (no migration capability
+//!   in its VERSION) or refuses DIRTY_PAGES START is counted, as QEMU counts it, as dirtying
+//!   every page it has mapped — all of guest RAM — at every sync. The statistics list it
+//!   ([`MigrationStats::untracked_devices`]) and the convergence estimate says so
+//!   ([`Estimate::all_mapped`]): since every sync finds all RAM dirty again, another
+//!   iteration cannot shrink what is left, so [`DowntimeLimit`] switches over after the first
+//!   iteration (unless the rest already fits the limit). The stop-and-copy then sends all of
+//!   RAM once more, with the guest paused: the downtime is what it costs to send all RAM, the
+//!   price of a device that cannot say what it wrote.
+//! * **Destination devices.** The stream names each device by its id and profile
+//!   (`pci:VVVV:DDDD`); the destination attaches its own devices and puts each in the place
+//!   of the source's device of the same id, refusing the stream, naming the device, when an
+//!   id has no counterpart or a profile differs.
 
 mod device;
 mod dirty;
