@@ -188,6 +188,7 @@ pub fn probe(client: &Client) -> Result<(DeviceProfile, Option<MigrationData>), 
 mod tests {
     use vfmig_device::server::ServeOptions;
 
+    use super::MigrationData;
     use crate::test_support::{served, served_with};
 
     #[test]
@@ -205,6 +206,39 @@ mod tests {
     fn the_migration_data_area_is_mapped_where_the_device_offers_it() {
         let (dev, socket) = served("dma-engine");
         assert!(dev.profile().migration_data_mapped);
+        let _ = std::fs::remove_file(socket);
+    }
+
+    #[test]
+    fn a_chunk_reads_the_same_through_the_mapped_area_and_trapped() {
+        use vfmig_abi::DeviceState;
+        use vfmig_abi::migration_info::{
+            DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, DEVICE_STATE_OFFSET, PENDING_BYTES_OFFSET,
+        };
+
+        let (dev, socket) = served("mtty");
+        let (c, data) = (dev.client(), dev.migration_data().unwrap());
+        let reg = |offset: u64| {
+            let mut b = [0u8; 8];
+            c.region_read(data.region(), offset, &mut b).unwrap();
+            u64::from_le_bytes(b)
+        };
+        let stop_copy = DeviceState::STOP_COPY.raw().to_le_bytes();
+        c.region_write(data.region(), DEVICE_STATE_OFFSET, &stop_copy)
+            .unwrap();
+        assert!(reg(PENDING_BYTES_OFFSET) > 0);
+        let (offset, size) = (reg(DATA_OFFSET_OFFSET), reg(DATA_SIZE_OFFSET));
+        assert!(size > 0);
+        let mut mapped = vec![0u8; usize::try_from(size).unwrap()];
+        data.read(c, offset, &mut mapped).unwrap();
+        let trapped_only = MigrationData {
+            region: data.region(),
+            areas: Vec::new(),
+        };
+        let mut trapped = vec![0u8; mapped.len()];
+        trapped_only.read(c, offset, &mut trapped).unwrap();
+        assert!(data.area(offset, mapped.len()).is_some(), "not read mapped");
+        assert_eq!(mapped, trapped);
         let _ = std::fs::remove_file(socket);
     }
 
