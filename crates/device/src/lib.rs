@@ -8,7 +8,9 @@
 //! * [`devices`]: the sample devices, `mtty` and `dma-engine`.
 //! * [`PciDevice`]: a model served over vfio-user (config space, IRQs, reset, migration region).
 //! * [`conformance`]: the save / resume / compare check every migratable device passes.
-//! * [`server`]: the device process entry point (`vfmig device <kind> --socket PATH`).
+//! * [`server`]: the device process entry point (`vfmig device <kind> --socket PATH`), with
+//!   [`server::ServeOptions`] to leave out the migration region or dirty tracking (a stand-in
+//!   for device servers vfmig did not write).
 //! * [`pci`]: the configuration space and eventfd interrupts every device shares.
 //! * [`digest`]: a fast digest of device state and guest memory, to verify a migration.
 //!

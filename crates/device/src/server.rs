@@ -50,17 +50,42 @@ impl DeviceKind {
     }
 }
 
+/// What a served device leaves out, to stand in for devices vfmig did not write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Offer the v1 migration region (and the state digest region). Without it the device
+    /// cannot migrate, and a VMM refuses to migrate a VM that has it.
+    pub migration: bool,
+    /// Offer dirty page tracking: the migration capability in VERSION and DIRTY_PAGES.
+    /// Without it a VMM counts every page the device has mapped as dirty at every sync.
+    pub dirty_tracking: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            migration: true,
+            dirty_tracking: true,
+        }
+    }
+}
+
 /// Binds `socket` (replacing a stale socket file) and serves a new device of `kind` to one
 /// client after another, forever; returns only on an error accepting connections.
 pub fn serve(kind: DeviceKind, socket: &Path) -> io::Error {
+    serve_with(kind, ServeOptions::default(), socket)
+}
+
+/// [`serve`] with parts of the device left out.
+pub fn serve_with(kind: DeviceKind, options: ServeOptions, socket: &Path) -> io::Error {
     let listener = match bind(socket) {
         Ok(l) => l,
         Err(e) => return e,
     };
-    tracing::info!(device = kind.name(), socket = %socket.display(), "serving");
+    tracing::info!(device = kind.name(), socket = %socket.display(), ?options, "serving");
     let container = Container::default();
     match kind {
-        DeviceKind::Mtty => serve_model(Mtty::new(), container, listener),
+        DeviceKind::Mtty => serve_model(Mtty::new(), options, container, listener),
         DeviceKind::DmaEngine { ram, all_mapped } => {
             let scope = if all_mapped {
                 DirtyScope::AllMapped
@@ -68,7 +93,7 @@ pub fn serve(kind: DeviceKind, socket: &Path) -> io::Error {
                 DirtyScope::Pinned
             };
             match DmaEngine::with_scope(container.clone(), ram, scope) {
-                Ok(model) => serve_model(model, container, listener),
+                Ok(model) => serve_model(model, options, container, listener),
                 Err(e) => io::Error::from_raw_os_error(e.errno),
             }
         }
@@ -77,13 +102,21 @@ pub fn serve(kind: DeviceKind, socket: &Path) -> io::Error {
 
 fn serve_model<M: DeviceModel>(
     model: M,
+    options: ServeOptions,
     container: Container,
     listener: UnixListener,
 ) -> io::Error {
-    match PciDevice::new(model) {
-        Ok(device) => Server::new(device, container, Limits::default()).serve(listener),
-        Err(e) => e,
+    let mut device = match PciDevice::new(model) {
+        Ok(device) => device,
+        Err(e) => return e,
+    };
+    if !options.migration {
+        device = device.without_migration();
     }
+    if !options.dirty_tracking {
+        device = device.without_dirty_tracking();
+    }
+    Server::new(device, container, Limits::default()).serve(listener)
 }
 
 /// Binds a UNIX listener at `path`, removing a socket file left by a previous server.

@@ -80,6 +80,27 @@ fn a_device_that_cannot_migrate_offers_no_migration_region() {
 }
 
 #[test]
+fn a_migratable_model_served_without_migration_offers_no_migration_region() {
+    let dev = PciDevice::new(Mtty::new()).unwrap().without_migration();
+    assert_eq!(dev.device_info().num_regions, 9);
+    assert!(dev.region_info(MIGRATION_REGION_INDEX).is_err());
+    assert!(!dev.migration_capable());
+}
+
+#[test]
+fn a_device_without_dirty_tracking_keeps_its_migration_region_but_not_the_capability() {
+    let dev = PciDevice::new(Mtty::new())
+        .unwrap()
+        .without_dirty_tracking();
+    let region = dev.region_info(MIGRATION_REGION_INDEX).unwrap();
+    assert_eq!(
+        region.region_type,
+        Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION))
+    );
+    assert!(!dev.migration_capable());
+}
+
+#[test]
 fn bar_accesses_are_refused_in_stop_copy() {
     let mut dev = PciDevice::new(Mtty::new()).unwrap();
     set_state(&mut dev, DeviceState::STOP_COPY).unwrap();

@@ -33,7 +33,7 @@
 //!
 //!   payloads
 //!   Config        page_size=4096 | nregions | ndevices | 0 | {gpa, size}* |
-//!                 {id, kind_len, 0, config_len, kind, config}*
+//!                 {id, kind_len, 0, config_len, kind, config}*  (kind: pci:VVVV:DDDD)
 //!   RamPages      nruns | 0 | {gpa u64, pages u32, flags u32 (1 = zero)}* | data of non-zero runs
 //!   DeviceChunk   device u32 | phase u16 | 0 u16 | iteration u64 | data (one device transaction)
 //!   DeviceConfig  device u32 | 0 u32 | config

@@ -55,6 +55,14 @@ pub(crate) struct DeviceArgs {
     /// sync (a device without precise dirty tracking).
     #[arg(long)]
     pub(crate) all_mapped: bool,
+    /// Offer no migration region: the device cannot migrate, and a VM that has it refuses
+    /// `migrate` (stands in for a device server that does not support migration).
+    #[arg(long)]
+    pub(crate) no_migration: bool,
+    /// Offer no dirty page tracking: no migration capability in VERSION, DIRTY_PAGES refused
+    /// (stands in for a device server that cannot report the pages it writes).
+    #[arg(long)]
+    pub(crate) no_dirty_tracking: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,9 +174,12 @@ impl MachineArgs {
 pub(crate) struct VmRunArgs {
     #[command(flatten)]
     pub(crate) machine: MachineArgs,
-    /// A device to attach (repeat for more): mtty or dma-engine.
-    #[arg(long = "device")]
-    pub(crate) devices: Vec<DeviceName>,
+    /// A device to attach (repeat for more): `mtty` or `dma-engine` (a device process this VM
+    /// starts), or `socket=PATH` (a vfio-user server already listening there); each may end in
+    /// `,id=NAME` (default: mtty0, dmaengine0, socket0, ...). A destination's devices take the
+    /// places of the source's of the same id.
+    #[arg(long = "device", value_name = "SPEC")]
+    pub(crate) devices: Vec<crate::cmd::device_spec::DeviceArg>,
     /// The control socket.
     #[arg(long)]
     pub(crate) control: PathBuf,

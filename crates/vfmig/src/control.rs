@@ -28,7 +28,7 @@ use vfmig_migration::engine::{DowntimeLimit, MigrationStatus};
 use vfmig_migration::transport::Address;
 use vfmig_vmm::control::{RequestError, request};
 use vfmig_vmm::viommu::ViommuCounters;
-use vfmig_vmm::{KvmGuestReport, VmDigest};
+use vfmig_vmm::{KvmGuestReport, MigrationBlocker, VmDigest};
 
 /// A request on the control socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +142,10 @@ pub struct VmInfo {
     pub ram_bytes: u64,
     /// The devices.
     pub devices: Vec<DeviceStatus>,
+    /// The devices that keep the VM from migrating (no v1 migration region), and why;
+    /// `migrate` is refused while there are any.
+    #[serde(default)]
+    pub migration_blockers: Vec<MigrationBlocker>,
     /// What the guest did so far.
     pub guest: GuestCounters,
     /// The last migration started here, if any.
@@ -157,10 +161,16 @@ pub struct VmInfo {
 /// One device of `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStatus {
-    /// Its id in the VM (`mtty0`, `dmaengine0`, ...).
+    /// Its id in the VM (`mtty0`, `dmaengine0`, `socket0`, ...).
     pub id: String,
-    /// Its kind.
-    pub kind: String,
+    /// How it was attached: `mtty (spawned)`, `socket /run/dev.sock`.
+    pub source: String,
+    /// What it says it is: `pci:VVVV:DDDD`.
+    pub profile: String,
+    /// It has a v1 migration region.
+    pub migratable: bool,
+    /// It tracks the pages it dirties (else a migration counts all RAM dirty at every sync).
+    pub dirty_tracking: bool,
     /// Its process, if the VMM spawned one.
     pub pid: Option<u32>,
 }

@@ -1,6 +1,9 @@
 //! Devices attached over vfio-user: a device process the VMM spawns (`vfmig device <kind>`),
-//! or a socket it is given. Attaching connects, negotiates, and maps all guest RAM into the
-//! device's container with the RAM's fds, so the device reaches guest memory directly.
+//! or a server already listening on a socket it is given (started by anyone, written in
+//! anything). Attaching connects, negotiates, probes the device's [`DeviceProfile`], and
+//! maps all guest RAM into the device's container with the RAM's fds, so the device reaches
+//! guest memory directly. From then on nothing distinguishes the two: the kind of a spawned
+//! device only says which program to start.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use vfmig_iommu::Prot;
 use vfmig_memory::Iova;
 use vfmig_vfio_user::{Client, ClientConfig, ClientError};
 
+use crate::profile::{DeviceProfile, MigrationData, ProbeError, probe};
 use crate::ram::GuestRam;
 
 /// Why a device could not be attached or used.
@@ -54,6 +58,14 @@ pub enum AttachError {
         /// What is wrong.
         what: String,
     },
+    /// The device did not say what it is.
+    #[error("device {id}: probing it: {source}")]
+    Probe {
+        /// Device id.
+        id: String,
+        /// The error.
+        source: ProbeError,
+    },
     /// A vfio-user request failed.
     #[error("device {id}: {what}: {source}")]
     Request {
@@ -66,16 +78,62 @@ pub enum AttachError {
     },
 }
 
-/// What the VMM knows of a device it should attach.
+/// What the VMM knows of a device it should attach: its id, and where its server comes from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceSpec {
-    /// Unique name in the VM (e.g. `mtty0`).
+    /// Unique name in the VM (e.g. `mtty0`); a migration matches devices by it.
     pub id: String,
-    /// Device kind as `vfmig device` names it (`mtty`, `dma-engine`).
-    pub kind: String,
-    /// Extra arguments for the device process (e.g. `--ram-mib 64`).
-    #[serde(default)]
-    pub args: Vec<String>,
+    /// Where its vfio-user server comes from.
+    pub source: DeviceSource,
+}
+
+/// Where a device's vfio-user server comes from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceSource {
+    /// A device process the VMM starts: `vfmig device <kind> --socket … <args>`.
+    Spawn {
+        /// Device kind as `vfmig device` names it (`mtty`, `dma-engine`).
+        kind: String,
+        /// Extra arguments for the device process (e.g. `--ram-mib 64`).
+        #[serde(default)]
+        args: Vec<String>,
+    },
+    /// A server already listening on this socket.
+    Socket {
+        /// The socket.
+        path: PathBuf,
+    },
+}
+
+impl DeviceSpec {
+    /// A device process of `kind`, started by the VMM with `args`.
+    pub fn spawn(id: impl Into<String>, kind: impl Into<String>, args: Vec<String>) -> Self {
+        DeviceSpec {
+            id: id.into(),
+            source: DeviceSource::Spawn {
+                kind: kind.into(),
+                args,
+            },
+        }
+    }
+
+    /// A server already listening on `path`.
+    pub fn socket(id: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        DeviceSpec {
+            id: id.into(),
+            source: DeviceSource::Socket { path: path.into() },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSource::Spawn { kind, .. } => write!(f, "{kind} (spawned)"),
+            DeviceSource::Socket { path } => write!(f, "socket {}", path.display()),
+        }
+    }
 }
 
 /// A device attached to the VM.
@@ -84,13 +142,16 @@ pub struct AttachedDevice {
     socket: PathBuf,
     process: Option<Child>,
     client: Client,
+    profile: DeviceProfile,
+    migration: Option<MigrationData>,
 }
 
 impl std::fmt::Debug for AttachedDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttachedDevice")
             .field("id", &self.spec.id)
-            .field("kind", &self.spec.kind)
+            .field("source", &self.spec.source)
+            .field("profile", &self.profile)
             .field("pid", &self.pid())
             .finish()
     }
@@ -115,8 +176,28 @@ fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, AttachE
 }
 
 impl AttachedDevice {
-    /// Starts `program device <kind> --socket <dir>/<id>.sock <args>` and connects to it.
-    pub fn spawn(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, AttachError> {
+    /// Attaches the device of `spec`: starts its process (`program device <kind> --socket
+    /// <dir>/<id>.sock <args>`) or connects to its socket; then probes it.
+    pub fn attach(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, AttachError> {
+        match &spec.source {
+            DeviceSource::Spawn { kind, args } => {
+                let (kind, args) = (kind.clone(), args.clone());
+                AttachedDevice::spawn(spec, &kind, &args, program, dir)
+            }
+            DeviceSource::Socket { path } => {
+                let path = path.clone();
+                AttachedDevice::connect(spec, &path)
+            }
+        }
+    }
+
+    fn spawn(
+        spec: DeviceSpec,
+        kind: &str,
+        args: &[String],
+        program: &Path,
+        dir: &Path,
+    ) -> Result<Self, AttachError> {
         let socket = dir.join(format!("{}.sock", spec.id));
         let mut command = Command::new(program);
         // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
@@ -139,10 +220,10 @@ impl AttachedDevice {
         };
         let mut process = command
             .arg("device")
-            .arg(&spec.kind)
+            .arg(kind)
             .arg("--socket")
             .arg(&socket)
-            .args(&spec.args)
+            .args(args)
             .stdin(Stdio::null())
             .spawn()
             .map_err(|source| AttachError::Spawn {
@@ -150,12 +231,16 @@ impl AttachedDevice {
                 program: program.display().to_string(),
                 source,
             })?;
-        match connect(&spec.id, &socket, Duration::from_secs(10)) {
-            Ok(client) => Ok(AttachedDevice {
+        let client = connect(&spec.id, &socket, Duration::from_secs(10))
+            .and_then(|client| Self::probed(&spec.id, client));
+        match client {
+            Ok((client, profile, migration)) => Ok(AttachedDevice {
                 spec,
                 socket,
                 process: Some(process),
                 client,
+                profile,
+                migration,
             }),
             Err(e) => {
                 let _ = process.kill();
@@ -165,15 +250,32 @@ impl AttachedDevice {
         }
     }
 
-    /// Connects to a device served on `socket` by someone else.
+    /// Connects to a device served on `socket` by someone else, and probes it.
     pub fn connect(spec: DeviceSpec, socket: &Path) -> Result<Self, AttachError> {
         let client = connect(&spec.id, socket, Duration::from_secs(10))?;
+        let (client, profile, migration) = Self::probed(&spec.id, client)?;
         Ok(AttachedDevice {
             spec,
             socket: socket.to_path_buf(),
             process: None,
             client,
+            profile,
+            migration,
         })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn probed(
+        id: &str,
+        client: Client,
+    ) -> Result<(Client, DeviceProfile, Option<MigrationData>), AttachError> {
+        let (profile, migration) = probe(&client).map_err(|source| AttachError::Probe {
+            id: id.to_string(),
+            source,
+        })?;
+        tracing::info!(device = id, profile = %profile.name(), migration = ?profile.migration_region,
+            dirty_tracking = profile.dirty_tracking, "device attached");
+        Ok((client, profile, migration))
     }
 
     /// Maps every RAM region into the device's container, by fd.
@@ -226,6 +328,16 @@ impl AttachedDevice {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.spec.id
+    }
+
+    /// What the device said it is.
+    pub fn profile(&self) -> &DeviceProfile {
+        &self.profile
+    }
+
+    /// Its migration region's data (mapped or trapped), if it has the region.
+    pub fn migration_data(&self) -> Option<&MigrationData> {
+        self.migration.as_ref()
     }
 
     /// The vfio-user client.

@@ -3,7 +3,8 @@
 //! * [`GuestRam`]: guest RAM in memfds, mapped here and shared with device processes (they map
 //!   the same fds through DMA_MAP), with a dirty log of the VMM's own writes.
 //! * [`AttachedDevice`]: a device over vfio-user, in a process the VMM spawns
-//!   (`vfmig device <kind>`) or on a socket it is given.
+//!   (`vfmig device <kind>`) or on a socket it is given, known by the [`DeviceProfile`] it
+//!   answers with ([`profile`]): identity, migration region, digest region, dirty tracking.
 //! * [`Gate`]: how the guest is paused — the switch-over point of a migration.
 //! * [`Workload`]: the guest. Here a synthetic one: threads writing RAM at a set rate over a
 //!   working set, and drivers keeping the devices busy. A KVM vCPU is the next guest: it enters
@@ -18,6 +19,7 @@ mod devices;
 mod gate;
 pub mod machine;
 pub mod pci;
+pub mod profile;
 mod ram;
 #[cfg(test)]
 mod test_support;
@@ -25,10 +27,13 @@ pub mod viommu;
 mod vm;
 mod workload;
 
-pub use devices::{AttachError, AttachedDevice, DeviceSpec};
+pub use devices::{AttachError, AttachedDevice, DeviceSource, DeviceSpec};
 pub use gate::{Gate, Running};
 pub use machine::{GuestProgram, Machine, MachineError};
 pub use pci::PciConfigState;
+pub use profile::{DeviceProfile, MigrationData};
 pub use ram::{GuestRam, RamError, RamRegion};
-pub use vm::{DeviceHost, GuestPlan, KvmGuestReport, Vm, VmConfig, VmDigest, VmError};
+pub use vm::{
+    DeviceHost, GuestPlan, KvmGuestReport, MigrationBlocker, Vm, VmConfig, VmDigest, VmError,
+};
 pub use workload::{WORKING_SET_BASE, Workload, WorkloadConfig, WorkloadStats, init_drivers};

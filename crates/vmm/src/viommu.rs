@@ -57,10 +57,12 @@ impl Viommu {
     }
 
     /// Unmaps the window from `dev` (with its dirty bitmap while tracking) and maps it again.
+    /// A device without dirty tracking has no bitmap to give; the migration counts all it
+    /// has mapped as dirty at every sync anyway.
     pub fn remap(&self, dev: &AttachedDevice, ram: &GuestRam) -> Result<(), AttachError> {
         let (gpa, size) = WINDOW;
         let client = dev.client();
-        if self.tracking.load(Ordering::Acquire) {
+        if self.tracking.load(Ordering::Acquire) && dev.profile().dirty_tracking {
             match client.dma_unmap(Iova(gpa), size, true) {
                 Ok(bits) => {
                     let bits = bits.unwrap_or_default();

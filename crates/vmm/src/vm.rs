@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use vfmig_device::DIGEST_REGION_INDEX;
 use vfmig_device::digest::Digest;
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
@@ -121,13 +120,24 @@ pub struct DeviceHost {
     pub viommu: bool,
 }
 
-/// Digests of a VM's state: equal digests mean equal guests.
+/// Digests of a VM's state: equal digests mean equal guests (as far as devices without a
+/// digest region can be told apart: not at all).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmDigest {
     /// All guest RAM.
     pub ram: u64,
-    /// Each device's state, by id.
-    pub devices: Vec<(String, u64)>,
+    /// Each device's state, by id; `None` for a device without a state digest region (one
+    /// vfmig did not write).
+    pub devices: Vec<(String, Option<u64>)>,
+}
+
+/// A device that keeps its VM from migrating, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MigrationBlocker {
+    /// The device's id.
+    pub device: String,
+    /// Why it blocks.
+    pub reason: String,
 }
 
 /// A running (or paused) VM.
@@ -152,8 +162,8 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// Builds the VM: RAM, device processes started (or, for specs naming a socket in
-    /// `sockets`, connected), RAM mapped into every device. With `fresh`, the guest's drivers
+    /// Builds the VM: RAM, device processes started (or, for specs naming a socket,
+    /// connected) and probed, RAM mapped into every device. With `fresh`, the guest's drivers
     /// program the devices; a migration destination passes `false` and receives their state.
     /// The guest starts paused.
     pub fn build(config: VmConfig, host: &DeviceHost, fresh: bool) -> Result<Vm, VmError> {
@@ -180,7 +190,7 @@ impl Vm {
         let window = viommu.as_ref().map(|_| WINDOW);
         let mut devices = Vec::with_capacity(config.devices.len());
         for spec in &config.devices {
-            let dev = AttachedDevice::spawn(spec.clone(), &host.program, &host.dir)?;
+            let dev = AttachedDevice::attach(spec.clone(), &host.program, &host.dir)?;
             dev.map_ram(&ram, window)?;
             devices.push(dev);
         }
@@ -213,6 +223,22 @@ impl Vm {
     /// The devices.
     pub fn devices(&self) -> &[AttachedDevice] {
         &self.devices
+    }
+
+    /// The devices that keep the VM from migrating: those without a v1 migration region.
+    /// Empty when it can migrate.
+    pub fn migration_blockers(&self) -> Vec<MigrationBlocker> {
+        self.devices
+            .iter()
+            .filter(|d| d.profile().migration_region.is_none())
+            .map(|d| MigrationBlocker {
+                device: d.id().to_string(),
+                reason: format!(
+                    "{} offers no v1 migration region (region type 3, subtype 1)",
+                    d.profile().name()
+                ),
+            })
+            .collect()
     }
 
     /// The gate that pauses the guest.
@@ -430,8 +456,8 @@ impl Vm {
         self.gate.is_paused()
     }
 
-    /// Digests of guest RAM and of every device (read from its state digest region). Call it
-    /// with the guest paused, or the value is a moving target.
+    /// Digests of guest RAM and of every device that has a state digest region (read from
+    /// it). Call it with the guest paused, or the value is a moving target.
     pub fn digest(&self) -> Result<VmDigest, VmError> {
         let mut d = Digest::new();
         let mut page = vec![0u8; CONTAINER_PAGE_SIZE.bytes_usize()];
@@ -444,11 +470,17 @@ impl Vm {
         }
         let mut devices = Vec::with_capacity(self.devices.len());
         for dev in self.devices.iter() {
-            let mut b = [0u8; 8];
-            dev.client()
-                .region_read(DIGEST_REGION_INDEX, 0, &mut b)
-                .map_err(|e| dev.request("read the state digest", e))?;
-            devices.push((dev.id().to_string(), u64::from_le_bytes(b)));
+            let digest = match dev.profile().digest_region {
+                Some(region) => {
+                    let mut b = [0u8; 8];
+                    dev.client()
+                        .region_read(region, 0, &mut b)
+                        .map_err(|e| dev.request("read the state digest", e))?;
+                    Some(u64::from_le_bytes(b))
+                }
+                None => None,
+            };
+            devices.push((dev.id().to_string(), digest));
         }
         Ok(VmDigest {
             ram: d.finish(),

@@ -103,9 +103,20 @@ pub fn init_drivers(devices: &[AttachedDevice]) -> Result<(), AttachError> {
 fn dma_engines(devices: &[AttachedDevice]) -> impl Iterator<Item = (u64, &AttachedDevice)> {
     devices
         .iter()
-        .filter(|d| d.spec().kind == "dma-engine")
+        .filter(|d| is_dma_engine(d))
         .zip(0u64..)
         .map(|(d, i)| (i, d))
+}
+
+/// The guest's drivers find their devices by PCI identity, as a guest does.
+fn is_dma_engine(d: &AttachedDevice) -> bool {
+    let id = vfmig_device::devices::dma_engine::IDENTITY;
+    d.profile().is(id.vendor, id.device)
+}
+
+fn is_mtty(d: &AttachedDevice) -> bool {
+    let id = vfmig_device::devices::mtty::IDENTITY;
+    d.profile().is(id.vendor, id.device)
 }
 
 fn write_reg(c: &Client, offset: u64, v: &[u8]) -> Result<(), vfmig_vfio_user::ClientError> {
@@ -255,14 +266,14 @@ fn device_driver(
             op += 1;
             let mut dma_index = 0u64;
             for dev in devices {
-                let r = match dev.spec().kind.as_str() {
-                    "mtty" => drive_mtty(dev.client(), op),
-                    "dma-engine" => {
-                        // The same numbering as `init_drivers`: the n-th dma-engine's ring.
-                        dma_index += 1;
-                        drive_dma(dev.client(), ram, dma_index - 1, op)
-                    }
-                    _ => Ok(()),
+                let r = if is_mtty(dev) {
+                    drive_mtty(dev.client(), op)
+                } else if is_dma_engine(dev) {
+                    // The same numbering as `init_drivers`: the n-th dma-engine's ring.
+                    dma_index += 1;
+                    drive_dma(dev.client(), ram, dma_index - 1, op)
+                } else {
+                    Ok(())
                 };
                 let r = match viommu {
                     Some(v) if r.is_ok() && op.is_multiple_of(REMAP_EVERY) => v

@@ -231,14 +231,17 @@ fn single_byte(offset: u64, len: usize) -> Result<u64, DeviceError> {
     Ok(offset)
 }
 
+/// Its PCI identity: what a guest driver (and the VMM's synthetic guest) finds it by.
+pub const IDENTITY: PciIdentity = PciIdentity {
+    vendor: 0x4348,
+    device: 0x3253,
+    class: 0x07_00_02,
+    revision: 1,
+};
+
 impl DeviceModel for Mtty {
     fn identity(&self) -> PciIdentity {
-        PciIdentity {
-            vendor: 0x4348,
-            device: 0x3253,
-            class: 0x07_00_02,
-            revision: 1,
-        }
+        IDENTITY
     }
 
     fn bars(&self) -> Vec<Bar> {

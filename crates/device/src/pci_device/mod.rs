@@ -53,6 +53,8 @@ pub struct PciDevice<M: DeviceModel> {
     config: ConfigSpace,
     irqs: Irqs,
     migration: Option<MigrationRegion>,
+    /// The server offers the migration capability in VERSION and accepts DIRTY_PAGES.
+    dirty_tracking: bool,
     config_pending: bool,
 }
 
@@ -91,8 +93,24 @@ impl<M: DeviceModel> PciDevice<M> {
             config,
             irqs: Irqs::new(),
             migration,
+            dirty_tracking: true,
             config_pending: false,
         })
+    }
+
+    /// Offers no migration region (and so no digest region and no dirty tracking), even for
+    /// a migratable model: a device that cannot migrate, as a VMM meets one.
+    pub fn without_migration(mut self) -> Self {
+        self.migration = None;
+        self
+    }
+
+    /// Keeps the migration region but offers no dirty page tracking: no migration capability
+    /// in VERSION, and DIRTY_PAGES refused (ENOTSUP), as a server that cannot report the pages
+    /// it writes. A VMM must then count every page the device has mapped as dirty.
+    pub fn without_dirty_tracking(mut self) -> Self {
+        self.dirty_tracking = false;
+        self
     }
 
     /// The model.
@@ -363,7 +381,7 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
     }
 
     fn migration_capable(&self) -> bool {
-        self.migration.is_some()
+        self.migration.is_some() && self.dirty_tracking
     }
 
     fn client_gone(&mut self) {

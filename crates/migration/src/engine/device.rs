@@ -1,15 +1,20 @@
 //! One device's side of a migration, over its vfio-user client: the v1 migration region's
 //! register protocol and the device's dirty page tracking.
+//!
+//! Nothing here knows what the device is. The migration region is the one its
+//! [`DeviceProfile`](vfmig_vmm::DeviceProfile) found by its region-type capability; its
+//! registers are trapped accesses, its data goes through the sparse-mmap area where the
+//! device offers one and by REGION_READ/WRITE otherwise, and the data is carried as opaque
+//! bytes. A device that offers no dirty tracking, or refuses DIRTY_PAGES START, is
+//! *untracked*: the sender counts every page it has mapped as dirty at every sync.
 
 use vfmig_abi::DeviceState;
 use vfmig_abi::migration_info::{
     DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, DEVICE_STATE_OFFSET, PENDING_BYTES_OFFSET,
 };
-use vfmig_abi::uapi::{VFIO_REGION_SUBTYPE_MIGRATION, VFIO_REGION_TYPE_MIGRATION};
-use vfmig_device::MIGRATION_REGION_INDEX;
 use vfmig_memory::Iova;
 use vfmig_vfio_user::{Client, ClientError};
-use vfmig_vmm::AttachedDevice;
+use vfmig_vmm::{AttachedDevice, MigrationData};
 
 use super::error::MigrationError;
 
@@ -19,6 +24,9 @@ pub const MAX_CHUNK: u64 = 16 << 20;
 /// A device being migrated.
 pub struct DeviceLink<'a> {
     device: &'a AttachedDevice,
+    data: &'a MigrationData,
+    /// The device reports the pages it dirties (see [`DeviceLink::start_dirty`]).
+    tracked: bool,
     /// Saving: bytes of chunks read so far.
     pub(crate) bytes: u64,
 }
@@ -27,22 +35,29 @@ impl<'a> DeviceLink<'a> {
     /// Checks that `device` offers the v1 migration region, so a migration that cannot finish
     /// never starts.
     pub fn new(device: &'a AttachedDevice) -> Result<Self, MigrationError> {
-        let link = DeviceLink { device, bytes: 0 };
-        let region = link
-            .client()
-            .region_info(MIGRATION_REGION_INDEX)
-            .map_err(|e| link.error("find its migration region", e))?;
-        if region.region_type != Some((VFIO_REGION_TYPE_MIGRATION, VFIO_REGION_SUBTYPE_MIGRATION)) {
-            return Err(MigrationError::NotMigratable {
+        let data = device
+            .migration_data()
+            .ok_or_else(|| MigrationError::NotMigratable {
                 device: device.id().to_string(),
-            });
-        }
-        Ok(link)
+                profile: device.profile().name(),
+            })?;
+        Ok(DeviceLink {
+            device,
+            data,
+            tracked: device.profile().dirty_tracking,
+            bytes: 0,
+        })
     }
 
     /// The device's id.
     pub fn id(&self) -> &str {
         self.device.id()
+    }
+
+    /// The device reports the pages it dirties; false: every page it has mapped counts as
+    /// dirty at every sync.
+    pub fn tracked(&self) -> bool {
+        self.tracked
     }
 
     fn client(&self) -> &Client {
@@ -60,7 +75,7 @@ impl<'a> DeviceLink<'a> {
     fn read_u64(&self, offset: u64, what: &'static str) -> Result<u64, MigrationError> {
         let mut b = [0u8; 8];
         self.client()
-            .region_read(MIGRATION_REGION_INDEX, offset, &mut b)
+            .region_read(self.data.region(), offset, &mut b)
             .map_err(|e| self.error(what, e))?;
         Ok(u64::from_le_bytes(b))
     }
@@ -68,16 +83,12 @@ impl<'a> DeviceLink<'a> {
     /// Moves the device to `state`, keeping the register's reserved bits (read-modify-write).
     pub fn set_state(&self, state: DeviceState) -> Result<(), MigrationError> {
         let mut b = [0u8; 4];
-        let c = self.client();
-        c.region_read(MIGRATION_REGION_INDEX, DEVICE_STATE_OFFSET, &mut b)
+        let (c, region) = (self.client(), self.data.region());
+        c.region_read(region, DEVICE_STATE_OFFSET, &mut b)
             .map_err(|e| self.error("read device_state", e))?;
         let new = DeviceState::from_raw(u32::from_le_bytes(b)).with_state(state);
-        c.region_write(
-            MIGRATION_REGION_INDEX,
-            DEVICE_STATE_OFFSET,
-            &new.raw().to_le_bytes(),
-        )
-        .map_err(|e| self.error("write device_state", e))
+        c.region_write(region, DEVICE_STATE_OFFSET, &new.raw().to_le_bytes())
+            .map_err(|e| self.error("write device_state", e))
     }
 
     /// `pending_bytes`: starts an iteration, or acknowledges the last chunk.
@@ -96,8 +107,8 @@ impl<'a> DeviceLink<'a> {
             });
         }
         let mut data = vec![0u8; usize::try_from(size).unwrap_or(0)];
-        self.client()
-            .region_read(MIGRATION_REGION_INDEX, offset, &mut data)
+        self.data
+            .read(self.client(), offset, &mut data)
             .map_err(|e| self.error("read migration data", e))?;
         self.bytes += size;
         Ok(data)
@@ -106,28 +117,44 @@ impl<'a> DeviceLink<'a> {
     /// Hands one chunk to a resuming device: `data_offset`, the data, `data_size`.
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), MigrationError> {
         let offset = self.read_u64(DATA_OFFSET_OFFSET, "read data_offset")?;
-        let c = self.client();
-        c.region_write(MIGRATION_REGION_INDEX, offset, chunk)
+        self.data
+            .write(self.client(), offset, chunk)
             .map_err(|e| self.error("write migration data", e))?;
-        c.region_write(
-            MIGRATION_REGION_INDEX,
-            DATA_SIZE_OFFSET,
-            &(chunk.len() as u64).to_le_bytes(),
-        )
-        .map_err(|e| self.error("write data_size", e))?;
+        self.client()
+            .region_write(
+                self.data.region(),
+                DATA_SIZE_OFFSET,
+                &(chunk.len() as u64).to_le_bytes(),
+            )
+            .map_err(|e| self.error("write data_size", e))?;
         self.bytes += chunk.len() as u64;
         Ok(())
     }
 
-    /// DIRTY_PAGES START.
-    pub fn start_dirty(&self) -> Result<(), MigrationError> {
-        self.client()
-            .dirty_pages_start()
-            .map_err(|e| self.error("start dirty page tracking", e))
+    /// DIRTY_PAGES START, for a device that offers tracking. A device that refuses it (an
+    /// error reply) is untracked from now on, as one that never offered it: QEMU's rule.
+    /// Only a failed transport is an error.
+    pub fn start_dirty(&mut self) -> Result<(), MigrationError> {
+        if !self.tracked {
+            return Ok(());
+        }
+        match self.client().dirty_pages_start() {
+            Ok(()) => Ok(()),
+            Err(e @ ClientError::Remote { .. }) => {
+                tracing::warn!(device = self.id(), error = %e,
+                    "DIRTY_PAGES refused: every page it has mapped counts as dirty");
+                self.tracked = false;
+                Ok(())
+            }
+            Err(e) => Err(self.error("start dirty page tracking", e)),
+        }
     }
 
-    /// DIRTY_PAGES STOP.
+    /// DIRTY_PAGES STOP, for a tracked device.
     pub fn stop_dirty(&self) -> Result<(), MigrationError> {
+        if !self.tracked {
+            return Ok(());
+        }
         self.client()
             .dirty_pages_stop()
             .map_err(|e| self.error("stop dirty page tracking", e))

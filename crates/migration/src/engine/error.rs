@@ -11,10 +11,15 @@ use crate::transport::TransportError;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     /// A device offers no migration region: it cannot migrate, and nothing was started.
-    #[error("device {device} cannot migrate: it offers no v1 migration region")]
+    #[error(
+        "device {device} ({profile}) cannot migrate: it offers no v1 migration region (region \
+         type 3, subtype 1)"
+    )]
     NotMigratable {
         /// The device.
         device: String,
+        /// What it is (`pci:VVVV:DDDD`).
+        profile: String,
     },
     /// A device request failed (its process may be gone).
     #[error("device {device}: {what}: {error}")]

@@ -6,8 +6,8 @@
 //!     participant D as source devices
 //!     participant R as destination VMM
 //!     Note over S,D: Sender::setup
-//!     S->>R: Config (RAM layout, devices)
-//!     R->>R: build the VM: RAM, device processes, DMA_MAP; devices RESUMING
+//!     S->>R: Config (RAM layout, devices: id and profile)
+//!     R->>R: build the VM: RAM, its own devices matched by id and profile, DMA_MAP; RESUMING
 //!     S->>D: DIRTY_PAGES START; RAM log on; device_state = PRE_COPY
 //!     loop Sender::pre_copy_iteration, the guest running
 //!         S->>R: Iteration, dirty RAM (log ∪ every device's GET_BITMAP), device chunks
@@ -79,6 +79,30 @@
 //! destination may spend on the peer before it), each write at most 30 s, and a deadline
 //! of 30 s for each of `VFMIG-READY` and `VFMIG-RUNNING`. A source the destination's TLS
 //! refuses reports the alert it received.
+//!
+//! # Devices
+//!
+//! The engine knows a device only by what it answered when it was attached (its
+//! [`DeviceProfile`](vfmig_vmm::DeviceProfile)): whether it came from a process the VMM
+//! started or from a socket someone else serves, and who wrote it, make no difference. Its
+//! migration data is opaque bytes, one stream chunk per device transaction.
+//!
+//! * **Blockers.** A device without a v1 migration region cannot migrate: `migrate` fails
+//!   with [`MigrationError::NotMigratable`], naming it, before it connects to the
+//!   destination.
+//! * **Untracked devices.** A device that offers no dirty tracking (no migration capability
+//!   in its VERSION) or refuses DIRTY_PAGES START is counted, as QEMU counts it, as dirtying
+//!   every page it has mapped — all of guest RAM — at every sync. The statistics list it
+//!   ([`MigrationStats::untracked_devices`]) and the convergence estimate says so
+//!   ([`Estimate::all_mapped`]): since every sync finds all RAM dirty again, another
+//!   iteration cannot shrink what is left, so [`DowntimeLimit`] switches over after the first
+//!   iteration (unless the rest already fits the limit). The stop-and-copy then sends all of
+//!   RAM once more, with the guest paused: the downtime is what it costs to send all RAM, the
+//!   price of a device that cannot say what it wrote.
+//! * **Destination devices.** The stream names each device by its id and profile
+//!   (`pci:VVVV:DDDD`); the destination attaches its own devices and puts each in the place
+//!   of the source's device of the same id, refusing the stream, naming the device, when an
+//!   id has no counterpart or a profile differs.
 
 mod device;
 mod dirty;
@@ -119,13 +143,23 @@ pub const ACK_RUNNING: &str = "VFMIG-RUNNING";
 /// The destination's report of a failure, followed by the reason.
 pub const ACK_FAILED: &str = "VFMIG-FAILED";
 
-/// What the stream carries for each device in its `DeviceConfig` section: the device as the
-/// source attached it, and what the guest programmed into its PCI configuration (absent
-/// without a KVM guest), written back on the destination after the device's own data.
+/// What the stream's `Config` says of each device: its id, by which the destination finds
+/// its own device for it; the section's `kind` is the device's profile (`pci:VVVV:DDDD`),
+/// which that device must match. How the source attached it (a process it started, a
+/// socket) is its own business and does not travel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DeviceName {
+    /// The device's id in the VM.
+    pub(crate) id: String,
+}
+
+/// What the stream carries for each device in its `DeviceConfig` section: its id, and what
+/// the guest programmed into its PCI configuration (absent without a KVM guest), written
+/// back on the destination after the device's own data.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DeviceRecord {
-    /// The device.
-    pub(crate) spec: vfmig_vmm::DeviceSpec,
+    /// The device's id.
+    pub(crate) id: String,
     /// The guest's PCI configuration of it.
     pub(crate) pci: Option<vfmig_vmm::PciConfigState>,
 }
@@ -165,7 +199,7 @@ fn read_line(conn: &mut impl std::io::Read, pending: &mut Vec<u8>) -> std::io::R
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-/// The stream's configuration of `vm`: its RAM layout, and each device's kind and spec.
+/// The stream's configuration of `vm`: its RAM layout, and each device's profile and id.
 fn stream_config(vm: &Vm) -> Result<StreamConfig, MigrationError> {
     let ram = RamLayout::new(
         vm.ram()
@@ -187,9 +221,11 @@ fn stream_config(vm: &Vm) -> Result<StreamConfig, MigrationError> {
                 id: DeviceIndex(
                     u32::try_from(i).map_err(|e| MigrationError::Config(e.to_string()))?,
                 ),
-                kind: d.spec().kind.clone(),
-                config: serde_json::to_vec(d.spec())
-                    .map_err(|e| MigrationError::Config(e.to_string()))?,
+                kind: d.profile().name(),
+                config: serde_json::to_vec(&DeviceName {
+                    id: d.id().to_string(),
+                })
+                .map_err(|e| MigrationError::Config(e.to_string()))?,
             })
         })
         .collect::<Result<_, MigrationError>>()?;

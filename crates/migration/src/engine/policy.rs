@@ -21,8 +21,9 @@ pub struct Estimate {
     pub bandwidth: f64,
     /// Pre-copy time so far.
     pub elapsed: Duration,
-    /// Some device reports every mapped page dirty (no precise tracking): every sync will find
-    /// all of guest RAM dirty again, so further iterations cannot shrink what is left.
+    /// Some device reports every mapped page dirty (no precise tracking), or reports nothing
+    /// and is counted so (no dirty tracking at all): every sync will find all of guest RAM
+    /// dirty again, so further iterations cannot shrink what is left.
     pub all_mapped: bool,
 }
 
@@ -55,8 +56,9 @@ pub enum SwitchReason {
     IterationCap,
     /// The time cap was reached.
     TimeCap,
-    /// A device without precise tracking makes all RAM dirty on every sync: iterating more
-    /// cannot help.
+    /// A device without precise tracking (all-mapped scope, or no dirty tracking at all)
+    /// makes all RAM dirty on every sync: iterating more cannot help, so the switch-over
+    /// comes after the first iteration (or whenever the rest already fits the limit).
     AllMapped,
 }
 

@@ -1,5 +1,6 @@
-//! The destination side: accept a stream, build the VM it describes (RAM, device processes,
-//! RAM mapped to them), put the devices in RESUMING, apply RAM and device chunks in order,
+//! The destination side: accept a stream, build the VM it describes (RAM; the destination's
+//! own devices, each matched to the source's by id and profile; RAM mapped to them), put the
+//! devices in RESUMING, apply RAM and device chunks in order,
 //! devices to RUNNING, tell the source it is ready, and hand the VM over (guest paused) only
 //! once the source says go. Anything wrong, a missing go included, discards the VM (its
 //! device processes end) and tells the source.
@@ -13,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use vfmig_abi::DeviceState;
 use vfmig_memory::Gpa;
-use vfmig_vmm::{DeviceHost, DeviceSpec, GuestProgram, GuestRam, PciConfigState, Vm, VmConfig};
+use vfmig_vmm::{DeviceHost, GuestProgram, GuestRam, PciConfigState, Vm, VmConfig};
 
 use super::device::DeviceLink;
 use super::error::MigrationError;
 use super::timed::Timed;
-use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line};
+use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceName, DeviceRecord, GO, read_line};
 use crate::stream::{Section, StreamConfig, StreamReader, WriteGuestMemory};
 use crate::transport::{Listener, StreamConnection, TransportError};
 
@@ -117,37 +118,34 @@ pub struct ReceiveOptions<'a> {
     /// Guest RAM prepared beforehand (e.g. populated while waiting), used if its layout is
     /// the stream's; otherwise RAM is made from the stream's layout.
     pub ram: Option<Arc<GuestRam>>,
-    /// The VM this destination is for (RAM layout, devices): a stream of any other is
-    /// refused, naming the difference, before anything of it is built. `None` takes any.
+    /// The VM this destination is for: its RAM layout and its own devices (spawned or on
+    /// sockets), which take the source's devices' places by id. A stream of any other VM
+    /// (RAM layout, device ids) is refused, naming the difference, before the commit point;
+    /// one whose devices' profiles differ from ours once they are attached, before any
+    /// state reaches them. `None` takes the stream's RAM layout and no devices.
     pub expected: Option<&'a VmConfig>,
     /// How long each phase may take.
     pub timeouts: ReceiveTimeouts,
 }
 
-/// The VMM's configuration from the stream's.
-fn vm_config(config: &StreamConfig) -> Result<VmConfig, MigrationError> {
-    let ram = config
-        .ram()
-        .regions()
-        .iter()
-        .map(|r| (r.gpa.raw(), r.size))
-        .collect();
-    let devices = config
-        .devices()
-        .iter()
-        .map(|d| {
-            let spec: DeviceSpec = serde_json::from_slice(&d.config)
-                .map_err(|e| MigrationError::Config(format!("{}: {e}", d.id)))?;
-            if spec.kind != d.kind {
-                return Err(MigrationError::Config(format!(
-                    "{}: kind {} but config says {}",
-                    d.id, d.kind, spec.kind
-                )));
-            }
-            Ok(spec)
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(VmConfig { ram, devices })
+/// The devices a stream names, in its order: `(id, profile)`.
+type IncomingDevices = Vec<(String, String)>;
+
+/// The devices the stream names, in its order: `(id, profile)`.
+fn incoming_devices(config: &StreamConfig) -> Result<IncomingDevices, MigrationError> {
+    let mut devices: Vec<(String, String)> = Vec::with_capacity(config.devices().len());
+    for d in config.devices() {
+        let name: DeviceName = serde_json::from_slice(&d.config)
+            .map_err(|e| MigrationError::Config(format!("{}: {e}", d.id)))?;
+        if devices.iter().any(|(id, _)| *id == name.id) {
+            return Err(MigrationError::Config(format!(
+                "the incoming VM names device {} twice",
+                name.id
+            )));
+        }
+        devices.push((name.id, d.kind.clone()));
+    }
+    Ok(devices)
 }
 
 /// Receives one migration on `listener` with the default [`ReceiveOptions`]: any VM, the
@@ -159,28 +157,62 @@ pub fn receive(
     receive_into(listener, host, &ReceiveOptions::default())
 }
 
-/// Refuses a stream whose VM is not the one this destination was set up for (`expected`:
-/// its RAM layout and devices), naming the first difference: a destination receives only
-/// the VM it was started for.
-fn check_shape(expected: &VmConfig, incoming: &VmConfig) -> Result<(), MigrationError> {
-    if expected.ram != incoming.ram {
+/// The VM to build for a stream of RAM `ram` and devices `incoming`: its RAM, and this
+/// destination's own devices (`ours`; none without it) in the stream's order, each found by
+/// its id (the order is the source's PCI slots, which the guest knows its devices by).
+/// Refuses, naming the first difference, a stream whose RAM is laid out otherwise than
+/// `ours` or whose device ids are not this destination's: a destination receives only the
+/// VM it was started for. Whether each device is the same as the source's is for
+/// [`check_profiles`], once they are attached.
+fn vm_for(
+    ram: Vec<(u64, u64)>,
+    incoming: &[(String, String)],
+    ours: Option<&VmConfig>,
+) -> Result<VmConfig, MigrationError> {
+    if let Some(ours) = ours
+        && ours.ram != ram
+    {
         return Err(MigrationError::Config(format!(
-            "the incoming VM's RAM is laid out as {:x?}, this destination's as {:x?}",
-            incoming.ram, expected.ram
+            "the incoming VM's RAM is laid out as {ram:x?}, this destination's as {:x?}",
+            ours.ram
         )));
     }
-    if expected.devices.len() != incoming.devices.len() {
+    let our_devices = ours.map_or(&[][..], |c| &c.devices);
+    let ids = |ids: &mut dyn Iterator<Item = &String>| {
+        ids.map(String::as_str).collect::<Vec<_>>().join(", ")
+    };
+    let mut devices = Vec::with_capacity(incoming.len());
+    for (id, profile) in incoming {
+        let spec = our_devices.iter().find(|d| d.id == *id).ok_or_else(|| {
+            MigrationError::Config(format!(
+                "the incoming VM's device {id} ({profile}) has no device of that id here \
+                 (this destination has: [{}])",
+                ids(&mut our_devices.iter().map(|d| &d.id))
+            ))
+        })?;
+        devices.push(spec.clone());
+    }
+    if let Some(extra) = our_devices
+        .iter()
+        .find(|d| !incoming.iter().any(|(id, _)| *id == d.id))
+    {
         return Err(MigrationError::Config(format!(
-            "the incoming VM has {} devices, this destination {}",
-            incoming.devices.len(),
-            expected.devices.len()
+            "this destination's device {} is not in the incoming VM (which has: [{}])",
+            extra.id,
+            ids(&mut incoming.iter().map(|(id, _)| id))
         )));
     }
-    for (i, (ours, theirs)) in expected.devices.iter().zip(&incoming.devices).enumerate() {
-        if ours != theirs {
+    Ok(VmConfig { ram, devices })
+}
+
+/// Refuses a destination device that is not what the source's of the same id was: its
+/// profile (`pci:VVVV:DDDD`) differs.
+fn check_profiles(vm: &Vm, incoming: &[(String, String)]) -> Result<(), MigrationError> {
+    for (dev, (id, profile)) in vm.devices().iter().zip(incoming) {
+        let ours = dev.profile().name();
+        if ours != *profile {
             return Err(MigrationError::Config(format!(
-                "device {i} of the incoming VM is {} ({} {:?}), this destination's is {} ({} {:?})",
-                theirs.id, theirs.kind, theirs.args, ours.id, ours.kind, ours.args
+                "device {id}: the incoming VM's is {profile}, this destination's is {ours}"
             )));
         }
     }
@@ -214,17 +246,24 @@ pub fn receive_into(
     let Admitted {
         reader,
         config,
+        incoming,
         mut ack,
         start,
     } = admitted;
-    tracing::info!(ram = ?config.ram, devices = config.devices.len(), "incoming VM");
     let ram = options.ram.clone();
-    match receive_on(reader, config, host, ram, options.timeouts.idle, &mut stats).and_then(
-        |(vm, mut timed, mut left)| {
-            wait_for_go(&mut ack, &mut timed, &mut left, options.timeouts.go)?;
-            Ok(vm)
-        },
-    ) {
+    match receive_on(
+        reader,
+        config,
+        &incoming,
+        host,
+        ram,
+        options.timeouts.idle,
+        &mut stats,
+    )
+    .and_then(|(vm, mut timed, mut left)| {
+        wait_for_go(&mut ack, &mut timed, &mut left, options.timeouts.go)?;
+        Ok(vm)
+    }) {
         Ok(vm) => {
             // The VM is ours now, whether or not the source hears it.
             if let Err(e) = ack.write_all(format!("{ACK_RUNNING}\n").as_bytes()) {
@@ -245,6 +284,8 @@ pub fn receive_into(
 struct Admitted {
     reader: StreamReader<Timed>,
     config: VmConfig,
+    /// The stream's devices, in its order: `(id, profile)`.
+    incoming: IncomingDevices,
     ack: StreamConnection,
     start: Instant,
 }
@@ -291,9 +332,10 @@ fn admit(listener: &Listener, options: &ReceiveOptions<'_>) -> Result<Admitted, 
         .try_clone()
         .map_err(|e| Refusal::Peer(MigrationError::NoAck(e.to_string())))?;
     match read_config(conn, options) {
-        Ok((reader, config)) => Ok(Admitted {
+        Ok((reader, config, incoming)) => Ok(Admitted {
             reader,
             config,
+            incoming,
             ack,
             start,
         }),
@@ -309,15 +351,22 @@ fn admit(listener: &Listener, options: &ReceiveOptions<'_>) -> Result<Admitted, 
 fn read_config(
     conn: StreamConnection,
     options: &ReceiveOptions<'_>,
-) -> Result<(StreamReader<Timed>, VmConfig), MigrationError> {
+) -> Result<(StreamReader<Timed>, VmConfig, IncomingDevices), MigrationError> {
     let timed = Timed::within(
         conn,
         options.timeouts.setup,
         "the stream header and Config section",
     );
     let mut reader = StreamReader::new(timed)?;
-    let config = match reader.next_section()? {
-        Section::Config(c) => vm_config(c)?,
+    let (ram_layout, incoming) = match reader.next_section()? {
+        Section::Config(c) => (
+            c.ram()
+                .regions()
+                .iter()
+                .map(|r| (r.gpa.raw(), r.size))
+                .collect::<Vec<_>>(),
+            incoming_devices(c)?,
+        ),
         // The reader refuses any other first section; this is for the type system.
         other => {
             return Err(MigrationError::Config(format!(
@@ -326,10 +375,9 @@ fn read_config(
             )));
         }
     };
-    if let Some(expected) = options.expected {
-        check_shape(expected, &config)?;
-    }
-    Ok((reader, config))
+    tracing::info!(ram = ?ram_layout, devices = ?incoming, "incoming VM");
+    let config = vm_for(ram_layout, &incoming, options.expected)?;
+    Ok((reader, config, incoming))
 }
 
 /// Tells the source the VM is ready, then waits on the stream's connection (after `End`;
@@ -370,12 +418,14 @@ fn tell_source(ack: &mut StreamConnection, e: &MigrationError) {
     let _ = ack.shutdown();
 }
 
-/// Builds the VM of `config` and applies the rest of the stream to it, each read waiting at
+/// Builds the VM of `config` (the stream's devices `incoming` checked against ours once
+/// attached) and applies the rest of the stream to it, each read waiting at
 /// most `idle` for the source; returns it, devices RUNNING, with the stream's connection
 /// and the bytes received past `End`.
 fn receive_on(
     mut reader: StreamReader<Timed>,
     config: VmConfig,
+    incoming: &[(String, String)],
     host: &DeviceHost,
     ram: Option<Arc<GuestRam>>,
     idle: Duration,
@@ -392,6 +442,7 @@ fn receive_on(
         None => Vm::build(config, host, false),
     }
     .map_err(Box::new)?;
+    check_profiles(&vm, incoming)?;
     let mut links = vm
         .devices()
         .iter()
@@ -442,8 +493,8 @@ fn receive_on(
                 let record: DeviceRecord = serde_json::from_slice(c.data)
                     .map_err(|e| MigrationError::Config(format!("{}: {e}", c.device)))?;
                 let index = usize::try_from(c.device.0).unwrap_or(usize::MAX);
-                let ours = vm.devices().get(index).map(|d| d.spec());
-                if ours != Some(&record.spec) {
+                let ours = vm.devices().get(index).map(|d| d.id());
+                if ours != Some(record.id.as_str()) {
                     return Err(MigrationError::Config(format!(
                         "{} config differs from the one built",
                         c.device
@@ -481,4 +532,60 @@ fn receive_on(
     drop(links);
     let (conn, left) = reader.into_inner();
     Ok((vm, conn, left))
+}
+
+#[cfg(test)]
+mod tests {
+    use vfmig_vmm::DeviceSpec;
+
+    use super::*;
+
+    const RAM: (u64, u64) = (0, 64 << 20);
+
+    fn ours(ids: &[&str]) -> VmConfig {
+        VmConfig {
+            ram: vec![RAM],
+            devices: ids
+                .iter()
+                .map(|id| DeviceSpec::socket(*id, format!("/run/{id}.sock")))
+                .collect(),
+        }
+    }
+
+    fn incoming(ids: &[&str]) -> Vec<(String, String)> {
+        ids.iter()
+            .map(|id| (id.to_string(), "pci:4348:3253".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn our_devices_take_the_streams_order_by_id() {
+        let vm = vm_for(vec![RAM], &incoming(&["b", "a"]), Some(&ours(&["a", "b"]))).unwrap();
+        let ids: Vec<_> = vm.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"]);
+    }
+
+    #[test]
+    fn an_incoming_device_without_one_of_its_id_here_is_refused_naming_it() {
+        let e = vm_for(vec![RAM], &incoming(&["a", "x"]), Some(&ours(&["a", "b"]))).unwrap_err();
+        assert!(e.to_string().contains("device x (pci:4348:3253)"), "{e}");
+    }
+
+    #[test]
+    fn a_device_of_ours_missing_from_the_stream_is_refused_naming_it() {
+        let e = vm_for(vec![RAM], &incoming(&["a"]), Some(&ours(&["a", "b"]))).unwrap_err();
+        assert!(e.to_string().contains("device b is not in"), "{e}");
+    }
+
+    #[test]
+    fn another_ram_layout_is_refused() {
+        let e = vm_for(vec![(0, 32 << 20)], &[], Some(&ours(&[]))).unwrap_err();
+        assert!(e.to_string().contains("RAM is laid out"), "{e}");
+    }
+
+    #[test]
+    fn without_a_vm_of_its_own_a_destination_takes_no_devices() {
+        let e = vm_for(vec![RAM], &incoming(&["a"]), None).unwrap_err();
+        assert!(e.to_string().contains("device a"), "{e}");
+    }
 }

@@ -189,6 +189,12 @@ impl Sender<'_> {
         let mut stats = MigrationStats::default();
         let mut dirty = self.setup()?;
         stats.setup_ms = ms(start.elapsed());
+        stats.untracked_devices = self
+            .links
+            .iter()
+            .filter(|l| !l.tracked())
+            .map(|l| l.id().to_string())
+            .collect();
         self.progress.update(|s| s.state = MigrationState::Active);
 
         let precopy = Instant::now();
@@ -232,7 +238,7 @@ impl Sender<'_> {
     fn setup(&mut self) -> Result<DirtySet, MigrationError> {
         self.writer.write_config(&stream_config(self.vm)?)?;
         let mut dirty = DirtySet::new(self.vm.ram());
-        for link in &self.links {
+        for link in &mut self.links {
             link.start_dirty()?;
             self.tracking = true;
         }
@@ -296,7 +302,8 @@ impl Sender<'_> {
             device_pending,
             bandwidth,
             elapsed: precopy.elapsed(),
-            all_mapped: !stats.all_mapped_devices.is_empty(),
+            // An untracked device dirties all it has mapped, as an all-mapped one.
+            all_mapped: !stats.all_mapped_devices.is_empty() || !stats.untracked_devices.is_empty(),
         };
         self.progress.update(|s| {
             s.iteration = number + 1;
@@ -354,7 +361,7 @@ impl Sender<'_> {
         let pci = self.vm.pci_state();
         for (i, dev) in self.vm.devices().iter().enumerate() {
             let record = DeviceRecord {
-                spec: dev.spec().clone(),
+                id: dev.id().to_string(),
                 pci: pci.as_ref().and_then(|p| p.get(i)).cloned(),
             };
             let data =
@@ -434,7 +441,8 @@ impl Sender<'_> {
         Ok(total)
     }
 
-    /// One sync: the VMM's log and every device's container.
+    /// One sync: the VMM's log and every device's container. An untracked device has all
+    /// of guest RAM mapped, so all of it is dirty.
     fn sync(
         &mut self,
         dirty: &mut DirtySet,
@@ -445,6 +453,10 @@ impl Sender<'_> {
             .map_err(|e| MigrationError::Guest(Box::new(e)))?;
         let layout: Vec<_> = dirty.layout().collect();
         for link in &self.links {
+            if !link.tracked() {
+                dirty.mark_all();
+                continue;
+            }
             let mut everything = true;
             for &(index, gpa, size) in &layout {
                 let bits = link.dirty(gpa, size)?;

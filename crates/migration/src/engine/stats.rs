@@ -56,6 +56,10 @@ pub struct MigrationStats {
     /// Devices that report every mapped page dirty (no precise tracking): each sync sent all
     /// guest RAM for them.
     pub all_mapped_devices: Vec<String>,
+    /// Devices without dirty tracking (no migration capability, or DIRTY_PAGES refused):
+    /// every sync counted all guest RAM, which they have mapped, as dirty.
+    #[serde(default)]
+    pub untracked_devices: Vec<String>,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -92,6 +96,13 @@ impl fmt::Display for MigrationStats {
                 f,
                 "  all-mapped scope  {} (every sync counts all their mapped pages dirty)",
                 self.all_mapped_devices.join(", ")
+            )?;
+        }
+        if !self.untracked_devices.is_empty() {
+            writeln!(
+                f,
+                "  untracked         {} (no dirty tracking: every sync counts all RAM dirty)",
+                self.untracked_devices.join(", ")
             )?;
         }
         writeln!(
@@ -132,6 +143,15 @@ mod tests {
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<MigrationStats>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn the_table_names_untracked_devices() {
+        let s = MigrationStats {
+            untracked_devices: vec!["socket0".into()],
+            ..Default::default()
+        };
+        assert!(s.to_string().contains("untracked         socket0"));
     }
 
     #[test]

@@ -121,14 +121,15 @@ impl RamLayout {
     }
 }
 
-/// A device of the VM, as the destination must recreate it.
+/// A device of the VM, as the destination must match it.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct DeviceDesc {
     /// The id every device section names it by.
     pub id: DeviceIndex,
-    /// What kind of device it is (e.g. `"mtty"`): 1 to [`MAX_KIND_LEN`] bytes.
+    /// What device it is, as the destination's must be too: 1 to [`MAX_KIND_LEN`] bytes (the
+    /// engine puts the device's profile, `pci:VVVV:DDDD`).
     pub kind: String,
-    /// Its configuration, in a format the VMM defines.
+    /// Its description, in a format the VMM defines (the engine's: its id in the VM, JSON).
     pub config: Vec<u8>,
 }
 

@@ -154,10 +154,15 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         destination.ram,
         verdict(ram_ok)
     );
+    let hex = |d: &Option<u64>| {
+        d.map_or_else(|| format!("{:>16}", "(no digest)"), |d| format!("{d:016x}"))
+    };
     for ((id, a), (_, b)) in source.devices.iter().zip(&destination.devices) {
         same &= a == b;
         println!(
-            "  {id:<16} source {a:016x}  destination {b:016x}  {}",
+            "  {id:<16} source {}  destination {}  {}",
+            hex(a),
+            hex(b),
             verdict(a == b)
         );
     }

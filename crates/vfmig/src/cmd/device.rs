@@ -1,7 +1,7 @@
 //! `vfmig device <kind> --socket PATH`.
 
 use anyhow::{Context, bail};
-use vfmig_device::server::{DeviceKind, serve};
+use vfmig_device::server::{DeviceKind, ServeOptions, serve_with};
 
 use crate::cli::{DeviceArgs, DeviceName};
 
@@ -22,6 +22,10 @@ pub(crate) fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let err = serve(kind, &args.socket);
+    let options = ServeOptions {
+        migration: !args.no_migration,
+        dirty_tracking: !args.no_dirty_tracking,
+    };
+    let err = serve_with(kind, options, &args.socket);
     Err(err).with_context(|| format!("serving {} on {}", kind.name(), args.socket.display()))
 }

@@ -107,7 +107,10 @@ impl VmHandler {
             .iter()
             .map(|d| DeviceStatus {
                 id: d.id().to_string(),
-                kind: d.spec().kind.clone(),
+                source: d.spec().source.to_string(),
+                profile: d.profile().name(),
+                migratable: d.profile().migration_region.is_some(),
+                dirty_tracking: d.profile().dirty_tracking,
                 pid: d.pid(),
             })
             .collect();
@@ -121,6 +124,7 @@ impl VmHandler {
             vm: Some(VmInfo {
                 ram_bytes: vm.ram().size(),
                 devices,
+                migration_blockers: vm.migration_blockers(),
                 guest: GuestCounters {
                     pages_written,
                     device_ops,
@@ -156,6 +160,13 @@ impl VmHandler {
 
     fn start_migration(&self, args: MigrateArgs) -> Result<Done, ControlError> {
         let vm = self.vm()?.clone();
+        // A device that cannot migrate refuses the command itself: nothing starts.
+        if let Some(b) = vm.migration_blockers().first() {
+            return Err(ControlError::generic(format!(
+                "cannot migrate: device {}: {}",
+                b.device, b.reason
+            )));
+        }
         let mut slot = self.migration.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = slot.as_ref() {
             let state = p.status().state;

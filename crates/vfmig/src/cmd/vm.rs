@@ -10,13 +10,13 @@ use vfmig::control::{self, ControlClient, IncomingState};
 use vfmig_migration::engine::{MigrationStatus, ReceiveOptions, receive_into};
 use vfmig_migration::transport::{Address, TlsCreds, TransportSecurity, listen_with};
 use vfmig_vmm::{
-    DeviceHost, DeviceSpec, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig,
-    WorkloadConfig,
+    DeviceHost, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig, WorkloadConfig,
 };
 
+use super::device_spec::device_specs;
 use super::handler::VmHandler;
 use crate::cli::{
-    DeviceName, GuestChoice, MigrateArgs, TlsArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size,
+    GuestChoice, MigrateArgs, TlsArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size,
 };
 
 pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
@@ -73,42 +73,6 @@ pub(crate) fn guest_plan(args: &WorkloadArgs, viommu: bool) -> anyhow::Result<Gu
         dirtier: args.dirty_rate > 0,
         devices: args.device_ops > 0,
     }))
-}
-
-fn device_specs(
-    devices: &[DeviceName],
-    dma_ram_mib: u64,
-    all_mapped: bool,
-) -> anyhow::Result<Vec<DeviceSpec>> {
-    if !dma_ram_mib.is_power_of_two() || dma_ram_mib > 1024 {
-        bail!("--dma-ram-mib must be a power of two up to 1024");
-    }
-    let (mut mtty, mut dma) = (0usize, 0usize);
-    Ok(devices
-        .iter()
-        .map(|d| match d {
-            DeviceName::Mtty => {
-                mtty += 1;
-                DeviceSpec {
-                    id: format!("mtty{}", mtty - 1),
-                    kind: "mtty".into(),
-                    args: vec![],
-                }
-            }
-            DeviceName::DmaEngine => {
-                dma += 1;
-                let mut args = vec!["--ram-mib".to_string(), dma_ram_mib.to_string()];
-                if all_mapped {
-                    args.push("--all-mapped".into());
-                }
-                DeviceSpec {
-                    id: format!("dmaengine{}", dma - 1),
-                    kind: "dma-engine".into(),
-                    args,
-                }
-            }
-        })
-        .collect())
 }
 
 /// A directory for this VM's device sockets.
@@ -176,7 +140,8 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                 listen_with(&addr, &security).with_context(|| format!("listening on {addr}"))?;
             handler.set_incoming(Some(IncomingState::Waiting));
             tracing::info!(%addr, "waiting for an incoming migration");
-            // The VM this destination is for: its --mem and --device. A stream of any other
+            // The VM this destination is for: its --mem and its own --device servers, which
+            // take the places of the source's devices of the same ids. A stream of any other
             // is refused. Its RAM is faulted in while the source connects.
             let expected = VmConfig::with_memory(
                 parse_size(&args.machine.mem)?,

@@ -22,16 +22,10 @@ pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Source and destination VM: 256 MiB of RAM, an mtty and a dma-engine with 4 MiB of
 /// device RAM, each device in its own process.
-const VM_ARGS: &[&str] = &[
-    "--mem",
-    "256M",
-    "--device",
-    "mtty",
-    "--device",
-    "dma-engine",
-    "--dma-ram-mib",
-    "4",
-];
+const VM_ARGS: &[&str] = &["--mem", "256M", "--dma-ram-mib", "4"];
+
+/// The devices of [`VM_ARGS`]' VMs.
+const VM_DEVICES: &[&str] = &["--device", "mtty", "--device", "dma-engine"];
 
 /// A guest that keeps pre-copy busy: 50 000 page writes per second over 64 MiB (a KVM guest
 /// on this machine's emulating KVM manages about 2 000: as fast as it can), and both devices
@@ -144,6 +138,11 @@ pub(crate) struct VmProcess {
 
 impl VmProcess {
     fn spawn(dir: &TestDir, name: &str, args: &[&str]) -> VmProcess {
+        VmProcess::spawn_with_devices(dir, name, VM_DEVICES, args)
+    }
+
+    /// A VM of [`VM_ARGS`] with `devices` (`--device` options) instead of the usual two.
+    fn spawn_with_devices(dir: &TestDir, name: &str, devices: &[&str], args: &[&str]) -> VmProcess {
         let control = dir.path().join(format!("{name}.sock"));
         let log = dir.path().join(format!("{name}.log"));
         let out = File::create(&log).expect("create the VM log");
@@ -152,6 +151,7 @@ impl VmProcess {
             .args(["vm", "run", "--control"])
             .arg(&control)
             .args(VM_ARGS)
+            .args(devices)
             .args(args)
             .env("TMPDIR", dir.path())
             .env("RUST_LOG", "info")
@@ -176,13 +176,37 @@ impl VmProcess {
         vm
     }
 
+    /// [`VmProcess::source`] with `devices` (`--device` options) instead of the usual two.
+    pub(crate) fn source_with_devices(
+        dir: &TestDir,
+        name: &str,
+        devices: &[&str],
+        guest: &[&str],
+    ) -> VmProcess {
+        let vm = VmProcess::spawn_with_devices(dir, name, devices, guest);
+        vm.wait_until("its guest runs", |s| s["state"] == "running");
+        vm
+    }
+
     /// A VM waiting for an incoming migration on 127.0.0.1:`port`, its guest to stay paused
     /// until `cont`; returned once it listens.
     pub(crate) fn destination(dir: &TestDir, name: &str, port: u16, guest: &[&str]) -> VmProcess {
+        VmProcess::destination_with_devices(dir, name, port, VM_DEVICES, guest)
+    }
+
+    /// [`VmProcess::destination`] with `devices` (`--device` options) instead of the usual
+    /// two.
+    pub(crate) fn destination_with_devices(
+        dir: &TestDir,
+        name: &str,
+        port: u16,
+        devices: &[&str],
+        guest: &[&str],
+    ) -> VmProcess {
         let incoming = format!("tcp:127.0.0.1:{port}");
         let mut args = vec!["--incoming", &incoming, "--paused"];
         args.extend_from_slice(guest);
-        let vm = VmProcess::spawn(dir, name, &args);
+        let vm = VmProcess::spawn_with_devices(dir, name, devices, &args);
         vm.wait_until("it listens for the migration", |s| {
             s["incoming"] == "waiting"
         });
@@ -346,6 +370,58 @@ impl Drop for VmProcess {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("----- {} log -----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A `vfmig device` process started by the test, not by a VMM (as a user starts a device
+/// server of their own), killed when dropped.
+pub(crate) struct DeviceServer {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl DeviceServer {
+    /// `vfmig device <kind> --socket <dir>/<name>.sock <args>`, returned once it listens.
+    pub(crate) fn start(dir: &TestDir, name: &str, kind: &str, args: &[&str]) -> DeviceServer {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let log = dir.path().join(format!("{name}.log"));
+        let out = File::create(&log).expect("create the device log");
+        let err = out.try_clone().expect("clone the device log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vfmig"))
+            .args(["device", kind, "--socket"])
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start vfmig device");
+        let server = DeviceServer { child, socket, log };
+        poll(&format!("{name} to listen"), || {
+            std::os::unix::net::UnixStream::connect(&server.socket)
+                .ok()
+                .map(drop)
+        });
+        server
+    }
+
+    /// `socket=PATH,id=ID`, the `--device` option that attaches it as `id`.
+    pub(crate) fn device_option(&self, id: &str) -> String {
+        format!("socket={},id={id}", self.socket.display())
+    }
+}
+
+impl Drop for DeviceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("----- {} log -----\n{log}", self.socket.display());
         }
     }
 }

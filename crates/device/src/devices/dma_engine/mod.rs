@@ -361,14 +361,17 @@ fn le(data: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Its PCI identity: what a guest driver (and the VMM's synthetic guest) finds it by.
+pub const IDENTITY: PciIdentity = PciIdentity {
+    vendor: 0x1af4,
+    device: 0x10f0,
+    class: 0x08_80_00,
+    revision: 1,
+};
+
 impl DeviceModel for DmaEngine {
     fn identity(&self) -> PciIdentity {
-        PciIdentity {
-            vendor: 0x1af4,
-            device: 0x10f0,
-            class: 0x08_80_00,
-            revision: 1,
-        }
+        IDENTITY
     }
 
     fn bars(&self) -> Vec<Bar> {
