@@ -4,19 +4,23 @@
 //! On a terminal (stderr is one), an indicatif bar, redrawn every 100 ms:
 //!
 //! ```text
-//! ⠙ pre-copy  [########>--------------] it 3  412.0 MiB sent  1.1 GiB/s  ETA 0.1 s  (of 160.0 MiB dirty)  vCPUs 70%
+//! ⠙ pre-copy  [##############>---------] it 3  pass 96.0 MiB / 160.0 MiB  412.0 MiB sent  1.1 GiB/s  ETA 0.1 s  vCPUs 70%
 //! ```
 //!
 //! - the phase: `setup`, `pre-copy` (the guest runs, iterations go out), `stop-copy` (the
 //!   guest is paused: this is the downtime), then how it ended;
-//! - the bar: the current pass, what the last sync found dirty, filled as it goes out;
+//! - the bar and `pass`: the current pass, what the last sync found dirty (RAM pages at
+//!   their size, device data), filled as it goes out (the engine's
+//!   [`covered`](MigrationStatus::covered) count);
 //! - `it N`: the pre-copy iteration;
-//! - bytes: all stream bytes sent so far;
-//! - rate: stream bytes per second over the last second (before that, the engine's own
+//! - `sent`: all stream bytes sent so far;
+//! - the rate: stream bytes per second over the last second (before that, the engine's own
 //!   measure of the last iteration);
-//! - ETA: when the current pass will have gone out at that rate. The guest dirties more
-//!   meanwhile, so pre-copy goes on with another pass until the convergence policy switches
-//!   over: the ETA is of the pass, not of the migration, which nothing can know ahead;
+//! - ETA: when the current pass will have gone out, at the pace it has been covered over the
+//!   last second (zero pages cost the stream almost nothing, so a mostly empty guest is
+//!   covered faster than the stream rate says). The guest dirties more meanwhile, so
+//!   pre-copy goes on with another pass until the convergence policy switches over: the ETA
+//!   is of the pass, not of the migration, which nothing can know ahead;
 //! - `vCPUs N%` when auto-converge throttles the guest.
 //!
 //! Elsewhere (a log, a pipe), one plain line per phase and per iteration, and nothing between:
@@ -123,12 +127,14 @@ impl RateMeter {
     }
 }
 
-/// What one look at a running migration shows: its status and the rate it is going at.
+/// What one look at a running migration shows: its status and the rates it is going at.
 #[derive(Clone, Debug)]
 pub(crate) struct View<'a> {
     pub(crate) status: &'a MigrationStatus,
     /// Stream bytes per second, if measured.
     pub(crate) rate: Option<f64>,
+    /// Guest state ([`MigrationStatus::covered`]) per second, if measured.
+    pub(crate) cover_rate: Option<f64>,
 }
 
 impl View<'_> {
@@ -151,21 +157,27 @@ impl View<'_> {
             self.status.state,
             MigrationState::Active | MigrationState::StopCopy
         );
+        let pace = self
+            .cover_rate
+            .filter(|r| *r > 0.0)
+            .unwrap_or_else(|| self.per_sec());
         moving
-            .then(|| time_left(self.status.pass_remaining, self.per_sec()))
+            .then(|| time_left(self.status.pass_remaining, pace))
             .flatten()
     }
 
-    /// Everything but the phase and the bar: iteration, bytes, rate, ETA, throttle.
+    /// Everything but the phase and the bar: iteration, pass, bytes, rate, ETA, throttle.
     pub(crate) fn message(&self) -> String {
         let s = self.status;
+        let (len, pos) = self.pass();
         let mut m = format!(
-            "it {}  {} sent  {}  ETA {}  (of {} dirty)",
+            "it {}  pass {} / {}  {} sent  {}  ETA {}",
             s.iteration,
+            bytes(pos),
+            bytes(len),
             bytes(s.transferred),
             rate(self.per_sec()),
             self.eta().map_or_else(|| "-".to_string(), eta),
-            bytes(s.remaining),
         );
         if s.run_percent < 100 {
             m.push_str(&format!("  vCPUs {}%", s.run_percent));
@@ -231,14 +243,17 @@ impl Display {
 pub(crate) fn follow_migration(control: &ControlClient) -> anyhow::Result<MigrationStatus> {
     let terminal = std::io::stderr().is_terminal();
     let mut display = Display::new(terminal);
-    let mut meter = RateMeter::default();
+    let (mut stream, mut covered) = (RateMeter::default(), RateMeter::default());
     let start = Instant::now();
     loop {
         let status = control.stats()?;
-        meter.push(start.elapsed(), status.transferred);
+        let now = start.elapsed();
+        stream.push(now, status.transferred);
+        covered.push(now, status.covered);
         let view = View {
             status: &status,
-            rate: meter.rate(),
+            rate: stream.rate(),
+            cover_rate: covered.rate(),
         };
         display.show(&view);
         if status.state.is_final() {
@@ -306,11 +321,12 @@ mod tests {
     }
 
     #[test]
-    fn the_eta_is_what_is_left_of_the_pass_at_the_rate() {
+    fn the_eta_is_what_is_left_of_the_pass_at_the_pace_it_is_covered() {
         let s = status(MigrationState::Active);
         let view = View {
             status: &s,
-            rate: Some(f64::from(32u32 << 20)),
+            rate: Some(1e3),
+            cover_rate: Some(f64::from(32u32 << 20)),
         };
         assert_eq!(view.eta(), Some(Duration::from_secs(2)));
     }
@@ -324,6 +340,7 @@ mod tests {
         let view = View {
             status: &s,
             rate: None,
+            cover_rate: None,
         };
         assert_eq!(view.eta(), Some(Duration::from_secs(1)));
     }
@@ -334,6 +351,7 @@ mod tests {
         let view = View {
             status: &s,
             rate: Some(1e6),
+            cover_rate: None,
         };
         assert_eq!(view.eta(), None);
         assert!(view.message().contains("ETA -"), "{}", view.message());
@@ -345,20 +363,22 @@ mod tests {
         let view = View {
             status: &s,
             rate: None,
+            cover_rate: None,
         };
         assert_eq!(view.pass(), (160 << 20, 96 << 20));
     }
 
     #[test]
-    fn the_plain_line_names_phase_iteration_bytes_rate_and_eta() {
+    fn the_plain_line_names_phase_iteration_pass_bytes_rate_and_eta() {
         let s = status(MigrationState::StopCopy);
         let view = View {
             status: &s,
             rate: Some(f64::from(32u32 << 20)),
+            cover_rate: None,
         };
         assert_eq!(
             view.plain(),
-            "migration stop-copy: it 3  412.0 MiB sent  32.0 MiB/s  ETA 2.0 s  (of 160.0 MiB dirty)"
+            "migration stop-copy: it 3  pass 96.0 MiB / 160.0 MiB  412.0 MiB sent  32.0 MiB/s  ETA 2.0 s"
         );
     }
 
@@ -371,6 +391,7 @@ mod tests {
         let view = View {
             status: &s,
             rate: None,
+            cover_rate: None,
         };
         assert!(view.message().ends_with("vCPUs 70%"), "{}", view.message());
     }

@@ -77,7 +77,7 @@ pub fn migrate_with(
     let mut sender = Sender {
         vm,
         links,
-        writer: StreamWriter::new(progress.counting(conn))?,
+        writer: counting_writer(conn, progress)?,
         ack,
         progress,
         tracking: false,
@@ -130,6 +130,16 @@ pub fn migrate_with(
             Err(e)
         }
     }
+}
+
+/// The stream over `conn`, its bytes and RAM pages counted into `progress` as they go.
+fn counting_writer(
+    conn: StreamConnection,
+    progress: &Progress,
+) -> Result<StreamWriter<Counting<StreamConnection>>, MigrationError> {
+    let mut writer = StreamWriter::new(progress.counting(conn))?;
+    writer.count_pages_into(progress.ram_pages());
+    Ok(writer)
 }
 
 struct Sender<'a> {
@@ -418,6 +428,7 @@ impl Sender<'_> {
                     iteration,
                     data: &data,
                 })?;
+                self.progress.device_data(data.len() as u64);
                 pending = link.pending()?;
                 if data.is_empty() && pending > 0 {
                     if bounded {

@@ -1,16 +1,20 @@
 //! What a running migration looks like from outside: its state, progress, and the way to
 //! cancel it. Shared between the migration thread and whoever watches (the control socket).
 //!
-//! The bytes sent are counted as they reach the transport ([`Progress::counting`]), so a
-//! watcher sees them grow within an iteration, not only at its end; what is left of the
-//! current pass ([`MigrationStatus::pass_remaining`]) is the last sync's dirty bytes less
-//! what went out since.
+//! What was sent is counted as it goes, so a watcher sees it grow within an iteration, not
+//! only at its end: stream bytes as they reach the transport ([`Progress::counting`]), and
+//! guest state as its sections are written (RAM pages at their full size, zero pages too,
+//! and device data: [`MigrationStatus::covered`]). What is left of the current pass
+//! ([`MigrationStatus::pass_remaining`]) is the last sync's dirty bytes less the state
+//! covered since.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
 use super::stats::MigrationStats;
 use crate::transport::StreamConnection;
@@ -66,8 +70,12 @@ pub struct MigrationStatus {
     pub transferred: u64,
     /// Dirty bytes still to send (RAM and device data), as of the last sync.
     pub remaining: u64,
-    /// Of `remaining`, what the current pass has not sent yet: `remaining` less the stream
-    /// bytes sent since that sync. An estimate (zero pages cost almost nothing on the wire).
+    /// Guest state sent so far, in the unit of `remaining`: each RAM page at its full size (a
+    /// zero page too, though it costs the stream almost nothing) and device data.
+    #[serde(default)]
+    pub covered: u64,
+    /// Of `remaining`, what the current pass has not sent yet: `remaining` less what was
+    /// covered since that sync.
     #[serde(default)]
     pub pass_remaining: u64,
     /// The share of time the vCPUs may run in the current iteration, in percent (100: not
@@ -91,6 +99,7 @@ impl Default for MigrationStatus {
             iteration: 0,
             transferred: 0,
             remaining: 0,
+            covered: 0,
             pass_remaining: 0,
             run_percent: full_speed(),
             expected_downtime_ms: 0,
@@ -105,11 +114,13 @@ fn full_speed() -> u8 {
     100
 }
 
-/// Stream bytes: all sent, and all sent as of the last sync.
+/// What was sent: stream bytes, device data, and the state covered as of the last sync (the
+/// RAM pages are counted by the stream writer, in [`Progress::ram_pages`]).
 #[derive(Debug, Default)]
 struct Sent {
-    total: AtomicU64,
-    at_sync: AtomicU64,
+    stream: AtomicU64,
+    device: AtomicU64,
+    covered_at_sync: AtomicU64,
 }
 
 /// A transport that counts what it accepts into its migration's [`Progress`].
@@ -129,7 +140,7 @@ impl<W> Counting<W> {
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.sent.total.fetch_add(n as u64, Ordering::Relaxed);
+        self.sent.stream.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -143,6 +154,7 @@ impl<W: Write> Write for Counting<W> {
 pub struct Progress {
     status: Arc<Mutex<MigrationStatus>>,
     sent: Arc<Sent>,
+    ram_pages: Arc<AtomicU64>,
     cancel: Arc<AtomicBool>,
     /// The migration's connection while it runs: a cancel shuts it down, so a sender blocked
     /// writing to a stalled destination returns at once.
@@ -162,11 +174,19 @@ impl Progress {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let total = self.sent.total.load(Ordering::Relaxed);
-        let since_sync = total.saturating_sub(self.sent.at_sync.load(Ordering::Relaxed));
-        status.transferred = total;
+        let covered = self.covered();
+        let since_sync = covered.saturating_sub(self.sent.covered_at_sync.load(Ordering::Relaxed));
+        status.transferred = self.sent.stream.load(Ordering::Relaxed);
+        status.covered = covered;
         status.pass_remaining = status.remaining.saturating_sub(since_sync);
         status
+    }
+
+    fn covered(&self) -> u64 {
+        let pages = self.ram_pages.load(Ordering::Relaxed);
+        pages
+            .saturating_mul(CONTAINER_PAGE_SIZE.bytes())
+            .saturating_add(self.sent.device.load(Ordering::Relaxed))
     }
 
     /// A new migration begins: state `Setup`, nothing sent.
@@ -175,8 +195,25 @@ impl Progress {
             *s = MigrationStatus::default();
             s.state = MigrationState::Setup;
         });
-        self.sent.total.store(0, Ordering::Relaxed);
-        self.sent.at_sync.store(0, Ordering::Relaxed);
+        for counter in [
+            &self.sent.stream,
+            &self.sent.device,
+            &self.sent.covered_at_sync,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.ram_pages.store(0, Ordering::Relaxed);
+    }
+
+    /// Where the stream writer counts the RAM pages it writes
+    /// ([`StreamWriter::count_pages_into`](crate::stream::StreamWriter::count_pages_into)).
+    pub(crate) fn ram_pages(&self) -> Arc<AtomicU64> {
+        self.ram_pages.clone()
+    }
+
+    /// `bytes` of device data were sent.
+    pub(crate) fn device_data(&self, bytes: u64) {
+        self.sent.device.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// `inner`, counting the bytes it accepts as sent by this migration.
@@ -187,12 +224,12 @@ impl Progress {
         }
     }
 
-    /// A sync found `remaining` bytes to send: a new pass starts from what was sent so far.
+    /// A sync found `remaining` bytes to send: a new pass starts from what was covered so far.
     pub(crate) fn synced(&self, remaining: u64) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.remaining = remaining;
-        let total = self.sent.total.load(Ordering::Relaxed);
-        self.sent.at_sync.store(total, Ordering::Relaxed);
+        let covered = self.covered();
+        self.sent.covered_at_sync.store(covered, Ordering::Relaxed);
     }
 
     /// Changes the status.
@@ -239,15 +276,17 @@ mod tests {
     }
 
     #[test]
-    fn the_pass_remaining_is_the_last_syncs_bytes_less_those_sent_since() {
+    fn the_pass_remaining_is_the_last_syncs_bytes_less_the_state_covered_since() {
         let progress = Progress::new();
         progress.start();
-        let mut out = progress.counting(Vec::new());
-        out.write_all(&[0; 100]).unwrap();
-        progress.synced(1000);
-        out.write_all(&[0; 400]).unwrap();
+        progress.device_data(100);
+        progress.synced(10_000);
+        progress.ram_pages().fetch_add(2, Ordering::Relaxed);
+        progress.device_data(400);
         let status = progress.status();
-        assert_eq!((status.remaining, status.pass_remaining), (1000, 600));
+        let page = CONTAINER_PAGE_SIZE.bytes();
+        assert_eq!(status.covered, 2 * page + 500);
+        assert_eq!(status.pass_remaining, 10_000 - 2 * page - 400);
     }
 
     #[test]
