@@ -21,6 +21,7 @@ use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use vfmig_migration::engine::MigrationStats;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -90,77 +91,83 @@ fn columns(stats: &MigrationStats) -> Vec<Column> {
     cols
 }
 
-/// One panel's bars: per column, values stacked from the bottom, each in its colour.
-struct Bars<'a> {
-    caption: &'a str,
-    y_desc: &'a str,
-    stacks: Vec<Vec<(f64, RGBColor)>>,
-    /// A horizontal line across the panel, with its legend.
-    line: Option<(f64, String)>,
+/// One panel: per column, values stacked from the bottom, one per layer colour. Its caption
+/// says what the colours and the line mean (a legend box would hide bars).
+struct Bars {
+    caption: String,
+    y_desc: &'static str,
+    layers: Vec<RGBColor>,
+    stacks: Vec<Vec<f64>>,
+    /// A horizontal line across the panel.
+    line: Option<f64>,
+}
+
+impl Bars {
+    /// A panel of one value per column (the stop-copy column, if `values` has one, is drawn
+    /// in the colour of a paused guest).
+    fn single(caption: &str, y_desc: &'static str, values: Vec<f64>) -> Bars {
+        Bars {
+            caption: caption.to_string(),
+            y_desc,
+            layers: vec![RAM],
+            stacks: values.into_iter().map(|v| vec![v]).collect(),
+            line: None,
+        }
+    }
+}
+
+/// A number as an axis or a bar names it: `950`, `12.5`, `150k`, `3.2M`.
+pub(crate) fn compact(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 /// The chart as SVG text.
 pub(crate) fn render(stats: &MigrationStats) -> anyhow::Result<String> {
     let cols = columns(stats);
     let labels: Vec<String> = cols.iter().map(|c| c.label.clone()).collect();
-    let last = cols.len().saturating_sub(1);
-    // The stop-copy column is drawn in the colour of a paused guest where it stands alone.
-    let one = |i: usize, v: f64, color: RGBColor| vec![(v, if i == last { PAUSED } else { color })];
     let mut panels = vec![
+        Bars::single(
+            "dirty pages",
+            "pages",
+            cols.iter().map(|c| c.dirty_pages).collect(),
+        ),
         Bars {
-            caption: "dirty pages",
-            y_desc: "pages",
-            stacks: cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| one(i, c.dirty_pages, RAM))
-                .collect(),
-            line: None,
-        },
-        Bars {
-            caption: "MiB sent (RAM, device data)",
+            caption: "MiB sent (blue: RAM, orange: device data)".into(),
             y_desc: "MiB",
-            stacks: cols
-                .iter()
-                .map(|c| vec![(c.ram_mib, RAM), (c.device_mib, DEVICE)])
-                .collect(),
+            layers: vec![RAM, DEVICE],
+            stacks: cols.iter().map(|c| vec![c.ram_mib, c.device_mib]).collect(),
             line: None,
         },
+        Bars::single(
+            "rate (stream bytes over time)",
+            "MiB/s",
+            cols.iter().map(Column::rate).collect(),
+        ),
         Bars {
-            caption: "rate",
-            y_desc: "MiB/s",
-            stacks: cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| one(i, c.rate(), RAM))
-                .collect(),
-            line: None,
-        },
-        Bars {
-            caption: "time (stop-copy: the downtime)",
-            y_desc: "ms",
-            stacks: cols
-                .iter()
-                .enumerate()
-                .map(|(i, c)| one(i, c.ms, RAM))
-                .collect(),
-            line: Some((
-                stats.expected_downtime_ms,
-                format!("expected downtime {:.1} ms", stats.expected_downtime_ms),
-            )),
+            line: Some(stats.expected_downtime_ms),
+            ..Bars::single(
+                &format!(
+                    "time (stop-copy: the downtime; red line: the downtime expected, {:.1} ms)",
+                    stats.expected_downtime_ms
+                ),
+                "ms",
+                cols.iter().map(|c| c.ms).collect(),
+            )
         },
     ];
     if stats.iterations.iter().any(|it| it.run_percent < 100) {
-        panels.push(Bars {
-            caption: "vCPU run % (auto-converge)",
-            y_desc: "%",
-            stacks: cols
-                .iter()
-                .take(last)
-                .map(|c| vec![(c.run_percent, RAM)])
-                .collect(),
-            line: None,
-        });
+        let mut run: Vec<f64> = cols.iter().map(|c| c.run_percent).collect();
+        run.pop();
+        panels.push(Bars::single("vCPU run % (auto-converge)", "%", run));
     }
     let width = (120 + 56 * u32::try_from(cols.len()).unwrap_or(u32::MAX)).clamp(900, 8000);
     let height = 50 + PANEL_HEIGHT * u32::try_from(panels.len()).unwrap_or(1);
@@ -186,27 +193,28 @@ pub(crate) fn render(stats: &MigrationStats) -> anyhow::Result<String> {
     Ok(svg)
 }
 
-/// One panel: the bars of every column, the columns named on the x axis.
+/// One panel: the bars of every column with their values on top, the columns named on the
+/// x axis.
 fn draw(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
-    bars: &Bars<'_>,
+    bars: &Bars,
     labels: &[String],
 ) -> anyhow::Result<()> {
     let columns = u32::try_from(bars.stacks.len()).context("too many columns")?;
-    let tallest = bars
-        .stacks
+    let totals: Vec<f64> = bars.stacks.iter().map(|s| s.iter().sum()).collect();
+    let tallest = totals
         .iter()
-        .map(|s| s.iter().map(|(v, _)| v).sum::<f64>())
-        .chain(bars.line.as_ref().map(|(v, _)| *v))
+        .copied()
+        .chain(bars.line)
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
-    let top = if tallest > 0.0 { tallest * 1.15 } else { 1.0 };
+    let top = if tallest > 0.0 { tallest * 1.2 } else { 1.0 };
     // Segments 0..=columns-1, one per column.
     let mut chart = ChartBuilder::on(area)
-        .caption(bars.caption, ("sans-serif", 15))
+        .caption(&bars.caption, ("sans-serif", 15))
         .margin(6)
         .x_label_area_size(24)
-        .y_label_area_size(72)
+        .y_label_area_size(56)
         .build_cartesian_2d((0..columns.saturating_sub(1)).into_segmented(), 0f64..top)?;
     let name = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) => usize::try_from(*i)
@@ -219,42 +227,58 @@ fn draw(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(WHITE)
         .x_labels(bars.stacks.len() + 1)
         .x_label_formatter(&name)
         .y_desc(bars.y_desc)
         .y_labels(5)
+        .y_label_formatter(&|v| compact(*v))
         .draw()?;
-    for (i, stack) in (0u32..).zip(&bars.stacks) {
-        let mut base = 0.0;
-        for &(value, color) in stack {
-            let mut bar = Rectangle::new(
-                [
-                    (SegmentValue::Exact(i), base),
-                    (SegmentValue::Exact(i + 1), base + value),
-                ],
-                color.filled(),
-            );
-            bar.set_margin(0, 0, 6, 6);
-            chart.draw_series(std::iter::once(bar))?;
-            base += value;
-        }
+    let stop = labels.len().saturating_sub(1);
+    let mut base = vec![0.0; bars.stacks.len()];
+    for (k, &layer) in bars.layers.iter().enumerate() {
+        let alone = bars.layers.len() == 1;
+        let rects = (0u32..)
+            .zip(&bars.stacks)
+            .zip(base.iter_mut())
+            .enumerate()
+            .filter_map(|(col, ((i, stack), base))| {
+                let value = *stack.get(k)?;
+                // A column alone in its panel is the stop-copy's: drawn as the downtime.
+                let color = if alone && col == stop && labels.len() == bars.stacks.len() {
+                    PAUSED
+                } else {
+                    layer
+                };
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), *base),
+                        (SegmentValue::Exact(i + 1), *base + value),
+                    ],
+                    color.filled(),
+                );
+                bar.set_margin(0, 0, 6, 6);
+                *base += value;
+                Some(bar)
+            });
+        chart.draw_series(rects.collect::<Vec<_>>())?;
     }
-    if let Some((value, legend)) = &bars.line {
-        chart
-            .draw_series(LineSeries::new(
-                [
-                    (SegmentValue::Exact(0), *value),
-                    (SegmentValue::Last, *value),
-                ],
-                PAUSED.stroke_width(2),
-            ))?
-            .label(legend)
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], PAUSED.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+    let value_style = ("sans-serif", 11)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    chart.draw_series((0u32..).zip(&totals).map(|(i, total)| {
+        Text::new(
+            compact(*total),
+            (SegmentValue::CenterOf(i), *total),
+            value_style.clone(),
+        )
+    }))?;
+    if let Some(value) = bars.line {
+        chart.draw_series(LineSeries::new(
+            [(SegmentValue::Exact(0), value), (SegmentValue::Last, value)],
+            PAUSED.stroke_width(2),
+        ))?;
     }
     Ok(())
 }
