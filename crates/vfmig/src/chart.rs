@@ -283,9 +283,11 @@ fn draw(
     Ok(())
 }
 
-/// Writes the chart of `stats` to `path`.
+/// Writes the chart of `stats` to `path`. A chart the plotting library cannot draw (it
+/// panics on some axis ranges) is an error, not the end of the process.
 pub(crate) fn write(stats: &MigrationStats, path: &Path) -> anyhow::Result<()> {
-    let svg = render(stats)?;
+    let svg = std::panic::catch_unwind(|| render(stats))
+        .map_err(|_| anyhow::anyhow!("the chart could not be drawn"))??;
     std::fs::write(path, svg).with_context(|| format!("writing the chart {}", path.display()))
 }
 

@@ -60,3 +60,27 @@ fn viommu_unmaps_carry_their_dirty_bits_and_the_vm_migrates_exactly() {
         "no dirty bits carried: {line}"
     );
 }
+
+#[test]
+fn the_demo_keeps_its_chart_in_its_run_directory_and_says_where() {
+    let out = demo(&["--plain"]);
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("chart: "))
+        .expect("the chart's path is printed");
+    let path = std::path::Path::new(path);
+    let svg = std::fs::read_to_string(path).expect("the chart is kept");
+    let dir = path.parent().expect("a run directory");
+    let kept: Vec<_> = std::fs::read_dir(dir)
+        .expect("the run directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let _ = std::fs::remove_dir_all(dir);
+    let names_first = svg.split("</text>").any(|t| {
+        t.rsplit_once('>')
+            .is_some_and(|(_, text)| text.trim() == "#0")
+    });
+    assert!(names_first, "no iteration #0 in the chart");
+    assert_eq!(kept, ["migration.svg"], "only the chart is left");
+}
