@@ -53,11 +53,16 @@ pub(crate) fn phase(state: MigrationState) -> &'static str {
 
 /// Bytes in binary units: `512 B`, `4.0 KiB`, `812.0 MiB`, `1.2 GiB`.
 pub(crate) fn bytes(n: u64) -> String {
+    scaled(n as f64)
+}
+
+/// A non-negative number of bytes in binary units.
+fn scaled(n: f64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
+    if n < 1024.0 {
+        return format!("{n:.0} B");
     }
-    let mut value = n as f64 / 1024.0;
+    let mut value = n / 1024.0;
     let mut unit = UNITS[0];
     for next in &UNITS[1..] {
         if value < 1024.0 {
@@ -71,12 +76,8 @@ pub(crate) fn bytes(n: u64) -> String {
 
 /// A rate in bytes per second, in the units of [`bytes`].
 pub(crate) fn rate(per_sec: f64) -> String {
-    let whole = if per_sec.is_finite() && per_sec > 0.0 {
-        per_sec.round() as u64
-    } else {
-        0
-    };
-    format!("{}/s", bytes(whole))
+    let moving = per_sec.is_finite() && per_sec > 0.0;
+    format!("{}/s", scaled(if moving { per_sec } else { 0.0 }))
 }
 
 /// A time left: `0.4 s`, `12 s`, `2 min 05 s`, `3 h 07 min`.
