@@ -2,9 +2,9 @@
 //! cancel it. Shared between the migration thread and whoever watches (the control socket).
 //!
 //! What was sent is counted as it goes, so a watcher sees it grow within an iteration, not
-//! only at its end: stream bytes as they reach the transport ([`Progress::counting`]), and
-//! guest state as its sections are written (RAM pages at their full size, zero pages too,
-//! and device data: [`MigrationStatus::covered`]). What is left of the current pass
+//! only at its end: stream bytes as they reach the transport, and guest state as its
+//! sections are written (RAM pages at their full size, zero pages too, and device data:
+//! [`MigrationStatus::covered`]). What is left of the current pass
 //! ([`MigrationStatus::pass_remaining`]) is the last sync's dirty bytes less the state
 //! covered since.
 
