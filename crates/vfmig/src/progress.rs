@@ -21,7 +21,7 @@
 //!   covered faster than the stream rate says). The guest dirties more meanwhile, so
 //!   pre-copy goes on with another pass until the convergence policy switches over: the ETA
 //!   is of the pass, not of the migration, which nothing can know ahead;
-//! - `vCPUs N%` when auto-converge throttles the guest.
+//! - `vCPUs N%` while auto-converge throttles the guest in pre-copy.
 //!
 //! Elsewhere (a log, a pipe), one plain line per phase and per iteration, and nothing between:
 //! a log keeps the story without a hundred redraws.
@@ -180,7 +180,8 @@ impl View<'_> {
             rate(self.per_sec()),
             self.eta().map_or_else(|| "-".to_string(), eta),
         );
-        if s.run_percent < 100 {
+        // The throttle applies while the guest runs through pre-copy.
+        if s.run_percent < 100 && s.state == MigrationState::Active {
             m.push_str(&format!("  vCPUs {}%", s.run_percent));
         }
         m
@@ -381,6 +382,20 @@ mod tests {
             view.plain(),
             "migration stop-copy: it 3  pass 96.0 MiB / 160.0 MiB  412.0 MiB sent  32.0 MiB/s  ETA 2.0 s"
         );
+    }
+
+    #[test]
+    fn a_paused_guest_shows_no_vcpu_share() {
+        let s = MigrationStatus {
+            run_percent: 70,
+            ..status(MigrationState::StopCopy)
+        };
+        let view = View {
+            status: &s,
+            rate: None,
+            cover_rate: None,
+        };
+        assert!(!view.message().contains("vCPUs"), "{}", view.message());
     }
 
     #[test]
