@@ -496,3 +496,23 @@ fn parallel_ram_writer_refuses_a_run_outside_ram() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_page_counter_counts_every_page_written_serial_or_parallel() {
+    let layout = sample_layout();
+    let source = sample_ram();
+    let runs = [
+        PageRun::new(Gpa(3 * STREAM_PAGE_SIZE.bytes()), 200),
+        PageRun::new(Gpa((1 << 32) + STREAM_PAGE_SIZE.bytes()), 63),
+    ];
+    for workers in [1, 3] {
+        let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut writer = StreamWriter::new(Vec::new()).unwrap();
+        writer.set_ram_section_pages(64);
+        writer.count_pages_into(counter.clone());
+        writer.write_config(&config_for(&layout)).unwrap();
+        writer.write_ram_parallel(&runs, &source, workers).unwrap();
+        let counted = counter.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(counted, 263, "{workers} workers");
+    }
+}

@@ -246,6 +246,10 @@ pub(crate) struct MigrateArgs {
     /// Print the statistics as JSON too.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Write an SVG chart of the completed migration here (per iteration: dirty pages, bytes
+    /// sent, rate, time, throttle; the downtime).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chart: Option<PathBuf>,
 }
 
 /// When pre-copy ends: the parameters of the engine's convergence policy. The defaults shown
@@ -309,6 +313,10 @@ pub(crate) struct DemoArgs {
     /// over mutual TLS).
     #[arg(long)]
     pub(crate) plain: bool,
+    /// Where to write the SVG chart of the migration (default: migration.svg in the demo's
+    /// run directory, which is kept for it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) chart: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) workload: WorkloadArgs,
 }

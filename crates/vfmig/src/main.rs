@@ -1,13 +1,17 @@
 //! `vfmig`: device processes, VMs and live migration from the command line.
 //!
 //! The command line is parsed raw by clap ([`cli`]), then each subcommand validates it into a
-//! typed configuration and calls the libraries ([`cmd`]). The control socket's commands are
+//! typed configuration and calls the libraries ([`cmd`]). A running migration is shown by
+//! [`progress`] (a bar on a terminal, plain lines elsewhere), a completed one charted by
+//! [`chart`] (SVG). The control socket's commands are
 //! typed in the library half of this crate (`vfmig::control`), shared by `vm run`, which
 //! serves them, and `vm migrate | status` and `demo`, which send them. Logs go to stderr;
 //! `RUST_LOG` sets the level (`info` by default).
 
+mod chart;
 mod cli;
 mod cmd;
+mod progress;
 
 use clap::Parser;
 

@@ -16,7 +16,7 @@ use super::dirty::DirtySet;
 use super::error::MigrationError;
 use super::policy::{Convergence, Decision, Estimate};
 use super::stats::{IterationStats, MigrationStats};
-use super::status::{MigrationState, Progress};
+use super::status::{Counting, MigrationState, Progress};
 use super::timed::Timed;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
 use crate::stream::{DeviceChunk, DeviceConfig, Iteration, MachineState, Phase, StreamWriter};
@@ -59,10 +59,7 @@ pub fn migrate_with(
     progress: &Progress,
 ) -> Result<MigrationStats, MigrationError> {
     let start = Instant::now();
-    progress.update(|s| {
-        *s = Default::default();
-        s.state = MigrationState::Setup;
-    });
+    progress.start();
     let links = vm
         .devices()
         .iter()
@@ -81,7 +78,7 @@ pub fn migrate_with(
     let mut sender = Sender {
         vm,
         links,
-        writer: StreamWriter::new(conn)?,
+        writer: counting_writer(conn, progress)?,
         ack,
         progress,
         tracking: false,
@@ -136,10 +133,20 @@ pub fn migrate_with(
     }
 }
 
+/// The stream over `conn`, its bytes and RAM pages counted into `progress` as they go.
+fn counting_writer(
+    conn: StreamConnection,
+    progress: &Progress,
+) -> Result<StreamWriter<Counting<StreamConnection>>, MigrationError> {
+    let mut writer = StreamWriter::new(progress.counting(conn))?;
+    writer.count_pages_into(progress.ram_pages());
+    Ok(writer)
+}
+
 struct Sender<'a> {
     vm: &'a Vm,
     links: Vec<DeviceLink<'a>>,
-    writer: StreamWriter<StreamConnection>,
+    writer: StreamWriter<Counting<StreamConnection>>,
     ack: StreamConnection,
     progress: &'a Progress,
     tracking: bool,
@@ -196,6 +203,8 @@ impl Sender<'_> {
             .map(|l| l.id().to_string())
             .collect();
         self.progress.update(|s| s.state = MigrationState::Active);
+        self.progress
+            .synced(dirty.count() * CONTAINER_PAGE_SIZE.bytes());
 
         let precopy = Instant::now();
         let mut bandwidth = 0.0f64;
@@ -271,6 +280,7 @@ impl Sender<'_> {
             run_percent: self.vm.throttle(),
             ..Default::default()
         };
+        self.progress.update(|s| s.run_percent = it.run_percent);
         self.writer.write_iteration(Iteration {
             number,
             pages: it.dirty_pages,
@@ -279,7 +289,6 @@ impl Sender<'_> {
         it.device_bytes = self.send_device_data(Phase::PreCopy, number, true)?;
         self.writer.flush()?;
         let elapsed = t.elapsed();
-        let sent_before = self.writer.bytes_written();
         // Bytes on the wire per second. The estimate divides the dirty pages, counted as
         // data (pages the guest writes are rarely zero), by it: QEMU's estimate, and on
         // the safe side when zero pages made the last iteration cheap.
@@ -307,12 +316,12 @@ impl Sender<'_> {
         };
         self.progress.update(|s| {
             s.iteration = number + 1;
-            s.transferred = sent_before;
-            s.remaining = estimate.dirty_bytes + estimate.device_pending;
             s.bandwidth = bandwidth;
             s.expected_downtime_ms =
                 u64::try_from(estimate.expected_downtime().as_millis()).unwrap_or(u64::MAX);
         });
+        self.progress
+            .synced(estimate.dirty_bytes + estimate.device_pending);
         Ok(estimate)
     }
 
@@ -330,6 +339,8 @@ impl Sender<'_> {
         self.progress.update(|s| s.state = MigrationState::StopCopy);
         self.set_devices(DeviceState::STOP_COPY)?;
         self.sync(dirty, stats)?;
+        self.progress
+            .synced(dirty.count() * CONTAINER_PAGE_SIZE.bytes());
         self.send_ram(dirty, stats)?;
         let number = stats.iterations.len() as u64;
         self.send_device_data(Phase::StopCopy, number, false)?;
@@ -425,6 +436,7 @@ impl Sender<'_> {
                     iteration,
                     data: &data,
                 })?;
+                self.progress.device_data(data.len() as u64);
                 pending = link.pending()?;
                 if data.is_empty() && pending > 0 {
                     if bounded {
@@ -499,7 +511,7 @@ impl Sender<'_> {
     /// nothing on the connection, so the destination cannot have seen a go either.
     fn go(&mut self) -> Result<(), MigrationError> {
         self.check_cancel()?;
-        let mut conn = self.writer.get_ref();
+        let mut conn = self.writer.get_ref().get_ref();
         conn.write_all(format!("{GO}\n").as_bytes())
             .map_err(|e| MigrationError::NoAck(format!("telling the destination to run: {e}")))?;
         self.committed = true;
@@ -528,7 +540,7 @@ impl Sender<'_> {
     /// Leaves the guest running here: devices RUNNING, tracking off, guest resumed, the
     /// destination told by a closed connection.
     fn roll_back(&mut self) {
-        let _ = self.writer.get_ref().shutdown();
+        let _ = self.writer.get_ref().get_ref().shutdown();
         if self.devices_saving || self.paused {
             for link in &self.links {
                 if let Err(e) = link.set_state(DeviceState::RUNNING) {

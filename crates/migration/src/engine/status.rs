@@ -1,10 +1,20 @@
 //! What a running migration looks like from outside: its state, progress, and the way to
 //! cancel it. Shared between the migration thread and whoever watches (the control socket).
+//!
+//! What was sent is counted as it goes, so a watcher sees it grow within an iteration, not
+//! only at its end: stream bytes as they reach the transport, and guest state as its
+//! sections are written (RAM pages at their full size, zero pages too, and device data:
+//! [`MigrationStatus::covered`]). What is left of the current pass
+//! ([`MigrationStatus::pass_remaining`]) is the last sync's dirty bytes less the state
+//! covered since.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
 use super::stats::MigrationStats;
 use crate::transport::StreamConnection;
@@ -55,10 +65,23 @@ pub struct MigrationStatus {
     pub state: MigrationState,
     /// The current pre-copy iteration.
     pub iteration: u64,
-    /// Bytes sent so far.
+    /// Stream bytes handed to the transport so far (counted as they go, within an
+    /// iteration too).
     pub transferred: u64,
     /// Dirty bytes still to send (RAM and device data), as of the last sync.
     pub remaining: u64,
+    /// Guest state sent so far, in the unit of `remaining`: each RAM page at its full size (a
+    /// zero page too, though it costs the stream almost nothing) and device data.
+    #[serde(default)]
+    pub covered: u64,
+    /// Of `remaining`, what the current pass has not sent yet: `remaining` less what was
+    /// covered since that sync.
+    #[serde(default)]
+    pub pass_remaining: u64,
+    /// The share of time the vCPUs may run in the current iteration, in percent (100: not
+    /// throttled).
+    #[serde(default = "full_speed")]
+    pub run_percent: u8,
     /// Estimated downtime if the switch-over happened now, in ms.
     pub expected_downtime_ms: u64,
     /// Measured bandwidth, stream bytes per second.
@@ -76,6 +99,9 @@ impl Default for MigrationStatus {
             iteration: 0,
             transferred: 0,
             remaining: 0,
+            covered: 0,
+            pass_remaining: 0,
+            run_percent: full_speed(),
             expected_downtime_ms: 0,
             bandwidth: 0.0,
             stats: None,
@@ -84,10 +110,51 @@ impl Default for MigrationStatus {
     }
 }
 
+fn full_speed() -> u8 {
+    100
+}
+
+/// What was sent: stream bytes, device data, and the state covered as of the last sync (the
+/// RAM pages are counted by the stream writer, in [`Progress::ram_pages`]).
+#[derive(Debug, Default)]
+struct Sent {
+    stream: AtomicU64,
+    device: AtomicU64,
+    covered_at_sync: AtomicU64,
+}
+
+/// A transport that counts what it accepts into its migration's [`Progress`].
+#[derive(Debug)]
+pub(crate) struct Counting<W> {
+    inner: W,
+    sent: Arc<Sent>,
+}
+
+impl<W> Counting<W> {
+    /// The transport.
+    pub(crate) fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent.stream.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Shared progress of one migration.
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
     status: Arc<Mutex<MigrationStatus>>,
+    sent: Arc<Sent>,
+    ram_pages: Arc<AtomicU64>,
     cancel: Arc<AtomicBool>,
     /// The migration's connection while it runs: a cancel shuts it down, so a sender blocked
     /// writing to a stalled destination returns at once.
@@ -102,10 +169,67 @@ impl Progress {
 
     /// The status now.
     pub fn status(&self) -> MigrationStatus {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        let covered = self.covered();
+        let since_sync = covered.saturating_sub(self.sent.covered_at_sync.load(Ordering::Relaxed));
+        status.transferred = self.sent.stream.load(Ordering::Relaxed);
+        status.covered = covered;
+        status.pass_remaining = status.remaining.saturating_sub(since_sync);
+        status
+    }
+
+    fn covered(&self) -> u64 {
+        let pages = self.ram_pages.load(Ordering::Relaxed);
+        pages
+            .saturating_mul(CONTAINER_PAGE_SIZE.bytes())
+            .saturating_add(self.sent.device.load(Ordering::Relaxed))
+    }
+
+    /// A new migration begins: state `Setup`, nothing sent.
+    pub(crate) fn start(&self) {
+        self.update(|s| {
+            *s = MigrationStatus::default();
+            s.state = MigrationState::Setup;
+        });
+        for counter in [
+            &self.sent.stream,
+            &self.sent.device,
+            &self.sent.covered_at_sync,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.ram_pages.store(0, Ordering::Relaxed);
+    }
+
+    /// Where the stream writer counts the RAM pages it writes
+    /// ([`StreamWriter::count_pages_into`](crate::stream::StreamWriter::count_pages_into)).
+    pub(crate) fn ram_pages(&self) -> Arc<AtomicU64> {
+        self.ram_pages.clone()
+    }
+
+    /// `bytes` of device data were sent.
+    pub(crate) fn device_data(&self, bytes: u64) {
+        self.sent.device.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `inner`, counting the bytes it accepts as sent by this migration.
+    pub(crate) fn counting<W: Write>(&self, inner: W) -> Counting<W> {
+        Counting {
+            inner,
+            sent: self.sent.clone(),
+        }
+    }
+
+    /// A sync found `remaining` bytes to send: a new pass starts from what was covered so far.
+    pub(crate) fn synced(&self, remaining: u64) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.remaining = remaining;
+        let covered = self.covered();
+        self.sent.covered_at_sync.store(covered, Ordering::Relaxed);
     }
 
     /// Changes the status.
@@ -135,5 +259,45 @@ impl Progress {
     /// True once cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_through_a_counting_transport_are_transferred_at_once() {
+        let progress = Progress::new();
+        progress.start();
+        let mut out = progress.counting(Vec::new());
+        out.write_all(&[0; 300]).unwrap();
+        assert_eq!(progress.status().transferred, 300);
+    }
+
+    #[test]
+    fn the_pass_remaining_is_the_last_syncs_bytes_less_the_state_covered_since() {
+        let progress = Progress::new();
+        progress.start();
+        progress.device_data(100);
+        progress.synced(10_000);
+        progress.ram_pages().fetch_add(2, Ordering::Relaxed);
+        progress.device_data(400);
+        let status = progress.status();
+        let page = CONTAINER_PAGE_SIZE.bytes();
+        assert_eq!(status.covered, 2 * page + 500);
+        assert_eq!(status.pass_remaining, 10_000 - 2 * page - 400);
+    }
+
+    #[test]
+    fn a_new_migration_starts_from_nothing_sent() {
+        let progress = Progress::new();
+        progress.counting(Vec::new()).write_all(&[0; 10]).unwrap();
+        progress.start();
+        let status = progress.status();
+        assert_eq!(
+            (status.state, status.transferred),
+            (MigrationState::Setup, 0)
+        );
     }
 }

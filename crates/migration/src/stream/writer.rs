@@ -1,8 +1,8 @@
 //! [`StreamWriter`]: the sender's half of the stream.
 
 use std::io::{self, IoSlice, Write};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use vfmig_memory::Gpa;
@@ -157,6 +157,8 @@ pub struct StreamWriter<W: Write> {
     order: Order,
     ram: Option<RamEncoder>,
     ram_section_pages: Option<usize>,
+    /// Where the pages of each `RamPages` section written are added, if anywhere.
+    page_counter: Option<Arc<AtomicU64>>,
 }
 
 impl<W: Write> StreamWriter<W> {
@@ -179,6 +181,7 @@ impl<W: Write> StreamWriter<W> {
             order: Order::default(),
             ram: None,
             ram_section_pages: None,
+            page_counter: None,
         })
     }
 
@@ -189,6 +192,12 @@ impl<W: Write> StreamWriter<W> {
     pub fn set_ram_section_pages(&mut self, pages: usize) {
         self.ram_section_pages = Some(pages);
         self.ram = None;
+    }
+
+    /// Adds the pages (data and zero) of every `RamPages` section to `counter` once the
+    /// section is written, so another thread can follow a long [`write_ram`](Self::write_ram).
+    pub fn count_pages_into(&mut self, counter: Arc<AtomicU64>) {
+        self.page_counter = Some(counter);
     }
 
     /// Bytes written so far (buffered ones included), stream header included.
@@ -263,9 +272,12 @@ impl<W: Write> StreamWriter<W> {
             None => RamEncoder::new(),
         });
         let sink = &mut self.sink;
+        let counter = self.page_counter.as_deref();
         let start = sink.offset;
         let result = encoder.encode(config.ram(), runs, mem, |pages| {
-            write_ram_frame(sink, pages)
+            write_ram_frame(sink, pages)?;
+            count_pages(counter, pages);
+            Ok(())
         });
         let mut stats = result.map_err(WriteError::from)?;
         stats.bytes = sink.offset - start;
@@ -307,6 +319,7 @@ impl<W: Write> StreamWriter<W> {
         let start = self.sink.offset;
         let pieces = Mutex::new(Pieces::new(runs, section_pages));
         let sink = Mutex::new(&mut self.sink);
+        let counter = self.page_counter.as_deref();
         let failed = AtomicBool::new(false);
         let work = || -> Result<RamStats, WriteError> {
             let mut encoder = RamEncoder::with_section_pages(section_pages);
@@ -325,7 +338,9 @@ impl<W: Write> StreamWriter<W> {
                     let header = pages.header();
                     let parts = [header.as_bytes(), pages.entries().as_bytes(), pages.data()];
                     let frame = Frame::new(SectionKind::RamPages, &parts)?;
-                    lock(&sink).write_frame(&frame, &parts)
+                    lock(&sink).write_frame(&frame, &parts)?;
+                    count_pages(counter, pages);
+                    Ok(())
                 });
                 match result {
                     Ok(piece_stats) => stats.add(&piece_stats),
@@ -559,6 +574,12 @@ fn check_len(kind: SectionKind, len: usize, max: u32) -> Result<(), WriteError> 
             len: u64_from(len),
             max,
         })
+    }
+}
+
+fn count_pages(counter: Option<&AtomicU64>, pages: &RamPages<'_>) {
+    if let Some(counter) = counter {
+        counter.fetch_add(pages.data_pages() + pages.zero_pages(), Ordering::Relaxed);
     }
 }
 

@@ -2,7 +2,9 @@
 //! run` process with two device processes (mtty and dma-engine); the source's guest dirties RAM
 //! and keeps both devices busy; it live-migrates over 127.0.0.1; the destination's RAM and
 //! device state are checked against the source's at the switch-over (digests); the destination
-//! guest then runs on. Exits non-zero if anything differs.
+//! guest then runs on. Exits non-zero if anything differs. The migration's SVG chart is
+//! written to `--chart FILE`, by default `migration.svg` in the demo's run directory, which
+//! is then kept (its sockets and credentials removed) and its path printed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use vfmig::control::{self, ControlClient, IncomingState, RunState, VmInfo, VmStatus};
 
-use super::vm::{completed, follow_migration};
+use super::vm::completed;
 use crate::cli::{DemoArgs, parse_size};
+use crate::progress::follow_migration;
 
 /// A child process, killed when dropped.
 struct Process(Child);
@@ -140,6 +143,9 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     }
+    let chart = args.chart.unwrap_or_else(|| dir.join("migration.svg"));
+    crate::chart::write(&stats, &chart)?;
+    println!("chart: {}", chart.display());
 
     // Both guests are paused now: the source since the switch-over, the destination by --paused.
     let source = src_ctl.digest()?;
@@ -183,12 +189,26 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let _ = src_ctl.quit();
     let _ = dst_ctl.quit();
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_all_but(&dir, &chart);
     if !same || !runs || errors > 0 {
         bail!("the destination does not match the source, or does not run cleanly");
     }
     println!("OK: the destination equals the source at the switch-over and runs on");
     Ok(())
+}
+
+/// Removes `dir` with everything in it, except `keep` if that lies in it.
+fn remove_all_but(dir: &Path, keep: &Path) {
+    if keep.parent() != Some(dir) {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path != keep {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
 }
 
 fn verdict(ok: bool) -> &'static str {

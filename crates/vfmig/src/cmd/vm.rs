@@ -1,9 +1,7 @@
 //! `vfmig vm run | migrate | status`.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use vfmig::control::{self, ControlClient, IncomingState};
@@ -18,6 +16,7 @@ use super::handler::VmHandler;
 use crate::cli::{
     GuestChoice, MigrateArgs, TlsArgs, VmCommand, VmRunArgs, WorkloadArgs, parse_size,
 };
+use crate::progress::follow_migration;
 
 pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
     match cmd {
@@ -194,38 +193,6 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Polls the migration's status until it ends; shows progress on a terminal, plain lines
-/// otherwise. Returns the final status.
-pub(crate) fn follow_migration(control: &ControlClient) -> anyhow::Result<MigrationStatus> {
-    let tty = std::io::stderr().is_terminal();
-    let mut last_state = None;
-    loop {
-        let status = control.stats()?;
-        let state = status.state;
-        let sent = status.transferred as f64 / f64::from(1u32 << 20);
-        let remaining = status.remaining as f64 / f64::from(1u32 << 20);
-        let line = format!(
-            "migration {}: iteration {}, {sent:.0} MiB sent, {remaining:.1} MiB dirty",
-            state_name(&status),
-            status.iteration
-        );
-        if tty {
-            eprint!("\r{line:<79}");
-            let _ = std::io::stderr().flush();
-        } else if last_state != Some(state) {
-            eprintln!("{line}");
-        }
-        last_state = Some(state);
-        if state.is_final() {
-            if tty {
-                eprintln!();
-            }
-            return Ok(status);
-        }
-        std::thread::sleep(Duration::from_millis(if tty { 100 } else { 50 }));
-    }
-}
-
 /// The state's name as the control socket spells it (`stop-copy`, `unconfirmed`, ...).
 fn state_name(status: &MigrationStatus) -> String {
     serde_json::to_value(status.state)
@@ -258,6 +225,10 @@ fn migrate_vm(args: MigrateArgs) -> anyhow::Result<()> {
     println!("{stats}");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
+    }
+    if let Some(path) = &args.chart {
+        crate::chart::write(&stats, path)?;
+        println!("chart: {}", path.display());
     }
     Ok(())
 }
