@@ -64,10 +64,12 @@ use std::time::Duration;
 
 mod address;
 pub mod creds;
+mod pace;
 mod tls;
 
 pub use address::{Address, AddressError, MAX_UNIX_PATH};
 pub use creds::{CredsError, TlsCreds};
+pub use pace::Paced;
 pub use tls::HANDSHAKE_TIMEOUT;
 
 /// Whether a `tcp:` connection is plain or mutually authenticated TLS.
