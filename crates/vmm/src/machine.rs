@@ -33,6 +33,12 @@ use crate::ram::GuestRam;
 /// Bytes of low RAM the boot writes: the tables, the boot page and the image.
 const BOOT_AREA: usize = vfmig_kvm::MIN_RAM;
 
+/// The shortest time a throttled guest's vCPUs run in each throttle period. A shorter run
+/// share is a longer period, not a shorter run: the thread that closes the gate wakes some
+/// milliseconds late on a loaded host, and over a 1 ms run share (5 % of 20 ms) that lateness
+/// let a guest run four times longer than asked.
+pub const THROTTLE_MIN_RUN: Duration = Duration::from_millis(10);
+
 /// Why the KVM guest could not be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -361,12 +367,16 @@ impl Machine {
         self.control.is_paused()
     }
 
-    /// Lets the vCPUs run only `run_percent` of each 20 ms (auto-converge); `None` or 100
-    /// lifts the throttle.
+    /// Lets the vCPUs run only `run_percent` of the time (auto-converge); `None` or 100
+    /// lifts the throttle. Each period lets them run [`THROTTLE_MIN_RUN`] at least, and lasts
+    /// 20 ms at least: at 5 % a period is 200 ms, 10 ms run and 190 ms held.
     pub fn set_throttle(&self, run_percent: Option<u8>) -> io::Result<()> {
-        let throttle = run_percent.filter(|&p| p < 100).map(|p| Throttle {
-            run_percent: p.max(1),
-            period: Duration::from_millis(20),
+        let throttle = run_percent.filter(|&p| p < 100).map(|p| {
+            let p = p.max(1);
+            Throttle {
+                run_percent: p,
+                period: (THROTTLE_MIN_RUN * 100 / u32::from(p)).max(Duration::from_millis(20)),
+            }
         });
         self.control.set_throttle(throttle)
     }

@@ -292,6 +292,7 @@ impl Sender<'_> {
             bandwidth = sent as f64 / elapsed.as_secs_f64();
         }
         it.duration_ms = ms(elapsed);
+        self.progress.update(|s| s.iterations.push(it.clone()));
         stats.iterations.push(it);
 
         self.sync(dirty, stats)?;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::stats::MigrationStats;
+use super::stats::{IterationStats, MigrationStats};
 use crate::transport::StreamConnection;
 
 /// Where a migration is.
@@ -63,6 +63,10 @@ pub struct MigrationStatus {
     pub expected_downtime_ms: u64,
     /// Measured bandwidth, stream bytes per second.
     pub bandwidth: f64,
+    /// The pre-copy iterations so far, each with its throttle; kept when the migration fails
+    /// (the final statistics repeat them).
+    #[serde(default)]
+    pub iterations: Vec<IterationStats>,
     /// The final statistics, once completed.
     pub stats: Option<MigrationStats>,
     /// Why it failed.
@@ -78,6 +82,7 @@ impl Default for MigrationStatus {
             remaining: 0,
             expected_downtime_ms: 0,
             bandwidth: 0.0,
+            iterations: Vec::new(),
             stats: None,
             error: None,
         }
