@@ -51,8 +51,8 @@ mod status;
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{
-    Convergence, Decision, DowntimeLimit, Estimate, Limit, SwitchReason, THROTTLE_FIRST,
-    THROTTLE_FLOOR, THROTTLE_STEP,
+    Convergence, Decision, DowntimeLimit, Estimate, Limit, SETTLED_DOWNTIME, SwitchReason,
+    THROTTLE_FIRST, THROTTLE_FLOOR, THROTTLE_STEP,
 };
 pub use receiver::{ReceiveStats, receive, receive_into};
 pub use sender::{migrate, migrate_with, reclaim};

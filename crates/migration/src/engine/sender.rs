@@ -208,11 +208,7 @@ impl Sender<'_> {
                 }
                 Decision::Iterate => {}
             }
-            let sent = stats
-                .iterations
-                .last()
-                .map_or(0, |it| it.ram_bytes + it.device_bytes);
-            self.throttle(policy.throttle(&estimate, sent))?;
+            self.throttle(policy.throttle(&estimate, estimate.sent))?;
         };
         stats.switchover = reason.to_string();
         stats.expected_downtime_ms = ms(estimate
@@ -307,6 +303,7 @@ impl Sender<'_> {
             device_pending,
             bandwidth,
             elapsed: precopy.elapsed(),
+            sent,
             all_mapped: !stats.all_mapped_devices.is_empty(),
         };
         self.progress.update(|s| {
