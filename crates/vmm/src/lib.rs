@@ -27,7 +27,7 @@ mod workload;
 
 pub use devices::{AttachError, AttachedDevice, DeviceSpec};
 pub use gate::{Gate, Running};
-pub use machine::{GuestProgram, Machine, MachineError};
+pub use machine::{GuestProgram, Machine, MachineError, MachineRam};
 pub use pci::PciConfigState;
 pub use ram::{GuestRam, RamError, RamRegion};
 pub use vm::{DeviceHost, GuestPlan, KvmGuestReport, Vm, VmConfig, VmDigest, VmError};
