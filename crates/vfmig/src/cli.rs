@@ -357,7 +357,15 @@ mod tests {
 
     #[test]
     fn a_bandwidth_cap_of_zero_is_refused_by_the_command_line() {
-        let argv = ["vfmig", "vm", "migrate", "--control", "/c", "--to", "tcp:h:1"];
+        let argv = [
+            "vfmig",
+            "vm",
+            "migrate",
+            "--control",
+            "/c",
+            "--to",
+            "tcp:h:1",
+        ];
         let mut argv = argv.to_vec();
         argv.extend(["--max-bandwidth-mib", "0"]);
         assert!(Cli::try_parse_from(argv).is_err());

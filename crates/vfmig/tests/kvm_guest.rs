@@ -203,7 +203,10 @@ fn a_guest_dirtying_faster_than_the_link_converges_with_auto_converge() {
     // The throttle rose step by step: never eased, and the guest was slowed before the end.
     let percents = run_percents(&done);
     assert!(percents.windows(2).all(|w| w[1] <= w[0]), "{percents:?}");
-    assert!(percents.last() < Some(&100), "never throttled: {percents:?}");
+    assert!(
+        percents.last() < Some(&100),
+        "never throttled: {percents:?}"
+    );
     destination.wait_until("the incoming VM is built", |s| s["state"] == "paused");
     destination.call("cont", Value::Null);
     let report = wait_for_checks(&destination, 200, 2, 2);

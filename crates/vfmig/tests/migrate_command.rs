@@ -36,8 +36,14 @@ fn migrate_with(tag: &str, options: &[&str]) -> (Output, Value) {
 /// Asserts that the command failed and said `why`, and that the migration failed for it.
 fn assert_failed_for(out: &Output, migration: &Value, why: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "vfmig vm migrate succeeded: {stderr}");
-    assert!(stderr.contains(why), "the command does not say {why:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "vfmig vm migrate succeeded: {stderr}"
+    );
+    assert!(
+        stderr.contains(why),
+        "the command does not say {why:?}: {stderr}"
+    );
     assert_eq!(migration["state"], "failed", "{migration}");
     let error = migration["error"].as_str().unwrap_or_default();
     assert!(error.contains(why), "{migration}");

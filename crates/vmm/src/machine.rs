@@ -559,7 +559,8 @@ mod tests {
             d.map_ram(&ram, None).unwrap();
         }
         let slots = MachineRam::new(ram).unwrap();
-        let bus = Arc::new(PciBus::new(Arc::new(devices), Machine::router_for(slots.kvm())).unwrap());
+        let bus =
+            Arc::new(PciBus::new(Arc::new(devices), Machine::router_for(slots.kvm())).unwrap());
         let machine = Machine::new(slots, bus, program, true).unwrap();
         Booted { machine, sockets }
     }

@@ -232,7 +232,11 @@ impl Convergence for DowntimeLimit {
     fn decide(&mut self, e: &Estimate) -> Decision {
         let expected = e.expected_downtime();
         let last = e.iteration + 1 >= self.max_iterations || e.elapsed >= self.max_time;
-        let shrinking = e.dirty_bytes.saturating_add(e.device_pending).saturating_mul(2) <= e.sent;
+        let shrinking = e
+            .dirty_bytes
+            .saturating_add(e.device_pending)
+            .saturating_mul(2)
+            <= e.sent;
         if expected <= self.limit && (expected <= SETTLED_DOWNTIME || !shrinking || last) {
             Decision::SwitchOver(SwitchReason::Converged)
         } else if expected <= self.limit {
