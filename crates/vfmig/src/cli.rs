@@ -350,6 +350,12 @@ mod tests {
     }
 
     #[test]
+    fn no_auto_converge_reaches_the_policy() {
+        let policy = migrate_args(&["--no-auto-converge"]).policy.policy();
+        assert!(!policy.auto_converge);
+    }
+
+    #[test]
     fn max_bandwidth_mib_reaches_the_policy() {
         let policy = migrate_args(&["--max-bandwidth-mib", "3"]).policy.policy();
         assert_eq!(policy.max_bandwidth, Some(3 << 20));
