@@ -260,12 +260,17 @@ pub(crate) struct PolicyArgs {
     /// within it.
     #[arg(long, default_value_t = millis(DowntimeLimit::default().limit))]
     pub(crate) downtime_ms: u64,
-    /// Most pre-copy iterations; the switch-over comes after the last, converged or not.
+    /// Most pre-copy iterations; if the last has not converged, the migration fails and the
+    /// guest runs on here.
     #[arg(long, default_value_t = DowntimeLimit::default().max_iterations)]
     pub(crate) max_iterations: u64,
-    /// Longest pre-copy, in ms; the switch-over comes after it, converged or not.
+    /// Longest pre-copy, in ms; once over it without converging, the migration fails and the
+    /// guest runs on here.
     #[arg(long, default_value_t = millis(DowntimeLimit::default().max_time))]
     pub(crate) max_time_ms: u64,
+    /// The most the migration may send, in MiB/s (default: no cap).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_bandwidth_mib: Option<u64>,
     /// Do not slow the guest's vCPUs when it dirties faster than the link carries
     /// (auto-converge is on by default).
     #[arg(long)]
@@ -280,6 +285,10 @@ impl PolicyArgs {
             max_iterations: self.max_iterations,
             max_time: Duration::from_millis(self.max_time_ms),
             auto_converge: !self.no_auto_converge,
+            max_bandwidth: self
+                .max_bandwidth_mib
+                .map(|mib| mib.saturating_mul(1 << 20))
+                .or(DowntimeLimit::default().max_bandwidth),
             ..DowntimeLimit::default()
         }
     }
@@ -380,6 +389,34 @@ mod tests {
     fn downtime_ms_reaches_the_policy() {
         let policy = migrate_args(&["--downtime-ms", "20"]).policy.policy();
         assert_eq!(policy.limit, Duration::from_millis(20));
+    }
+
+    #[test]
+    fn no_auto_converge_reaches_the_policy() {
+        let policy = migrate_args(&["--no-auto-converge"]).policy.policy();
+        assert!(!policy.auto_converge);
+    }
+
+    #[test]
+    fn max_bandwidth_mib_reaches_the_policy() {
+        let policy = migrate_args(&["--max-bandwidth-mib", "3"]).policy.policy();
+        assert_eq!(policy.max_bandwidth, Some(3 << 20));
+    }
+
+    #[test]
+    fn a_bandwidth_cap_of_zero_is_refused_by_the_command_line() {
+        let argv = [
+            "vfmig",
+            "vm",
+            "migrate",
+            "--control",
+            "/c",
+            "--to",
+            "tcp:h:1",
+        ];
+        let mut argv = argv.to_vec();
+        argv.extend(["--max-bandwidth-mib", "0"]);
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! -> {"execute": "migrate", "arguments": {"to": "tcp:10.0.0.2:4444", "downtime_ms": 300,
-//!                                         "max_iterations": 30, "max_time_ms": 120000}}
+//!                                         "max_iterations": 30, "max_time_ms": 120000,
+//!                                         "auto_converge": true, "max_bandwidth_mib": 100}}
 //! <- {"return": {}}
 //! -> {"execute": "stats"}
 //! <- {"return": {"state": "active", "iteration": 3, ...}}
@@ -78,7 +79,8 @@ impl ControlCommand {
 pub struct MigrateArgs {
     /// The destination.
     pub to: Address,
-    /// `downtime_ms`, `max_iterations`, `max_time_ms`; each defaults to the engine's.
+    /// `downtime_ms`, `max_iterations`, `max_time_ms`, `auto_converge`, `max_bandwidth_mib`;
+    /// each defaults to the engine's.
     #[serde(flatten)]
     pub policy: DowntimeLimit,
 }
@@ -309,7 +311,8 @@ mod tests {
     #[test]
     fn every_migrate_parameter_is_read_from_the_request() {
         let c: ControlCommand = serde_json::from_value(json!({"execute": "migrate", "arguments": {
-            "to": "tcp:h:1", "downtime_ms": 5, "max_iterations": 6, "max_time_ms": 7
+            "to": "tcp:h:1", "downtime_ms": 5, "max_iterations": 6, "max_time_ms": 7,
+            "auto_converge": false, "max_bandwidth_mib": 8
         }}))
         .unwrap();
         assert_eq!(
@@ -320,6 +323,8 @@ mod tests {
                     limit: Duration::from_millis(5),
                     max_iterations: 6,
                     max_time: Duration::from_millis(7),
+                    auto_converge: false,
+                    max_bandwidth: Some(8 << 20),
                     ..Default::default()
                 },
             })

@@ -126,3 +126,126 @@ fn a_kvm_guest_migrates_there_and_back_three_times() {
         at = next;
     }
 }
+
+/// Two vCPUs stamping a 4 MiB working set as fast as they can (about 2 500 pages a second
+/// here, 10 MiB/s), both devices driven: over a link capped at [`LINK_MIB`] MiB/s every
+/// iteration (a second or so) finds the whole working set dirty again, an expected downtime
+/// of about a second, far over the 300 ms limit. Throttled to 5 %, the guest dirties less
+/// than the link carries, and what it leaves shrinks below the limit in a few iterations.
+const OUT_RUNNING_GUEST: &[&str] = &[
+    "--guest",
+    "kvm",
+    "--vcpus",
+    "2",
+    "--dirty-rate",
+    "1000000",
+    "--working-set",
+    "4M",
+    "--device-ops",
+    "500",
+];
+
+/// The link's cap for [`OUT_RUNNING_GUEST`], in MiB/s.
+const LINK_MIB: u64 = 4;
+
+/// How long a migration over the capped link may take: the throttle needs some ten
+/// iterations of a second or two to come down to its floor.
+const SLOW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Polls the migration until it ends, for at most [`SLOW_DEADLINE`].
+fn wait_for_slow_migration_end(source: &VmProcess) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let m = source.migration();
+        if matches!(
+            m["state"].as_str(),
+            Some("completed" | "failed" | "cancelled" | "unconfirmed")
+        ) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < SLOW_DEADLINE,
+            "the migration did not end within {SLOW_DEADLINE:?}: {m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The vCPU run percentage of each pre-copy iteration in a migration's status.
+fn run_percents(migration: &Value) -> Vec<u64> {
+    migration["iterations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no iterations in {migration}"))
+        .iter()
+        .map(|it| it["run_percent"].as_u64().expect("a run percentage"))
+        .collect()
+}
+
+#[test]
+fn a_guest_dirtying_faster_than_the_link_converges_with_auto_converge() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TestDir::new("kvm-converge");
+    let source = VmProcess::source(&dir, "src", OUT_RUNNING_GUEST);
+    wait_for_checks(&source, 200, 2, 2);
+    let port = free_port();
+    let destination = VmProcess::destination(&dir, "dst", port, OUT_RUNNING_GUEST);
+
+    source.call(
+        "migrate",
+        serde_json::json!({ "to": to(port), "max_bandwidth_mib": LINK_MIB }),
+    );
+    let done = wait_for_slow_migration_end(&source);
+
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["stats"]["switchover"], "converged", "{done}");
+    // The throttle rose step by step: never eased, and the guest was slowed before the end.
+    let percents = run_percents(&done);
+    assert!(percents.windows(2).all(|w| w[1] <= w[0]), "{percents:?}");
+    assert!(
+        percents.last() < Some(&100),
+        "never throttled: {percents:?}"
+    );
+    destination.wait_until("the incoming VM is built", |s| s["state"] == "paused");
+    destination.call("cont", Value::Null);
+    let report = wait_for_checks(&destination, 200, 2, 2);
+    assert_eq!(
+        counter(&report, "throttle_percent"),
+        100,
+        "the destination's guest runs throttled: {report}"
+    );
+}
+
+#[test]
+fn without_auto_converge_a_guest_out_running_the_link_fails_at_the_limit_and_runs_on() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TestDir::new("kvm-limit");
+    let source = VmProcess::source(&dir, "src", OUT_RUNNING_GUEST);
+    wait_for_checks(&source, 200, 2, 2);
+    let port = free_port();
+    let mut destination = VmProcess::destination(&dir, "dst", port, OUT_RUNNING_GUEST);
+
+    source.call(
+        "migrate",
+        serde_json::json!({ "to": to(port), "max_bandwidth_mib": LINK_MIB,
+            "auto_converge": false, "max_iterations": 4 }),
+    );
+    let failed = wait_for_slow_migration_end(&source);
+
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the iteration limit (4 iterations)"),
+        "the error does not name the limit: {failed}"
+    );
+    assert_eq!(run_percents(&failed), [100; 4], "{failed}");
+    // The guest runs on here, at full speed, its own checks passing.
+    assert_eq!(source.status()["state"], "running");
+    let report = wait_for_checks(&source, 200, 2, 2);
+    assert_eq!(counter(&report, "throttle_percent"), 100, "{report}");
+    // The destination discards what it received and never runs it.
+    assert!(!destination.wait_for_exit().success());
+}

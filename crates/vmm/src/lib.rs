@@ -29,7 +29,7 @@ mod workload;
 
 pub use devices::{AttachError, AttachedDevice, DeviceSource, DeviceSpec};
 pub use gate::{Gate, Running};
-pub use machine::{GuestProgram, Machine, MachineError};
+pub use machine::{GuestProgram, Machine, MachineError, MachineRam};
 pub use pci::PciConfigState;
 pub use profile::{DeviceProfile, MigrationData};
 pub use ram::{GuestRam, RamError, RamRegion};

@@ -33,6 +33,12 @@ use crate::ram::GuestRam;
 /// Bytes of low RAM the boot writes: the tables, the boot page and the image.
 const BOOT_AREA: usize = vfmig_kvm::MIN_RAM;
 
+/// The shortest time a throttled guest's vCPUs run in each throttle period. A shorter run
+/// share is a longer period, not a shorter run: the thread that closes the gate wakes some
+/// milliseconds late on a loaded host, and over a 1 ms run share (5 % of 20 ms) that lateness
+/// let a guest run four times longer than asked.
+pub const THROTTLE_MIN_RUN: Duration = Duration::from_millis(10);
+
 /// Why the KVM guest could not be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -188,6 +194,74 @@ impl ExitHandler for Exits {
     }
 }
 
+/// A KVM VM with guest RAM registered as its memslots (dirty logging on) and no vCPU yet:
+/// the part of a [`Machine`] that does not depend on the guest program. Creating the VM and
+/// registering a 2 GiB slot takes 1–10 ms on this host; a migration destination makes it
+/// while the stream's RAM still arrives, so its share of the downtime is only the vCPUs and
+/// their state. Its drop removes the memslots, so they never outlive the RAM they point into.
+pub struct MachineRam {
+    kvm: Arc<KvmVm>,
+    ram: Arc<GuestRam>,
+}
+
+impl std::fmt::Debug for MachineRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineRam")
+            .field("regions", &self.ram.regions().len())
+            .finish()
+    }
+}
+
+impl MachineRam {
+    /// A new KVM VM ([`Machine::create_vm`]) with every region of `ram` as a memslot. RAM
+    /// must start at 0 and hold the boot area.
+    pub fn new(ram: Arc<GuestRam>) -> Result<MachineRam, MachineError> {
+        let low = ram.regions().first().map_or(0, |r| r.size());
+        if ram.regions().first().map(|r| r.gpa()) != Some(0) || low < BOOT_AREA as u64 {
+            return Err(MachineError::Config(format!(
+                "RAM must start at 0 with at least {} MiB",
+                BOOT_AREA >> 20
+            )));
+        }
+        let kvm = Machine::create_vm()?;
+        // Built before the first memslot, so an error below removes those already added.
+        let made = MachineRam { kvm, ram };
+        for (i, region) in made.ram.regions().iter().enumerate() {
+            let slot = Memslot {
+                slot: u32::try_from(i)
+                    .map_err(|_| MachineError::Config("too many regions".into()))?,
+                gpa: region.gpa(),
+                host: region.host_address(),
+                size: region.size(),
+                log_dirty: true,
+            };
+            // SAFETY: the region's mapping lives as long as `made.ram`, which `made` holds
+            // until its drop has removed every memslot.
+            unsafe { made.kvm.add_memslot(slot)? };
+        }
+        Ok(made)
+    }
+
+    /// The KVM VM.
+    pub fn kvm(&self) -> &Arc<KvmVm> {
+        &self.kvm
+    }
+}
+
+impl Drop for MachineRam {
+    fn drop(&mut self) {
+        // The VM may outlive this (the bus's router holds it): its memslots must not outlive
+        // the RAM mappings they point into. Removing a slot never added fails harmlessly.
+        for slot in 0..self.ram.regions().len() {
+            if let Ok(slot) = u32::try_from(slot)
+                && let Err(e) = self.kvm.remove_memslot(slot)
+            {
+                tracing::debug!(slot, error = %e, "removing a memslot failed");
+            }
+        }
+    }
+}
+
 /// The KVM guest of a VM.
 pub struct Machine {
     kvm: Arc<KvmVm>,
@@ -200,6 +274,8 @@ pub struct Machine {
     /// The first vCPU run loop that ended in an error.
     failure: Arc<Mutex<Option<String>>>,
     program: GuestProgram,
+    /// The VM's memslots, removed when the machine drops (after its vCPU threads ended).
+    _slots: MachineRam,
 }
 
 impl std::fmt::Debug for Machine {
@@ -229,43 +305,23 @@ fn tsc_hz() -> u64 {
 }
 
 impl Machine {
-    /// A KVM VM over `ram` with `program.vcpus` vCPUs and the devices of `bus` (whose
-    /// interrupt router it becomes, through [`Machine::router_for`]). With `boot`, the guest
-    /// program is loaded and every vCPU put at its entry; without, the vCPUs wait for
-    /// [`Machine::restore`]. The vCPU threads start paused.
+    /// The KVM VM of `slots`, over its RAM, with `program.vcpus` vCPUs and the devices of
+    /// `bus` (whose interrupt router it becomes, through [`Machine::router_for`]). With `boot`,
+    /// the guest program is loaded and every vCPU put at its entry; without, the vCPUs wait
+    /// for [`Machine::restore`]. The vCPU threads start paused.
     pub fn new(
-        kvm: Arc<KvmVm>,
-        ram: Arc<GuestRam>,
+        slots: MachineRam,
         bus: Arc<PciBus>,
         program: GuestProgram,
         boot: bool,
     ) -> Result<Machine, MachineError> {
+        let (kvm, ram) = (slots.kvm.clone(), slots.ram.clone());
         let vcpus = program.vcpus;
         if vcpus == 0 || vcpus > vfmig_kvm::MAX_VCPUS {
             return Err(MachineError::Config(format!(
                 "{vcpus} vCPUs: from 1 to {}",
                 vfmig_kvm::MAX_VCPUS
             )));
-        }
-        let low = ram.regions().first().map_or(0, |r| r.size());
-        if ram.regions().first().map(|r| r.gpa()) != Some(0) || low < BOOT_AREA as u64 {
-            return Err(MachineError::Config(format!(
-                "RAM must start at 0 with at least {} MiB",
-                BOOT_AREA >> 20
-            )));
-        }
-        for (i, region) in ram.regions().iter().enumerate() {
-            let slot = Memslot {
-                slot: u32::try_from(i)
-                    .map_err(|_| MachineError::Config("too many regions".into()))?,
-                gpa: region.gpa(),
-                host: region.host_address(),
-                size: region.size(),
-                log_dirty: true,
-            };
-            // SAFETY: the region's mapping lives as long as `ram`, which this machine holds
-            // until its drop has removed every memslot.
-            unsafe { kvm.add_memslot(slot)? };
         }
         if boot {
             write_boot(&ram, &program)?;
@@ -311,6 +367,7 @@ impl Machine {
             threads: Mutex::new(threads),
             failure,
             program,
+            _slots: slots,
         })
     }
 
@@ -361,12 +418,16 @@ impl Machine {
         self.control.is_paused()
     }
 
-    /// Lets the vCPUs run only `run_percent` of each 20 ms (auto-converge); `None` or 100
-    /// lifts the throttle.
+    /// Lets the vCPUs run only `run_percent` of the time (auto-converge); `None` or 100
+    /// lifts the throttle. Each period lets them run [`THROTTLE_MIN_RUN`] at least, and lasts
+    /// 20 ms at least: at 5 % a period is 200 ms, 10 ms run and 190 ms held.
     pub fn set_throttle(&self, run_percent: Option<u8>) -> io::Result<()> {
-        let throttle = run_percent.filter(|&p| p < 100).map(|p| Throttle {
-            run_percent: p.max(1),
-            period: Duration::from_millis(20),
+        let throttle = run_percent.filter(|&p| p < 100).map(|p| {
+            let p = p.max(1);
+            Throttle {
+                run_percent: p,
+                period: (THROTTLE_MIN_RUN * 100 / u32::from(p)).max(Duration::from_millis(20)),
+            }
         });
         self.control.set_throttle(throttle)
     }
@@ -430,16 +491,8 @@ impl Machine {
 
 impl Drop for Machine {
     fn drop(&mut self) {
+        // The vCPUs stop before the memslots go (with `_slots`, after this).
         self.shutdown();
-        // The VM may outlive this machine (the bus's router holds it): its memslots must
-        // not outlive the RAM mappings they point into.
-        for slot in 0..self.ram.regions().len() {
-            if let Ok(slot) = u32::try_from(slot)
-                && let Err(e) = self.kvm.remove_memslot(slot)
-            {
-                tracing::warn!(slot, error = %e, "removing a memslot failed");
-            }
-        }
     }
 }
 
@@ -505,9 +558,10 @@ mod tests {
         for d in &devices {
             d.map_ram(&ram, None).unwrap();
         }
-        let kvm = Machine::create_vm().unwrap();
-        let bus = Arc::new(PciBus::new(Arc::new(devices), Machine::router_for(&kvm)).unwrap());
-        let machine = Machine::new(kvm, ram, bus, program, true).unwrap();
+        let slots = MachineRam::new(ram).unwrap();
+        let bus =
+            Arc::new(PciBus::new(Arc::new(devices), Machine::router_for(slots.kvm())).unwrap());
+        let machine = Machine::new(slots, bus, program, true).unwrap();
         Booted { machine, sockets }
     }
 

@@ -8,7 +8,7 @@ use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
 use crate::devices::{AttachError, AttachedDevice, DeviceSpec};
 use crate::gate::Gate;
-use crate::machine::{GuestProgram, Machine, MachineError};
+use crate::machine::{GuestProgram, Machine, MachineError, MachineRam};
 use crate::pci::{PciBus, PciConfigState};
 use crate::ram::{GuestRam, RamError};
 use crate::viommu::{Viommu, ViommuCounters, WINDOW};
@@ -149,6 +149,8 @@ pub struct Vm {
     workload: Mutex<Option<Workload>>,
     /// The KVM guest, once booted or migrated in.
     machine: OnceLock<Machine>,
+    /// Its KVM VM and memslots, made ahead by [`Vm::prepare_machine`].
+    prepared: Mutex<Option<MachineRam>>,
     viommu: Option<Arc<Viommu>>,
 }
 
@@ -206,6 +208,7 @@ impl Vm {
             gate,
             workload: Mutex::new(None),
             machine: OnceLock::new(),
+            prepared: Mutex::new(None),
             viommu,
         })
     }
@@ -258,12 +261,20 @@ impl Vm {
         if self.machine.get().is_some() {
             return Err(VmError::Config("the VM has a KVM guest already".into()));
         }
-        let kvm = Machine::create_vm()?;
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let slots = match prepared {
+            Some(slots) => slots,
+            None => MachineRam::new(self.ram.clone())?,
+        };
         let bus = Arc::new(PciBus::new(
             self.devices.clone(),
-            Machine::router_for(&kvm),
+            Machine::router_for(slots.kvm()),
         )?);
-        let machine = Machine::new(kvm, self.ram.clone(), bus, program.clone(), boot)?;
+        let machine = Machine::new(slots, bus, program.clone(), boot)?;
         Ok(self.machine.get_or_init(|| machine))
     }
 
@@ -281,6 +292,18 @@ impl Vm {
             .get()
             .map(|m| m.save().map_err(VmError::from))
             .transpose()
+    }
+
+    /// Makes the KVM VM and registers guest RAM as its memslots ahead of the KVM guest a
+    /// migration will bring ([`MachineRam`]), so that restoring it at the switch-over only
+    /// adds the vCPUs. Once a guest exists (or where KVM does not work) this does nothing
+    /// but return the error; a VM whose stream brings no KVM guest drops it unused.
+    pub fn prepare_machine(&self) -> Result<(), VmError> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if self.machine.get().is_none() && prepared.is_none() {
+            *prepared = Some(MachineRam::new(self.ram.clone())?);
+        }
+        Ok(())
     }
 
     /// Builds the KVM guest a migration brings (`program` as the source ran it) and restores

@@ -4,6 +4,7 @@
 use vfmig_vfio_user::ClientError;
 use vfmig_vmm::VmError;
 
+use super::policy::Limit;
 use crate::stream::{ReadError, WriteError};
 use crate::transport::TransportError;
 
@@ -90,6 +91,20 @@ pub enum MigrationError {
     /// Guest RAM could not be read or written.
     #[error("guest RAM: {0}")]
     Ram(vfmig_vmm::RamError),
+    /// Pre-copy reached a limit without converging: the guest runs on here, and the
+    /// destination discards what it received.
+    #[error(
+        "pre-copy reached {limit} without converging ({left} bytes left, an expected downtime \
+         of {expected_ms} ms); the guest runs on here"
+    )]
+    NotConverged {
+        /// The limit reached.
+        limit: Limit,
+        /// Dirty RAM and device bytes left after the last iteration.
+        left: u64,
+        /// The downtime a switch-over would have taken, in ms (at the last bandwidth).
+        expected_ms: u64,
+    },
     /// The user cancelled.
     #[error("cancelled")]
     Cancelled,

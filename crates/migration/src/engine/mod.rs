@@ -11,7 +11,7 @@
 //!     S->>D: DIRTY_PAGES START; RAM log on; device_state = PRE_COPY
 //!     loop Sender::pre_copy_iteration, the guest running
 //!         S->>R: Iteration, dirty RAM (log ∪ every device's GET_BITMAP), device chunks
-//!         S->>S: sync, estimate, ask the convergence policy
+//!         S->>S: sync, estimate, ask the convergence policy (at its limit: fail, roll back)
 //!     end
 //!     Note over S,D: Sender::stop_and_copy
 //!     S->>S: pause the guest
@@ -29,7 +29,8 @@
 //! phase.
 //!
 //! Failure anywhere before `VFMIG-GO` is sent — the destination gone, a device error, a
-//! corrupt stream, a cancel, no `VFMIG-READY` — rolls the source back
+//! corrupt stream, a cancel, no `VFMIG-READY`, pre-copy at its iteration or time limit
+//! without converging (see the policy's module for why that fails) — rolls the source back
 //! (`Sender::roll_back`): devices RUNNING, tracking stopped, the guest resumed; the source closes the connection, and the
 //! destination, which runs the VM only on `VFMIG-GO`, discards what it built. So the guest
 //! never runs on both sides, whichever message is lost: the destination runs it only once
@@ -117,14 +118,14 @@ mod timed;
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{
-    Convergence, Decision, DowntimeLimit, Estimate, SwitchReason, THROTTLE_FIRST, THROTTLE_FLOOR,
-    THROTTLE_STEP,
+    Convergence, Decision, DowntimeLimit, Estimate, Limit, SETTLED_DOWNTIME, SwitchReason,
+    THROTTLE_FIRST, THROTTLE_FLOOR, THROTTLE_STEP,
 };
 pub use receiver::{
     REFUSALS_KEPT, ReceiveOptions, ReceiveStats, ReceiveTimeouts, receive, receive_into,
 };
 pub use sender::{migrate, migrate_with, reclaim};
-pub use stats::{IterationStats, MigrationStats};
+pub use stats::{DowntimeStats, IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};
 
 use vfmig_vmm::Vm;

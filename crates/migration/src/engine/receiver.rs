@@ -443,6 +443,11 @@ fn receive_on(
     }
     .map_err(Box::new)?;
     check_profiles(&vm, incoming)?;
+    // The KVM VM and its memslots now, while RAM arrives, rather than in the downtime when
+    // the Machine section comes (a stream without a KVM guest leaves them unused).
+    if let Err(e) = vm.prepare_machine() {
+        tracing::debug!(error = %e, "no KVM VM made ahead of the stream's machine");
+    }
     let mut links = vm
         .devices()
         .iter()

@@ -15,12 +15,12 @@ use super::device::DeviceLink;
 use super::dirty::DirtySet;
 use super::error::MigrationError;
 use super::policy::{Convergence, Decision, Estimate};
-use super::stats::{IterationStats, MigrationStats};
+use super::stats::{DowntimeStats, IterationStats, MigrationStats};
 use super::status::{Counting, MigrationState, Progress};
 use super::timed::Timed;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
 use crate::stream::{DeviceChunk, DeviceConfig, Iteration, MachineState, Phase, StreamWriter};
-use crate::transport::{self, Address, StreamConnection, TransportSecurity};
+use crate::transport::{self, Address, Paced, StreamConnection, TransportSecurity};
 use crate::{DeviceIndex, Gpa};
 
 /// Threads that read, checksum and write RAM sections (see
@@ -78,7 +78,7 @@ pub fn migrate_with(
     let mut sender = Sender {
         vm,
         links,
-        writer: counting_writer(conn, progress)?,
+        writer: counting_writer(Paced::new(conn, policy.max_bandwidth()), progress)?,
         ack,
         progress,
         tracking: false,
@@ -135,9 +135,9 @@ pub fn migrate_with(
 
 /// The stream over `conn`, its bytes and RAM pages counted into `progress` as they go.
 fn counting_writer(
-    conn: StreamConnection,
+    conn: Paced<StreamConnection>,
     progress: &Progress,
-) -> Result<StreamWriter<Counting<StreamConnection>>, MigrationError> {
+) -> Result<StreamWriter<Counting<Paced<StreamConnection>>>, MigrationError> {
     let mut writer = StreamWriter::new(progress.counting(conn))?;
     writer.count_pages_into(progress.ram_pages());
     Ok(writer)
@@ -146,7 +146,7 @@ fn counting_writer(
 struct Sender<'a> {
     vm: &'a Vm,
     links: Vec<DeviceLink<'a>>,
-    writer: StreamWriter<Counting<StreamConnection>>,
+    writer: StreamWriter<Counting<Paced<StreamConnection>>>,
     ack: StreamConnection,
     progress: &'a Progress,
     tracking: bool,
@@ -212,14 +212,19 @@ impl Sender<'_> {
             self.check_cancel()?;
             let estimate = self.pre_copy_iteration(&mut dirty, &mut stats, bandwidth, precopy)?;
             bandwidth = estimate.bandwidth;
-            if let Decision::SwitchOver(reason) = policy.decide(&estimate) {
-                break (reason, estimate);
+            match policy.decide(&estimate) {
+                Decision::SwitchOver(reason) => break (reason, estimate),
+                Decision::GiveUp(limit) => {
+                    return Err(MigrationError::NotConverged {
+                        limit,
+                        left: estimate.dirty_bytes.saturating_add(estimate.device_pending),
+                        expected_ms: u64::try_from(estimate.expected_downtime().as_millis())
+                            .unwrap_or(u64::MAX),
+                    });
+                }
+                Decision::Iterate => {}
             }
-            let sent = stats
-                .iterations
-                .last()
-                .map_or(0, |it| it.ram_bytes + it.device_bytes);
-            self.throttle(policy.throttle(&estimate, sent))?;
+            self.throttle(policy.throttle(&estimate, estimate.sent))?;
         };
         stats.switchover = reason.to_string();
         stats.expected_downtime_ms = ms(estimate
@@ -228,9 +233,11 @@ impl Sender<'_> {
         self.check_cancel()?;
 
         let paused_at = Instant::now();
-        self.stop_and_copy(&mut dirty, &mut stats)?;
-        self.switch_over()?;
+        let mut phases = Phases::new();
+        self.stop_and_copy(&mut dirty, &mut stats, &mut phases)?;
+        self.switch_over(&mut phases)?;
         stats.downtime_ms = ms(paused_at.elapsed());
+        stats.downtime = phases.done;
 
         stats.device_bytes = self.links.iter().map(|l| l.bytes).sum();
         stats.total_bytes = self.writer.bytes_written();
@@ -297,6 +304,7 @@ impl Sender<'_> {
             bandwidth = sent as f64 / elapsed.as_secs_f64();
         }
         it.duration_ms = ms(elapsed);
+        self.progress.update(|s| s.iterations.push(it.clone()));
         stats.iterations.push(it);
 
         self.sync(dirty, stats)?;
@@ -311,6 +319,7 @@ impl Sender<'_> {
             device_pending,
             bandwidth,
             elapsed: precopy.elapsed(),
+            sent,
             // An untracked device dirties all it has mapped, as an all-mapped one.
             all_mapped: !stats.all_mapped_devices.is_empty() || !stats.untracked_devices.is_empty(),
         };
@@ -326,22 +335,26 @@ impl Sender<'_> {
     }
 
     /// Stop-and-copy: the guest pauses; the devices stop; the last of RAM and of the devices'
-    /// data, their configs and the end of the stream go out.
+    /// data, their configs and the end of the stream go out. Each phase's time goes to
+    /// `phases`.
     fn stop_and_copy(
         &mut self,
         dirty: &mut DirtySet,
         stats: &mut MigrationStats,
+        phases: &mut Phases,
     ) -> Result<(), MigrationError> {
-        let pausing = Instant::now();
         self.vm.pause();
         self.paused = true;
-        tracing::debug!(ms = ms(pausing.elapsed()), "guest paused");
+        phases.pause_ms = phases.lap();
         self.progress.update(|s| s.state = MigrationState::StopCopy);
         self.set_devices(DeviceState::STOP_COPY)?;
+        phases.devices_stop_ms = phases.lap();
         self.sync(dirty, stats)?;
         self.progress
             .synced(dirty.count() * CONTAINER_PAGE_SIZE.bytes());
+        phases.sync_ms = phases.lap();
         self.send_ram(dirty, stats)?;
+        phases.ram_ms = phases.lap();
         let number = stats.iterations.len() as u64;
         self.send_device_data(Phase::StopCopy, number, false)?;
         self.set_devices(DeviceState::STOP)?;
@@ -351,18 +364,15 @@ impl Sender<'_> {
             link.stop_dirty()?;
         }
         self.tracking = false;
+        phases.device_state_ms = phases.lap();
         if let Some(machine) = self.vm.machine() {
             let program = serde_json::to_vec(machine.program())
                 .map_err(|e| MigrationError::Config(e.to_string()))?;
-            let saving = Instant::now();
             let state = machine
                 .save()
                 .map_err(|e| MigrationError::Guest(Box::new(e.into())))?;
-            tracing::debug!(
-                bytes = state.len(),
-                ms = ms(saving.elapsed()),
-                "KVM state saved"
-            );
+            phases.vcpu_state_ms = phases.lap();
+            tracing::debug!(bytes = state.len(), "KVM state saved");
             self.writer.write_machine(&MachineState {
                 vcpus: machine.program().vcpus,
                 program: &program,
@@ -384,14 +394,18 @@ impl Sender<'_> {
         }
         self.writer.finish()?;
         self.writer.flush()?;
+        phases.stream_end_ms = phases.lap();
         Ok(())
     }
 
     /// Switch-over: the destination says it is ready, the source says go (and commits), the
     /// destination confirms that the guest runs there.
-    fn switch_over(&mut self) -> Result<(), MigrationError> {
+    fn switch_over(&mut self, phases: &mut Phases) -> Result<(), MigrationError> {
         self.wait_for_ready()?;
-        self.go()
+        phases.destination_ms = phases.lap();
+        self.go()?;
+        phases.go_ms = phases.lap();
+        Ok(())
     }
 
     /// Sends the pages of `dirty` (emptying it); returns the stream bytes.
@@ -511,7 +525,7 @@ impl Sender<'_> {
     /// nothing on the connection, so the destination cannot have seen a go either.
     fn go(&mut self) -> Result<(), MigrationError> {
         self.check_cancel()?;
-        let mut conn = self.writer.get_ref().get_ref();
+        let mut conn = self.writer.get_ref().get_ref().get_ref();
         conn.write_all(format!("{GO}\n").as_bytes())
             .map_err(|e| MigrationError::NoAck(format!("telling the destination to run: {e}")))?;
         self.committed = true;
@@ -540,7 +554,7 @@ impl Sender<'_> {
     /// Leaves the guest running here: devices RUNNING, tracking off, guest resumed, the
     /// destination told by a closed connection.
     fn roll_back(&mut self) {
-        let _ = self.writer.get_ref().get_ref().shutdown();
+        let _ = self.writer.get_ref().get_ref().get_ref().shutdown();
         if self.devices_saving || self.paused {
             for link in &self.links {
                 if let Err(e) = link.set_state(DeviceState::RUNNING) {
@@ -574,6 +588,42 @@ pub fn reclaim(vm: &Vm) -> Result<(), MigrationError> {
     }
     vm.resume();
     Ok(())
+}
+
+/// The downtime's phases as they pass.
+struct Phases {
+    done: DowntimeStats,
+    last: Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            done: DowntimeStats::default(),
+            last: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the last lap (or the start).
+    fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let lap = ms(now - self.last);
+        self.last = now;
+        lap
+    }
+}
+
+impl std::ops::Deref for Phases {
+    type Target = DowntimeStats;
+    fn deref(&self) -> &DowntimeStats {
+        &self.done
+    }
+}
+
+impl std::ops::DerefMut for Phases {
+    fn deref_mut(&mut self) -> &mut DowntimeStats {
+        &mut self.done
+    }
 }
 
 fn device_id(index: usize) -> DeviceIndex {

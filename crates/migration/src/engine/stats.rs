@@ -26,6 +26,32 @@ fn full_speed() -> u8 {
     100
 }
 
+/// Where the downtime went, phase by phase, in ms: from pausing the guest here to the
+/// destination's confirmation that it runs there. The phases follow each other, so they add
+/// up to the downtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DowntimeStats {
+    /// Pausing the guest: every vCPU out of KVM_RUN, the synthetic guest's work drained.
+    pub pause_ms: f64,
+    /// Devices to STOP_COPY.
+    pub devices_stop_ms: f64,
+    /// The last sync: KVM's dirty log, the VMM's, every device's bitmap.
+    pub sync_ms: f64,
+    /// The last dirty RAM onto the stream.
+    pub ram_ms: f64,
+    /// The devices' stop-and-copy data, STOP, dirty tracking off.
+    pub device_state_ms: f64,
+    /// Saving the KVM state: every vCPU's registers, MSRs, LAPIC, ...; the irqchip, the clock.
+    pub vcpu_state_ms: f64,
+    /// The KVM state, the device configurations and the stream's end written and flushed.
+    pub stream_end_ms: f64,
+    /// Waiting for the destination to apply the rest of the stream, restore the KVM state and
+    /// resume its devices (its READY).
+    pub destination_ms: f64,
+    /// The go and the destination's confirmation that the guest runs there.
+    pub go_ms: f64,
+}
+
 /// A completed migration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationStats {
@@ -37,6 +63,9 @@ pub struct MigrationStats {
     pub downtime_ms: f64,
     /// The downtime the convergence estimate expected, in ms.
     pub expected_downtime_ms: f64,
+    /// Where the downtime went.
+    #[serde(default)]
+    pub downtime: DowntimeStats,
     /// The pre-copy iterations.
     pub iterations: Vec<IterationStats>,
     /// Why pre-copy ended.
@@ -75,6 +104,21 @@ impl fmt::Display for MigrationStats {
             f,
             "  downtime          {:>10.1} ms (expected {:.1} ms)",
             self.downtime_ms, self.expected_downtime_ms
+        )?;
+        let d = &self.downtime;
+        writeln!(
+            f,
+            "    pause {:.1}, devices stop {:.1}, sync {:.1}, RAM {:.1}, device state {:.1}, \
+             vCPU state {:.1}, stream end {:.1}, destination {:.1}, go {:.1} ms",
+            d.pause_ms,
+            d.devices_stop_ms,
+            d.sync_ms,
+            d.ram_ms,
+            d.device_state_ms,
+            d.vcpu_state_ms,
+            d.stream_end_ms,
+            d.destination_ms,
+            d.go_ms
         )?;
         writeln!(f, "  switch-over       {:>10}", self.switchover)?;
         writeln!(

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use vfmig_iommu::CONTAINER_PAGE_SIZE;
 
-use super::stats::MigrationStats;
+use super::stats::{IterationStats, MigrationStats};
 use crate::transport::StreamConnection;
 
 /// Where a migration is.
@@ -86,6 +86,10 @@ pub struct MigrationStatus {
     pub expected_downtime_ms: u64,
     /// Measured bandwidth, stream bytes per second.
     pub bandwidth: f64,
+    /// The pre-copy iterations so far, each with its throttle; kept when the migration fails
+    /// (the final statistics repeat them).
+    #[serde(default)]
+    pub iterations: Vec<IterationStats>,
     /// The final statistics, once completed.
     pub stats: Option<MigrationStats>,
     /// Why it failed.
@@ -104,6 +108,7 @@ impl Default for MigrationStatus {
             run_percent: full_speed(),
             expected_downtime_ms: 0,
             bandwidth: 0.0,
+            iterations: Vec::new(),
             stats: None,
             error: None,
         }
@@ -140,6 +145,14 @@ impl<W> Counting<W> {
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
+        self.sent.stream.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    // The stream writer hands a section's header and payload in one vectored write; the
+    // default would pass only the first slice each time.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.inner.write_vectored(bufs)?;
         self.sent.stream.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }

@@ -68,10 +68,12 @@ use std::time::Duration;
 
 mod address;
 pub mod creds;
+mod pace;
 mod tls;
 
 pub use address::{Address, AddressError, MAX_UNIX_PATH};
 pub use creds::{CredsError, TlsCreds};
+pub use pace::Paced;
 pub use tls::{HANDSHAKE_TIMEOUT, SOURCE_HANDSHAKE_TIMEOUT};
 
 /// How long a source's TCP connect may take (a host that drops the SYN would otherwise

@@ -41,8 +41,8 @@ pub(crate) const BUSY_GUEST: &[&str] = &[
 
 /// Migration arguments that never converge: with a downtime limit of 0 the switch-over
 /// needs a sync that finds nothing dirty, which a guest writing 50 000 pages a second never
-/// allows, and the iteration cap is out of reach. Pre-copy goes on (up to the engine's
-/// 120 s time cap) until the test intervenes.
+/// allows, and the iteration limit is out of reach. Pre-copy goes on (until the engine's
+/// 120 s time limit fails it) until the test intervenes.
 pub(crate) fn endless_migration(to: &str) -> Value {
     json!({ "to": to, "downtime_ms": 0, "max_iterations": 1_000_000 })
 }
