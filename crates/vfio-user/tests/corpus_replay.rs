@@ -306,9 +306,37 @@ fn seed_replies() -> Vec<(&'static str, Reply<'static>, u8)> {
     ]
 }
 
+/// Inputs only a liberal decoder takes (see the crate docs, "Liberal in what we accept"):
+/// `(target, name, input)`.
+fn liberal_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut region_info = RegionInfo::request(9, 80).encode().unwrap();
+    region_info.resize(80, 0);
+    let request = Header::new_command(1, Command::DeviceGetRegionInfo, 80).unwrap();
+    let write = Header::new_command(1, Command::RegionWrite, 20).unwrap();
+    let error = Header {
+        msg_size: 32,
+        ..Header::new_error_reply(&write, libc::EINVAL)
+    };
+    vec![
+        (
+            "decode_request",
+            "region-info-argsz-body",
+            input(0, &request, &region_info),
+        ),
+        (
+            "decode_reply",
+            "error-with-body",
+            input(0, &error, &[0; 16]),
+        ),
+    ]
+}
+
 #[test]
 #[ignore = "rewrites the seed corpus"]
 fn write_seed_corpus() {
+    for (target, name, data) in liberal_seeds() {
+        fs::write(corpus(target).join(format!("seed-{name}")), data).unwrap();
+    }
     for (name, request, fds) in seed_requests() {
         let body = request.encode().unwrap();
         let header = Header::new_command(1, request.command(), body.len()).unwrap();

@@ -53,18 +53,6 @@ fn unknown_command_is_einval() {
 }
 
 #[test]
-fn reserved_header_flags_are_einval() {
-    let (mut raw, _server) = negotiated();
-    let header = Header {
-        flags: 0x40,
-        ..Header::new_command(raw.next_id(), Command::DeviceReset, 0).unwrap()
-    };
-    raw.send_raw(header, &[]);
-    assert_eq!(raw.recv().header.error(), EINVAL);
-    raw.assert_alive();
-}
-
-#[test]
 fn a_stray_reply_from_the_client_is_ignored() {
     let (mut raw, _server) = negotiated();
     let command = Header::new_command(0x4242, Command::DmaRead, 16).unwrap();
@@ -244,11 +232,6 @@ fn dirty_pages_get_with_argsz_above_the_limit_is_einval() {
 }
 
 #[test]
-fn reset_with_a_payload_is_einval() {
-    refused(Command::DeviceReset, &[0], EINVAL);
-}
-
-#[test]
 fn version_after_negotiation_is_einval() {
     let body = client_version().encode().unwrap();
     refused(Command::Version, &body, EINVAL);
@@ -280,8 +263,12 @@ fn no_reply_gets_no_reply_even_on_error() {
     let good = DeviceInfo::request().encode().unwrap();
     let header = Header::new_command(raw.next_id(), Command::DeviceGetInfo, good.len()).unwrap();
     raw.send_raw(header.with_no_reply(), &good);
-    let header = Header::new_command(raw.next_id(), Command::DeviceReset, 1).unwrap();
-    raw.send_raw(header.with_no_reply(), &[0]);
+    let bad = DeviceInfo {
+        argsz: 8,
+        ..DeviceInfo::request()
+    };
+    let header = Header::new_command(raw.next_id(), Command::DeviceGetInfo, 16).unwrap();
+    raw.send_raw(header.with_no_reply(), bad.as_bytes());
     let header = Header::new_command(raw.next_id(), Command::DeviceReset, 0).unwrap();
     raw.send_raw(header.with_no_reply(), &[]);
     // The next reply is the next command's: nothing came for the three before.
@@ -388,12 +375,4 @@ fn version_with_a_pgsize_other_than_4096_is_einval_and_dropped() {
         },
         ..client_version()
     }));
-}
-
-#[test]
-fn version_json_without_nul_is_einval_and_dropped() {
-    let (stream, _server) = spawn_server(Limits::default());
-    let mut raw = RawClient::new(stream);
-    assert_eq!(raw.errno_of(Command::Version, b"\0\0\x02\0{}"), EINVAL);
-    assert!(matches!(raw.conn.recv(), Err(ConnectionError::Closed)));
 }

@@ -217,8 +217,9 @@ impl Client {
 
     /// `VFIO_USER_DMA_UNMAP` of every mapping in `[iova, iova + size)`; each must lie wholly
     /// inside it (holes are allowed). With `with_bitmap`, returns the dirty bitmap of the range
-    /// (bit 0 = `iova`): the server's bits of each mapping, ORed with the pages it wrote
-    /// through DMA_WRITE that we recorded.
+    /// (bit 0 = `iova`): the server's bits of each mapping made with an fd, and the pages it
+    /// wrote through DMA_WRITE into the others, as we recorded them (those are unmapped
+    /// without asking the server for a bitmap, which it does not keep).
     pub fn dma_unmap(
         &self,
         iova: Iova,
@@ -247,7 +248,8 @@ impl Client {
     ) -> Result<(), ClientError> {
         let shift = CONTAINER_PAGE_SIZE.shift();
         for &(piece, len) in &mapping.pieces {
-            match out.as_deref_mut() {
+            // The server keeps no bitmap of a mapping without an fd: never ask for one.
+            match out.as_deref_mut().filter(|_| mapping.server_tracked) {
                 Some(out) => {
                     self.unmap_piece_with_bitmap(piece, len, out, (piece - base) >> shift)?
                 }

@@ -185,20 +185,14 @@ impl Payload<'_> for DirtyPagesRequest {
     const NAME: &'static str = "DIRTY_PAGES request";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        // Bytes after the fixed part of each operation are ignored, as libvfio-user does.
         let (dirty, rest) = wire::split::<DirtyPages>(body, Self::NAME)?;
-        let fixed = size_of::<DirtyPages>() as u64;
         let request = match dirty.flags {
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
-                wire::expect_empty(rest, body.len(), fixed, Self::NAME)?;
-                Self::Start { argsz: dirty.argsz }
-            }
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
-                wire::expect_empty(rest, body.len(), fixed, Self::NAME)?;
-                Self::Stop { argsz: dirty.argsz }
-            }
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_START => Self::Start { argsz: dirty.argsz },
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => Self::Stop { argsz: dirty.argsz },
             VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP => Self::GetBitmap {
                 argsz: dirty.argsz,
-                range: wire::exact::<BitmapRange>(rest, Self::NAME)?,
+                range: wire::prefix::<BitmapRange>(rest, Self::NAME)?,
             },
             flags => {
                 return Err(MessageError::InvalidFlags {
@@ -256,11 +250,18 @@ impl DirtyPagesReply<'_> {
 impl<'a> Payload<'a> for DirtyPagesReply<'a> {
     const NAME: &'static str = "DIRTY_PAGES reply";
 
+    /// An empty body, or one that echoes a START or STOP request, is [`Self::Done`].
     fn decode(body: &'a [u8]) -> Result<Self, MessageError> {
         if body.is_empty() {
             return Ok(Self::Done);
         }
         let (dirty, rest) = wire::split::<DirtyPages>(body, Self::NAME)?;
+        if matches!(
+            dirty.flags,
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_START | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP
+        ) {
+            return Ok(Self::Done);
+        }
         if dirty.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP {
             return Err(MessageError::InvalidFlags {
                 what: Self::NAME,
@@ -373,16 +374,18 @@ mod tests {
     }
 
     #[test]
-    fn start_with_trailing_bytes_is_einval() {
-        let err = DirtyPagesRequest::decode(&hex("08000000 01000000 00")).unwrap_err();
-        assert!(matches!(
-            err,
-            MessageError::BodyLength {
-                expected: 8,
-                got: 9,
-                ..
-            }
-        ));
+    fn start_with_trailing_bytes_is_read_for_its_8() {
+        let request = DirtyPagesRequest::decode(&hex("08000000 01000000 00")).unwrap();
+        assert_eq!(request, DirtyPagesRequest::Start { argsz: 8 });
+    }
+
+    #[test]
+    fn a_start_reply_echoing_the_request_is_done() {
+        let body = hex("08000000 01000000");
+        assert_eq!(
+            DirtyPagesReply::decode(&body).unwrap(),
+            DirtyPagesReply::Done
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl Payload<'_> for RegionIoFds {
     const NAME: &'static str = "DEVICE_GET_REGION_IO_FDS request";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        let request = wire::exact::<Self>(body, Self::NAME)?;
+        let request = wire::prefix::<Self>(body, Self::NAME)?;
         request.validate()?;
         Ok(request)
     }

@@ -27,12 +27,13 @@
 //!
 //! # Validation
 //!
-//! Nothing in a body is trusted before it is checked: the body must be exactly as long as its
-//! fixed part and counts say (libvfio-user ignores trailing bytes; we reject them, since no
-//! sender we know adds any), `argsz` must cover the fixed reply, flags must be known and
-//! combined as allowed, counts and offsets are compared in `u64`. Decoding never panics and
-//! never allocates more than the body's size. Encoding applies the same rules, so a value that
-//! encodes also decodes, to itself.
+//! Nothing in a body is trusted before it is checked: the body must hold its fixed part and
+//! the data its counts call for, `argsz` must cover the fixed reply, flags must be known and
+//! combined as allowed, counts and offsets are compared in `u64`. Bytes after what a body
+//! describes are ignored where its length carries no other meaning, as libvfio-user does;
+//! data with a `count` must be exactly that long (the crate docs list every such rule, under
+//! "Liberal in what we accept"). Decoding never panics and never allocates more than the
+//! body's size. Encoding is strict: a value that encodes also decodes, to itself.
 //!
 //! All integers are little-endian on the wire; the crate reads wire structs in native order
 //! and refuses to build for a big-endian target.
