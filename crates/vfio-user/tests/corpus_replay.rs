@@ -64,7 +64,7 @@ fn seed_requests() -> Vec<(&'static str, Request<'static>, u8)> {
         max_msg_fds: 32,
         max_data_xfer_size: 1024,
         migration: Some(MigrationCapability {
-            pgsize: Some(4096),
+            pgsize: Some(vfmig_dirty::PageSize::SIZE_4K),
             max_bitmap_size: 256 << 20,
         }),
         twin_socket: Some(TwinSocket {
@@ -98,7 +98,7 @@ fn seed_requests() -> Vec<(&'static str, Request<'static>, u8)> {
                     size: 0x1000,
                 },
                 bitmap: Some(Bitmap {
-                    pgsize: 4096,
+                    pgsize: vfmig_dirty::PageSize::SIZE_4K,
                     size: 8,
                 }),
             }),
@@ -229,7 +229,7 @@ fn seed_replies() -> Vec<(&'static str, Reply<'static>, u8)> {
                 },
                 bitmap: Some(BitmapData {
                     header: Bitmap {
-                        pgsize: 4096,
+                        pgsize: vfmig_dirty::PageSize::SIZE_4K,
                         size: 8,
                     },
                     bits: Cow::Borrowed(&[1, 0, 0, 0, 0, 0, 0, 0]),

@@ -15,8 +15,9 @@ use vfmig_abi::uapi::{
     VFIO_IRQ_SET_DATA_EVENTFD,
 };
 use vfmig_vfio_user::message::{
-    BitmapRange, Capabilities, Command, DeviceInfo, DirtyPages, DmaAccess, DmaMap, DmaUnmap,
-    Header, IrqSet, MigrationCapability, Payload, RegionAccess, RegionInfo, Request, Version,
+    BitmapRange, BitmapRangeWire, Capabilities, Command, DeviceInfo, DirtyPages, DmaAccess, DmaMap,
+    DmaUnmap, Header, IrqSet, MigrationCapability, Payload, RegionAccess, RegionInfo, Request,
+    Version,
 };
 use vfmig_vfio_user::server::SessionEnd;
 use vfmig_vfio_user::{ConnectionError, Limits};
@@ -202,7 +203,7 @@ fn dirty_pages_with_two_operations_is_einval() {
 
 #[test]
 fn dirty_pages_get_with_a_wrong_bitmap_size_is_einval() {
-    let range = BitmapRange {
+    let range = BitmapRangeWire {
         iova: 0,
         size: 65 * CONTAINER_PAGE_SIZE.bytes(),
         pgsize: CONTAINER_PAGE_SIZE.bytes(),
@@ -227,7 +228,7 @@ fn dirty_pages_get_with_argsz_above_the_limit_is_einval() {
     }
     .as_bytes()
     .to_vec();
-    body.extend_from_slice(range.as_bytes());
+    body.extend_from_slice(range.to_wire().as_bytes());
     refused(Command::DirtyPages, &body, EINVAL);
 }
 
@@ -368,7 +369,7 @@ fn version_with_a_pgsize_other_than_4096_is_einval_and_dropped() {
     negotiation_refused(&Request::Version(Version {
         capabilities: Capabilities {
             migration: Some(MigrationCapability {
-                pgsize: Some(8192),
+                pgsize: Some(vfmig_dirty::PageSize::new(8192).unwrap()),
                 max_bitmap_size: 1 << 20,
             }),
             ..Capabilities::default()

@@ -348,7 +348,7 @@ fn the_server_answers_an_unmap_with_bitmap_of_an_fd_less_mapping_with_einval() {
             size: SIZE,
         },
         bitmap: Some(Bitmap {
-            pgsize: CONTAINER_PAGE_SIZE.bytes(),
+            pgsize: CONTAINER_PAGE_SIZE,
             size: 8,
         }),
     };

@@ -24,8 +24,8 @@ use super::{Client, lock};
 
 use crate::connection::Tail;
 use crate::message::{
-    BitmapRange, Command, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
-    Payload, Reply, Request,
+    BitmapRange, BitmapRangeWire, Command, DirtyPages, DirtyPagesReply, DirtyPagesRequest,
+    GET_BITMAP_PREFIX, Payload, Reply, Request,
 };
 use crate::peer::Sink;
 
@@ -247,9 +247,9 @@ fn check_prefix(head: &[u8], range: &BitmapRange) -> Result<(), ClientError> {
     let command = Command::DirtyPages;
     let (prefix, rest) = DirtyPages::read_from_prefix(head)
         .map_err(|_| ClientError::unexpected(command, "bitmap reply too short"))?;
-    let echoed = BitmapRange::read_from_bytes(rest)
+    let echoed = BitmapRangeWire::read_from_bytes(rest)
         .map_err(|_| ClientError::unexpected(command, "bitmap reply too short"))?;
-    if prefix.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP || echoed != *range {
+    if prefix.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP || echoed != range.to_wire() {
         return Err(ClientError::unexpected(command, "not the bitmap asked for"));
     }
     Ok(())

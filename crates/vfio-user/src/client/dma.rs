@@ -187,7 +187,7 @@ impl Client {
         let command = Command::DmaUnmap;
         let pages = size >> CONTAINER_PAGE_SIZE.shift();
         let bitmap = Bitmap {
-            pgsize: CONTAINER_PAGE_SIZE.bytes(),
+            pgsize: CONTAINER_PAGE_SIZE,
             size: bitmap_bytes(pages),
         };
         let argsz = u32::try_from(UNMAP_BITMAP_PREFIX.saturating_add(bitmap.size))

@@ -26,7 +26,7 @@ use vfmig_abi::uapi::{
 use vfmig_dirty::PageSize;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::dirty::check_bitmap_geometry;
+use super::dirty::{check_bitmap_geometry, check_bitmap_size};
 use super::{Payload, wire};
 use crate::error::MessageError;
 
@@ -114,21 +114,66 @@ pub struct DmaUnmap {
 const _: () = assert!(size_of::<DmaUnmap>() == 24);
 const _: () = assert!(size_of::<DmaUnmap>() == size_of::<vfio_iommu_type1_dma_unmap>());
 
-/// `struct vfio_user_bitmap`: the kernel's `struct vfio_bitmap` without its data pointer.
+/// `struct vfio_user_bitmap` as its bytes (the kernel's `struct vfio_bitmap` without its data
+/// pointer), nothing checked. Decoded messages carry a [`Bitmap`].
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
-pub struct Bitmap {
+pub struct BitmapWire {
     /// Bytes per bit.
     pub pgsize: u64,
     /// Bytes of bitmap (excluding this header).
     pub size: u64,
 }
 
-const _: () = assert!(size_of::<Bitmap>() == 16);
+const _: () = assert!(size_of::<BitmapWire>() == 16);
+
+/// The bitmap of an unmap, decoded: its page size parsed once, at decode ([`page_size`],
+/// EINVAL otherwise).
+///
+/// [`page_size`]: super::page_size
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bitmap {
+    /// Bytes per bit.
+    pub pgsize: PageSize,
+    /// Bytes of bitmap (excluding this header).
+    pub size: u64,
+}
+
+impl Bitmap {
+    /// The wire bytes.
+    pub fn to_wire(&self) -> BitmapWire {
+        BitmapWire {
+            pgsize: self.pgsize.bytes(),
+            size: self.size,
+        }
+    }
+
+    /// Parses the wire bytes for an unmap of `range_size` bytes: EINVAL
+    /// ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) off the rule.
+    fn from_wire(wire: &BitmapWire, range_size: u64) -> Result<Self, MessageError> {
+        Ok(Self {
+            pgsize: check_bitmap_geometry(range_size, wire.pgsize, wire.size)?,
+            size: wire.size,
+        })
+    }
+}
 
 impl DmaUnmap {
+    /// The flags alone: none, ALL, or GET_DIRTY_BITMAP with a bitmap (EINVAL otherwise).
+    fn check_flags(&self, with_bitmap: bool, what: &'static str) -> Result<(), MessageError> {
+        match (self.flags, with_bitmap) {
+            (0 | VFIO_DMA_UNMAP_FLAG_ALL, false) | (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, true) => {
+                Ok(())
+            }
+            _ => Err(MessageError::InvalidFlags {
+                what,
+                flags: self.flags,
+            }),
+        }
+    }
+
     fn validate(
         &self,
         with_bitmap: Option<&Bitmap>,
@@ -147,7 +192,7 @@ impl DmaUnmap {
                 wire::check_argsz(self.argsz, fixed, what)
             }
             (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, Some(bitmap)) => {
-                check_bitmap_geometry(self.size, bitmap.pgsize, bitmap.size).map(drop)
+                check_bitmap_size(self.size, bitmap.pgsize, bitmap.size)
             }
             _ => Err(MessageError::InvalidFlags {
                 what,
@@ -178,20 +223,9 @@ impl DmaUnmapRequest {
         match self.bitmap {
             None => fixed,
             Some(b) => fixed
-                .saturating_add(size_of::<Bitmap>() as u64)
+                .saturating_add(size_of::<BitmapWire>() as u64)
                 .saturating_add(b.size),
         }
-    }
-
-    /// The page size of the bitmap asked for (GET_DIRTY_BITMAP only), checked as at decode.
-    ///
-    /// # Errors
-    /// EINVAL ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) for a bitmap that
-    /// would not have decoded.
-    pub fn bitmap_page_size(&self) -> Result<Option<PageSize>, MessageError> {
-        self.bitmap
-            .map(|b| check_bitmap_geometry(self.unmap.size, b.pgsize, b.size))
-            .transpose()
     }
 
     fn validate(&self) -> Result<(), MessageError> {
@@ -209,10 +243,15 @@ impl Payload<'_> for DmaUnmapRequest {
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
         let (unmap, rest) = wire::split::<DmaUnmap>(body, Self::NAME)?;
         let bitmap = if unmap.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
-            Some(wire::prefix::<Bitmap>(rest, Self::NAME)?)
+            Some(wire::prefix::<BitmapWire>(rest, Self::NAME)?)
         } else {
             None
         };
+        // The flags are checked before the bitmap is parsed, as before the page size was.
+        unmap.check_flags(bitmap.is_some(), Self::NAME)?;
+        let bitmap = bitmap
+            .map(|b| Bitmap::from_wire(&b, unmap.size))
+            .transpose()?;
         let request = Self { unmap, bitmap };
         request.validate()?;
         Ok(request)
@@ -220,11 +259,8 @@ impl Payload<'_> for DmaUnmapRequest {
 
     fn encode(&self) -> Result<Vec<u8>, MessageError> {
         self.validate()?;
-        let bitmap = self
-            .bitmap
-            .as_ref()
-            .map(IntoBytes::as_bytes)
-            .unwrap_or_default();
+        let bitmap = self.bitmap.map(|b| b.to_wire());
+        let bitmap = bitmap.as_ref().map(IntoBytes::as_bytes).unwrap_or_default();
         Ok(wire::concat(&[self.unmap.as_bytes(), bitmap]))
     }
 }
@@ -264,9 +300,10 @@ impl<'a> Payload<'a> for DmaUnmapReply<'a> {
     fn decode(body: &'a [u8]) -> Result<Self, MessageError> {
         let (unmap, rest) = wire::split::<DmaUnmap>(body, Self::NAME)?;
         let bitmap = if unmap.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
-            let (header, bits) = wire::split::<Bitmap>(rest, Self::NAME)?;
+            let (header, bits) = wire::split::<BitmapWire>(rest, Self::NAME)?;
+            unmap.check_flags(true, Self::NAME)?;
             Some(BitmapData {
-                header,
+                header: Bitmap::from_wire(&header, unmap.size)?,
                 bits: Cow::Borrowed(bits),
             })
         } else {
@@ -281,7 +318,11 @@ impl<'a> Payload<'a> for DmaUnmapReply<'a> {
         self.validate()?;
         Ok(match &self.bitmap {
             None => self.unmap.as_bytes().to_vec(),
-            Some(b) => wire::concat(&[self.unmap.as_bytes(), b.header.as_bytes(), &b.bits]),
+            Some(b) => wire::concat(&[
+                self.unmap.as_bytes(),
+                b.header.to_wire().as_bytes(),
+                &b.bits,
+            ]),
         })
     }
 }
@@ -396,7 +437,7 @@ mod tests {
             addr: 0,
             size,
         };
-        let bitmap = Bitmap {
+        let bitmap = BitmapWire {
             pgsize: 4096,
             size: bitmap_size,
         };

@@ -55,11 +55,12 @@ mod wire;
 
 pub use device::DeviceInfo;
 pub use dirty::{
-    BitmapRange, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
-    check_bitmap_geometry, page_size,
+    BitmapRange, BitmapRangeWire, DirtyPages, DirtyPagesReply, DirtyPagesRequest,
+    GET_BITMAP_PREFIX, check_bitmap_geometry, page_size,
 };
 pub use dma::{
-    Bitmap, BitmapData, DmaAccess, DmaData, DmaMap, DmaUnmap, DmaUnmapReply, DmaUnmapRequest,
+    Bitmap, BitmapData, BitmapWire, DmaAccess, DmaData, DmaMap, DmaUnmap, DmaUnmapReply,
+    DmaUnmapRequest,
 };
 pub use header::{
     Command, Direction, FLAGS_ERROR, FLAGS_KNOWN, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND,
