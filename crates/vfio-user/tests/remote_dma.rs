@@ -392,3 +392,11 @@ fn an_unmap_with_bitmap_reports_the_clients_record_of_an_fd_less_mapping() {
     assert_eq!(pages_of(&bitmap), [10]);
     assert_eq!(server.container.mappings(), 0);
 }
+
+#[test]
+fn an_unmap_with_bitmap_of_an_fd_less_mapping_while_tracking_is_off_is_einval() {
+    let (client, server, _memory) = with_memory(ClientConfig::default());
+    let err = client.dma_unmap(Iova(GUEST), SIZE, true).unwrap_err();
+    assert_eq!(err.errno(), Errno::EINVAL);
+    assert_eq!(server.container.mappings(), 1);
+}

@@ -219,7 +219,8 @@ impl Client {
     /// inside it (holes are allowed). With `with_bitmap`, returns the dirty bitmap of the range
     /// (bit 0 = `iova`): the server's bits of each mapping made with an fd, and the pages it
     /// wrote through DMA_WRITE into the others, as we recorded them (those are unmapped
-    /// without asking the server for a bitmap, which it does not keep).
+    /// without asking the server for a bitmap, which it does not keep); tracking must be on
+    /// (EINVAL).
     pub fn dma_unmap(
         &self,
         iova: Iova,
@@ -228,7 +229,17 @@ impl Client {
     ) -> Result<Option<Vec<u64>>, ClientError> {
         let end = check_range(iova, size)?;
         let _layout = lock(&self.shared.layout);
-        let covered = self.shared.table().covered(iova.raw(), end)?;
+        let covered = {
+            let table = self.shared.table();
+            // As the server would answer for a mapping with an fd; one without never asks it.
+            if with_bitmap && !table.tracking() {
+                return Err(ClientError::invalid(
+                    "dirty tracking is off; unmap with bitmap at",
+                    iova.raw(),
+                ));
+            }
+            table.covered(iova.raw(), end)?
+        };
         let words = bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8;
         let mut out = with_bitmap
             .then(|| usize::try_from(words).map(|words| vec![0u64; words]))
