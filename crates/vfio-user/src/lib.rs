@@ -95,6 +95,9 @@
 //! 8. **Header flag bits 6–31 are ignored**: 0.9.1 reserves them, and libvfio-user's
 //!    bit-field header never reads them.
 //! 9. **DEVICE_RESET ignores a body**: libvfio-user never reads one either.
+//! 10. **GET_REGION_IO_FDS entries may be 40 bytes** (the spec's) as well as 48
+//!     (libvfio-user's): the spec tells a client to find the entry size from `argsz` and
+//!     `count`, and only the shadow-ioeventfd type needs the longer entry.
 //!
 //! What stays strict, and why: data with a `count` (REGION_WRITE, DMA_WRITE, the replies of
 //! REGION_READ and DMA_READ, dirty bitmaps) must be exactly that long, since the count is the

@@ -16,7 +16,7 @@ use vfmig_abi::uapi::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
 use vfmig_iommu::{Container, Iova, Prot};
 use vfmig_vfio_user::message::{
     Command, DeviceInfo, DirtyPages, DmaAccess, DmaMap, FLAGS_ERROR, FLAGS_TYPE_REPLY, Header,
-    IrqSet, Payload, RegionAccess, RegionInfo, Reply, Request, SparseMmapArea,
+    IrqSet, Payload, RegionAccess, RegionInfo, RegionIoFds, Reply, Request, SparseMmapArea,
 };
 use vfmig_vfio_user::server::{
     DeviceDescription, IrqDescription, IrqSetData, RegionDescription, RegionMmap,
@@ -400,4 +400,46 @@ fn a_reset_with_a_body_resets() {
     let (mut raw, server) = negotiated();
     accepted(&mut raw, Command::DeviceReset, &[0; 4]);
     assert_eq!(server.state.lock().unwrap().resets, 1);
+}
+
+// Rule 10: GET_REGION_IO_FDS entries may be the spec's 40 bytes.
+
+#[test]
+fn region_io_fds_with_the_specs_40_byte_entries_are_read() {
+    let (client, script) = scripted(ClientConfig::default(), |conn| {
+        let request = conn.recv().unwrap();
+        assert_eq!(request.header.cmd, Command::DeviceGetRegionIoFds.code());
+        let head = RegionIoFds {
+            argsz: 16 + 40,
+            flags: 0,
+            index: BAR,
+            count: 1,
+        };
+        // offset 0x40, size 4, fd 0, ioeventfd, no flags, padding, datamatch 0x1234.
+        let mut entry = Vec::new();
+        for word in [0x40u64, 4] {
+            entry.extend_from_slice(&word.to_le_bytes());
+        }
+        entry.extend_from_slice(&[0; 16]);
+        entry.extend_from_slice(&0x1234u64.to_le_bytes());
+        let body = [head.as_bytes(), &entry].concat();
+        let header = Header {
+            msg_id: request.header.msg_id,
+            cmd: request.header.cmd,
+            msg_size: 16 + body.len() as u32,
+            flags: FLAGS_TYPE_REPLY,
+            error_no: 0,
+        };
+        let notify = eventfd();
+        conn.send(&header, &body, &[notify.as_fd()]).unwrap();
+    });
+    let (reply, fds) = client.region_io_fds(BAR).unwrap();
+    let entry = reply.sub_regions[0];
+    assert_eq!(
+        (entry.offset, entry.size, entry.datamatch),
+        (0x40, 4, 0x1234)
+    );
+    assert_eq!(fds.len(), 1);
+    drop(client);
+    script.join().unwrap();
 }
