@@ -5,10 +5,9 @@
 //! A read or write is planned under the shared side of the container lock. Pieces in host
 //! memory are copied (and marked) at once, under it; pieces at the peer are only collected,
 //! then sent after the lock is dropped, so a slow peer never holds up map, unmap, START or STOP
-//! (nor, through the lock's writer preference, the other device threads). A remote write is
-//! marked dirty afterwards under the shared lock again, in the mapping it was planned in if
-//! that mapping, by [`MappingId`], is still there: one unmapped or replaced meanwhile is not
-//! marked, its write lost to dirty tracking as DMA to a just-unmapped IOVA is.
+//! (nor, through the lock's writer preference, the other device threads). A remote write marks
+//! nothing: a mapping without an fd has no bitmap, its peer records the write (see the
+//! [crate docs](crate#mappings-without-an-fd)).
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use vfmig_memory::Iova;
 use crate::container::{Container, State};
 use crate::error::{IommuError, Result};
 use crate::host::RemoteMemory;
-use crate::mapping::{Mapping, MappingId, Memory, range_end};
+use crate::mapping::{Mapping, Memory, range_end};
 use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Prot};
 
 /// One piece of an access, inside one mapping.
@@ -77,13 +76,12 @@ fn plan<'a>(state: &'a State, iova: u64, len: usize, need: Prot) -> Result<Vec<P
     Ok(pieces)
 }
 
-/// A piece of an access that goes to the peer, with all it needs to be sent, and marked dirty
-/// after, without the container lock.
+/// A piece of an access that goes to the peer, with all it needs to be sent without the
+/// container lock.
 struct RemotePiece {
     memory: Arc<dyn RemoteMemory>,
-    /// First IOVA of the mapping the piece was planned in, and which mapping that was.
+    /// First IOVA of the mapping the piece was planned in.
     mapping: u64,
-    id: MappingId,
     /// Offset of the piece in the mapping.
     offset: u64,
     /// Offset of the piece in the caller's buffer.
@@ -96,7 +94,6 @@ impl RemotePiece {
         RemotePiece {
             memory: Arc::clone(memory),
             mapping: p.mapping.iova,
-            id: p.mapping.id,
             offset: p.offset,
             at: p.at,
             len: p.len,
@@ -162,11 +159,10 @@ impl Container {
     /// otherwise nothing is written.
     ///
     /// Host memory is written and marked under the container lock; the peer is sent its pieces,
-    /// in IOVA order, after the lock is dropped, and those the peer took are marked afterwards,
-    /// also when a later one fails. A piece whose mapping was unmapped or replaced while it was
-    /// being sent is not marked (see the [crate docs](crate#concurrency)).
+    /// in IOVA order, after the lock is dropped, and marks nothing (see the
+    /// [crate docs](crate#mappings-without-an-fd)).
     pub fn write(&self, iova: Iova, data: &[u8]) -> Result<()> {
-        let mut remote = {
+        let remote = {
             let state = self.state();
             let mut remote = Vec::new();
             for p in plan(&state, iova.0, data.len(), Prot::WRITE)? {
@@ -183,46 +179,9 @@ impl Container {
             }
             remote
         };
-        if remote.is_empty() {
-            return Ok(());
-        }
-        let (mut sent, mut failed) = (0, None);
+        // Sent in IOVA order, the first failure ending the write.
         for r in &remote {
-            if let Err(e) = r.write(data) {
-                failed = Some(e);
-                break;
-            }
-            sent += 1;
-        }
-        remote.truncate(sent);
-        let marked = self.mark_remote_writes(&remote);
-        match failed {
-            Some(e) => Err(e),
-            None => marked,
-        }
-    }
-
-    /// Marks the pieces a peer has written, each in the mapping it was planned in if that very
-    /// mapping is still there; a piece whose mapping is gone (unmapped, or replaced at the same
-    /// IOVA) marks nothing, and never another mapping's bitmap.
-    fn mark_remote_writes(&self, pieces: &[RemotePiece]) -> Result<()> {
-        if pieces.is_empty() {
-            return Ok(());
-        }
-        let state = self.state();
-        for r in pieces {
-            match state.mappings.get(&r.mapping).filter(|m| m.id == r.id) {
-                Some(m) => {
-                    if let Some(bitmap) = &m.bitmap {
-                        bitmap.mark_bytes(r.offset, r.len as u64)?;
-                    }
-                }
-                None => tracing::debug!(
-                    iova = r.iova().0,
-                    len = r.len,
-                    "a remote write raced with the unmap of its mapping: not marked dirty"
-                ),
-            }
+            r.write(data)?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The container: mappings, attached devices, and the map / unmap rules of type1 v2.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vfmig_abi::uapi::{
@@ -12,8 +12,10 @@ use vfmig_memory::Iova;
 
 use crate::error::{IommuError, Result};
 use crate::host::{Backing, map_host};
-use crate::mapping::{Mapping, MappingId, Memory, check_aligned, range_end};
-use crate::report::{BitmapRequest, check_bitmap_size, check_page_size, report_mapping};
+use crate::mapping::{Mapping, Memory, check_aligned, range_end};
+use crate::report::{
+    BitmapRequest, check_bitmap_size, check_page_size, check_tracked, report_mapping,
+};
 use crate::types::{DeviceId, DirtyScope, Prot};
 
 /// Asked to drop the pins a device holds in a range about to be unmapped: the kernel's
@@ -67,7 +69,7 @@ pub(crate) struct Device {
 pub(crate) struct State {
     /// Mappings by first IOVA; they never overlap.
     pub(crate) mappings: BTreeMap<u64, Mapping>,
-    /// Dirty tracking is on: every mapping has a bitmap.
+    /// Dirty tracking is on: every fd-backed mapping has a bitmap.
     pub(crate) tracking: bool,
     /// Bytes of all the mappings' bitmaps ([`Mapping::bitmap_bytes`] of every mapping while
     /// tracking, 0 otherwise), charged against [`ContainerConfig::max_bitmap_bytes`].
@@ -81,8 +83,6 @@ pub(crate) struct Shared {
     /// must not see them cleared in between.
     sync: Mutex<()>,
     next_device: AtomicU32,
-    /// The id of the next mapping made.
-    next_mapping: AtomicU64,
     config: ContainerConfig,
 }
 
@@ -201,7 +201,6 @@ impl Container {
                 }),
                 sync: Mutex::new(()),
                 next_device: AtomicU32::new(0),
-                next_mapping: AtomicU64::new(0),
                 config,
             }),
         }
@@ -331,15 +330,14 @@ impl Container {
             }
             Backing::Remote(remote) => Memory::Remote(remote),
         };
-        let id = MappingId(self.shared.next_mapping.fetch_add(1, Ordering::Relaxed));
-        let mut mapping = Mapping::new(id, iova, size, prot, memory);
+        let mut mapping = Mapping::new(iova, size, prot, memory);
 
         let mut state = self.state_mut();
         // The state may have changed while the lock was dropped for mmap.
         self.check_insert(&state, iova, size, end)?;
         if state.tracking {
             let charged = mapping.charge_bitmap(state.bitmap_bytes, self.max_bitmap_bytes())?;
-            mapping.bitmap = Some(mapping.new_bitmap()?);
+            mapping.bitmap = mapping.new_bitmap()?;
             state.bitmap_bytes = charged;
         }
         state.mappings.insert(iova, mapping);
@@ -368,7 +366,8 @@ impl Container {
     /// bytes unmapped (0 for a hole).
     ///
     /// With `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`, the dirty bits of every removed mapping are
-    /// ORed into `out`, bit 0 being `iova`. With `VFIO_DMA_UNMAP_FLAG_ALL` (iova = size = 0, no
+    /// ORed into `out`, bit 0 being `iova`; a range with a mapping without an fd in it is
+    /// EINVAL ([`IommuError::Untracked`]) and unmaps nothing. With `VFIO_DMA_UNMAP_FLAG_ALL` (iova = size = 0, no
     /// bitmap) every mapping goes. Pinned pages in the range: their devices are asked to unpin;
     /// if they do not, the unmap fails with EBUSY and nothing is removed.
     pub fn unmap_dma(&self, req: &UnmapRequest, out: Option<&mut [u64]>) -> Result<u64> {
@@ -448,6 +447,7 @@ impl Container {
             }
             let keys: Vec<u64> = state.starting_in(iova, end).map(|m| m.iova).collect();
             if let Some((_, out)) = bitmap.as_mut() {
+                check_tracked(state.starting_in(iova, end))?;
                 let precise = state.precise();
                 for m in state.starting_in(iova, end) {
                     report_mapping(m, iova, precise, out)?;

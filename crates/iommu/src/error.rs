@@ -93,6 +93,14 @@ pub enum IommuError {
     /// Dirty tracking is off, and the operation needs it on.
     #[error("dirty page tracking is not started")]
     TrackingOff,
+    /// A GET_BITMAP or unmap-with-bitmap names a mapping without an fd, which has no dirty
+    /// bitmap: the peer that owns its memory records what was written to it (libvfio-user's
+    /// rule, and its errno).
+    #[error("the mapping at {mapping} has no fd and so no dirty bitmap")]
+    Untracked {
+        /// Start of that mapping.
+        mapping: Iova,
+    },
     /// A bitmap page size other than the container page size.
     #[error("bitmap page size {requested} is not the container page size {container}")]
     PageSizeMismatch {
@@ -227,6 +235,7 @@ impl IommuError {
             | Wraps { .. }
             | Bisects { .. }
             | TrackingOff
+            | Untracked { .. }
             | PageSizeMismatch { .. }
             | BitmapSize { .. }
             | BitmapBuffer { .. }

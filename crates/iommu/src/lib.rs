@@ -22,12 +22,21 @@
 //!   while tracking marks every mapped page dirty;
 //! * [`Container::info`]: page sizes and the migration capability in the kernel's layout.
 //!
+//! # Mappings without an fd
+//!
+//! A mapping backed by [`Backing::Remote`] (a vfio-user client's memory that it did not share)
+//! has no dirty bitmap: the peer that owns the memory sees every write to it (each one is a
+//! message to it) and keeps its own record, which is how libvfio-user divides the work. So
+//! START gives it none and charges nothing for it, writes to it mark nothing, and a GET_BITMAP
+//! or unmap-with-bitmap whose range holds one fails with EINVAL ([`IommuError::Untracked`])
+//! before any bit is read, as libvfio-user answers. [`Container::count_dirty`] counts it as 0.
+//!
 //! # Limits
 //!
 //! Everything a peer can make the container allocate is capped by its [`ContainerConfig`]: a
-//! vfio-user client can map without an fd (costing it nothing) up to
-//! [`ContainerConfig::max_mappings`] ranges of up to 8 TiB each, and START would then allocate
-//! a dirty bitmap of up to 256 MiB for each. So every mapping's bitmap is charged
+//! vfio-user client can map up to [`ContainerConfig::max_mappings`] ranges of up to 8 TiB of
+//! a sparse file each (costing it nothing), and START would then allocate a dirty bitmap of up
+//! to 256 MiB for each. So every tracked mapping's bitmap is charged
 //! (`DIRTY_BITMAP_BYTES(pages)`, [`Container::bitmap_bytes`] in all) against
 //! [`ContainerConfig::max_bitmap_bytes`], 1 GiB by default, enough for 32 TiB of 4 KiB pages.
 //! START checks every mapping before it allocates anything and, over the budget, fails with
@@ -47,13 +56,8 @@
 //! an fd ([`RemoteMemory`], a socket round trip) is planned under the shared lock, which then
 //! is dropped while the peer answers: a slow peer holds up no map or unmap, and through the
 //! lock's writer preference no other device thread either. Memory in this process is still
-//! copied under the lock, with no extra cost. A remote write is marked dirty after the peer
-//! took it, under the shared lock again, and only in the very mapping it was planned in
-//! (mappings carry a never-reused id): if that mapping was unmapped or replaced at the same
-//! IOVA meanwhile, nothing is marked, never another mapping's page, and the write is lost to
-//! dirty tracking as a DMA to a just-unmapped IOVA is. A GET that runs between the peer's
-//! answer and the mark misses the page, and the next GET reports it, as with the kernel's
-//! `vfio_dma_rw`, which also marks after the copy.
+//! copied under the lock, with no extra cost. A remote write needs no mark afterwards: its
+//! mapping is not tracked here (see [Mappings without an fd](#mappings-without-an-fd)).
 //!
 //! # Deviations from the kernel, on purpose
 //!
@@ -62,6 +66,8 @@
 //! * A range may not end exactly at 2^64 (the kernel's `iova + size - 1` check allows it).
 //! * Dirty bitmaps have a memory budget, ENOMEM beyond it (see [Limits](#limits)); the kernel
 //!   has none of its own, and charges its bitmaps to the memory cgroup of the VMM instead.
+//! * Mappings without an fd, which the kernel does not have, are not tracked (see
+//!   [Mappings without an fd](#mappings-without-an-fd)).
 
 mod access;
 mod container;

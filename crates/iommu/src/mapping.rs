@@ -21,15 +21,8 @@ pub(crate) enum Memory {
     Remote(Arc<dyn RemoteMemory>),
 }
 
-/// Which mapping this is, among every mapping a container ever made: never reused, so a
-/// mapping unmapped and replaced by another at the same IOVA is told apart from it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct MappingId(pub(crate) u64);
-
 /// A DMA mapping.
 pub(crate) struct Mapping {
-    /// Unique in the container.
-    pub(crate) id: MappingId,
     /// First IOVA.
     pub(crate) iova: u64,
     /// Size in bytes, a multiple of the container page size.
@@ -38,7 +31,8 @@ pub(crate) struct Mapping {
     pub(crate) prot: Prot,
     /// Where the bytes are.
     pub(crate) memory: Memory,
-    /// One bit per container page while tracking is on; `None` otherwise.
+    /// One bit per container page while tracking is on (fd-backed mappings only); `None`
+    /// otherwise.
     pub(crate) bitmap: Option<DirtyBitmap>,
     /// Pin counts by page index in the mapping; a page is pinned while its count is non-zero.
     /// The kernel's `pfn_list`.
@@ -46,9 +40,8 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
-    pub(crate) fn new(id: MappingId, iova: u64, size: u64, prot: Prot, memory: Memory) -> Self {
+    pub(crate) fn new(iova: u64, size: u64, prot: Prot, memory: Memory) -> Self {
         Mapping {
-            id,
             iova,
             size,
             prot,
@@ -74,10 +67,22 @@ impl Mapping {
         vfmig_dirty::bitmap_bytes(self.pages())
     }
 
+    /// Whether this mapping gets a dirty bitmap while tracking is on: only memory mapped here
+    /// from an fd. A mapping without one is reached through its peer, which owns that memory
+    /// and records what was written to it (as libvfio-user leaves it to its client); it is
+    /// neither tracked nor charged, and a GET or unmap-with-bitmap naming it is EINVAL.
+    pub(crate) fn tracked(&self) -> bool {
+        matches!(self.memory, Memory::Host(_))
+    }
+
     /// Checks, allocating nothing, that this mapping may get a dirty bitmap while `in_use`
     /// bytes of bitmaps are charged already: no more pages than one bitmap may cover (EINVAL),
-    /// then no more than `limit` bytes in all (ENOMEM). Returns the bytes charged with it.
+    /// then no more than `limit` bytes in all (ENOMEM). Returns the bytes charged with it (an
+    /// untracked mapping adds nothing).
     pub(crate) fn charge_bitmap(&self, in_use: u64, limit: u64) -> Result<u64> {
+        if !self.tracked() {
+            return Ok(in_use);
+        }
         if self.pages() > DIRTY_BITMAP_PAGES_MAX {
             return Err(IommuError::TooManyPages {
                 iova: self.start(),
@@ -96,9 +101,13 @@ impl Mapping {
             })
     }
 
-    /// A zeroed bitmap for this mapping, once [`Mapping::charge_bitmap`] accepted it.
-    pub(crate) fn new_bitmap(&self) -> Result<DirtyBitmap> {
-        Ok(DirtyBitmap::new(self.pages(), CONTAINER_PAGE_SIZE)?)
+    /// A zeroed bitmap for this mapping once [`Mapping::charge_bitmap`] accepted it; none for
+    /// an untracked one.
+    pub(crate) fn new_bitmap(&self) -> Result<Option<DirtyBitmap>> {
+        if !self.tracked() {
+            return Ok(None);
+        }
+        Ok(Some(DirtyBitmap::new(self.pages(), CONTAINER_PAGE_SIZE)?))
     }
 
     /// True if `iova` lies inside.

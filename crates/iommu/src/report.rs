@@ -41,6 +41,15 @@ pub(crate) fn check_bitmap_size(size: u64, b: &BitmapRequest, out: &[u64]) -> Re
     Ok(())
 }
 
+/// Fails with [`IommuError::Untracked`] for the first of `mappings` without an fd: a GET or
+/// unmap-with-bitmap over it is refused before any bitmap is read and cleared.
+pub(crate) fn check_tracked<'a>(mut mappings: impl Iterator<Item = &'a Mapping>) -> Result<()> {
+    match mappings.find(|m| !m.tracked()) {
+        Some(m) => Err(IommuError::Untracked { mapping: m.start() }),
+        None => Ok(()),
+    }
+}
+
 /// ORs mapping `m`'s dirty pages into `out` at its bit offset from `base`, clears them, and
 /// sets pinned pages again. `precise` false: every page is reported (an `AllMapped` device).
 pub(crate) fn report_mapping(m: &Mapping, base: u64, precise: bool, out: &mut [u64]) -> Result<()> {

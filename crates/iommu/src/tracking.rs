@@ -21,7 +21,9 @@ use vfmig_memory::Iova;
 use crate::container::Container;
 use crate::error::{IommuError, Result};
 use crate::mapping::{Mapping, check_aligned, range_end};
-use crate::report::{BitmapRequest, check_bitmap_size, check_page_size, report_mapping};
+use crate::report::{
+    BitmapRequest, check_bitmap_size, check_page_size, check_tracked, report_mapping,
+};
 
 /// A GET_BITMAP range (`struct vfio_iommu_type1_dirty_bitmap_get` without the user pointer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,9 +98,10 @@ impl Container {
         }
     }
 
-    /// START: gives every mapping a zeroed bitmap with its pinned pages set. Idempotent.
+    /// START: gives every fd-backed mapping a zeroed bitmap with its pinned pages set (a
+    /// mapping without an fd gets none, and costs no budget). Idempotent.
     ///
-    /// Every mapping is checked, in IOVA order, before any bitmap is allocated: more pages than
+    /// Every such mapping is checked, in IOVA order, before any bitmap is allocated: more pages than
     /// one bitmap may cover is EINVAL; the bitmaps together over
     /// [`crate::ContainerConfig::max_bitmap_bytes`] is ENOMEM
     /// ([`IommuError::BitmapBudget`], naming the first mapping that does not fit). Then nothing
@@ -120,7 +123,7 @@ impl Container {
             .map(Mapping::new_bitmap)
             .collect::<Result<Vec<_>>>()?;
         for (m, bitmap) in state.mappings.values_mut().zip(bitmaps) {
-            m.bitmap = Some(bitmap);
+            m.bitmap = bitmap;
             m.populate_pinned();
         }
         state.tracking = true;
@@ -160,7 +163,8 @@ impl Container {
     /// Checks in the kernel's order (all EINVAL): wrap; the buffer smaller than `bitmap.size`;
     /// the bitmap size for the pages (none, none given, over 256 MiB, too small); a page size
     /// other than the container's; iova or size unaligned or size 0; tracking off; a mapping
-    /// bisected.
+    /// bisected; a mapping without an fd in the range ([`IommuError::Untracked`]), checked
+    /// before any bit is read, so a refused GET clears nothing.
     pub fn get_dirty_bitmap(&self, range: &GetBitmapRange, out: &mut [u64]) -> Result<()> {
         let end = range_end(range.iova, range.size)?;
         check_bitmap_size(range.size, &range.bitmap, out)?;
@@ -178,6 +182,7 @@ impl Container {
             return Err(IommuError::TrackingOff);
         }
         state.check_not_bisected(range.iova, end)?;
+        check_tracked(state.starting_in(range.iova, end))?;
         let precise = state.precise();
         for m in state.starting_in(range.iova, end) {
             report_mapping(m, range.iova, precise, out)?;
@@ -186,7 +191,8 @@ impl Container {
     }
 
     /// Pages that GET would report for `[iova, iova + size)` now, without clearing them; for
-    /// estimates and tests. Needs tracking on; the same range rules as GET.
+    /// estimates and tests. Needs tracking on; the same range rules as GET, except that
+    /// mappings without an fd count for nothing instead of failing it.
     pub fn count_dirty(&self, iova: Iova, size: u64) -> Result<u64> {
         let end = range_end(iova.0, size)?;
         let state = self.state();
@@ -195,7 +201,7 @@ impl Container {
         }
         let precise = state.precise();
         let mut n = 0;
-        for m in state.starting_in(iova.0, end) {
+        for m in state.starting_in(iova.0, end).filter(|m| m.tracked()) {
             n += match (&m.bitmap, precise) {
                 (_, false) => m.pages(),
                 (Some(b), true) => b.count(),

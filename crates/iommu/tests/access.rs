@@ -278,9 +278,32 @@ fn a_mapping_without_fd_is_reached_through_the_peer() {
         ]
     );
     assert_eq!(
-        pages_of(&get(&c, 0, 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
-        vec![1]
+        c.count_dirty(Iova(0), 2 * CONTAINER_PAGE_SIZE.bytes())
+            .unwrap(),
+        0
     );
+}
+
+#[test]
+fn a_write_to_a_mapping_without_fd_marks_nothing_and_get_over_it_is_einval() {
+    let c = Container::default();
+    c.map(
+        Iova(0),
+        CONTAINER_PAGE_SIZE.bytes(),
+        Prot::READ_WRITE,
+        Backing::Remote(Arc::new(Peer {
+            mem: Mutex::new(vec![0; CONTAINER_PAGE_SIZE.bytes() as usize]),
+            ..Default::default()
+        })),
+    )
+    .unwrap();
+    c.start_dirty_tracking().unwrap();
+    c.write(Iova(0), b"hi").unwrap();
+    assert_err!(
+        get(&c, 0, CONTAINER_PAGE_SIZE.bytes()),
+        IommuError::Untracked { mapping: Iova(0) }
+    );
+    assert_eq!(errno(get(&c, 0, CONTAINER_PAGE_SIZE.bytes())), libc::EINVAL);
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! The dirty bitmap budget: a peer that maps much memory without an fd cannot make START (or a
-//! map while tracking) allocate more bitmap than `ContainerConfig::max_bitmap_bytes`. One test
-//! per rule.
+//! The dirty bitmap budget: a peer that maps much memory (a sparse file costs it nothing) cannot
+//! make START (or a map while tracking) allocate more bitmap than
+//! `ContainerConfig::max_bitmap_bytes`; mappings without an fd have no bitmap and cost none.
+//! One test per rule.
 
 mod common;
 
@@ -28,8 +29,9 @@ fn default_bitmap_budget_is_1_gib() {
 #[test]
 fn start_over_the_bitmap_budget_is_enomem_and_leaves_tracking_off() {
     let c = budgeted(4096);
-    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
-    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+        .unwrap();
+    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
         .unwrap();
     let err = c.start_dirty_tracking().expect_err("over the budget");
     assert!(
@@ -51,14 +53,14 @@ fn start_over_the_bitmap_budget_is_enomem_and_leaves_tracking_off() {
 
 #[test]
 fn start_with_the_default_budget_refuses_five_mappings_of_8_tib() {
-    // What a peer can ask for at no cost to itself: mappings without an fd, each as large as
+    // What a peer can ask for at no cost to itself: mappings of a sparse file, each as large as
     // one bitmap may cover. Four fit 1 GiB exactly; the fifth is refused before any bitmap is
     // allocated.
     let c = Container::default();
     let size = DIRTY_BITMAP_PAGES_MAX * CONTAINER_PAGE_SIZE.bytes();
     let stride = size + CONTAINER_PAGE_SIZE.bytes();
     for i in 0..5 {
-        c.map_dma(RW, i * stride, size, nowhere()).unwrap();
+        c.map_dma(RW, i * stride, size, backing(size)).unwrap();
     }
     let err = c.start_dirty_tracking().expect_err("over the budget");
     assert!(
@@ -79,7 +81,7 @@ fn start_checks_the_pages_of_a_mapping_before_charging_it() {
         RW,
         0,
         (DIRTY_BITMAP_PAGES_MAX + 1) * CONTAINER_PAGE_SIZE.bytes(),
-        nowhere(),
+        backing((DIRTY_BITMAP_PAGES_MAX + 1) * CONTAINER_PAGE_SIZE.bytes()),
     )
     .unwrap();
     assert_err!(c.start_dirty_tracking(), IommuError::TooManyPages { .. });
@@ -88,9 +90,10 @@ fn start_checks_the_pages_of_a_mapping_before_charging_it() {
 #[test]
 fn map_while_tracking_over_the_bitmap_budget_is_enomem_and_maps_nothing() {
     let c = budgeted(4096);
-    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+        .unwrap();
     c.start_dirty_tracking().unwrap();
-    // Memory in this process: mapped, then refused its bitmap, then unmapped again.
+    // Mapped, then refused its bitmap, then unmapped again.
     assert_eq!(
         errno(c.map_dma(
             RW,
@@ -107,10 +110,16 @@ fn map_while_tracking_over_the_bitmap_budget_is_enomem_and_maps_nothing() {
 #[test]
 fn map_while_tracking_checks_overlap_before_the_bitmap_budget() {
     let c = budgeted(4096);
-    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+        .unwrap();
     c.start_dirty_tracking().unwrap();
     assert_eq!(
-        errno(c.map_dma(RW, 0, CONTAINER_PAGE_SIZE.bytes(), nowhere())),
+        errno(c.map_dma(
+            RW,
+            0,
+            CONTAINER_PAGE_SIZE.bytes(),
+            backing(CONTAINER_PAGE_SIZE.bytes())
+        )),
         libc::EEXIST
     );
 }
@@ -120,14 +129,14 @@ fn mappings_within_the_bitmap_budget_are_tracked() {
     // Two mappings fill the budget exactly at START, a third fills it again while tracking.
     let c = budgeted(4096 + 8);
     let half = SIZE_4K_BITMAP / 2;
-    c.map_dma(RW, 0, half, nowhere()).unwrap();
-    c.map_dma(RW, half, half, nowhere()).unwrap();
+    c.map_dma(RW, 0, half, backing(half)).unwrap();
+    c.map_dma(RW, half, half, backing(half)).unwrap();
     c.start_dirty_tracking().unwrap();
     c.map_dma(
         RW,
         SIZE_4K_BITMAP,
         64 * CONTAINER_PAGE_SIZE.bytes(),
-        nowhere(),
+        backing(64 * CONTAINER_PAGE_SIZE.bytes()),
     )
     .unwrap();
     assert_eq!(c.bitmap_bytes(), 4096 + 8);
@@ -144,7 +153,8 @@ fn mappings_within_the_bitmap_budget_are_tracked() {
 #[test]
 fn unmap_gives_back_its_bitmap_bytes() {
     let c = budgeted(4096);
-    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+        .unwrap();
     c.start_dirty_tracking().unwrap();
     c.unmap_dma(
         &vfmig_iommu::UnmapRequest {
@@ -157,7 +167,7 @@ fn unmap_gives_back_its_bitmap_bytes() {
     )
     .unwrap();
     assert_eq!(c.bitmap_bytes(), 0);
-    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
         .unwrap();
     assert_eq!(c.bitmap_bytes(), 4096);
 }
@@ -165,12 +175,13 @@ fn unmap_gives_back_its_bitmap_bytes() {
 #[test]
 fn stop_gives_back_every_bitmap_byte() {
     let c = budgeted(4096);
-    c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+        .unwrap();
     c.start_dirty_tracking().unwrap();
     c.stop_dirty_tracking();
     assert_eq!(c.bitmap_bytes(), 0);
     // Off, mappings cost nothing; START charges them all again.
-    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+    c.map_dma(RW, SIZE_4K_BITMAP, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
         .unwrap();
     assert_eq!(errno(c.start_dirty_tracking()), libc::ENOMEM);
 }
@@ -180,8 +191,22 @@ fn the_bitmap_budget_is_per_container() {
     let a = budgeted(4096);
     let b = budgeted(4096);
     for c in [&a, &b] {
-        c.map_dma(RW, 0, SIZE_4K_BITMAP, nowhere()).unwrap();
+        c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+            .unwrap();
         c.start_dirty_tracking().unwrap();
     }
     assert_eq!((a.bitmap_bytes(), b.bitmap_bytes()), (4096, 4096));
+}
+
+#[test]
+fn mappings_without_an_fd_cost_no_bitmap_bytes() {
+    let c = budgeted(4096);
+    c.map_dma(RW, 0, SIZE_4K_BITMAP, backing(SIZE_4K_BITMAP))
+        .unwrap();
+    c.map_dma(RW, SIZE_4K_BITMAP, 4 * SIZE_4K_BITMAP, nowhere())
+        .unwrap();
+    c.start_dirty_tracking().unwrap();
+    c.map_dma(RW, 5 * SIZE_4K_BITMAP, SIZE_4K_BITMAP, nowhere())
+        .unwrap();
+    assert_eq!(c.bitmap_bytes(), 4096);
 }

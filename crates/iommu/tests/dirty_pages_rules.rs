@@ -133,13 +133,8 @@ impl RemoteMemory for Nowhere {
 fn start_refuses_a_mapping_over_int_max_pages() {
     let c = Container::default();
     let size = ((i32::MAX as u64) + 1) * CONTAINER_PAGE_SIZE.bytes();
-    c.map(
-        Iova(0),
-        size,
-        Prot::READ_WRITE,
-        Backing::Remote(Arc::new(Nowhere)),
-    )
-    .unwrap();
+    c.map(Iova(0), size, Prot::READ_WRITE, backing(size))
+        .unwrap();
     assert_err!(c.start_dirty_tracking(), IommuError::TooManyPages { .. });
     assert!(!c.is_tracking());
 }
@@ -526,4 +521,41 @@ fn count_dirty_sees_without_clearing() {
         pages_of(&get(&c, 0, 8 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
         vec![0, 7]
     );
+}
+
+#[test]
+fn start_gives_a_mapping_without_fd_no_bitmap_and_refuses_nothing_for_it() {
+    let c = Container::default();
+    let size = ((i32::MAX as u64) + 1) * CONTAINER_PAGE_SIZE.bytes();
+    c.map(
+        Iova(0),
+        size,
+        Prot::READ_WRITE,
+        Backing::Remote(Arc::new(Nowhere)),
+    )
+    .unwrap();
+    c.start_dirty_tracking().unwrap();
+    assert_eq!(c.bitmap_bytes(), 0);
+}
+
+#[test]
+fn get_over_a_mapping_without_fd_is_einval_and_clears_nothing() {
+    let four = 4 * CONTAINER_PAGE_SIZE.bytes();
+    let c = container_with(&[(0, four)]);
+    c.map(
+        Iova(four),
+        four,
+        Prot::READ_WRITE,
+        Backing::Remote(Arc::new(Nowhere)),
+    )
+    .unwrap();
+    c.start_dirty_tracking().unwrap();
+    poke(&c, 0);
+    assert_err!(
+        get(&c, 0, 2 * four),
+        IommuError::Untracked {
+            mapping: Iova(0x4000)
+        }
+    );
+    assert_eq!(pages_of(&get(&c, 0, four).unwrap()), vec![0]);
 }

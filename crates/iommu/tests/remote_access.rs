@@ -1,6 +1,6 @@
 //! Accesses to mappings without an fd call the peer without the container lock held: a slow
-//! peer holds up no map or unmap, and a remote write that races with an unmap marks no page of
-//! another mapping.
+//! peer holds up no map or unmap, and a remote write (which marks nothing: the peer records
+//! it) that races with an unmap marks no page of another mapping.
 
 mod common;
 
@@ -133,8 +133,13 @@ fn a_remote_write_racing_with_a_replacing_map_marks_nothing_in_the_new_mapping()
         unmap(&c, 0, 4 * CONTAINER_PAGE_SIZE.bytes()),
         4 * CONTAINER_PAGE_SIZE.bytes()
     );
-    c.map_dma(RW, 0, 4 * CONTAINER_PAGE_SIZE.bytes(), nowhere())
-        .unwrap();
+    c.map_dma(
+        RW,
+        0,
+        4 * CONTAINER_PAGE_SIZE.bytes(),
+        backing(4 * CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     release.send(()).unwrap();
 
     writer.join().expect("no panic").unwrap();
@@ -159,7 +164,7 @@ fn a_remote_write_racing_with_an_unmap_is_lost_without_error() {
         RW,
         4 * CONTAINER_PAGE_SIZE.bytes(),
         4 * CONTAINER_PAGE_SIZE.bytes(),
-        nowhere(),
+        backing(4 * CONTAINER_PAGE_SIZE.bytes()),
     )
     .unwrap();
     c.start_dirty_tracking().unwrap();
@@ -185,7 +190,7 @@ fn a_remote_write_racing_with_an_unmap_is_lost_without_error() {
 }
 
 #[test]
-fn a_remote_write_that_fails_part_way_reports_the_pages_the_peer_took() {
+fn a_write_that_fails_at_the_peer_keeps_its_errno_and_the_host_pages_before_it_dirty() {
     struct Gone;
     impl RemoteMemory for Gone {
         fn read(&self, _: Iova, _: &mut [u8]) -> io::Result<()> {
@@ -196,8 +201,13 @@ fn a_remote_write_that_fails_part_way_reports_the_pages_the_peer_took() {
         }
     }
     let c = Container::default();
-    c.map_dma(RW, 0, CONTAINER_PAGE_SIZE.bytes(), nowhere())
-        .unwrap();
+    c.map_dma(
+        RW,
+        0,
+        CONTAINER_PAGE_SIZE.bytes(),
+        backing(CONTAINER_PAGE_SIZE.bytes()),
+    )
+    .unwrap();
     c.map_dma(
         RW,
         CONTAINER_PAGE_SIZE.bytes(),
@@ -211,7 +221,7 @@ fn a_remote_write_that_fails_part_way_reports_the_pages_the_peer_took() {
         libc::ECONNRESET
     );
     assert_eq!(
-        pages_of(&get(&c, 0, 2 * CONTAINER_PAGE_SIZE.bytes()).unwrap()),
+        pages_of(&get(&c, 0, CONTAINER_PAGE_SIZE.bytes()).unwrap()),
         vec![0]
     );
 }

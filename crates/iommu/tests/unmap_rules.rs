@@ -401,3 +401,22 @@ fn unmap_with_bitmap_reports_every_page_for_an_all_mapped_device() {
     .unwrap();
     assert_eq!(out[0], 0b111);
 }
+
+#[test]
+fn unmap_with_bitmap_over_a_mapping_without_fd_is_einval_and_unmaps_nothing() {
+    let page = CONTAINER_PAGE_SIZE.bytes();
+    let c = container_with(&[(0, page)]);
+    c.map(Iova(page), page, Prot::READ_WRITE, nowhere())
+        .unwrap();
+    c.start_dirty_tracking().unwrap();
+    poke(&c, 0);
+    let mut out = [0u64];
+    assert_err!(
+        c.unmap_dma(&with_bitmap(0, 2 * page, 8), Some(&mut out)),
+        IommuError::Untracked {
+            mapping: Iova(0x1000)
+        }
+    );
+    assert_eq!((c.mappings(), out[0]), (2, 0));
+    assert_eq!(pages_of(&get(&c, 0, page).unwrap()), vec![0]);
+}

@@ -60,7 +60,7 @@ fn migration_caps() -> Capabilities {
         max_msg_fds: 8,
         max_data_xfer_size: 1 << 20,
         migration: Some(MigrationCapability {
-            pgsize: Some(4096),
+            pgsize: Some(vfmig_dirty::PageSize::SIZE_4K),
             max_bitmap_size: 4 << 20,
         }),
         twin_socket: None,
@@ -138,11 +138,11 @@ round_trips! {
     }), 0);
     dma_unmap_request_with_bitmap_round_trips: round_trip_request(Request::DmaUnmap(DmaUnmapRequest {
         unmap: DmaUnmap { argsz: 48, flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, addr: 0, size: 0x1000 },
-        bitmap: Some(Bitmap { pgsize: 4096, size: 8 }),
+        bitmap: Some(Bitmap { pgsize: vfmig_dirty::PageSize::SIZE_4K, size: 8 }),
     }), 0);
     dma_unmap_reply_with_bitmap_round_trips: round_trip_reply(Reply::DmaUnmap(DmaUnmapReply {
         unmap: DmaUnmap { argsz: 48, flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, addr: 0, size: 0x1000 },
-        bitmap: Some(BitmapData { header: Bitmap { pgsize: 4096, size: 8 }, bits: Cow::Owned(vec![1, 0, 0, 0, 0, 0, 0, 0]) }),
+        bitmap: Some(BitmapData { header: Bitmap { pgsize: vfmig_dirty::PageSize::SIZE_4K, size: 8 }, bits: Cow::Owned(vec![1, 0, 0, 0, 0, 0, 0, 0]) }),
     }), 0);
     device_get_info_request_round_trips: round_trip_request(Request::DeviceGetInfo(DeviceInfo::request()), 0);
     device_get_info_reply_round_trips: round_trip_reply(Reply::DeviceGetInfo(DeviceInfo { argsz: 16, flags: 3, num_regions: 10, num_irqs: 5 }), 0);

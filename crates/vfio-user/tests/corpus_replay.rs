@@ -64,7 +64,7 @@ fn seed_requests() -> Vec<(&'static str, Request<'static>, u8)> {
         max_msg_fds: 32,
         max_data_xfer_size: 1024,
         migration: Some(MigrationCapability {
-            pgsize: Some(4096),
+            pgsize: Some(vfmig_dirty::PageSize::SIZE_4K),
             max_bitmap_size: 256 << 20,
         }),
         twin_socket: Some(TwinSocket {
@@ -98,7 +98,7 @@ fn seed_requests() -> Vec<(&'static str, Request<'static>, u8)> {
                     size: 0x1000,
                 },
                 bitmap: Some(Bitmap {
-                    pgsize: 4096,
+                    pgsize: vfmig_dirty::PageSize::SIZE_4K,
                     size: 8,
                 }),
             }),
@@ -229,7 +229,7 @@ fn seed_replies() -> Vec<(&'static str, Reply<'static>, u8)> {
                 },
                 bitmap: Some(BitmapData {
                     header: Bitmap {
-                        pgsize: 4096,
+                        pgsize: vfmig_dirty::PageSize::SIZE_4K,
                         size: 8,
                     },
                     bits: Cow::Borrowed(&[1, 0, 0, 0, 0, 0, 0, 0]),
@@ -306,9 +306,37 @@ fn seed_replies() -> Vec<(&'static str, Reply<'static>, u8)> {
     ]
 }
 
+/// Inputs only a liberal decoder takes (see the crate docs, "Liberal in what we accept"):
+/// `(target, name, input)`.
+fn liberal_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut region_info = RegionInfo::request(9, 80).encode().unwrap();
+    region_info.resize(80, 0);
+    let request = Header::new_command(1, Command::DeviceGetRegionInfo, 80).unwrap();
+    let write = Header::new_command(1, Command::RegionWrite, 20).unwrap();
+    let error = Header {
+        msg_size: 32,
+        ..Header::new_error_reply(&write, libc::EINVAL)
+    };
+    vec![
+        (
+            "decode_request",
+            "region-info-argsz-body",
+            input(0, &request, &region_info),
+        ),
+        (
+            "decode_reply",
+            "error-with-body",
+            input(0, &error, &[0; 16]),
+        ),
+    ]
+}
+
 #[test]
 #[ignore = "rewrites the seed corpus"]
 fn write_seed_corpus() {
+    for (target, name, data) in liberal_seeds() {
+        fs::write(corpus(target).join(format!("seed-{name}")), data).unwrap();
+    }
     for (name, request, fds) in seed_requests() {
         let body = request.encode().unwrap();
         let header = Header::new_command(1, request.command(), body.len()).unwrap();

@@ -308,7 +308,7 @@ fn get_with_argsz_too_small_gets_the_size_needed() {
     }
     .as_bytes()
     .to_vec();
-    body.extend_from_slice(range.as_bytes());
+    body.extend_from_slice(range.to_wire().as_bytes());
     raw.send_body(Command::DirtyPages, &body);
     let received = raw.recv();
     assert_eq!(received.header.msg_size, 24);

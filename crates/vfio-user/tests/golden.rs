@@ -294,10 +294,14 @@ fn the_notes_request_bytes_get_the_notes_reply_bytes_from_our_server() {
         ),
         hex(&format!("0300 28000000 01000000 00000000 {unmap}"))
     );
-    // An error reply is the header alone: flags 0x21, EINVAL (22), here to a DEVICE_RESET
-    // with a stray byte.
+    // An error reply is the header alone: flags 0x21, EINVAL (22), here to a DEVICE_GET_INFO
+    // whose argsz (8) is below its 16 bytes.
     assert_eq!(
-        raw_exchange(&mut raw, "0d00 11000000 00000000 00000000 00", &[]),
-        hex("0d00 10000000 21000000 16000000")
+        raw_exchange(
+            &mut raw,
+            "0400 20000000 00000000 00000000 08000000 00000000 00000000 00000000",
+            &[]
+        ),
+        hex("0400 10000000 21000000 16000000")
     );
 }

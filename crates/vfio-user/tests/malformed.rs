@@ -15,8 +15,9 @@ use vfmig_abi::uapi::{
     VFIO_IRQ_SET_DATA_EVENTFD,
 };
 use vfmig_vfio_user::message::{
-    BitmapRange, Capabilities, Command, DeviceInfo, DirtyPages, DmaAccess, DmaMap, DmaUnmap,
-    Header, IrqSet, MigrationCapability, Payload, RegionAccess, RegionInfo, Request, Version,
+    BitmapRange, BitmapRangeWire, Capabilities, Command, DeviceInfo, DirtyPages, DmaAccess, DmaMap,
+    DmaUnmap, Header, IrqSet, MigrationCapability, Payload, RegionAccess, RegionInfo, Request,
+    Version,
 };
 use vfmig_vfio_user::server::SessionEnd;
 use vfmig_vfio_user::{ConnectionError, Limits};
@@ -46,18 +47,6 @@ fn unknown_command_is_einval() {
         msg_size: 16,
         flags: 0,
         error_no: 0,
-    };
-    raw.send_raw(header, &[]);
-    assert_eq!(raw.recv().header.error(), EINVAL);
-    raw.assert_alive();
-}
-
-#[test]
-fn reserved_header_flags_are_einval() {
-    let (mut raw, _server) = negotiated();
-    let header = Header {
-        flags: 0x40,
-        ..Header::new_command(raw.next_id(), Command::DeviceReset, 0).unwrap()
     };
     raw.send_raw(header, &[]);
     assert_eq!(raw.recv().header.error(), EINVAL);
@@ -214,7 +203,7 @@ fn dirty_pages_with_two_operations_is_einval() {
 
 #[test]
 fn dirty_pages_get_with_a_wrong_bitmap_size_is_einval() {
-    let range = BitmapRange {
+    let range = BitmapRangeWire {
         iova: 0,
         size: 65 * CONTAINER_PAGE_SIZE.bytes(),
         pgsize: CONTAINER_PAGE_SIZE.bytes(),
@@ -239,13 +228,8 @@ fn dirty_pages_get_with_argsz_above_the_limit_is_einval() {
     }
     .as_bytes()
     .to_vec();
-    body.extend_from_slice(range.as_bytes());
+    body.extend_from_slice(range.to_wire().as_bytes());
     refused(Command::DirtyPages, &body, EINVAL);
-}
-
-#[test]
-fn reset_with_a_payload_is_einval() {
-    refused(Command::DeviceReset, &[0], EINVAL);
 }
 
 #[test]
@@ -280,8 +264,12 @@ fn no_reply_gets_no_reply_even_on_error() {
     let good = DeviceInfo::request().encode().unwrap();
     let header = Header::new_command(raw.next_id(), Command::DeviceGetInfo, good.len()).unwrap();
     raw.send_raw(header.with_no_reply(), &good);
-    let header = Header::new_command(raw.next_id(), Command::DeviceReset, 1).unwrap();
-    raw.send_raw(header.with_no_reply(), &[0]);
+    let bad = DeviceInfo {
+        argsz: 8,
+        ..DeviceInfo::request()
+    };
+    let header = Header::new_command(raw.next_id(), Command::DeviceGetInfo, 16).unwrap();
+    raw.send_raw(header.with_no_reply(), bad.as_bytes());
     let header = Header::new_command(raw.next_id(), Command::DeviceReset, 0).unwrap();
     raw.send_raw(header.with_no_reply(), &[]);
     // The next reply is the next command's: nothing came for the three before.
@@ -381,19 +369,11 @@ fn version_with_a_pgsize_other_than_4096_is_einval_and_dropped() {
     negotiation_refused(&Request::Version(Version {
         capabilities: Capabilities {
             migration: Some(MigrationCapability {
-                pgsize: Some(8192),
+                pgsize: Some(vfmig_dirty::PageSize::new(8192).unwrap()),
                 max_bitmap_size: 1 << 20,
             }),
             ..Capabilities::default()
         },
         ..client_version()
     }));
-}
-
-#[test]
-fn version_json_without_nul_is_einval_and_dropped() {
-    let (stream, _server) = spawn_server(Limits::default());
-    let mut raw = RawClient::new(stream);
-    assert_eq!(raw.errno_of(Command::Version, b"\0\0\x02\0{}"), EINVAL);
-    assert!(matches!(raw.conn.recv(), Err(ConnectionError::Closed)));
 }

@@ -1,8 +1,8 @@
 //! Server-to-client DMA for memory mapped without an fd: DMA_WRITE and DMA_READ arriving
 //! while the client waits for a reply, from the server thread or from device threads, split
-//! by the client's transfer size; pages written that way are ORed into the client's GET even
-//! when the server does not report them (libvfio-user does not); a departed client fails the
-//! device's DMA instead of hanging it.
+//! by the client's transfer size; pages written that way are reported by the client, which
+//! never asks the server for a bitmap of fd-less memory (libvfio-user keeps none); a departed
+//! client fails the device's DMA instead of hanging it.
 
 #![allow(clippy::cast_possible_truncation)]
 
@@ -16,9 +16,13 @@ use common::dummy::{
     REG_SCRATCH,
 };
 use common::*;
+use std::os::fd::AsFd;
 use vfmig_iommu::{Iova, Prot};
+
+use vfmig_abi::uapi::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
 use vfmig_vfio_user::message::{
-    Command, DirtyPagesReply, DirtyPagesRequest, DmaAccess, DmaData, Payload, Reply, Request,
+    Bitmap, BitmapRange, Command, DirtyPagesReply, DirtyPagesRequest, DmaAccess, DmaData, DmaMap,
+    DmaUnmap, DmaUnmapRequest, Payload, Reply, Request,
 };
 use vfmig_vfio_user::{Client, ClientConfig, Connection, Errno, Limits};
 
@@ -192,7 +196,7 @@ fn server_dma_write(conn: &mut Connection, addr: u64, data: &[u8]) -> Option<u32
 }
 
 #[test]
-fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
+fn the_client_reports_its_dma_writes_and_never_asks_for_an_fd_less_bitmap() {
     let memory = VecMemory::new(GUEST, SIZE as usize);
     let config = ClientConfig {
         memory: Some(memory.clone()),
@@ -200,9 +204,9 @@ fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
     };
     let (client, server) = scripted(config, |conn| {
         answer(conn, Command::DmaMap, Reply::DmaMap);
-        // Like libvfio-user, this server does not track fd-less memory: it writes through
-        // DMA_WRITE while the client waits for the START reply, then reports every page
-        // clean.
+        // Like libvfio-user, this server keeps no bitmap of fd-less memory: it writes through
+        // DMA_WRITE while the client waits for the START reply, and would answer a GET_BITMAP
+        // of that mapping with EINVAL. The client's next command must be the STOP.
         let start = conn.recv().unwrap();
         assert_eq!(start.header.cmd, Command::DirtyPages.code());
         assert_eq!(
@@ -224,18 +228,17 @@ fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
         )
         .unwrap();
         let received = conn.recv().unwrap();
-        let Request::DirtyPages(DirtyPagesRequest::GetBitmap { range, .. }) =
-            received.request(conn.limits()).unwrap()
-        else {
-            panic!("expected a GET_BITMAP");
-        };
-        let clean = vec![0u8; range.bitmap_size as usize];
-        let reply = Reply::DirtyPages(DirtyPagesReply::Bitmap {
-            argsz: 40 + range.bitmap_size as u32,
-            range,
-            bits: clean.into(),
-        });
-        conn.send_reply(&received.header, &reply, &[]).unwrap();
+        assert_eq!(
+            received.request(conn.limits()).unwrap(),
+            Request::DirtyPages(DirtyPagesRequest::Stop { argsz: 8 }),
+            "no GET_BITMAP of the fd-less mapping before the STOP"
+        );
+        conn.send_reply(
+            &received.header,
+            &Reply::DirtyPages(DirtyPagesReply::Done),
+            &[],
+        )
+        .unwrap();
     });
     client
         .dma_map(Iova(GUEST), SIZE, Prot::READ_WRITE, None)
@@ -243,6 +246,7 @@ fn the_client_ors_its_dma_writes_into_a_get_the_server_reports_clean() {
     client.dirty_pages_start().unwrap();
     let bitmap = client.dirty_pages_get(Iova(GUEST), SIZE).unwrap();
     assert_eq!(pages_of(&bitmap), [9, 62, 63]);
+    client.dirty_pages_stop().unwrap();
     assert_eq!(
         memory.get(GUEST + 9 * CONTAINER_PAGE_SIZE.bytes(), 10),
         [1; 10]
@@ -304,4 +308,95 @@ fn a_client_waiting_for_a_reply_gets_econnreset_when_the_server_goes() {
     assert_eq!(err.errno(), Errno::ECONNRESET);
     server.join().unwrap();
     assert_eq!(client.reset().unwrap_err().errno(), Errno::ENOTCONN);
+}
+
+#[test]
+fn the_server_answers_a_get_bitmap_of_an_fd_less_mapping_with_einval() {
+    let (stream, _server) = spawn_server(Limits::default());
+    let mut raw = RawClient::negotiated(stream);
+    let map = DmaMap::new(3, 0, GUEST, SIZE);
+    assert_eq!(raw.errno_of(Command::DmaMap, &map.encode().unwrap()), None);
+    let start = DirtyPagesRequest::Start { argsz: 8 };
+    assert_eq!(
+        raw.errno_of(Command::DirtyPages, &start.encode().unwrap()),
+        None
+    );
+    let get = DirtyPagesRequest::get_bitmap(BitmapRange::new(GUEST, SIZE, CONTAINER_PAGE_SIZE));
+    assert_eq!(
+        raw.errno_of(Command::DirtyPages, &get.encode().unwrap()),
+        Some(libc::EINVAL as u32)
+    );
+    raw.assert_alive();
+}
+
+#[test]
+fn the_server_answers_an_unmap_with_bitmap_of_an_fd_less_mapping_with_einval() {
+    let (stream, server) = spawn_server(Limits::default());
+    let mut raw = RawClient::negotiated(stream);
+    let map = DmaMap::new(3, 0, GUEST, SIZE);
+    assert_eq!(raw.errno_of(Command::DmaMap, &map.encode().unwrap()), None);
+    let start = DirtyPagesRequest::Start { argsz: 8 };
+    assert_eq!(
+        raw.errno_of(Command::DirtyPages, &start.encode().unwrap()),
+        None
+    );
+    let unmap = DmaUnmapRequest {
+        unmap: DmaUnmap {
+            argsz: 40 + 8,
+            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            addr: GUEST,
+            size: SIZE,
+        },
+        bitmap: Some(Bitmap {
+            pgsize: CONTAINER_PAGE_SIZE,
+            size: 8,
+        }),
+    };
+    assert_eq!(
+        raw.errno_of(Command::DmaUnmap, &unmap.encode().unwrap()),
+        Some(libc::EINVAL as u32)
+    );
+    assert_eq!(server.container.mappings(), 1);
+}
+
+#[test]
+fn a_get_over_fd_and_fd_less_mappings_merges_the_servers_bits_and_the_clients_record() {
+    let (client, server, _memory) = with_memory(ClientConfig::default());
+    // Guest RAM with an fd just below the fd-less mapping.
+    let below = GUEST - SIZE;
+    let fd = memfd(SIZE);
+    client
+        .dma_map(Iova(below), SIZE, Prot::READ_WRITE, Some((fd.as_fd(), 0)))
+        .unwrap();
+    client.dirty_pages_start().unwrap();
+    server
+        .container
+        .write(Iova(below + 5 * CONTAINER_PAGE_SIZE.bytes()), &[1])
+        .unwrap();
+    device_dma_write(&client, GUEST + 3 * CONTAINER_PAGE_SIZE.bytes(), 8, 0xab);
+    let bitmap = client.dirty_pages_get(Iova(below), 2 * SIZE).unwrap();
+    assert_eq!(pages_of(&bitmap), [5, 64 + 3]);
+    let bitmap = client
+        .dma_unmap(Iova(below), 2 * SIZE, true)
+        .unwrap()
+        .unwrap();
+    assert!(pages_of(&bitmap).is_empty());
+}
+
+#[test]
+fn an_unmap_with_bitmap_reports_the_clients_record_of_an_fd_less_mapping() {
+    let (client, server, _memory) = with_memory(ClientConfig::default());
+    client.dirty_pages_start().unwrap();
+    device_dma_write(&client, GUEST + 10 * CONTAINER_PAGE_SIZE.bytes(), 8, 0xcd);
+    let bitmap = client.dma_unmap(Iova(GUEST), SIZE, true).unwrap().unwrap();
+    assert_eq!(pages_of(&bitmap), [10]);
+    assert_eq!(server.container.mappings(), 0);
+}
+
+#[test]
+fn an_unmap_with_bitmap_of_an_fd_less_mapping_while_tracking_is_off_is_einval() {
+    let (client, server, _memory) = with_memory(ClientConfig::default());
+    let err = client.dma_unmap(Iova(GUEST), SIZE, true).unwrap_err();
+    assert_eq!(err.errno(), Errno::EINVAL);
+    assert_eq!(server.container.mappings(), 1);
 }

@@ -33,7 +33,7 @@ fn version_records_the_servers_capabilities() {
     let caps = &version.capabilities;
     assert_eq!((caps.max_msg_fds, caps.max_data_xfer_size), (8, 1 << 20));
     let migration = caps.migration.unwrap();
-    assert_eq!(migration.pgsize, Some(4096));
+    assert_eq!(migration.pgsize, Some(CONTAINER_PAGE_SIZE));
     assert_eq!(migration.max_bitmap_size, (4 << 20) + 4040);
     assert_eq!(client.transfer_size(), 1 << 20);
 }

@@ -4,8 +4,9 @@
 //! knows its layout: each request covers whole server mappings, consecutive ones sharing a
 //! request while the span's bitmap fits [`Client::bitmap_capacity`] (or one per request:
 //! [`Client::one_mapping_per_request`]). Each reply lands at its page offset in
-//! the result, then the pages the server wrote through DMA_WRITE into fd-less mappings, as
-//! recorded by the reader thread, are ORed in.
+//! the result. Mappings without an fd are never asked for (a server keeps no bitmap for them,
+//! and libvfio-user answers EINVAL), nor does a request span one: the pages the server wrote
+//! into them through DMA_WRITE, as recorded by the reader thread, are ORed in instead.
 
 use vfmig_abi::uapi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
 use vfmig_dirty::bitmap_bytes;
@@ -23,8 +24,8 @@ use super::{Client, lock};
 
 use crate::connection::Tail;
 use crate::message::{
-    BitmapRange, Command, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
-    Payload, Reply, Request,
+    BitmapRange, BitmapRangeWire, Command, DirtyPages, DirtyPagesReply, DirtyPagesRequest,
+    GET_BITMAP_PREFIX, Payload, Reply, Request,
 };
 use crate::peer::Sink;
 
@@ -42,19 +43,27 @@ struct Span {
     end: u64,
 }
 
-/// Groups server mappings (in IOVA order) into spans whose bitmap is at most `cap_pages` bits.
-fn spans(
-    pieces: impl IntoIterator<Item = (u64, u64)>,
-    cap_pages: u64,
-    one_each: bool,
-) -> Vec<Span> {
+/// Groups the server mappings of `covered` (in IOVA order) into spans whose bitmap is at most
+/// `cap_pages` bits. Mappings the server does not track are left out, and no span reaches
+/// across one.
+fn spans(covered: &[Covered], cap_pages: u64, one_each: bool) -> Vec<Span> {
     let shift = CONTAINER_PAGE_SIZE.shift();
     let mut spans: Vec<Span> = Vec::new();
-    for (iova, size) in pieces {
-        let end = iova.saturating_add(size);
-        match spans.last_mut() {
-            Some(span) if !one_each && (end - span.start) >> shift <= cap_pages => span.end = end,
-            _ => spans.push(Span { start: iova, end }),
+    let mut joinable = false;
+    for mapping in covered {
+        if !mapping.server_tracked {
+            joinable = false;
+            continue;
+        }
+        for &(iova, size) in &mapping.pieces {
+            let end = iova.saturating_add(size);
+            match spans.last_mut() {
+                Some(span) if joinable && !one_each && (end - span.start) >> shift <= cap_pages => {
+                    span.end = end;
+                }
+                _ => spans.push(Span { start: iova, end }),
+            }
+            joinable = true;
         }
     }
     spans
@@ -130,7 +139,7 @@ impl Client {
         let words = usize::try_from(bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8)
             .map_err(|_| ClientError::invalid("bitmap too large for", size))?;
         let spans = spans(
-            covered.iter().flat_map(|m| m.pieces.iter().copied()),
+            &covered,
             self.shared.bitmap_cap.saturating_mul(8),
             self.shared.one_mapping_per_request,
         );
@@ -238,9 +247,9 @@ fn check_prefix(head: &[u8], range: &BitmapRange) -> Result<(), ClientError> {
     let command = Command::DirtyPages;
     let (prefix, rest) = DirtyPages::read_from_prefix(head)
         .map_err(|_| ClientError::unexpected(command, "bitmap reply too short"))?;
-    let echoed = BitmapRange::read_from_bytes(rest)
+    let echoed = BitmapRangeWire::read_from_bytes(rest)
         .map_err(|_| ClientError::unexpected(command, "bitmap reply too short"))?;
-    if prefix.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP || echoed != *range {
+    if prefix.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP || echoed != range.to_wire() {
         return Err(ClientError::unexpected(command, "not the bitmap asked for"));
     }
     Ok(())
@@ -265,12 +274,29 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    fn covered(pieces: &[(u64, u64, bool)]) -> Vec<Covered> {
+        pieces
+            .iter()
+            .map(|&(iova, size, server_tracked)| Covered {
+                iova,
+                pieces: vec![(iova, size)],
+                server_tracked,
+                written: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn small_mappings_share_a_request_while_the_bitmap_fits() {
-        let pieces = [(0, GIB), (GIB, GIB), (4 * GIB, GIB), (5 * GIB, GIB)];
+        let pieces = covered(&[
+            (0, GIB, true),
+            (GIB, GIB, true),
+            (4 * GIB, GIB, true),
+            (5 * GIB, GIB, true),
+        ]);
         let cap = (3 * GIB) >> 12;
         assert_eq!(
-            spans(pieces, cap, false),
+            spans(&pieces, cap, false),
             [
                 Span {
                     start: 0,
@@ -286,7 +312,22 @@ mod tests {
 
     #[test]
     fn one_mapping_per_request_when_asked() {
-        let pieces = [(0, GIB), (GIB, GIB)];
-        assert_eq!(spans(pieces, u64::MAX, true).len(), 2);
+        let pieces = covered(&[(0, GIB, true), (GIB, GIB, true)]);
+        assert_eq!(spans(&pieces, u64::MAX, true).len(), 2);
+    }
+
+    #[test]
+    fn a_mapping_without_fd_is_in_no_request_and_splits_its_neighbours() {
+        let pieces = covered(&[(0, GIB, true), (GIB, GIB, false), (2 * GIB, GIB, true)]);
+        assert_eq!(
+            spans(&pieces, u64::MAX, false),
+            [
+                Span { start: 0, end: GIB },
+                Span {
+                    start: 2 * GIB,
+                    end: 3 * GIB
+                }
+            ]
+        );
     }
 }

@@ -187,7 +187,7 @@ impl Client {
         let command = Command::DmaUnmap;
         let pages = size >> CONTAINER_PAGE_SIZE.shift();
         let bitmap = Bitmap {
-            pgsize: CONTAINER_PAGE_SIZE.bytes(),
+            pgsize: CONTAINER_PAGE_SIZE,
             size: bitmap_bytes(pages),
         };
         let argsz = u32::try_from(UNMAP_BITMAP_PREFIX.saturating_add(bitmap.size))
@@ -217,8 +217,10 @@ impl Client {
 
     /// `VFIO_USER_DMA_UNMAP` of every mapping in `[iova, iova + size)`; each must lie wholly
     /// inside it (holes are allowed). With `with_bitmap`, returns the dirty bitmap of the range
-    /// (bit 0 = `iova`): the server's bits of each mapping, ORed with the pages it wrote
-    /// through DMA_WRITE that we recorded.
+    /// (bit 0 = `iova`): the server's bits of each mapping made with an fd, and the pages it
+    /// wrote through DMA_WRITE into the others, as we recorded them (those are unmapped
+    /// without asking the server for a bitmap, which it does not keep); tracking must be on
+    /// (EINVAL).
     pub fn dma_unmap(
         &self,
         iova: Iova,
@@ -227,7 +229,17 @@ impl Client {
     ) -> Result<Option<Vec<u64>>, ClientError> {
         let end = check_range(iova, size)?;
         let _layout = lock(&self.shared.layout);
-        let covered = self.shared.table().covered(iova.raw(), end)?;
+        let covered = {
+            let table = self.shared.table();
+            // As the server would answer for a mapping with an fd; one without never asks it.
+            if with_bitmap && !table.tracking() {
+                return Err(ClientError::invalid(
+                    "dirty tracking is off; unmap with bitmap at",
+                    iova.raw(),
+                ));
+            }
+            table.covered(iova.raw(), end)?
+        };
         let words = bitmap_bytes(size >> CONTAINER_PAGE_SIZE.shift()) / 8;
         let mut out = with_bitmap
             .then(|| usize::try_from(words).map(|words| vec![0u64; words]))
@@ -247,7 +259,8 @@ impl Client {
     ) -> Result<(), ClientError> {
         let shift = CONTAINER_PAGE_SIZE.shift();
         for &(piece, len) in &mapping.pieces {
-            match out.as_deref_mut() {
+            // The server keeps no bitmap of a mapping without an fd: never ask for one.
+            match out.as_deref_mut().filter(|_| mapping.server_tracked) {
                 Some(out) => {
                     self.unmap_piece_with_bitmap(piece, len, out, (piece - base) >> shift)?
                 }

@@ -70,10 +70,10 @@ pub enum ClientError {
         minor: u16,
     },
     /// The server's dirty page size is not 4096 (`EINVAL`).
-    #[error("the server's dirty page size is {pgsize:#x}; we use 4096")]
+    #[error("the server's dirty page size is {pgsize}; we use 4 KiB")]
     PageSize {
         /// Its page size.
-        pgsize: u64,
+        pgsize: vfmig_dirty::PageSize,
     },
     /// An argument is refused before anything is sent (`EINVAL`).
     #[error("{what}: {value:#x}")]

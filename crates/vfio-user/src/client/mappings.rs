@@ -55,6 +55,10 @@ pub(super) struct DmaTarget {
 pub(super) struct Covered {
     pub(super) iova: u64,
     pub(super) pieces: Vec<(u64, u64)>,
+    /// The server keeps a dirty bitmap for it: it was mapped with an fd. A mapping without one
+    /// is never named in a GET or an unmap with bitmap (the server answers EINVAL); its
+    /// `written` record is the whole report.
+    pub(super) server_tracked: bool,
     pub(super) written: Option<Arc<DirtyBitmap>>,
 }
 
@@ -163,6 +167,7 @@ impl MappingTable {
             .map(|(start, m)| Covered {
                 iova: *start,
                 pieces: m.pieces.clone(),
+                server_tracked: m.memory.is_none(),
                 written: m.written.clone(),
             })
             .collect())

@@ -45,9 +45,11 @@
 //!
 //! # Dirty pages written by DMA_WRITE
 //!
-//! A server cannot track the pages it writes through DMA_WRITE into memory mapped without an
-//! fd (libvfio-user does not): that is the client's responsibility. While tracking is on, the
-//! reader records each such page, and every GET (and unmap with bitmap) ORs them in.
+//! A server keeps no dirty bitmap of memory mapped without an fd (libvfio-user does not, and
+//! answers EINVAL to a GET of it): the pages it writes there through DMA_WRITE are the
+//! client's record. While tracking is on, the reader records each such page; a GET never
+//! names such a mapping (nor spans one), an unmap with bitmap unmaps it without asking for
+//! one, and both report the recorded pages in its place.
 //!
 //! # Bitmaps without copies
 //!

@@ -32,7 +32,7 @@ fn our_version(config: &ClientConfig) -> Version {
             max_msg_fds: config.max_msg_fds,
             max_data_xfer_size: config.max_data_xfer_size,
             migration: Some(MigrationCapability {
-                pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
+                pgsize: Some(CONTAINER_PAGE_SIZE),
                 max_bitmap_size: config.bitmap_capacity(),
             }),
             twin_socket: None,
@@ -84,7 +84,7 @@ pub(super) fn negotiate(
         });
     }
     if let Some(pgsize) = server.capabilities.migration.and_then(|m| m.pgsize)
-        && pgsize != CONTAINER_PAGE_SIZE.bytes()
+        && pgsize != CONTAINER_PAGE_SIZE
     {
         return Err(ClientError::PageSize { pgsize });
     }

@@ -36,20 +36,30 @@ pub fn page_size(pgsize: u64) -> Result<PageSize, MessageError> {
 
 /// Checks that `pgsize` is a page size ([`page_size`]) and `bitmap_size` is exactly
 /// `DIRTY_BITMAP_BYTES(ceil(size / pgsize))`: the kernel's and libvfio-user's rule for every
-/// dirty bitmap. Returns the page size.
+/// dirty bitmap. Returns the page size, parsed.
 pub fn check_bitmap_geometry(
     size: u64,
     pgsize: u64,
     bitmap_size: u64,
 ) -> Result<PageSize, MessageError> {
     let page = page_size(pgsize)?;
+    check_bitmap_size(size, page, bitmap_size)?;
+    Ok(page)
+}
+
+/// The size half of [`check_bitmap_geometry`], for a page size already parsed.
+pub(crate) fn check_bitmap_size(
+    size: u64,
+    page: PageSize,
+    bitmap_size: u64,
+) -> Result<(), MessageError> {
     let expected = bitmap_bytes(size.div_ceil(page.bytes()));
     if bitmap_size == expected {
-        Ok(page)
+        Ok(())
     } else {
         Err(MessageError::BitmapSize {
             size,
-            pgsize,
+            pgsize: page.bytes(),
             bitmap_size,
             expected,
         })
@@ -72,12 +82,13 @@ pub struct DirtyPages {
 const _: () = assert!(size_of::<DirtyPages>() == 8);
 const _: () = assert!(size_of::<DirtyPages>() == size_of::<vfio_iommu_type1_dirty_bitmap>());
 
-/// `struct vfio_user_bitmap_range`: an IOVA range and the bitmap that covers it.
+/// `struct vfio_user_bitmap_range` as its bytes: an IOVA range and the bitmap that covers it,
+/// nothing checked. Decoded messages carry a [`BitmapRange`].
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
-pub struct BitmapRange {
+pub struct BitmapRangeWire {
     /// Start of the range.
     pub iova: u64,
     /// Bytes of IOVA space.
@@ -88,7 +99,21 @@ pub struct BitmapRange {
     pub bitmap_size: u64,
 }
 
-const _: () = assert!(size_of::<BitmapRange>() == 32);
+const _: () = assert!(size_of::<BitmapRangeWire>() == 32);
+
+/// A bitmap range, decoded: its page size parsed once, at decode ([`page_size`], EINVAL
+/// otherwise), and its bitmap size the one the range calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitmapRange {
+    /// Start of the range.
+    pub iova: u64,
+    /// Bytes of IOVA space.
+    pub size: u64,
+    /// Page size of the bitmap.
+    pub pgsize: PageSize,
+    /// Bytes of bitmap.
+    pub bitmap_size: u64,
+}
 
 impl BitmapRange {
     /// The range `[iova, iova + size)` with a bitmap of `pgsize` pages, sized by the rule.
@@ -96,27 +121,40 @@ impl BitmapRange {
         Self {
             iova,
             size,
-            pgsize: pgsize.bytes(),
+            pgsize,
             bitmap_size: bitmap_bytes(size.div_ceil(pgsize.bytes())),
         }
     }
 
-    /// The bitmap's page size, checked as at decode ([`check_bitmap_geometry`]).
-    ///
-    /// # Errors
-    /// EINVAL ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) for a range that
-    /// would not have decoded.
-    pub fn page_size(&self) -> Result<PageSize, MessageError> {
-        check_bitmap_geometry(self.size, self.pgsize, self.bitmap_size)
+    /// Parses the wire bytes: EINVAL ([`MessageError::BadPageSize`],
+    /// [`MessageError::BitmapSize`]) for a page size or bitmap size off the rule.
+    pub fn from_wire(wire: &BitmapRangeWire) -> Result<Self, MessageError> {
+        let pgsize = check_bitmap_geometry(wire.size, wire.pgsize, wire.bitmap_size)?;
+        Ok(Self {
+            iova: wire.iova,
+            size: wire.size,
+            pgsize,
+            bitmap_size: wire.bitmap_size,
+        })
+    }
+
+    /// The wire bytes.
+    pub fn to_wire(&self) -> BitmapRangeWire {
+        BitmapRangeWire {
+            iova: self.iova,
+            size: self.size,
+            pgsize: self.pgsize.bytes(),
+            bitmap_size: self.bitmap_size,
+        }
     }
 
     fn validate(&self) -> Result<(), MessageError> {
-        self.page_size().map(drop)
+        check_bitmap_size(self.size, self.pgsize, self.bitmap_size)
     }
 }
 
 /// Bytes of a full GET_BITMAP reply payload before the bitmap.
-pub const GET_BITMAP_PREFIX: u64 = (size_of::<DirtyPages>() + size_of::<BitmapRange>()) as u64;
+pub const GET_BITMAP_PREFIX: u64 = (size_of::<DirtyPages>() + size_of::<BitmapRangeWire>()) as u64;
 
 /// A DIRTY_PAGES request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,21 +223,19 @@ impl Payload<'_> for DirtyPagesRequest {
     const NAME: &'static str = "DIRTY_PAGES request";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        // Bytes after the fixed part of each operation are ignored, as libvfio-user does.
         let (dirty, rest) = wire::split::<DirtyPages>(body, Self::NAME)?;
-        let fixed = size_of::<DirtyPages>() as u64;
         let request = match dirty.flags {
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
-                wire::expect_empty(rest, body.len(), fixed, Self::NAME)?;
-                Self::Start { argsz: dirty.argsz }
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_START => Self::Start { argsz: dirty.argsz },
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => Self::Stop { argsz: dirty.argsz },
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP => {
+                let range = wire::prefix::<BitmapRangeWire>(rest, Self::NAME)?;
+                wire::check_argsz(dirty.argsz, size_of::<DirtyPages>() as u64, Self::NAME)?;
+                Self::GetBitmap {
+                    argsz: dirty.argsz,
+                    range: BitmapRange::from_wire(&range)?,
+                }
             }
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
-                wire::expect_empty(rest, body.len(), fixed, Self::NAME)?;
-                Self::Stop { argsz: dirty.argsz }
-            }
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP => Self::GetBitmap {
-                argsz: dirty.argsz,
-                range: wire::exact::<BitmapRange>(rest, Self::NAME)?,
-            },
             flags => {
                 return Err(MessageError::InvalidFlags {
                     what: Self::NAME,
@@ -216,7 +252,7 @@ impl Payload<'_> for DirtyPagesRequest {
         Ok(match self {
             Self::Start { .. } | Self::Stop { .. } => self.header().as_bytes().to_vec(),
             Self::GetBitmap { range, .. } => {
-                wire::concat(&[self.header().as_bytes(), range.as_bytes()])
+                wire::concat(&[self.header().as_bytes(), range.to_wire().as_bytes()])
             }
         })
     }
@@ -256,11 +292,18 @@ impl DirtyPagesReply<'_> {
 impl<'a> Payload<'a> for DirtyPagesReply<'a> {
     const NAME: &'static str = "DIRTY_PAGES reply";
 
+    /// An empty body, or one that echoes a START or STOP request, is [`Self::Done`].
     fn decode(body: &'a [u8]) -> Result<Self, MessageError> {
         if body.is_empty() {
             return Ok(Self::Done);
         }
         let (dirty, rest) = wire::split::<DirtyPages>(body, Self::NAME)?;
+        if matches!(
+            dirty.flags,
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_START | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP
+        ) {
+            return Ok(Self::Done);
+        }
         if dirty.flags != VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP {
             return Err(MessageError::InvalidFlags {
                 what: Self::NAME,
@@ -270,10 +313,10 @@ impl<'a> Payload<'a> for DirtyPagesReply<'a> {
         if rest.is_empty() {
             return Ok(Self::TooSmall { argsz: dirty.argsz });
         }
-        let (range, bits) = wire::split::<BitmapRange>(rest, Self::NAME)?;
+        let (range, bits) = wire::split::<BitmapRangeWire>(rest, Self::NAME)?;
         let reply = Self::Bitmap {
             argsz: dirty.argsz,
-            range,
+            range: BitmapRange::from_wire(&range)?,
             bits: Cow::Borrowed(bits),
         };
         reply.validate()?;
@@ -297,7 +340,7 @@ impl<'a> Payload<'a> for DirtyPagesReply<'a> {
                     flags: get,
                 }
                 .as_bytes(),
-                range.as_bytes(),
+                range.to_wire().as_bytes(),
                 bits,
             ]),
         })
@@ -334,7 +377,7 @@ mod tests {
         let range = BitmapRange {
             iova: 0,
             size: 0x1000,
-            pgsize: 0x1000,
+            pgsize: PageSize::SIZE_4K,
             bitmap_size: 8,
         };
         assert_eq!(request, DirtyPagesRequest::GetBitmap { argsz: 0x30, range });
@@ -373,16 +416,18 @@ mod tests {
     }
 
     #[test]
-    fn start_with_trailing_bytes_is_einval() {
-        let err = DirtyPagesRequest::decode(&hex("08000000 01000000 00")).unwrap_err();
-        assert!(matches!(
-            err,
-            MessageError::BodyLength {
-                expected: 8,
-                got: 9,
-                ..
-            }
-        ));
+    fn start_with_trailing_bytes_is_read_for_its_8() {
+        let request = DirtyPagesRequest::decode(&hex("08000000 01000000 00")).unwrap();
+        assert_eq!(request, DirtyPagesRequest::Start { argsz: 8 });
+    }
+
+    #[test]
+    fn a_start_reply_echoing_the_request_is_done() {
+        let body = hex("08000000 01000000");
+        assert_eq!(
+            DirtyPagesReply::decode(&body).unwrap(),
+            DirtyPagesReply::Done
+        );
     }
 
     #[test]
@@ -390,7 +435,7 @@ mod tests {
         let range = BitmapRange {
             iova: 0,
             size: 65 * 4096,
-            pgsize: 4096,
+            pgsize: PageSize::SIZE_4K,
             bitmap_size: 9,
         };
         let err = DirtyPagesRequest::GetBitmap { argsz: 100, range }
@@ -409,7 +454,7 @@ mod tests {
     #[test]
     fn a_pgsize_that_is_not_a_page_size_is_einval() {
         for pgsize in [0, 2048, 4097, 3 << 12] {
-            let range = BitmapRange {
+            let range = BitmapRangeWire {
                 iova: 0,
                 size: 4096,
                 pgsize,
@@ -432,7 +477,11 @@ mod tests {
     #[test]
     fn reply_bitmap_shorter_than_stated_is_einval() {
         let range = BitmapRange::new(0, 0x1000, PageSize::SIZE_4K);
-        let body = wire::concat(&[&hex("30000000 04000000"), range.as_bytes(), &[0; 4]]);
+        let body = wire::concat(&[
+            &hex("30000000 04000000"),
+            range.to_wire().as_bytes(),
+            &[0; 4],
+        ]);
         assert!(matches!(
             DirtyPagesReply::decode(&body),
             Err(MessageError::BodyLength {

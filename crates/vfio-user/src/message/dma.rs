@@ -26,7 +26,7 @@ use vfmig_abi::uapi::{
 use vfmig_dirty::PageSize;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::dirty::check_bitmap_geometry;
+use super::dirty::{check_bitmap_geometry, check_bitmap_size};
 use super::{Payload, wire};
 use crate::error::MessageError;
 
@@ -84,7 +84,7 @@ impl Payload<'_> for DmaMap {
     const NAME: &'static str = "DMA_MAP";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        let map = wire::exact::<Self>(body, Self::NAME)?;
+        let map = wire::prefix::<Self>(body, Self::NAME)?;
         map.validate()?;
         Ok(map)
     }
@@ -114,21 +114,66 @@ pub struct DmaUnmap {
 const _: () = assert!(size_of::<DmaUnmap>() == 24);
 const _: () = assert!(size_of::<DmaUnmap>() == size_of::<vfio_iommu_type1_dma_unmap>());
 
-/// `struct vfio_user_bitmap`: the kernel's `struct vfio_bitmap` without its data pointer.
+/// `struct vfio_user_bitmap` as its bytes (the kernel's `struct vfio_bitmap` without its data
+/// pointer), nothing checked. Decoded messages carry a [`Bitmap`].
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
 )]
-pub struct Bitmap {
+pub struct BitmapWire {
     /// Bytes per bit.
     pub pgsize: u64,
     /// Bytes of bitmap (excluding this header).
     pub size: u64,
 }
 
-const _: () = assert!(size_of::<Bitmap>() == 16);
+const _: () = assert!(size_of::<BitmapWire>() == 16);
+
+/// The bitmap of an unmap, decoded: its page size parsed once, at decode ([`page_size`],
+/// EINVAL otherwise).
+///
+/// [`page_size`]: super::page_size
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bitmap {
+    /// Bytes per bit.
+    pub pgsize: PageSize,
+    /// Bytes of bitmap (excluding this header).
+    pub size: u64,
+}
+
+impl Bitmap {
+    /// The wire bytes.
+    pub fn to_wire(&self) -> BitmapWire {
+        BitmapWire {
+            pgsize: self.pgsize.bytes(),
+            size: self.size,
+        }
+    }
+
+    /// Parses the wire bytes for an unmap of `range_size` bytes: EINVAL
+    /// ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) off the rule.
+    fn from_wire(wire: &BitmapWire, range_size: u64) -> Result<Self, MessageError> {
+        Ok(Self {
+            pgsize: check_bitmap_geometry(range_size, wire.pgsize, wire.size)?,
+            size: wire.size,
+        })
+    }
+}
 
 impl DmaUnmap {
+    /// The flags alone: none, ALL, or GET_DIRTY_BITMAP with a bitmap (EINVAL otherwise).
+    fn check_flags(&self, with_bitmap: bool, what: &'static str) -> Result<(), MessageError> {
+        match (self.flags, with_bitmap) {
+            (0 | VFIO_DMA_UNMAP_FLAG_ALL, false) | (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, true) => {
+                Ok(())
+            }
+            _ => Err(MessageError::InvalidFlags {
+                what,
+                flags: self.flags,
+            }),
+        }
+    }
+
     fn validate(
         &self,
         with_bitmap: Option<&Bitmap>,
@@ -147,7 +192,7 @@ impl DmaUnmap {
                 wire::check_argsz(self.argsz, fixed, what)
             }
             (VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, Some(bitmap)) => {
-                check_bitmap_geometry(self.size, bitmap.pgsize, bitmap.size).map(drop)
+                check_bitmap_size(self.size, bitmap.pgsize, bitmap.size)
             }
             _ => Err(MessageError::InvalidFlags {
                 what,
@@ -178,20 +223,9 @@ impl DmaUnmapRequest {
         match self.bitmap {
             None => fixed,
             Some(b) => fixed
-                .saturating_add(size_of::<Bitmap>() as u64)
+                .saturating_add(size_of::<BitmapWire>() as u64)
                 .saturating_add(b.size),
         }
-    }
-
-    /// The page size of the bitmap asked for (GET_DIRTY_BITMAP only), checked as at decode.
-    ///
-    /// # Errors
-    /// EINVAL ([`MessageError::BadPageSize`], [`MessageError::BitmapSize`]) for a bitmap that
-    /// would not have decoded.
-    pub fn bitmap_page_size(&self) -> Result<Option<PageSize>, MessageError> {
-        self.bitmap
-            .map(|b| check_bitmap_geometry(self.unmap.size, b.pgsize, b.size))
-            .transpose()
     }
 
     fn validate(&self) -> Result<(), MessageError> {
@@ -209,11 +243,15 @@ impl Payload<'_> for DmaUnmapRequest {
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
         let (unmap, rest) = wire::split::<DmaUnmap>(body, Self::NAME)?;
         let bitmap = if unmap.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
-            Some(wire::exact::<Bitmap>(rest, Self::NAME)?)
+            Some(wire::prefix::<BitmapWire>(rest, Self::NAME)?)
         } else {
-            wire::expect_empty(rest, body.len(), size_of::<DmaUnmap>() as u64, Self::NAME)?;
             None
         };
+        // The flags are checked before the bitmap is parsed, as before the page size was.
+        unmap.check_flags(bitmap.is_some(), Self::NAME)?;
+        let bitmap = bitmap
+            .map(|b| Bitmap::from_wire(&b, unmap.size))
+            .transpose()?;
         let request = Self { unmap, bitmap };
         request.validate()?;
         Ok(request)
@@ -221,11 +259,8 @@ impl Payload<'_> for DmaUnmapRequest {
 
     fn encode(&self) -> Result<Vec<u8>, MessageError> {
         self.validate()?;
-        let bitmap = self
-            .bitmap
-            .as_ref()
-            .map(IntoBytes::as_bytes)
-            .unwrap_or_default();
+        let bitmap = self.bitmap.map(|b| b.to_wire());
+        let bitmap = bitmap.as_ref().map(IntoBytes::as_bytes).unwrap_or_default();
         Ok(wire::concat(&[self.unmap.as_bytes(), bitmap]))
     }
 }
@@ -265,13 +300,13 @@ impl<'a> Payload<'a> for DmaUnmapReply<'a> {
     fn decode(body: &'a [u8]) -> Result<Self, MessageError> {
         let (unmap, rest) = wire::split::<DmaUnmap>(body, Self::NAME)?;
         let bitmap = if unmap.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
-            let (header, bits) = wire::split::<Bitmap>(rest, Self::NAME)?;
+            let (header, bits) = wire::split::<BitmapWire>(rest, Self::NAME)?;
+            unmap.check_flags(true, Self::NAME)?;
             Some(BitmapData {
-                header,
+                header: Bitmap::from_wire(&header, unmap.size)?,
                 bits: Cow::Borrowed(bits),
             })
         } else {
-            wire::expect_empty(rest, body.len(), size_of::<DmaUnmap>() as u64, Self::NAME)?;
             None
         };
         let reply = Self { unmap, bitmap };
@@ -283,7 +318,11 @@ impl<'a> Payload<'a> for DmaUnmapReply<'a> {
         self.validate()?;
         Ok(match &self.bitmap {
             None => self.unmap.as_bytes().to_vec(),
-            Some(b) => wire::concat(&[self.unmap.as_bytes(), b.header.as_bytes(), &b.bits]),
+            Some(b) => wire::concat(&[
+                self.unmap.as_bytes(),
+                b.header.to_wire().as_bytes(),
+                &b.bits,
+            ]),
         })
     }
 }
@@ -302,11 +341,30 @@ pub struct DmaAccess {
 
 const _: () = assert!(size_of::<DmaAccess>() == 16);
 
+impl DmaAccess {
+    /// Bytes of a DMA_WRITE reply as the spec's table draws it: a 4-byte `count`.
+    const SPEC_WRITE_REPLY: usize = 12;
+
+    /// A DMA_WRITE reply: the 16 bytes libvfio-user sends, or the 12 of the spec's table
+    /// (`count` as a `u32`), which a client written from the spec sends.
+    pub fn decode_write_reply(body: &[u8]) -> Result<Self, MessageError> {
+        if body.len() == Self::SPEC_WRITE_REPLY {
+            let (addr, count) = wire::split::<u64>(body, Self::NAME)?;
+            let count = wire::prefix::<u32>(count, Self::NAME)?;
+            return Ok(Self {
+                addr,
+                count: count.into(),
+            });
+        }
+        Self::decode(body)
+    }
+}
+
 impl Payload<'_> for DmaAccess {
     const NAME: &'static str = "DMA access";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        wire::exact::<Self>(body, Self::NAME)
+        wire::prefix::<Self>(body, Self::NAME)
     }
 
     fn encode(&self) -> Result<Vec<u8>, MessageError> {
@@ -379,7 +437,7 @@ mod tests {
             addr: 0,
             size,
         };
-        let bitmap = Bitmap {
+        let bitmap = BitmapWire {
             pgsize: 4096,
             size: bitmap_size,
         };
@@ -432,17 +490,23 @@ mod tests {
     }
 
     #[test]
-    fn dma_map_with_trailing_bytes_is_einval() {
+    fn dma_map_with_trailing_bytes_is_read_for_its_32() {
         let mut body = DmaMap::new(3, 0, 0, 0x1000).as_bytes().to_vec();
-        body.push(0);
-        assert!(matches!(
-            DmaMap::decode(&body),
-            Err(MessageError::BodyLength {
-                expected: 32,
-                got: 33,
-                ..
-            })
-        ));
+        body.push(0xff);
+        assert_eq!(DmaMap::decode(&body).unwrap(), DmaMap::new(3, 0, 0, 0x1000));
+    }
+
+    #[test]
+    fn dma_write_reply_with_the_specs_4_byte_count_is_read() {
+        let mut body = 0x2000u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&0x10u32.to_le_bytes());
+        assert_eq!(
+            DmaAccess::decode_write_reply(&body).unwrap(),
+            DmaAccess {
+                addr: 0x2000,
+                count: 0x10
+            }
+        );
     }
 
     #[test]

@@ -19,12 +19,6 @@ pub enum MessageError {
         /// The header's flags.
         flags: u32,
     },
-    /// The header sets flag bits 6–31, which 0.9.1 does not define.
-    #[error("reserved header flag bits set in {flags:#x}")]
-    ReservedFlags {
-        /// The header's flags.
-        flags: u32,
-    },
     /// A reply arrived where a command was expected, or the other way round.
     #[error("expected a {expected:?} message, got a {found:?}")]
     WrongMessageType {
@@ -181,9 +175,6 @@ pub enum MessageError {
         /// The only valid bitmap size (`DIRTY_BITMAP_BYTES`).
         expected: u64,
     },
-    /// The VERSION JSON does not end in a NUL byte.
-    #[error("VERSION capabilities are not NUL-terminated")]
-    JsonNotTerminated,
     /// The VERSION JSON is not valid JSON of the expected shape.
     #[error("VERSION capabilities: {0}")]
     Json(#[from] serde_json::Error),
@@ -231,12 +222,6 @@ pub enum MessageError {
         /// The type found.
         kind: u32,
     },
-    /// An error reply that carries a payload (error replies are a header only).
-    #[error("error reply carries {len} payload bytes")]
-    ErrorReplyWithBody {
-        /// Payload bytes present.
-        len: usize,
-    },
 }
 
 impl MessageError {
@@ -246,7 +231,6 @@ impl MessageError {
             // The peer sent something malformed: libvfio-user answers EINVAL to all of these.
             Self::UnknownCommand { .. }
             | Self::UnknownMessageType { .. }
-            | Self::ReservedFlags { .. }
             | Self::WrongMessageType { .. }
             | Self::MessageTooSmall { .. }
             | Self::MessageTooLarge { .. }
@@ -263,14 +247,12 @@ impl MessageError {
             | Self::FdIndex { .. }
             | Self::BadPageSize { .. }
             | Self::BitmapSize { .. }
-            | Self::JsonNotTerminated
             | Self::Json(_)
             | Self::CapabilityValue { .. }
             | Self::CapOutOfBounds { .. }
             | Self::CapNotForward { .. }
             | Self::CapsInconsistent { .. }
-            | Self::IoFdType { .. }
-            | Self::ErrorReplyWithBody { .. } => libc::EINVAL,
+            | Self::IoFdType { .. } => libc::EINVAL,
             // Our own message is too big for the wire's 32-bit size.
             Self::EncodeTooLarge { .. } => libc::E2BIG,
         }

@@ -5,7 +5,8 @@
 //!   0    2 msg_id     chosen by the sender, echoed in the reply
 //!   2    2 cmd        command number, the same in the reply
 //!   4    4 msg_size   whole message, header included
-//!   8    4 flags      bits 0-3 type (0 command, 1 reply), 0x10 NO_REPLY, 0x20 ERROR
+//!   8    4 flags      bits 0-3 type (0 command, 1 reply), 0x10 NO_REPLY, 0x20 ERROR,
+//!                     bits 6-31 reserved (ignored)
 //!  12    4 error_no   errno of an ERROR reply (may be 0); reserved in commands
 //! ```
 
@@ -239,11 +240,9 @@ impl Header {
         }
     }
 
-    /// Command or reply; reserved flag bits and unknown types are errors.
+    /// Command or reply; an unknown type is an error. Flag bits 6–31, which 0.9.1 reserves,
+    /// are ignored, as libvfio-user's bit-field header never reads them.
     pub fn kind(&self) -> Result<MessageKind, MessageError> {
-        if self.flags & !FLAGS_KNOWN != 0 {
-            return Err(MessageError::ReservedFlags { flags: self.flags });
-        }
         match self.flags & FLAGS_TYPE_MASK {
             FLAGS_TYPE_COMMAND => Ok(MessageKind::Command),
             FLAGS_TYPE_REPLY => Ok(MessageKind::Reply),
@@ -368,15 +367,12 @@ mod tests {
     }
 
     #[test]
-    fn reserved_flag_bits_are_rejected() {
+    fn reserved_flag_bits_are_ignored() {
         let header = Header {
-            flags: 0x40,
+            flags: 0xffff_ffc1,
             ..Header::default()
         };
-        assert!(matches!(
-            header.kind(),
-            Err(MessageError::ReservedFlags { flags: 0x40 })
-        ));
+        assert_eq!(header.kind().unwrap(), MessageKind::Reply);
     }
 
     #[test]

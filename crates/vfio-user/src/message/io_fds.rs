@@ -14,8 +14,11 @@
 //! ```
 //!
 //! The spec describes 40-byte entries; libvfio-user (`1569a37`) sends 48-byte ones (the union
-//! with the shadow-ioeventfd layout), so entries are 48 bytes here. A reply whose `argsz` did
-//! not allow the entries carries the 16-byte head only (with `count` and the `argsz` needed).
+//! with the shadow-ioeventfd layout), so entries are 48 bytes here. A reply whose entries are
+//! 40 bytes each is read too (the spec tells a client to find the entry size from `argsz` and
+//! `count`): its `datamatch` (ioeventfd) or `user_data` (ioregionfd) at offset 32 lands in the
+//! field of the 48-byte layout that holds it. A reply whose `argsz` did not allow the entries
+//! carries the 16-byte head only (with `count` and the `argsz` needed).
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -66,6 +69,47 @@ pub struct SubRegionIoFd {
 
 const _: () = assert!(size_of::<SubRegionIoFd>() == 48);
 
+/// A sub-region entry as the spec draws it (40 bytes): the 48-byte layout without the shadow
+/// fields, its last `u64` the ioeventfd's `datamatch` or the ioregionfd's `user_data`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+struct SpecSubRegionIoFd {
+    offset: u64,
+    size: u64,
+    fd_index: u32,
+    kind: u32,
+    flags: u32,
+    padding: u32,
+    datamatch_or_user_data: u64,
+}
+
+const _: () = assert!(size_of::<SpecSubRegionIoFd>() == 40);
+
+impl SpecSubRegionIoFd {
+    /// The entry in the 48-byte layout; a type the spec does not define is EINVAL.
+    fn widen(&self) -> Result<SubRegionIoFd, MessageError> {
+        let entry = SubRegionIoFd {
+            offset: self.offset,
+            size: self.size,
+            fd_index: self.fd_index,
+            kind: self.kind,
+            flags: self.flags,
+            ..SubRegionIoFd::default()
+        };
+        match self.kind {
+            IO_FD_TYPE_IOEVENTFD => Ok(SubRegionIoFd {
+                datamatch: self.datamatch_or_user_data,
+                ..entry
+            }),
+            IO_FD_TYPE_IOREGIONFD => Ok(SubRegionIoFd {
+                shadow_offset: self.datamatch_or_user_data,
+                ..entry
+            }),
+            kind => Err(MessageError::IoFdType { kind }),
+        }
+    }
+}
+
 /// An ioeventfd sub-region.
 pub const IO_FD_TYPE_IOEVENTFD: u32 = 0;
 /// An ioregionfd sub-region.
@@ -90,7 +134,7 @@ impl Payload<'_> for RegionIoFds {
     const NAME: &'static str = "DEVICE_GET_REGION_IO_FDS request";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        let request = wire::exact::<Self>(body, Self::NAME)?;
+        let request = wire::prefix::<Self>(body, Self::NAME)?;
         request.validate()?;
         Ok(request)
     }
@@ -208,12 +252,19 @@ impl Payload<'_> for RegionIoFdsReply {
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
         let (head, rest) = wire::split::<RegionIoFds>(body, Self::NAME)?;
+        let count = u64::from(head.count);
+        let entries = |size: usize| count.saturating_mul(size as u64);
         let sub_regions = if rest.is_empty() {
             Vec::new()
+        } else if rest.len() as u64 == entries(size_of::<SpecSubRegionIoFd>()) {
+            rest.chunks_exact(size_of::<SpecSubRegionIoFd>())
+                .filter_map(|chunk| SpecSubRegionIoFd::read_from_bytes(chunk).ok())
+                .map(|entry| entry.widen())
+                .collect::<Result<_, _>>()?
         } else {
             wire::data_exact(
                 rest,
-                u64::from(head.count) * size_of::<SubRegionIoFd>() as u64,
+                entries(size_of::<SubRegionIoFd>()),
                 size_of::<RegionIoFds>(),
                 Self::NAME,
             )?
@@ -274,19 +325,48 @@ mod tests {
     }
 
     #[test]
-    fn the_spec_40_byte_entries_are_einval() {
+    fn the_spec_40_byte_entries_are_read_into_the_48_byte_layout() {
+        let head = RegionIoFds {
+            argsz: 16 + 2 * 40,
+            flags: 0,
+            index: 0,
+            count: 2,
+        };
+        let ioeventfd = SpecSubRegionIoFd {
+            offset: 8,
+            size: 4,
+            datamatch_or_user_data: 0x55,
+            ..SpecSubRegionIoFd::default()
+        };
+        let ioregionfd = SpecSubRegionIoFd {
+            kind: IO_FD_TYPE_IOREGIONFD,
+            datamatch_or_user_data: 0x77,
+            ..ioeventfd
+        };
+        let body = wire::concat(&[head.as_bytes(), ioeventfd.as_bytes(), ioregionfd.as_bytes()]);
+        let reply = RegionIoFdsReply::decode(&body).unwrap();
+        assert_eq!(reply.sub_regions[0].datamatch, 0x55);
+        assert_eq!(reply.sub_regions[1].user_data(), 0x77);
+        assert_eq!(
+            (reply.sub_regions[1].offset, reply.sub_regions[1].size),
+            (8, 4)
+        );
+    }
+
+    #[test]
+    fn entries_of_neither_size_are_einval() {
         let head = RegionIoFds {
             argsz: 56,
             flags: 0,
             index: 0,
             count: 1,
         };
-        let body = wire::concat(&[head.as_bytes(), &[0; 40]]);
+        let body = wire::concat(&[head.as_bytes(), &[0; 44]]);
         assert!(matches!(
             RegionIoFdsReply::decode(&body),
             Err(MessageError::BodyLength {
                 expected: 64,
-                got: 56,
+                got: 60,
                 ..
             })
         ));

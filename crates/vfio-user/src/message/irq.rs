@@ -62,7 +62,7 @@ impl Payload<'_> for IrqInfo {
     const NAME: &'static str = "DEVICE_GET_IRQ_INFO";
 
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        let info = wire::exact::<Self>(body, Self::NAME)?;
+        let info = wire::prefix::<Self>(body, Self::NAME)?;
         wire::check_argsz(info.argsz, Self::ARGSZ.into(), Self::NAME)?;
         Ok(info)
     }
@@ -170,7 +170,9 @@ pub struct IrqSetRequest<'a> {
 }
 
 impl IrqSetRequest<'_> {
-    fn validate(&self) -> Result<(), MessageError> {
+    /// The header's checks; the data is checked by the caller (exactly its length to encode,
+    /// at least it to decode).
+    fn validate_header(&self) -> Result<u64, MessageError> {
         let set = &self.set;
         wire::check_argsz(set.argsz, size_of::<IrqSet>() as u64, Self::NAME)?;
         let data_len = set.data_len()?;
@@ -182,8 +184,7 @@ impl IrqSetRequest<'_> {
                 flags: set.flags,
             });
         }
-        wire::data_exact(&self.data, data_len, size_of::<IrqSet>(), Self::NAME)?;
-        Ok(())
+        Ok(data_len)
     }
 }
 
@@ -191,17 +192,26 @@ impl<'a> Payload<'a> for IrqSetRequest<'a> {
     const NAME: &'static str = "DEVICE_SET_IRQS";
 
     fn decode(body: &'a [u8]) -> Result<Self, MessageError> {
-        let (set, data) = wire::split::<IrqSet>(body, Self::NAME)?;
-        let request = Self {
+        let (set, rest) = wire::split::<IrqSet>(body, Self::NAME)?;
+        let mut request = Self {
             set,
-            data: Cow::Borrowed(data),
+            data: Cow::Borrowed(&[]),
         };
-        request.validate()?;
+        let data_len = request.validate_header()?;
+        // Bytes after the data the flags call for are ignored: e.g. the kernel's array of
+        // eventfd numbers, which a client forwarding the ioctl's struct may leave in.
+        request.data = Cow::Borrowed(wire::data_prefix(
+            rest,
+            data_len,
+            size_of::<IrqSet>(),
+            Self::NAME,
+        )?);
         Ok(request)
     }
 
     fn encode(&self) -> Result<Vec<u8>, MessageError> {
-        self.validate()?;
+        let data_len = self.validate_header()?;
+        wire::data_exact(&self.data, data_len, size_of::<IrqSet>(), Self::NAME)?;
         Ok(wire::concat(&[self.set.as_bytes(), &self.data]))
     }
 }
@@ -235,14 +245,14 @@ mod tests {
     }
 
     #[test]
-    fn bool_data_must_be_count_bytes() {
+    fn bool_data_must_be_at_least_count_bytes() {
         let header = set(VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_MASK, 0, 3);
         let body = wire::concat(&[header.as_bytes(), &[1, 0]]);
         let err = IrqSetRequest::decode(&body).unwrap_err();
         assert!(matches!(
             err,
-            MessageError::BodyLength {
-                expected: 23,
+            MessageError::BodyTooShort {
+                need: 23,
                 got: 22,
                 ..
             }
@@ -250,10 +260,27 @@ mod tests {
     }
 
     #[test]
-    fn eventfd_set_carries_no_data_bytes() {
+    fn bool_data_beyond_count_is_ignored() {
+        let header = set(VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_MASK, 0, 2);
+        let body = wire::concat(&[header.as_bytes(), &[1, 0, 1, 1]]);
+        assert_eq!(&*IrqSetRequest::decode(&body).unwrap().data, &[1, 0]);
+    }
+
+    #[test]
+    fn eventfd_set_with_the_kernels_fd_array_is_read_without_it() {
         let body = wire::concat(&[set(EVENTFD_TRIGGER, 0, 1).as_bytes(), &[0; 4]]);
+        let request = IrqSetRequest::decode(&body).unwrap();
+        assert!(request.data.is_empty());
+    }
+
+    #[test]
+    fn eventfd_set_with_data_bytes_does_not_encode() {
+        let request = IrqSetRequest {
+            set: set(EVENTFD_TRIGGER, 0, 1),
+            data: Cow::Borrowed(&[0; 4]),
+        };
         assert!(matches!(
-            IrqSetRequest::decode(&body),
+            request.encode(),
             Err(MessageError::BodyLength { .. })
         ));
     }

@@ -27,12 +27,13 @@
 //!
 //! # Validation
 //!
-//! Nothing in a body is trusted before it is checked: the body must be exactly as long as its
-//! fixed part and counts say (libvfio-user ignores trailing bytes; we reject them, since no
-//! sender we know adds any), `argsz` must cover the fixed reply, flags must be known and
-//! combined as allowed, counts and offsets are compared in `u64`. Decoding never panics and
-//! never allocates more than the body's size. Encoding applies the same rules, so a value that
-//! encodes also decodes, to itself.
+//! Nothing in a body is trusted before it is checked: the body must hold its fixed part and
+//! the data its counts call for, `argsz` must cover the fixed reply, flags must be known and
+//! combined as allowed, counts and offsets are compared in `u64`. Bytes after what a body
+//! describes are ignored where its length carries no other meaning, as libvfio-user does;
+//! data with a `count` must be exactly that long (the crate docs list every such rule, under
+//! "Liberal in what we accept"). Decoding never panics and never allocates more than the
+//! body's size. Encoding is strict: a value that encodes also decodes, to itself.
 //!
 //! All integers are little-endian on the wire; the crate reads wire structs in native order
 //! and refuses to build for a big-endian target.
@@ -54,11 +55,12 @@ mod wire;
 
 pub use device::DeviceInfo;
 pub use dirty::{
-    BitmapRange, DirtyPages, DirtyPagesReply, DirtyPagesRequest, GET_BITMAP_PREFIX,
-    check_bitmap_geometry, page_size,
+    BitmapRange, BitmapRangeWire, DirtyPages, DirtyPagesReply, DirtyPagesRequest,
+    GET_BITMAP_PREFIX, check_bitmap_geometry, page_size,
 };
 pub use dma::{
-    Bitmap, BitmapData, DmaAccess, DmaData, DmaMap, DmaUnmap, DmaUnmapReply, DmaUnmapRequest,
+    Bitmap, BitmapData, BitmapWire, DmaAccess, DmaData, DmaMap, DmaUnmap, DmaUnmapReply,
+    DmaUnmapRequest,
 };
 pub use header::{
     Command, Direction, FLAGS_ERROR, FLAGS_KNOWN, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND,

@@ -29,7 +29,7 @@ fn capabilities() -> impl Strategy<Value = Capabilities> {
     let migration =
         (proptest::option::of(page_size()), any::<u64>()).prop_map(|(pgsize, max_bitmap_size)| {
             MigrationCapability {
-                pgsize: pgsize.map(PageSize::bytes),
+                pgsize,
                 max_bitmap_size,
             }
         });
@@ -93,7 +93,7 @@ fn dma_unmap_request() -> impl Strategy<Value = DmaUnmapRequest> {
     let with_bitmap =
         (any::<u64>(), small_bitmap(), any::<u32>()).prop_map(|(addr, (pgsize, size), extra)| {
             let bitmap = Bitmap {
-                pgsize: pgsize.bytes(),
+                pgsize,
                 size: BitmapRange::new(0, size, pgsize).bitmap_size,
             };
             let argsz = u32::try_from(40 + bitmap.size)

@@ -69,8 +69,11 @@ impl RegionInfo {
 impl Payload<'_> for RegionInfo {
     const NAME: &'static str = "DEVICE_GET_REGION_INFO request";
 
+    /// The 32-byte struct and whatever follows it: libvfio-user's client sends `argsz` bytes
+    /// (the struct and zeroed room for the caps, 96 bytes for `argsz` 80), as a kernel caller
+    /// passes its whole buffer.
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        let info = wire::exact::<Self>(body, Self::NAME)?;
+        let info = wire::prefix::<Self>(body, Self::NAME)?;
         wire::check_argsz(info.argsz, Self::SIZE.into(), Self::NAME)?;
         Ok(info)
     }
@@ -194,8 +197,11 @@ impl RegionInfoReply {
 impl Payload<'_> for RegionInfoReply {
     const NAME: &'static str = "DEVICE_GET_REGION_INFO reply";
 
+    /// Bytes after what the reply describes are ignored: without CAPS, after the 32-byte
+    /// struct (libvfio-user pads a reply to the request's `argsz` with zeros when the caps do
+    /// not fit); with CAPS, after `argsz` (the info and its chain), which must be present.
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        let (info, rest) = wire::split::<RegionInfo>(body, Self::NAME)?;
+        let info = wire::prefix::<RegionInfo>(body, Self::NAME)?;
         wire::check_argsz(info.argsz, RegionInfo::SIZE.into(), Self::NAME)?;
         if info.flags & VFIO_REGION_INFO_FLAG_CAPS == 0 {
             if info.cap_offset != 0 {
@@ -204,27 +210,26 @@ impl Payload<'_> for RegionInfoReply {
                     cap_offset: info.cap_offset,
                 });
             }
-            wire::expect_empty(rest, body.len(), RegionInfo::SIZE.into(), Self::NAME)?;
             return Ok(Self {
                 info,
                 caps: Vec::new(),
             });
         }
-        // A full reply is exactly `argsz` bytes: the info and its chain.
-        if u64::try_from(body.len()).ok() != Some(info.argsz.into()) {
-            return Err(MessageError::BodyLength {
+        let full = usize::try_from(info.argsz)
+            .ok()
+            .and_then(|argsz| body.get(..argsz))
+            .ok_or(MessageError::BodyTooShort {
                 what: Self::NAME,
-                expected: info.argsz.into(),
+                need: usize::try_from(info.argsz).unwrap_or(usize::MAX),
                 got: body.len(),
-            });
-        }
+            })?;
         if info.cap_offset == 0 {
             return Err(MessageError::CapsInconsistent {
                 flags: info.flags,
                 cap_offset: 0,
             });
         }
-        let caps = parse_caps(body, info.cap_offset, RegionInfo::SIZE)?;
+        let caps = parse_caps(full, info.cap_offset, RegionInfo::SIZE)?;
         Ok(Self { info, caps })
     }
 
@@ -254,8 +259,10 @@ const _: () = assert!(size_of::<RegionAccess>() == 16);
 impl Payload<'_> for RegionAccess {
     const NAME: &'static str = "region access";
 
+    /// The 16 bytes and whatever follows (libvfio-user reads a REGION_READ request the same
+    /// way: only a body shorter than the struct is refused).
     fn decode(body: &[u8]) -> Result<Self, MessageError> {
-        wire::exact::<Self>(body, Self::NAME)
+        wire::prefix::<Self>(body, Self::NAME)
     }
 
     fn encode(&self) -> Result<Vec<u8>, MessageError> {
@@ -389,21 +396,50 @@ mod tests {
     }
 
     #[test]
-    fn reply_longer_than_argsz_is_einval() {
+    fn reply_bytes_after_argsz_are_ignored() {
         let (info, caps) = migration_region();
-        let mut body = RegionInfoReply::for_request(80, info, caps)
+        let reply = RegionInfoReply::for_request(80, info, caps).unwrap();
+        let mut body = reply.encode().unwrap();
+        body.extend_from_slice(&[0xff; 8]);
+        assert_eq!(RegionInfoReply::decode(&body).unwrap(), reply);
+    }
+
+    #[test]
+    fn reply_shorter_than_its_argsz_with_caps_is_einval() {
+        let (info, caps) = migration_region();
+        let body = RegionInfoReply::for_request(80, info, caps)
             .unwrap()
             .encode()
             .unwrap();
-        body.extend_from_slice(&[0; 8]);
+        let err = RegionInfoReply::decode(&body[..72]).unwrap_err();
         assert!(matches!(
-            RegionInfoReply::decode(&body),
-            Err(MessageError::BodyLength {
-                expected: 80,
-                got: 88,
+            err,
+            MessageError::BodyTooShort {
+                need: 80,
+                got: 72,
                 ..
-            })
+            }
         ));
+        assert_eq!(err.errno(), libc::EINVAL);
+    }
+
+    #[test]
+    fn reply_without_caps_padded_to_the_request_argsz_is_read() {
+        let (info, caps) = migration_region();
+        let reply = RegionInfoReply::for_request(40, info, caps).unwrap();
+        let mut body = reply.encode().unwrap();
+        body.extend_from_slice(&[0; 8]);
+        assert_eq!(RegionInfoReply::decode(&body).unwrap(), reply);
+    }
+
+    #[test]
+    fn request_with_argsz_bytes_of_payload_is_read_for_its_32() {
+        let mut body = RegionInfo::request(9, 80).as_bytes().to_vec();
+        body.resize(80, 0);
+        assert_eq!(
+            RegionInfo::decode(&body).unwrap(),
+            RegionInfo::request(9, 80)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use vfmig_abi::dirty::DIRTY_BITMAP_SIZE_MAX;
+use vfmig_dirty::PageSize;
 
 use crate::error::MessageError;
 use crate::limits::MAX_MSG_FDS_LIMIT;
@@ -55,8 +56,9 @@ impl Default for Capabilities {
 /// The `migration` capability object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MigrationCapability {
-    /// Page size of dirty bitmaps, a power of two; `None` if the sender did not state one.
-    pub pgsize: Option<u64>,
+    /// Page size of dirty bitmaps, parsed at decode (EINVAL unless a power of two of at least
+    /// 4 KiB); `None` if the sender did not state one.
+    pub pgsize: Option<PageSize>,
     /// Largest dirty bitmap in one `DIRTY_PAGES` or `DMA_UNMAP` message.
     pub max_bitmap_size: u64,
 }
@@ -132,10 +134,6 @@ fn check_objects(top: &serde_json::Value) -> Result<(), MessageError> {
     Ok(())
 }
 
-fn check_pgsize(pgsize: u64) -> Result<u64, MessageError> {
-    super::dirty::page_size(pgsize).map(|_| pgsize)
-}
-
 impl Capabilities {
     /// Parses the JSON text (without its NUL) of a VERSION message.
     ///
@@ -162,7 +160,7 @@ impl Capabilities {
         let migration = match caps.migration {
             None => None,
             Some(m) => Some(MigrationCapability {
-                pgsize: m.pgsize.map(check_pgsize).transpose()?,
+                pgsize: m.pgsize.map(super::dirty::page_size).transpose()?,
                 max_bitmap_size: m.max_bitmap_size.unwrap_or(DEFAULT_MAX_BITMAP_SIZE),
             }),
         };
@@ -201,13 +199,10 @@ impl Capabilities {
                 max: MAX_MSG_FDS_LIMIT as u64,
             });
         }
-        let migration = match self.migration {
-            None => None,
-            Some(m) => Some(JsonMigration {
-                pgsize: m.pgsize.map(check_pgsize).transpose()?,
-                max_bitmap_size: Some(m.max_bitmap_size),
-            }),
-        };
+        let migration = self.migration.map(|m| JsonMigration {
+            pgsize: m.pgsize.map(PageSize::bytes),
+            max_bitmap_size: Some(m.max_bitmap_size),
+        });
         let top = JsonTop {
             capabilities: Some(JsonCaps {
                 max_msg_fds: Some(self.max_msg_fds.into()),
@@ -234,7 +229,7 @@ mod tests {
         assert_eq!(caps.max_msg_fds, 8);
         assert_eq!(caps.max_data_xfer_size, 1 << 20);
         let migration = caps.migration.unwrap();
-        assert_eq!(migration.pgsize, Some(4096));
+        assert_eq!(migration.pgsize, Some(PageSize::SIZE_4K));
         assert_eq!(migration.max_bitmap_size, 256 << 20);
         assert_eq!(caps.twin_socket, None);
     }
@@ -328,7 +323,7 @@ mod tests {
             max_msg_fds: 16,
             max_data_xfer_size: 4096,
             migration: Some(MigrationCapability {
-                pgsize: Some(4096),
+                pgsize: Some(PageSize::SIZE_4K),
                 max_bitmap_size: 1 << 20,
             }),
             twin_socket: Some(TwinSocket {

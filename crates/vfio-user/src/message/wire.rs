@@ -19,29 +19,11 @@ pub(crate) fn split<'a, T: FromBytes>(
     })
 }
 
-/// Reads a body that is exactly one `T`.
-pub(crate) fn exact<T: FromBytes>(body: &[u8], what: &'static str) -> Result<T, MessageError> {
-    let (value, rest) = split::<T>(body, what)?;
-    expect_empty(rest, body.len(), size_of::<T>() as u64, what)?;
-    Ok(value)
-}
-
-/// Fails unless `rest` is empty: `total` bytes were present, `expected` called for.
-pub(crate) fn expect_empty(
-    rest: &[u8],
-    total: usize,
-    expected: u64,
-    what: &'static str,
-) -> Result<(), MessageError> {
-    if rest.is_empty() {
-        Ok(())
-    } else {
-        Err(MessageError::BodyLength {
-            what,
-            expected,
-            got: total,
-        })
-    }
+/// Reads the fixed struct `T` from the front of `body` and ignores whatever follows: the rule
+/// for a body whose length says nothing more (see the crate docs, "Liberal in what we
+/// accept").
+pub(crate) fn prefix<T: FromBytes>(body: &[u8], what: &'static str) -> Result<T, MessageError> {
+    split::<T>(body, what).map(|(value, _)| value)
 }
 
 /// Takes exactly `count` bytes of trailing data: `rest` must be that long and no longer.
@@ -61,6 +43,24 @@ pub(crate) fn data_exact<'a>(
             got: fixed.saturating_add(rest.len()),
         })
     }
+}
+
+/// Takes the first `count` bytes of trailing data and ignores any after them: `rest` must be
+/// at least that long. `fixed` is the size of the part already read, for the error.
+pub(crate) fn data_prefix<'a>(
+    rest: &'a [u8],
+    count: u64,
+    fixed: usize,
+    what: &'static str,
+) -> Result<&'a [u8], MessageError> {
+    usize::try_from(count)
+        .ok()
+        .and_then(|count| rest.get(..count))
+        .ok_or(MessageError::BodyTooShort {
+            what,
+            need: usize::try_from((fixed as u64).saturating_add(count)).unwrap_or(usize::MAX),
+            got: fixed.saturating_add(rest.len()),
+        })
 }
 
 /// Fails unless `argsz >= min`.
@@ -116,15 +116,20 @@ mod tests {
     }
 
     #[test]
-    fn exact_rejects_trailing_bytes() {
-        let err = exact::<u32>(&[0; 5], "x").unwrap_err();
+    fn prefix_ignores_trailing_bytes() {
+        assert_eq!(prefix::<u32>(&[1, 0, 0, 0, 9], "x").unwrap(), 1);
+    }
+
+    #[test]
+    fn data_prefix_needs_count_bytes_and_takes_no_more() {
+        assert_eq!(data_prefix(&[1, 2, 3], 2, 16, "x").unwrap(), &[1, 2]);
         assert!(matches!(
-            err,
-            MessageError::BodyLength {
-                expected: 4,
-                got: 5,
+            data_prefix(&[1], 2, 16, "x"),
+            Err(MessageError::BodyTooShort {
+                need: 18,
+                got: 17,
                 ..
-            }
+            })
         ));
     }
 

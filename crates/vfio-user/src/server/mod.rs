@@ -56,10 +56,12 @@
 //!   unmap and GET_BITMAP take any range of whole mappings (libvfio-user: exactly one region,
 //!   ENOENT or ENOTSUP otherwise), an unmap of a hole succeeds unmapping nothing (ENOENT),
 //!   mapping the exact same range twice is EEXIST (accepted), there is no 16-region limit
-//!   (65535 mappings), GET_BITMAP works on fd-less mappings too (EINVAL), and a bitmap is
-//!   bounded by our message size cap (4 MiB by default: one request covers 128 GiB), not
-//!   1 MiB. Pages the device writes into fd-less mappings are tracked by the container as
-//!   well as by the client.
+//!   (65535 mappings), and a bitmap is bounded by our message size cap (4 MiB by default: one
+//!   request covers 128 GiB), not 1 MiB. As in libvfio-user, fd-less mappings have no bitmap
+//!   here: a GET_BITMAP or unmap-with-bitmap that names one is EINVAL, and the client reports
+//!   the pages the device wrote into them through DMA_WRITE.
+//! * We accept more than libvfio-user where the meaning is clear (see the crate docs,
+//!   "Liberal in what we accept"): JSON without its NUL, reserved header flag bits.
 //! * DEVICE_GET_REGION_IO_FDS answers every valid region with no sub-regions (ioeventfds are
 //!   not offered).
 //! * Twin-socket mode is declined.

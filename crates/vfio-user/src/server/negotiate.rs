@@ -43,7 +43,7 @@ fn ours(limits: &Limits, migration: bool, client: &Capabilities) -> Capabilities
         max_msg_fds: u32::try_from(limits.recv_fds()).unwrap_or(u32::MAX),
         max_data_xfer_size: limits.max_data_xfer_size,
         migration: migration.then(|| MigrationCapability {
-            pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
+            pgsize: Some(CONTAINER_PAGE_SIZE),
             max_bitmap_size: max_bitmap_size(limits),
         }),
         twin_socket: client
@@ -65,9 +65,9 @@ fn accept(version: &Version, limits: &Limits, migration: bool) -> Result<Version
     let caps = &version.capabilities;
     if migration
         && let Some(pgsize) = caps.migration.and_then(|m| m.pgsize)
-        && pgsize != CONTAINER_PAGE_SIZE.bytes()
+        && pgsize != CONTAINER_PAGE_SIZE
     {
-        tracing::debug!(pgsize, "unsupported dirty page size");
+        tracing::debug!(%pgsize, "unsupported dirty page size");
         return Err(Errno::EINVAL);
     }
     if caps.max_data_xfer_size == 0 {
@@ -132,6 +132,8 @@ pub(super) fn negotiate(
 
 #[cfg(test)]
 mod tests {
+    use vfmig_dirty::PageSize;
+
     use super::*;
 
     fn client(caps: Capabilities) -> Version {
@@ -171,7 +173,7 @@ mod tests {
     fn pgsize_other_than_4096_is_einval() {
         let caps = Capabilities {
             migration: Some(MigrationCapability {
-                pgsize: Some(8192),
+                pgsize: Some(PageSize::new(8192).unwrap()),
                 max_bitmap_size: 1 << 20,
             }),
             ..Capabilities::default()
@@ -197,7 +199,7 @@ mod tests {
             .unwrap()
             .capabilities
             .migration;
-        assert_eq!(migration.unwrap().pgsize, Some(4096));
+        assert_eq!(migration.unwrap().pgsize, Some(CONTAINER_PAGE_SIZE));
     }
 
     #[test]

@@ -220,7 +220,7 @@ pub fn client_version() -> Version {
             max_msg_fds: 8,
             max_data_xfer_size: 1 << 20,
             migration: Some(MigrationCapability {
-                pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
+                pgsize: Some(CONTAINER_PAGE_SIZE),
                 max_bitmap_size: 4 << 20,
             }),
             twin_socket: None,
@@ -352,7 +352,7 @@ pub fn scripted(
             minor: 2,
             capabilities: Capabilities {
                 migration: Some(MigrationCapability {
-                    pgsize: Some(CONTAINER_PAGE_SIZE.bytes()),
+                    pgsize: Some(CONTAINER_PAGE_SIZE),
                     max_bitmap_size: 1 << 20,
                 }),
                 ..Capabilities::default()

@@ -64,7 +64,7 @@ fn get_bitmap<B: Backend>(
         iova: range.iova,
         size: range.size,
         bitmap: BitmapRequest {
-            pgsize: range.page_size()?,
+            pgsize: range.pgsize,
             size: range.bitmap_size,
         },
     };
@@ -76,6 +76,7 @@ fn get_bitmap<B: Backend>(
             flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
         };
         let bits = s.bitmap_words(words).as_bytes();
+        let range = range.to_wire();
         s.reply_parts(header, &[prefix.as_bytes(), range.as_bytes(), bits]);
     }
     s.rezero_bitmap(words);

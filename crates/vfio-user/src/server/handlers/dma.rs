@@ -11,7 +11,7 @@ use super::super::negotiate::max_bitmap_size;
 use super::super::remote::RemoteDma;
 use super::super::session::Session;
 use crate::errno::Errno;
-use crate::message::{Bitmap, DmaMap, DmaUnmapReply, DmaUnmapRequest, Header, Reply};
+use crate::message::{Bitmap, BitmapWire, DmaMap, DmaUnmapReply, DmaUnmapRequest, Header, Reply};
 
 /// `VFIO_USER_DMA_MAP`: with an fd the container maps it into this process; without one the
 /// device reaches the memory through DMA_READ / DMA_WRITE to the client, in pieces of the
@@ -51,13 +51,10 @@ pub(super) fn unmap<B: Backend>(
         flags: unmap.flags,
         iova: unmap.addr,
         size: unmap.size,
-        bitmap: request
-            .bitmap_page_size()?
-            .zip(request.bitmap)
-            .map(|(pgsize, b)| BitmapRequest {
-                pgsize,
-                size: b.size,
-            }),
+        bitmap: request.bitmap.map(|b| BitmapRequest {
+            pgsize: b.pgsize,
+            size: b.size,
+        }),
     };
     let Some(bitmap) = request.bitmap else {
         s.container.unmap_dma(&container_request, None)?;
@@ -73,7 +70,8 @@ pub(super) fn unmap<B: Backend>(
     let result = container.unmap_dma(&container_request, Some(s.bitmap_buffer(words)));
     if result.is_ok() {
         let bits = s.bitmap_words(words).as_bytes();
-        s.reply_parts(header, &[unmap.as_bytes(), bitmap.as_bytes(), bits]);
+        let wire = bitmap.to_wire();
+        s.reply_parts(header, &[unmap.as_bytes(), wire.as_bytes(), bits]);
     }
     s.rezero_bitmap(words);
     result?;
@@ -83,7 +81,7 @@ pub(super) fn unmap<B: Backend>(
 /// Words of the bitmap of an unmap, refusing (EINVAL) one above what a reply of ours may carry,
 /// and an `argsz` above that too (libvfio-user's 1 MiB rule, at our limit).
 fn bitmap_words(bitmap: &Bitmap, argsz: u32, max_bitmap: u64) -> Result<usize, Errno> {
-    let max_argsz = max_bitmap.saturating_add((size_of::<Bitmap>() + 24) as u64);
+    let max_argsz = max_bitmap.saturating_add((size_of::<BitmapWire>() + 24) as u64);
     if bitmap.size > max_bitmap || u64::from(argsz) > max_argsz {
         tracing::debug!(
             bitmap = bitmap.size,
