@@ -18,8 +18,13 @@ const REPS: usize = 5;
 
 fn container(fd: OwnedFd, want: AccessPath) -> Container {
     let c = Container::default();
-    c.map(Iova(0), MAPPING, Prot::READ_WRITE, Backing::Fd { fd, offset: 0 })
-        .expect("map");
+    c.map(
+        Iova(0),
+        MAPPING,
+        Prot::READ_WRITE,
+        Backing::Fd { fd, offset: 0 },
+    )
+    .expect("map");
     assert_eq!(c.access_path(Iova(0)), Some(want));
     let chunk = vec![0x5au8; 1 << 20];
     for at in (0..MAPPING).step_by(chunk.len()) {

@@ -117,7 +117,9 @@ mod tests {
         let page = host_page_size();
         let file = memfd(c"t", 3 * page).unwrap();
         let m = Mmap::shared(file.as_fd(), 0, 3 * page, Access::ReadWrite).unwrap();
-        let data: Vec<u8> = (0..2 * page + 17).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..2 * page + 17)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect();
         m.write_checked(5, &data).unwrap();
         let mut plain = vec![0; data.len()];
         m.read(5, &mut plain).unwrap();

@@ -157,7 +157,10 @@ mod tests {
         let file = crate::memfd_sealed(c"t", 4096).unwrap();
         let info = FileInfo::of(file.as_fd()).unwrap();
         assert!(info.cannot_shrink());
-        assert!(info.seals.contains(Seals::SHRINK | Seals::GROW | Seals::SEAL));
+        assert!(
+            info.seals
+                .contains(Seals::SHRINK | Seals::GROW | Seals::SEAL)
+        );
     }
 
     #[test]
