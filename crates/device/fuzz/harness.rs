@@ -10,9 +10,10 @@
 //! of the configuration space.
 //!
 //! An input is a sequence of chunks, each a little-endian `u16` length and that many bytes (the
-//! last one cut to what is left). For `dma_engine_resume` a first byte comes before them: bit 0
-//! set makes the device `AllMapped` (it reaches its ring by copies and runs it without a pin),
-//! clear `Pinned`.
+//! last one cut to what is left). For `dma_engine_resume` a first byte comes before them (bit 0
+//! set makes the device `AllMapped`: it reaches its ring by copies and runs it without a pin;
+//! clear, `Pinned`), and the first chunk is not resume data but the guest memory at IOVA 0
+//! when the device resumes: the descriptors its inherited ring will run.
 //!
 //! Checked: resuming never panics, whatever the chunks; a device that resumed to RUNNING
 //! survives its own migration unchanged (saved through STOP_COPY and resumed into a fresh
@@ -176,8 +177,11 @@ pub(crate) fn dma_engine(container: &Container, scope: DirtyScope) -> PciDevice<
     PciDevice::with_data_capacity(model, DATA_CAPACITY).expect("a dma-engine")
 }
 
-/// Resumes a dma-engine from `data` (scope byte, then chunks). Returns whether it reached
-/// RUNNING.
+/// Descriptors the doorbell runs at most, after a resume.
+const MAX_RUN: u32 = 64;
+
+/// Resumes a dma-engine from `data` (scope byte, guest memory, then chunks). Returns whether it
+/// reached RUNNING.
 pub(crate) fn dma_engine_resume(data: &[u8]) -> bool {
     let Some((&scope, data)) = data.split_first() else {
         return false;
@@ -187,9 +191,16 @@ pub(crate) fn dma_engine_resume(data: &[u8]) -> bool {
     } else {
         DirtyScope::AllMapped
     };
+    let chunks = chunks(data);
+    let Some((memory, chunks)) = chunks.split_first() else {
+        return false;
+    };
     let container = guest();
+    container
+        .write(Iova(0), memory)
+        .expect("a chunk fits guest memory");
     let mut dev = dma_engine(&container, scope);
-    if !resume(&mut dev, &chunks(data)) {
+    if !resume(&mut dev, chunks) {
         return false;
     }
     round_trip(&mut dev, dma_engine(&container, scope));
@@ -200,14 +211,15 @@ pub(crate) fn dma_engine_resume(data: &[u8]) -> bool {
     for (offset, len) in [(0x20, 4), (0x24, 4), (0x28, 8)] {
         let _ = dev.region_read(regs, offset, &mut [0u8; 8][..len]);
     }
-    // The doorbell one past the inherited tail runs the inherited ring (zeroed descriptors:
-    // each completes with EINVAL).
+    // The doorbell a few descriptors past the inherited tail runs the inherited ring on the
+    // resumed device RAM.
     let (mut tail, mut size) = ([0u8; 4], [0u8; 4]);
     let read = dev
         .region_read(regs, 0x18, &mut tail)
         .and_then(|()| dev.region_read(regs, 0x10, &mut size));
-    if read.is_ok() && u32::from_le_bytes(size) > 0 {
-        let next = u32::from_le_bytes(tail).wrapping_add(1) % u32::from_le_bytes(size);
+    let size = u32::from_le_bytes(size);
+    if read.is_ok() && size > 1 {
+        let next = u32::from_le_bytes(tail).wrapping_add(MAX_RUN.min(size - 1)) % size;
         let _ = dev.region_write(regs, 0x18, &next.to_le_bytes());
     }
     true
