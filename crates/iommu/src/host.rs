@@ -55,11 +55,13 @@ impl std::fmt::Debug for Backing {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum AccessPath {
     /// Plain loads and stores of the mapping in this process: its file is sealed against
-    /// shrinking (`F_SEAL_SHRINK`), so every page of the mapping stays backed.
+    /// shrinking (`F_SEAL_SHRINK`) and is not on hugetlbfs, so every page of the mapping stays
+    /// backed.
     Direct,
     /// Copies through the kernel (`vfmig_memory::Mmap::read_checked`): the file may shrink
-    /// under the mapping (its owner did not seal it, or it is not a memfd), and a vanished page
-    /// fails the access with EFAULT instead of ending this process with SIGBUS.
+    /// under the mapping (its owner did not seal it, or it is not a memfd), or its pages come
+    /// from a huge page pool that can run dry; a page that cannot be had fails the access with
+    /// EFAULT instead of ending this process with SIGBUS.
     Checked,
     /// No memory in this process: DMA messages to the peer ([`RemoteMemory`]).
     Remote,
@@ -80,7 +82,8 @@ impl HostMemory {
     /// A regular file must hold every byte of the range now: a shorter one is refused with
     /// EFAULT, the errno the kernel's type1 MAP_DMA gives when pinning a user address that no
     /// page backs (its `get_user_pages` turns the SIGBUS of a page past a file's end into
-    /// EFAULT). The mapping is [`AccessPath::Direct`] if the file is sealed against shrinking,
+    /// EFAULT). The mapping is [`AccessPath::Direct`] if no page of it can vanish
+    /// (`vfmig_memory::FileInfo::always_backed`: sealed against shrinking, not hugetlbfs),
     /// [`AccessPath::Checked`] otherwise. ENOMEM if `len` does not fit the address space.
     pub(crate) fn map(fd: &OwnedFd, offset: u64, len: u64, prot: Prot) -> Result<HostMemory> {
         let mmap_error = |source| IommuError::Mmap {
@@ -106,7 +109,7 @@ impl HostMemory {
         let map = Mmap::shared(fd.as_fd(), offset, len_usize, access).map_err(mmap_error)?;
         Ok(HostMemory {
             map,
-            checked: !(file.regular && file.cannot_shrink()),
+            checked: !file.always_backed(),
         })
     }
 

@@ -42,8 +42,8 @@
 //! raises SIGBUS when touched, which would end the device process for one client's mistake or
 //! malice. So MAP_DMA refuses a regular file that does not cover the mapping (EFAULT, as type1
 //! fails to pin such a range), and each mapping gets an [`AccessPath`]: `Direct` (plain
-//! copies) if its memfd is sealed against shrinking, which no one can undo; `Checked`
-//! otherwise, where every device read and write is copied by the kernel
+//! copies) if its memfd is sealed against shrinking, which no one can undo, and not on
+//! hugetlbfs (an empty huge page pool is SIGBUS too); `Checked` otherwise, where every device read and write is copied by the kernel
 //! (`process_vm_readv`/`writev` on this process) and a page the client cut off since fails that
 //! one access with EFAULT ([`IommuError::Fault`]). A write that fails part-way still marks its
 //! whole piece dirty: the bytes before the fault were written. A [`PinGuard`] copies on its

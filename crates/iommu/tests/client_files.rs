@@ -120,3 +120,35 @@ fn a_pin_of_a_direct_mapping_lends_its_pointer() {
     unsafe { std::ptr::copy_nonoverlapping(ptr, b.as_mut_ptr(), 6) };
     assert_eq!(&b, b"direct");
 }
+
+#[test]
+fn a_sealed_hugetlb_memfd_is_mapped_checked_and_an_empty_pool_is_efault() {
+    const HUGE: u64 = 2 << 20;
+    // SAFETY: a valid name; the fd is checked and owned at once.
+    let raw =
+        unsafe { libc::memfd_create(c"t".as_ptr(), libc::MFD_HUGETLB | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        // A kernel without hugetlbfs: no client can send such a file.
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+        return;
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let file = File::from(fd.try_clone().unwrap());
+    file.set_len(HUGE).unwrap();
+    vfmig_memory::seal(
+        std::os::fd::AsFd::as_fd(&file),
+        vfmig_memory::Seals::SHRINK | vfmig_memory::Seals::GROW,
+    )
+    .unwrap();
+    let (c, _) = mapped(fd, HUGE);
+    assert_eq!(c.access_path(Iova(0)), Some(AccessPath::Checked));
+    // With no huge page free, the access fails; with one, it succeeds. Neither is a signal.
+    match c.read(Iova(0), &mut [0; 8]) {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e.errno(), libc::EFAULT, "{e}"),
+    }
+}

@@ -79,6 +79,9 @@ pub struct FileInfo {
     /// Its seals; none for a file that cannot be sealed (only memfds and tmpfs or hugetlbfs
     /// files can).
     pub seals: Seals,
+    /// True for a file on hugetlbfs (a `MFD_HUGETLB` memfd): a page is taken from the huge
+    /// page pool when it is first touched, and an empty pool raises SIGBUS, sealed or not.
+    pub hugetlb: bool,
 }
 
 impl FileInfo {
@@ -102,10 +105,19 @@ impl FileInfo {
                 _ => return Err(io::Error::last_os_error()),
             },
         };
+        let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: fstatfs writes one `struct statfs` into `fs`, which has room for it; the
+        // result is checked before `fs` is read.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatfs succeeded, so it filled `fs`.
+        let fs = unsafe { fs.assume_init() };
         Ok(FileInfo {
             regular: st.st_mode & libc::S_IFMT == libc::S_IFREG,
             size: u64::try_from(st.st_size).unwrap_or(0),
             seals,
+            hugetlb: fs.f_type == libc::HUGETLBFS_MAGIC,
         })
     }
 
@@ -120,6 +132,15 @@ impl FileInfo {
     /// care from a process mapping it.)
     pub fn cannot_shrink(&self) -> bool {
         self.seals.contains(Seals::SHRINK)
+    }
+
+    /// True if touching any page of a mapping inside the file's present size can never raise
+    /// SIGBUS for as long as the file lives: a regular file sealed against shrinking, not on
+    /// hugetlbfs (whose pool can run dry). A page of a memfd (on the kernel's internal tmpfs,
+    /// which has no size limit) that cannot be allocated is an out-of-memory kill, as for
+    /// anonymous memory, never a signal to the process touching it.
+    pub fn always_backed(&self) -> bool {
+        self.regular && self.cannot_shrink() && !self.hugetlb
     }
 }
 
@@ -138,7 +159,7 @@ pub fn seal(fd: BorrowedFd<'_>, seals: Seals) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, FromRawFd};
 
     use super::*;
     use crate::memfd;
@@ -168,6 +189,34 @@ mod tests {
         let file = memfd(c"t", 4096).unwrap();
         let err = seal(file.as_fd(), Seals::SHRINK).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn a_sealed_memfd_is_always_backed() {
+        let file = crate::memfd_sealed(c"t", 4096).unwrap();
+        assert!(FileInfo::of(file.as_fd()).unwrap().always_backed());
+    }
+
+    #[test]
+    fn a_sealed_hugetlb_memfd_is_not_always_backed() {
+        // SAFETY: a valid name; the fd is checked and owned at once.
+        let raw = unsafe {
+            libc::memfd_create(c"t".as_ptr(), libc::MFD_HUGETLB | libc::MFD_ALLOW_SEALING)
+        };
+        if raw < 0 {
+            // A kernel without hugetlbfs cannot hand out such a file either.
+            assert_eq!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::EINVAL)
+            );
+            return;
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let file = std::fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+        seal(file.as_fd(), Seals::SHRINK | Seals::GROW).unwrap();
+        let info = FileInfo::of(file.as_fd()).unwrap();
+        assert!(info.hugetlb && info.cannot_shrink());
+        assert!(!info.always_backed());
     }
 
     #[test]

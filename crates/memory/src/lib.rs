@@ -24,7 +24,8 @@
 //! * A page of a file mapping can vanish when the file's owner shrinks it, and touching it
 //!   raises SIGBUS. A file this process sends is sealed to its length ([`memfd_sealed`], which
 //!   every [`SharedMemory`] uses); a file it receives is asked about ([`FileInfo`]: its size and
-//!   its seals) and, unless it is sealed against shrinking, copied to and from only through
+//!   its seals) and, unless it is sealed against shrinking and not on hugetlbfs
+//!   ([`FileInfo::always_backed`]), copied to and from only through
 //!   the kernel ([`Mmap::read_checked`], [`Mmap::write_checked`]), where a vanished page is
 //!   EFAULT. Which copy a mapping gets is its user's choice (the IOMMU container's, per DMA
 //!   mapping).
