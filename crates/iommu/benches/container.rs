@@ -7,9 +7,8 @@
 //!
 //! `cargo bench -p vfmig-iommu --bench container`
 
-use std::ffi::CString;
 use std::hint::black_box;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use vfmig_dirty::bitmap_bytes;
@@ -22,16 +21,12 @@ const MAPPINGS: u64 = 16;
 const TOTAL: u64 = MAPPING * MAPPINGS;
 const REPS: usize = 15;
 
+/// A memfd sealed to its length, as the VMM sends guest RAM: its mappings take the direct path.
 fn memfd(size: u64) -> OwnedFd {
-    let name = CString::new("vfmig-bench").expect("name");
-    // SAFETY: a valid NUL-terminated name; the fd is checked and owned at once.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create failed");
-    // SAFETY: fd was just created and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let file = std::fs::File::from(fd);
-    file.set_len(size).expect("size the memfd");
-    file.into()
+    let size = usize::try_from(size).expect("fits");
+    vfmig_memory::memfd_sealed(c"vfmig-bench", size)
+        .expect("memfd")
+        .into()
 }
 
 /// Median of `REPS` timings of `f`, each after an untimed `setup`; both get the buffer.

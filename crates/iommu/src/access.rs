@@ -9,7 +9,6 @@
 //! nothing: a mapping without an fd has no bitmap, its peer records the write (see the
 //! [crate docs](crate#mappings-without-an-fd)).
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -17,7 +16,7 @@ use vfmig_memory::Iova;
 
 use crate::container::{Container, State};
 use crate::error::{IommuError, Result};
-use crate::host::RemoteMemory;
+use crate::host::{AccessPath, HostMemory, RemoteMemory};
 use crate::mapping::{Mapping, Memory, range_end};
 use crate::types::{CONTAINER_PAGE_SIZE, DeviceId, Prot};
 
@@ -32,12 +31,13 @@ struct Piece<'a> {
 }
 
 impl Piece<'_> {
-    /// The error for a piece its host mapping does not hold: never returned while the
-    /// mapping's size is its host mapping's, as the container keeps it.
-    fn not_host_mapped(&self) -> IommuError {
-        IommuError::NotMapped {
+    /// The error for a copy of this piece that failed: EFAULT for a page the client cut off
+    /// (see [`AccessPath::Checked`](crate::AccessPath::Checked)).
+    fn fault(&self, source: std::io::Error) -> IommuError {
+        IommuError::Fault {
             iova: Iova(self.mapping.iova + self.offset),
             len: self.len as u64,
+            source,
         }
     }
 }
@@ -141,7 +141,7 @@ impl Container {
                 match &p.mapping.memory {
                     Memory::Host(host) => {
                         host.read(to_usize(p.offset), &mut buf[p.at..p.at + p.len])
-                            .map_err(|_| p.not_host_mapped())?;
+                            .map_err(|e| p.fault(e))?;
                     }
                     Memory::Remote(memory) => remote.push(RemotePiece::new(&p, memory)),
                 }
@@ -168,11 +168,13 @@ impl Container {
             for p in plan(&state, iova.0, data.len(), Prot::WRITE)? {
                 match &p.mapping.memory {
                     Memory::Host(host) => {
-                        host.write(to_usize(p.offset), &data[p.at..p.at + p.len])
-                            .map_err(|_| p.not_host_mapped())?;
+                        let written = host.write(to_usize(p.offset), &data[p.at..p.at + p.len]);
+                        // Marked also when the copy failed part-way: the bytes before the
+                        // fault were written.
                         if let Some(bitmap) = &p.mapping.bitmap {
                             bitmap.mark_bytes(p.offset, p.len as u64)?;
                         }
+                        written.map_err(|e| p.fault(e))?;
                     }
                     Memory::Remote(memory) => remote.push(RemotePiece::new(&p, memory)),
                 }
@@ -253,19 +255,15 @@ impl Container {
         if !dev.pinned_scope.swap(true, Ordering::AcqRel) {
             tracing::debug!(%device, "first pin: device is now Pinned scope");
         }
-        let ptr = host
-            .ptr_at(to_usize(iova.0 - m.iova), 0)
-            .ok()
-            .and_then(NonNull::new)
-            .ok_or(IommuError::NotHostMapped { iova: m.start() })?;
         Ok(PinGuard {
             container: self.clone(),
             mapping: m.iova,
             first_page,
             pages: last_page - first_page + 1,
             iova,
-            ptr,
-            len: to_usize(len.min(usize::MAX as u64)),
+            host: Arc::clone(host),
+            offset: to_usize(iova.0 - m.iova),
+            len: to_usize(len),
             writable: m.prot.write && prot.write,
         })
     }
@@ -298,24 +296,21 @@ impl Container {
 }
 
 /// Pinned guest memory lent to a device. The pages stay pinned, and their mapping in place,
-/// until the guard drops.
+/// until the guard drops. Copies take the mapping's [`AccessPath`]: a pin of a mapping whose
+/// file may shrink is copied through the kernel, and a page the client cut off is EFAULT.
 pub struct PinGuard {
     container: Container,
     mapping: u64,
     first_page: u64,
     pages: u64,
     iova: Iova,
-    ptr: NonNull<u8>,
+    /// The mapping's memory, kept mapped by this reference even if the mapping is removed.
+    host: Arc<HostMemory>,
+    /// Offset of the pinned range in `host`.
+    offset: usize,
     len: usize,
     writable: bool,
 }
-
-// SAFETY: the guard holds a pointer into a shared file mapping that stays mapped while the guard
-// lives (a mapping with pinned pages is never removed); the pointer has no thread affinity.
-unsafe impl Send for PinGuard {}
-// SAFETY: `&PinGuard` only copies bytes through raw pointers; concurrent writers to guest memory
-// are expected (guest memory is shared with the guest and other devices).
-unsafe impl Sync for PinGuard {}
 
 impl PinGuard {
     /// First IOVA of the pinned range.
@@ -333,25 +328,28 @@ impl PinGuard {
         self.len == 0
     }
 
-    /// The host address of the first byte. Valid for [`PinGuard::len`] bytes while the guard
-    /// lives; writable only if the pin and the mapping allow writes.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+    /// How copies reach the pinned memory: [`AccessPath::Direct`] or [`AccessPath::Checked`].
+    pub fn path(&self) -> AccessPath {
+        self.host.path()
+    }
+
+    /// The host address of the first byte, on an [`AccessPath::Direct`] mapping only: valid for
+    /// [`PinGuard::len`] bytes while the guard lives; writable only if the pin and the mapping
+    /// allow writes. `None` on a `Checked` mapping, whose client may cut pages off under a raw
+    /// access (SIGBUS): use [`PinGuard::read_at`] / [`PinGuard::write_at`] there.
+    pub fn as_ptr(&self) -> Option<*mut u8> {
+        match self.path() {
+            AccessPath::Direct => self.host.ptr_at(self.offset, self.len).ok(),
+            AccessPath::Checked | AccessPath::Remote => None,
+        }
     }
 
     /// Copies `buf.len()` bytes at `offset` in the pinned range into `buf`.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len())?;
-        // SAFETY: `offset + buf.len() <= len` (checked), and the pinned range stays mapped
-        // while `self` lives; `buf` is a distinct Rust buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        Ok(())
+        self.host
+            .read(self.offset + offset, buf)
+            .map_err(|source| self.fault(offset, buf.len(), source))
     }
 
     /// Copies `data` to `offset` in the pinned range. Pinned pages are reported dirty while
@@ -364,12 +362,17 @@ impl PinGuard {
             });
         }
         self.check(offset, data.len())?;
-        // SAFETY: `offset + data.len() <= len` (checked), the range is mapped writable and stays
-        // mapped while `self` lives; `data` is a distinct Rust buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
-        };
-        Ok(())
+        self.host
+            .write(self.offset + offset, data)
+            .map_err(|source| self.fault(offset, data.len(), source))
+    }
+
+    fn fault(&self, offset: usize, len: usize, source: std::io::Error) -> IommuError {
+        IommuError::Fault {
+            iova: Iova(self.iova.0.saturating_add(offset as u64)),
+            len: len as u64,
+            source,
+        }
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<()> {

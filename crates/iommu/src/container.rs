@@ -11,7 +11,7 @@ use vfmig_abi::uapi::{
 use vfmig_memory::Iova;
 
 use crate::error::{IommuError, Result};
-use crate::host::{Backing, map_host};
+use crate::host::{AccessPath, Backing, HostMemory};
 use crate::mapping::{Mapping, Memory, check_aligned, range_end};
 use crate::report::{
     BitmapRequest, check_bitmap_size, check_page_size, check_tracked, report_mapping,
@@ -286,7 +286,9 @@ impl Container {
     ///
     /// Checks, in the kernel's order: unknown flags; no protection, zero size, or iova / size /
     /// fd offset not page-aligned (EINVAL); wrap (EINVAL); overlap (EEXIST); the mapping limit
-    /// (ENOSPC); mapping the fd (its errno). A mapping made while tracking is on gets its bitmap
+    /// (ENOSPC); a regular file that ends before the mapping does (EFAULT); mapping the fd (its
+    /// errno). A mapping whose file is not sealed against shrinking is reached by checked
+    /// copies ([`AccessPath::Checked`]). A mapping made while tracking is on gets its bitmap
     /// at once, which comes last, as in the kernel: more pages than one bitmap covers (EINVAL),
     /// then the bitmap budget (ENOMEM). A refused mapping maps nothing.
     pub fn map_dma(&self, flags: u32, iova: u64, size: u64, backing: Backing) -> Result<()> {
@@ -320,13 +322,7 @@ impl Container {
         }
         let memory = match backing {
             Backing::Fd { fd, offset } => {
-                Memory::Host(map_host(&fd, offset, size, prot).map_err(|source| {
-                    IommuError::Mmap {
-                        size,
-                        offset,
-                        source,
-                    }
-                })?)
+                Memory::Host(Arc::new(HostMemory::map(&fd, offset, size, prot)?))
             }
             Backing::Remote(remote) => Memory::Remote(remote),
         };
@@ -481,6 +477,11 @@ impl Container {
     /// Number of mappings.
     pub fn mappings(&self) -> usize {
         self.state().mappings.len()
+    }
+
+    /// How device accesses reach the mapping that contains `iova`; `None` if none does.
+    pub fn access_path(&self, iova: Iova) -> Option<AccessPath> {
+        self.state().containing(iova.0).map(Mapping::path)
     }
 
     /// The mappings as `(iova, size, prot)`, in IOVA order.

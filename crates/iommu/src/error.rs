@@ -208,6 +208,31 @@ pub enum IommuError {
         /// The OS error, errno kept.
         source: io::Error,
     },
+    /// The file of a new mapping ends before the mapping does: its pages past the end would
+    /// raise SIGBUS when touched. The kernel's MAP_DMA fails to pin them with EFAULT.
+    #[error(
+        "mapping of {size:#x} bytes at fd offset {offset:#x} runs past the file's end \
+         ({file_size:#x} bytes)"
+    )]
+    BeyondFile {
+        /// Offset of the mapping in the file.
+        offset: u64,
+        /// Size of the mapping.
+        size: u64,
+        /// Size of the file.
+        file_size: u64,
+    },
+    /// A device access to host memory failed: the page is gone (the client shrank the file
+    /// under its mapping), EFAULT.
+    #[error("DMA at {iova} + {len:#x} failed: {source}")]
+    Fault {
+        /// Where the failed piece of the access starts.
+        iova: Iova,
+        /// Its length.
+        len: u64,
+        /// The error, errno kept.
+        source: io::Error,
+    },
     /// A mapping without an fd was reached through its remote accessor, and that failed.
     #[error("remote DMA at {iova} failed: {source}")]
     Remote {
@@ -246,10 +271,10 @@ impl IommuError {
             Overlap { .. } => libc::EEXIST,
             TooManyMappings { .. } => libc::ENOSPC,
             Busy { .. } => libc::EBUSY,
-            NotMapped { .. } | NotHostMapped { .. } => libc::EFAULT,
+            NotMapped { .. } | NotHostMapped { .. } | BeyondFile { .. } => libc::EFAULT,
             Permission { .. } => libc::EPERM,
             Bitmap(_) | BitmapBudget { .. } => libc::ENOMEM,
-            Mmap { source, .. } | Remote { source, .. } => {
+            Mmap { source, .. } | Remote { source, .. } | Fault { source, .. } => {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
         }

@@ -6,7 +6,8 @@
 //! behaves like a type1 v2 container in every rule a VMM can observe — the same checks, in the
 //! same order, with the same errnos ([`IommuError::errno`]) — without the kernel's known bugs:
 //!
-//! * map: page-aligned, no wrap, no overlap (EEXIST), at most 65535 mappings (ENOSPC);
+//! * map: page-aligned, no wrap, no overlap (EEXIST), at most 65535 mappings (ENOSPC), a file
+//!   that covers the mapping (EFAULT);
 //! * unmap: whole mappings only (a bisected one is EINVAL), holes unmap nothing, the bytes
 //!   unmapped are returned; with GET_DIRTY_BITMAP the removed mappings' dirty pages are reported
 //!   first; unmap-all; pinned pages are first asked back through an [`UnmapNotifier`], and if a
@@ -43,6 +44,19 @@
 //! ENOMEM ([`IommuError::BitmapBudget`]) leaving tracking off; a map while tracking that does
 //! not fit fails the same way and maps nothing. Unmap and STOP give the bytes back. The budget
 //! is per container.
+//!
+//! # Files that shrink
+//!
+//! A mapping's file belongs to the client, and a page of a shared mapping past the file's end
+//! raises SIGBUS when touched, which would end the device process for one client's mistake or
+//! malice. So MAP_DMA refuses a regular file that does not cover the mapping (EFAULT, as type1
+//! fails to pin such a range), and each mapping gets an [`AccessPath`]: `Direct` (plain
+//! copies) if its memfd is sealed against shrinking, which no one can undo, and not on
+//! hugetlbfs (an empty huge page pool is SIGBUS too); `Checked` otherwise, where every device read and write is copied by the kernel
+//! (`process_vm_readv`/`writev` on this process) and a page the client cut off since fails that
+//! one access with EFAULT ([`IommuError::Fault`]). A write that fails part-way still marks its
+//! whole piece dirty: the bytes before the fault were written. A [`PinGuard`] copies on its
+//! mapping's path and lends a raw address only on a `Direct` one.
 //!
 //! # Concurrency
 //!
@@ -82,7 +96,7 @@ mod types;
 pub use access::PinGuard;
 pub use container::{Container, ContainerConfig, UnmapNotifier, UnmapRequest};
 pub use error::{IommuError, Result};
-pub use host::{Backing, RemoteMemory};
+pub use host::{AccessPath, Backing, RemoteMemory};
 pub use info::{IOMMU_INFO_FULL_SIZE, IOVA_PGSIZES};
 pub use report::BitmapRequest;
 pub use tracking::{DirtyPagesDone, GetBitmapRange};

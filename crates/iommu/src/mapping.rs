@@ -7,16 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfmig_abi::dirty::DIRTY_BITMAP_PAGES_MAX;
 use vfmig_dirty::DirtyBitmap;
-use vfmig_memory::{Iova, Mmap};
+use vfmig_memory::Iova;
 
 use crate::error::{IommuError, Result};
-use crate::host::RemoteMemory;
+use crate::host::{AccessPath, HostMemory, RemoteMemory};
 use crate::types::{CONTAINER_PAGE_SIZE, Prot};
 
 /// The memory of a mapping.
 pub(crate) enum Memory {
-    /// Mapped into this process.
-    Host(Mmap),
+    /// Mapped into this process; shared with the pins of it, which keep it mapped.
+    Host(Arc<HostMemory>),
     /// Reached through the peer.
     Remote(Arc<dyn RemoteMemory>),
 }
@@ -48,6 +48,14 @@ impl Mapping {
             memory,
             bitmap: None,
             pins: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// How device accesses reach the memory.
+    pub(crate) fn path(&self) -> AccessPath {
+        match &self.memory {
+            Memory::Host(host) => host.path(),
+            Memory::Remote(_) => AccessPath::Remote,
         }
     }
 

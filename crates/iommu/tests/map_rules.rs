@@ -291,3 +291,27 @@ fn map_without_fd_needs_no_memory_here() {
     .unwrap();
     assert_eq!(c.mapping_list(), vec![(Iova(0), big, Prot::READ_WRITE)]);
 }
+
+#[test]
+fn map_of_more_than_the_file_holds_is_efault() {
+    let c = Container::default();
+    let b = Backing::Fd {
+        fd: memfd(1 << 20),
+        offset: 0,
+    };
+    let e = c.map_dma(RW, 0, 16 << 20, b).unwrap_err();
+    assert!(matches!(e, IommuError::BeyondFile { .. }), "{e:?}");
+    assert_eq!(e.errno(), libc::EFAULT);
+    assert_eq!(c.mappings(), 0);
+}
+
+#[test]
+fn map_whose_fd_offset_runs_past_the_file_end_is_efault() {
+    let c = Container::default();
+    let page = CONTAINER_PAGE_SIZE.bytes();
+    let b = Backing::Fd {
+        fd: memfd(2 * page),
+        offset: page,
+    };
+    assert_eq!(errno(c.map_dma(RW, 0, 2 * page, b)), libc::EFAULT);
+}

@@ -1,5 +1,6 @@
 //! Memory shared between the processes of a VM, at the bottom of the workspace: the memfd
-//! ([`memfd`]), the one mapped-region type ([`Mmap`]), a memfd with its mapping
+//! ([`memfd`], [`memfd_sealed`]) and what a file descriptor says of its memory ([`FileInfo`],
+//! [`Seals`]), the one mapped-region type ([`Mmap`]), a memfd with its mapping
 //! ([`SharedMemory`]), the host page size ([`host_page_size`]), and the guest address types
 //! ([`Gpa`], [`Iova`]). It knows nothing of VFIO, dirty tracking or migration; every crate
 //! above maps memory through it.
@@ -20,6 +21,14 @@
 //!   over a mapping (the migration ring) owns the memory alone and says so at its `unsafe`.
 //! * Every access is bounds-checked (EINVAL outside) and access-checked (EACCES for a write
 //!   to a read-only mapping); every failed syscall keeps its errno.
+//! * A page of a file mapping can vanish when the file's owner shrinks it, and touching it
+//!   raises SIGBUS. A file this process sends is sealed to its length ([`memfd_sealed`], which
+//!   every [`SharedMemory`] uses); a file it receives is asked about ([`FileInfo`]: its size and
+//!   its seals) and, unless it is sealed against shrinking and not on hugetlbfs
+//!   ([`FileInfo::always_backed`]), copied to and from only through
+//!   the kernel ([`Mmap::read_checked`], [`Mmap::write_checked`]), where a vanished page is
+//!   EFAULT. Which copy a mapping gets is its user's choice (the IOMMU container's, per DMA
+//!   mapping).
 //! * Guest RAM regions expose what a KVM memslot needs: host address ([`Mmap::as_ptr`]),
 //!   size ([`Mmap::len`]) and fd ([`SharedMemory::fd`]).
 //!
@@ -48,12 +57,15 @@
 //! (each region's fd, size and guest address are public) without this crate changing.
 
 mod addr;
+mod checked;
 mod copy;
+mod file;
 mod memfd;
 mod mmap;
 mod shared;
 
 pub use addr::{Gpa, Iova};
-pub use memfd::{host_page_size, memfd};
+pub use file::{FileInfo, Seals, seal};
+pub use memfd::{host_page_size, memfd, memfd_sealed};
 pub use mmap::{Access, Mmap};
 pub use shared::SharedMemory;

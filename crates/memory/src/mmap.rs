@@ -184,7 +184,7 @@ impl Mmap {
 
     /// The address of `[offset, offset + len)` for writing: inside (EINVAL) and writable
     /// (EACCES).
-    fn writable_at(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
+    pub(crate) fn writable_at(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
         if self.access != Access::ReadWrite {
             return Err(io::Error::from_raw_os_error(libc::EACCES));
         }

@@ -8,19 +8,25 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
 use crate::mmap::{Access, Mmap};
-use crate::{host_page_size, memfd};
+use crate::{host_page_size, memfd_sealed};
 
 /// A memfd and its read-write `MAP_SHARED` [`Mmap`] in this process, unmapped on drop.
 /// Offsets are bytes from the start of the memfd, which is the start of the mapping.
+///
+/// Its length is fixed for its life: the memfd is sealed against shrinking, growing and further
+/// seals ([`crate::memfd_sealed`]), so a process it is sent to (a device process mapping guest
+/// RAM through DMA_MAP) can trust every page of its mapping to stay backed and copy with plain
+/// loads and stores.
 pub struct SharedMemory {
     file: File,
     map: Mmap,
 }
 
 impl SharedMemory {
-    /// A zeroed memfd of `len` bytes, named `name` (for /proc), mapped read-write.
+    /// A zeroed memfd of `len` bytes, named `name` (for /proc), sealed to that length, mapped
+    /// read-write.
     pub fn new(name: &CStr, len: usize) -> io::Result<Self> {
-        let file = memfd(name, len)?;
+        let file = memfd_sealed(name, len)?;
         let map = Mmap::shared(file.as_fd(), 0, len, Access::ReadWrite)?;
         Ok(SharedMemory { file, map })
     }
@@ -244,6 +250,12 @@ mod tests {
             m.zero(4096, 4096).unwrap_err().raw_os_error(),
             Some(libc::EINVAL)
         );
+    }
+
+    #[test]
+    fn its_memfd_is_sealed_against_shrinking() {
+        let m = SharedMemory::new(c"t", 4096).unwrap();
+        assert!(crate::FileInfo::of(m.fd()).unwrap().cannot_shrink());
     }
 
     #[test]

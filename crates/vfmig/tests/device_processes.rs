@@ -2,59 +2,18 @@
 //! their state moved from one process to another through the v1 migration region.
 #![allow(clippy::cast_possible_truncation, missing_docs)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
-
 use vfmig_abi::DeviceState;
 use vfmig_abi::migration_info::{DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, PENDING_BYTES_OFFSET};
 use vfmig_device::MIGRATION_REGION_INDEX;
 use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, DONE, Descriptor, Op};
 use vfmig_iommu::{Iova, Prot};
 use vfmig_memory::SharedMemory;
-use vfmig_vfio_user::{Client, ClientConfig};
+use vfmig_vfio_user::Client;
 
-/// A device process, killed when dropped.
-struct DeviceProcess {
-    child: Child,
-    socket: PathBuf,
-}
+#[allow(dead_code)] // each test binary uses a part of the helpers
+mod common;
 
-impl DeviceProcess {
-    fn start(args: &[&str], name: &str) -> Self {
-        let socket = std::env::temp_dir().join(format!("vfmig-{}-{name}.sock", std::process::id()));
-        let child = Command::new(env!("CARGO_BIN_EXE_vfmig"))
-            .arg("device")
-            .args(args)
-            .arg("--socket")
-            .arg(&socket)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start vfmig device");
-        DeviceProcess { child, socket }
-    }
-
-    fn connect(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Client::connect(&self.socket, ClientConfig::default()) {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => {
-                    panic!("connect {}: {e}", self.socket.display())
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-}
-
-impl Drop for DeviceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
+use common::device::DeviceProcess;
 
 fn set_state(c: &Client, s: DeviceState) {
     c.region_write(MIGRATION_REGION_INDEX, 0, &s.raw().to_le_bytes())

@@ -7,7 +7,9 @@
 //!
 //! Each region is a `vfmig_memory::SharedMemory` (a memfd and its mapping here): what a KVM
 //! memslot needs of it is [`RamRegion::gpa`], [`RamRegion::size`], the host address of
-//! [`RamRegion::mapping`] and [`RamRegion::fd`].
+//! [`RamRegion::mapping`] and [`RamRegion::fd`]. Its memfd is sealed to its length, so a
+//! device process that maps it copies guest memory with plain loads and stores (the container's
+//! direct path) and never needs to fear a page vanishing under it.
 
 use std::ffi::CString;
 use std::io;

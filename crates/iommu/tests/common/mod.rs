@@ -110,3 +110,10 @@ impl vfmig_iommu::RemoteMemory for Nowhere {
 pub fn nowhere() -> Backing {
     Backing::Remote(std::sync::Arc::new(Nowhere))
 }
+
+/// A memfd of `size` bytes sealed to its length, as a VMM of this workspace sends guest RAM.
+pub fn sealed_memfd(size: u64) -> OwnedFd {
+    vfmig_memory::memfd_sealed(c"vfmig-test", size as usize)
+        .expect("sealed memfd")
+        .into()
+}

@@ -1,11 +1,13 @@
 //! Helpers for the process tests: `vfmig vm run` processes driven through their control
-//! sockets, a directory per test, polling with deadlines, and ([`proxy`]) a TCP relay that
-//! corrupts the migration stream.
+//! sockets, a directory per test, polling with deadlines, ([`device`]) a lone device process
+//! driven by the vfio-user client, and ([`proxy`]) a TCP relay that corrupts the migration
+//! stream.
 //!
 //! Every process runs with `TMPDIR` set to the test's directory, so its device sockets land
 //! there too, and is killed when its guard drops (its device processes die with it: the VMM
 //! spawns them with `PR_SET_PDEATHSIG`). A failing test prints each VM's log.
 
+pub(crate) mod device;
 pub(crate) mod proxy;
 
 use std::fs::File;

@@ -316,7 +316,9 @@ impl DmaEngine {
                 self.regs.status = word;
             }
             self.regs.head = (self.regs.head + 1) % self.regs.ring_size.max(1);
-            self.regs.completed += 1;
+            // A 64-bit counter wraps, as a hardware one does; it may start anywhere, resumed
+            // from the source.
+            self.regs.completed = self.regs.completed.wrapping_add(1);
             interrupt |= irq;
         }
         if interrupt && self.regs.control & CONTROL_IRQ != 0 {

@@ -1,0 +1,179 @@
+//! Replays the fuzz corpus (`fuzz/corpus/<target>/*`) through the fuzz harness on stable
+//! Rust, so CI checks every input the fuzzers ever kept without nightly or cargo-fuzz; and
+//! holds the regression inputs of what fuzzing found, one test each.
+//!
+//! `cargo test -p vfmig-device --test corpus_replay -- --ignored` rewrites the `seed-*` files
+//! from the device states below.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, Op};
+use vfmig_device::devices::dma_engine::{RAM_BAR, REGS_BAR};
+use vfmig_iommu::DirtyScope;
+use vfmig_vfio_user::server::Backend;
+
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+fn corpus(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+/// Runs every file of a corpus through `resume`; seeds must resume to RUNNING, other inputs
+/// must not panic. Returns the number of files.
+fn replay(target: &str, resume: fn(&[u8]) -> bool) -> usize {
+    let mut count = 0;
+    for entry in fs::read_dir(corpus(target)).unwrap() {
+        let path = entry.unwrap().path();
+        let data = fs::read(&path).unwrap();
+        let running = resume(&data);
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(
+            running || !name.starts_with("seed-"),
+            "seed {name} does not resume"
+        );
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn mtty_corpus_replays_without_panic() {
+    assert!(replay("mtty_resume", harness::mtty_resume) > 0);
+}
+
+#[test]
+fn dma_engine_corpus_replays_without_panic() {
+    assert!(replay("dma_engine_resume", harness::dma_engine_resume) > 0);
+}
+
+#[test]
+fn seeds_are_what_the_devices_save_today() {
+    for (target, name, input) in seeds() {
+        let file = corpus(target).join(format!("seed-{name}"));
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            input,
+            "{target}/{name}: rewrite the seeds (see the top of this file)"
+        );
+    }
+}
+
+/// Guest memory from IOVA 0 to the end of a 16-descriptor ring at 0x1000, one descriptor of
+/// each op at its start: what the seeds' resumed ring runs.
+fn ring_image() -> Vec<u8> {
+    let mut image = vec![0u8; 0x1000 + 16 * 32];
+    let ops = [
+        (Op::FillGuest, 0x2000, 0, 7),
+        (Op::CopyToDevice, 0x2000, 0x100, 0),
+        (Op::CopyToGuest, 0x3000, 0x100, 0),
+        (Op::FillDevice, 0, 0x4000, 9),
+    ];
+    for (i, (op, guest, device, fill)) in ops.into_iter().enumerate() {
+        let d = Descriptor {
+            op,
+            irq: true,
+            guest,
+            device,
+            len: 64,
+            fill,
+        };
+        image[0x1000 + i * 32..0x1000 + (i + 1) * 32].copy_from_slice(&d.encode());
+    }
+    image
+}
+
+/// The seed inputs, by target and name: the saves of real devices.
+fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut seeds = Vec::new();
+
+    let mut mtty = harness::mtty();
+    seeds.push((
+        "mtty_resume",
+        "power-on",
+        harness::join(&harness::save(&mut mtty)),
+    ));
+    let mut mtty = harness::mtty();
+    for &byte in b"vfmig" {
+        mtty.region_write(0, 0, &[byte]).unwrap();
+    }
+    mtty.region_write(1, 1, &[0x03]).unwrap();
+    mtty.region_write(1, 7, &[0x42]).unwrap();
+    seeds.push((
+        "mtty_resume",
+        "fifo",
+        harness::join(&harness::save(&mut mtty)),
+    ));
+
+    for (scope, name) in [
+        (DirtyScope::Pinned, "ring-pinned"),
+        (DirtyScope::AllMapped, "ring-all-mapped"),
+    ] {
+        let container = harness::guest();
+        let mut dev = harness::dma_engine(&container, scope);
+        let regs = u32::try_from(REGS_BAR).unwrap();
+        dev.region_write(regs, 0x08, &0x1000u64.to_le_bytes())
+            .unwrap();
+        dev.region_write(regs, 0x10, &16u32.to_le_bytes()).unwrap();
+        dev.region_write(regs, 0x14, &CONTROL_ENABLE.to_le_bytes())
+            .unwrap();
+        dev.region_write(u32::try_from(RAM_BAR).unwrap(), 0x2000, b"device ram")
+            .unwrap();
+        let mut input = vec![u8::from(scope == DirtyScope::AllMapped)];
+        let mut chunks = vec![ring_image()];
+        chunks.extend(harness::save(&mut dev));
+        input.extend(harness::join(&chunks));
+        seeds.push(("dma_engine_resume", name, input));
+    }
+    let container = harness::guest();
+    let mut dev = harness::dma_engine(&container, DirtyScope::Pinned);
+    let mut chunks = vec![Vec::new()];
+    chunks.extend(harness::save(&mut dev));
+    let mut input = vec![0];
+    input.extend(harness::join(&chunks));
+    seeds.push(("dma_engine_resume", "power-on", input));
+    seeds
+}
+
+#[test]
+#[ignore = "rewrites the seed corpus"]
+fn write_seed_corpus() {
+    for (target, name, input) in seeds() {
+        fs::write(corpus(target).join(format!("seed-{name}")), &input).unwrap();
+    }
+}
+
+/// A dma-engine registers chunk, as a `PciDevice` tags it: `ring_base`, `ring_size`,
+/// `control`, `tail`, `head`, `status`, `completed`.
+fn dma_regs_chunk(
+    ring: (u64, u32),
+    control: u32,
+    tail_head: (u32, u32),
+    completed: u64,
+) -> Vec<u8> {
+    let mut c = vec![1u8]; // the model's tag
+    c.extend_from_slice(b"DMAE");
+    c.extend_from_slice(&[2, 0, 0, 0]);
+    c.extend_from_slice(&1u32.to_le_bytes());
+    c.extend_from_slice(&ring.0.to_le_bytes());
+    for v in [ring.1, control, tail_head.0, tail_head.1, 0] {
+        c.extend_from_slice(&v.to_le_bytes());
+    }
+    c.extend_from_slice(&completed.to_le_bytes());
+    c
+}
+
+#[test]
+fn a_resumed_completion_count_at_its_maximum_wraps_on_the_next_descriptor() {
+    for scope in [0u8, 1] {
+        let mut input = vec![scope];
+        input.extend(harness::join(&[
+            Vec::new(),
+            dma_regs_chunk((0x1000, 16), CONTROL_ENABLE, (0, 0), u64::MAX),
+        ]));
+        assert!(harness::dma_engine_resume(&input), "scope {scope}");
+    }
+}
