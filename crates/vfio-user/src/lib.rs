@@ -129,7 +129,7 @@ pub mod message;
 mod peer;
 pub mod server;
 
-pub use client::{Client, ClientConfig, ClientError, ClientMemory};
+pub use client::{Client, ClientConfig, ClientError, ClientMemory, ClientStats};
 pub use connection::{BodyBuffer, Connection, Received, Tail};
 pub use errno::Errno;
 pub use error::{ConnectionError, MessageError};

@@ -31,6 +31,15 @@ pub enum ClientError {
         /// `ECONNRESET` or `ENOTCONN`.
         errno: Errno,
     },
+    /// No reply came within the deadline (`ETIMEDOUT`). The connection is broken: every later
+    /// call fails at once (`ENOTCONN`), and a reply that comes late is never taken for another.
+    #[error("{command}: no reply within {after:?}; the connection is broken")]
+    TimedOut {
+        /// The command that got no reply.
+        command: Command,
+        /// The deadline it had.
+        after: std::time::Duration,
+    },
     /// The socket failed; its errno is kept.
     #[error("transport: {0}")]
     Connection(#[from] ConnectionError),
@@ -111,6 +120,7 @@ impl ClientError {
     pub fn errno(&self) -> Errno {
         match self {
             Self::Remote { errno, .. } | Self::Disconnected { errno, .. } => *errno,
+            Self::TimedOut { .. } => Errno::ETIMEDOUT,
             Self::Connection(err) => Errno::from(err),
             Self::Encode { source, .. } => Errno::from(source),
             Self::BadReply { .. } | Self::UnexpectedReply { .. } => Errno::EPROTO,
@@ -129,6 +139,7 @@ impl ClientError {
             CallError::Encode(source) => Self::Encode { command, source },
             CallError::Send(err) | CallError::Receive(err) => Self::Connection(err),
             CallError::Closed(errno) => Self::Disconnected { command, errno },
+            CallError::TimedOut(after) => Self::TimedOut { command, after },
         }
     }
 

@@ -70,18 +70,21 @@ mod memory;
 mod mmap;
 mod negotiate;
 mod regions;
+mod stats;
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-pub use config::ClientConfig;
+pub use config::{ClientConfig, DEFAULT_REPLY_TIMEOUT};
 pub use error::ClientError;
 pub use irq::IrqValues;
 pub use memory::ClientMemory;
 pub use mmap::MmapArea;
 pub use regions::Region;
+pub use stats::ClientStats;
 
 use crate::connection::{Connection, Received};
 use crate::errno::Errno;
@@ -89,6 +92,7 @@ use crate::limits::Limits;
 use crate::message::{Command, DEFAULT_MAX_MSG_FDS, DeviceInfo, Reply, Request, Version};
 use crate::peer::{Peer, run_reader};
 use mappings::MappingTable;
+use stats::Counters;
 use negotiate::{LIBVFIO_USER_MAX_BITMAP, Negotiated, negotiate};
 
 /// Bytes before the data of a REGION_READ reply: header and access.
@@ -109,6 +113,7 @@ pub(crate) struct Shared {
     table: Mutex<MappingTable>,
     /// Serializes map, unmap and dirty page calls.
     layout: Mutex<()>,
+    counters: Counters,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,10 +137,16 @@ impl Shared {
             .map_err(|err| ClientError::from_call(request.command(), err))
     }
 
-    /// Sends a command whose body is `parts` and waits for its reply.
-    fn call_parts(&self, command: Command, parts: &[&[u8]]) -> Result<Received, ClientError> {
+    /// Sends a command whose body is `parts` and waits at most `timeout` for its reply.
+    fn call_parts_within(
+        &self,
+        command: Command,
+        parts: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Received, ClientError> {
         self.peer
-            .call_parts(command, parts, &[])
+            .call_into(command, parts, &[], None, Some(timeout))
+            .map(|(received, _)| received)
             .map_err(|err| ClientError::from_call(command, err))
     }
 
@@ -206,7 +217,7 @@ impl Client {
             max_data_xfer_size: config.max_data_xfer_size,
         };
         let mut conn = Connection::with_limits(stream, limits)?;
-        let Negotiated { server, legacy } = negotiate(&mut conn, &config)?;
+        let Negotiated { server, legacy } = negotiate_within(&mut conn, &config)?;
         let caps = &server.capabilities;
         conn.set_limits(Limits {
             max_send_fds: usize::try_from(caps.max_msg_fds).unwrap_or(usize::MAX),
@@ -233,7 +244,7 @@ impl Client {
             "vfio-user client negotiated"
         );
         let shared = Arc::new(Shared {
-            peer: Peer::new(conn.try_clone()?)?,
+            peer: Peer::new(conn.try_clone()?)?.with_reply_timeout(config.reply_timeout),
             config,
             server,
             xfer: usize::try_from(xfer).unwrap_or(usize::MAX),
@@ -241,6 +252,7 @@ impl Client {
             one_mapping_per_request,
             table: Mutex::new(MappingTable::default()),
             layout: Mutex::new(()),
+            counters: Counters::default(),
         });
         let reader = {
             let shared = Arc::clone(&shared);
@@ -278,6 +290,17 @@ impl Client {
         self.shared.one_mapping_per_request
     }
 
+    /// What the client did so far (dirty bitmap requests, the server's DMA, pages reported
+    /// from its own record).
+    pub fn stats(&self) -> ClientStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// How long a request waits for its reply ([`ClientConfig::reply_timeout`]).
+    pub fn reply_timeout(&self) -> Duration {
+        self.shared.config.reply_timeout
+    }
+
     /// `VFIO_USER_DEVICE_GET_INFO`.
     pub fn device_info(&self) -> Result<DeviceInfo, ClientError> {
         let command = Command::DeviceGetInfo;
@@ -299,6 +322,37 @@ impl Client {
             _ => Err(ClientError::unexpected(command, "not a reset reply")),
         }
     }
+}
+
+/// [`negotiate`] with the VERSION reply awaited for at most the configured reply timeout (a
+/// read timeout on the socket, lifted again before the reader thread starts: a server may
+/// stay quiet as long as it likes between replies).
+fn negotiate_within(
+    conn: &mut Connection,
+    config: &ClientConfig,
+) -> Result<Negotiated, ClientError> {
+    let io = |source| {
+        ClientError::Connection(crate::error::ConnectionError::Io {
+            op: "set a read timeout",
+            source,
+        })
+    };
+    conn.stream()
+        .set_read_timeout(Some(config.reply_timeout.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    let negotiated = negotiate(conn, config).map_err(|err| {
+        let timed_out = [Errno::EAGAIN, Errno::ETIMEDOUT].contains(&err.errno());
+        if timed_out {
+            ClientError::TimedOut {
+                command: Command::Version,
+                after: config.reply_timeout,
+            }
+        } else {
+            err
+        }
+    })?;
+    conn.stream().set_read_timeout(None).map_err(io)?;
+    Ok(negotiated)
 }
 
 impl Drop for Client {
