@@ -19,8 +19,9 @@
 //!
 //! A call may wait for its reply within a deadline ([`Peer::with_reply_timeout`], or per call).
 //! One that passes it fails with [`CallError::TimedOut`] (`ETIMEDOUT`) and **breaks the
-//! connection**: the peer is marked closed (every other waiter is woken with `ECONNRESET`, later
-//! calls fail at once with `ENOTCONN`) and the socket is shut down. A reply that would come late
+//! connection**: the peer is marked closed, every other waiter is woken and later calls fail
+//! at once, all with [`CallError::Closed`]`(ETIMEDOUT)` (the cause, not `ECONNRESET` /
+//! `ENOTCONN`), and the socket is shut down. A reply that would come late
 //! can then never be taken for the answer to a later request (`msg_id`s wrap), and a request
 //! whose fate is unknown (a DMA_MAP the server may yet carry out) leaves no layout to disagree on.
 
@@ -97,6 +98,9 @@ struct Calls {
     next_id: u16,
     waiting: HashMap<u16, Waiter>,
     closed: bool,
+    /// Why the connection was broken on our side, if it was: what waiters and later calls
+    /// fail with.
+    broken: Option<Errno>,
 }
 
 /// The shared end of a connection (see the module docs).
@@ -132,6 +136,7 @@ impl Peer {
                 next_id: 0,
                 waiting: HashMap::new(),
                 closed: false,
+                broken: None,
             }),
             shutdown,
             limits,
@@ -210,7 +215,9 @@ impl Peer {
         match delivered {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(err)) => Err(CallError::Receive(err)),
-            Err(None) => Err(CallError::Closed(Errno::ECONNRESET)),
+            Err(None) => Err(CallError::Closed(
+                lock(&self.calls).broken.unwrap_or(Errno::ECONNRESET),
+            )),
             Err(Some(timeout)) => self.timed_out(msg_id, command, &reply, timeout),
         }
     }
@@ -232,6 +239,7 @@ impl Peer {
             Err(_) => {}
         }
         tracing::warn!(%command, msg_id, ?timeout, "no reply in time: the connection is broken");
+        lock(&self.calls).broken = Some(Errno::ETIMEDOUT);
         self.close();
         self.shutdown();
         Err(CallError::TimedOut(timeout))
@@ -244,7 +252,7 @@ impl Peer {
     ) -> Result<(u16, mpsc::Receiver<ReplyDelivery>), CallError> {
         let mut calls = lock(&self.calls);
         if calls.closed {
-            return Err(CallError::Closed(Errno::ENOTCONN));
+            return Err(CallError::Closed(calls.broken.unwrap_or(Errno::ENOTCONN)));
         }
         // At most 65536 calls can wait; a thread per call makes that unreachable, but the
         // search is bounded all the same.

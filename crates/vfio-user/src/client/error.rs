@@ -23,17 +23,18 @@ pub enum ClientError {
         errno: Errno,
     },
     /// The connection went away before the reply came (`ECONNRESET`), or was gone already
-    /// (`ENOTCONN`).
+    /// (`ENOTCONN`); either with `ETIMEDOUT` if it was broken by a call that timed out.
     #[error("{command}: the connection is gone ({errno})")]
     Disconnected {
         /// The command that got no reply.
         command: Command,
-        /// `ECONNRESET` or `ENOTCONN`.
+        /// `ECONNRESET`, `ENOTCONN` or `ETIMEDOUT`.
         errno: Errno,
     },
-    /// No reply came within the deadline (`ETIMEDOUT`). The connection is broken: every later
-    /// call fails at once (`ENOTCONN`), and a reply that comes late is never taken for another.
-    #[error("{command}: no reply within {after:?}; the connection is broken")]
+    /// No reply came within the deadline (`ETIMEDOUT`). The connection is broken: every other
+    /// call waiting and every later one fails at once as [`ClientError::Disconnected`] with
+    /// `ETIMEDOUT`, and a reply that comes late is never taken for another.
+    #[error("{command}: no reply within {after:?} (timed out); the connection is broken")]
     TimedOut {
         /// The command that got no reply.
         command: Command,
