@@ -70,7 +70,10 @@ fn after_a_timeout_the_connection_is_broken_and_later_calls_fail_at_once() {
         matches!(err, ClientError::Disconnected { errno, .. } if errno == Errno::ETIMEDOUT),
         "{err:?}"
     );
-    assert!(start.elapsed() < DEADLINE, "a broken connection was waited on");
+    assert!(
+        start.elapsed() < DEADLINE,
+        "a broken connection was waited on"
+    );
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vfmig_migration::engine::{DowntimeLimit, ReceiveTimeouts};
-use vfmig_vmm::DeviceTimeouts;
 use vfmig_migration::transport::Address;
+use vfmig_vmm::DeviceTimeouts;
 
 /// Live migration of VMs with out-of-process vfio-user devices.
 #[derive(Debug, Parser)]

@@ -36,9 +36,9 @@ pub use machine::{GuestProgram, Machine, MachineError, MachineRam};
 pub use pci::PciConfigState;
 pub use profile::{DeviceProfile, MigrationData};
 pub use ram::{GuestRam, RamError, RamRegion};
+/// What a device's vfio-user client did ([`AttachedDevice::client_stats`]).
+pub use vfmig_vfio_user::ClientStats;
 pub use vm::{
     DeviceHost, GuestPlan, KvmGuestReport, MigrationBlocker, Vm, VmConfig, VmDigest, VmError,
 };
-/// What a device's vfio-user client did ([`AttachedDevice::client_stats`]).
-pub use vfmig_vfio_user::ClientStats;
 pub use workload::{WORKING_SET_BASE, Workload, WorkloadConfig, WorkloadStats, init_drivers};

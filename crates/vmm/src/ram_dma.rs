@@ -28,7 +28,10 @@ impl RamDma {
             .regions()
             .iter()
             .find(|r| {
-                gpa >= r.gpa() && gpa.checked_add(len).is_some_and(|end| end <= r.gpa() + r.size())
+                gpa >= r.gpa()
+                    && gpa
+                        .checked_add(len)
+                        .is_some_and(|end| end <= r.gpa() + r.size())
             })
             .ok_or(Errno::EFAULT)?;
         let offset = usize::try_from(gpa - region.gpa()).map_err(|_| Errno::EFAULT)?;

@@ -92,8 +92,8 @@ use crate::limits::Limits;
 use crate::message::{Command, DEFAULT_MAX_MSG_FDS, DeviceInfo, Reply, Request, Version};
 use crate::peer::{Peer, run_reader};
 use mappings::MappingTable;
-use stats::Counters;
 use negotiate::{LIBVFIO_USER_MAX_BITMAP, Negotiated, negotiate};
+use stats::Counters;
 
 /// Bytes before the data of a REGION_READ reply: header and access.
 const REGION_REPLY_PREFIX: u64 = 32;

@@ -160,9 +160,9 @@ impl Client {
         let mut at = offset;
         for piece in buf.chunks_mut(self.shared.xfer) {
             let access = access(index, at, piece.len())?;
-            let received =
-                self.shared
-                    .call_parts_within(command, &[access.as_bytes()], timeout)?;
+            let received = self
+                .shared
+                .call_parts_within(command, &[access.as_bytes()], timeout)?;
             match self.shared.reply(command, &received)? {
                 Reply::RegionRead(data) if data.access == access => {
                     piece.copy_from_slice(&data.data)

@@ -201,7 +201,12 @@ mod tests {
 
     #[test]
     fn dma_messages_maps_guest_ram_without_fds() {
-        let s = specs(&["dma-engine,dma=messages", "socket=/s,dma=messages,id=x", "mtty"]).unwrap();
+        let s = specs(&[
+            "dma-engine,dma=messages",
+            "socket=/s,dma=messages,id=x",
+            "mtty",
+        ])
+        .unwrap();
         let dma: Vec<DmaPath> = s.iter().map(|s| s.dma).collect();
         assert_eq!(dma, [DmaPath::Messages, DmaPath::Messages, DmaPath::Shared]);
         assert_eq!(s[1].id, "x");
