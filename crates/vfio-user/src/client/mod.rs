@@ -43,13 +43,27 @@
 //! 1 MiB. The client then keeps each bitmap within 1 MiB - 40 bytes (so every mapping above
 //! about 32 GiB is split when it is made) and sends one request per server mapping.
 //!
+//! # Reply deadlines
+//!
+//! Every request waits for its reply at most [`ClientConfig::reply_timeout`] (10 s by
+//! default; VERSION too, by a read timeout on the socket before the reader thread starts); a
+//! caller that knows a request makes the server work longer passes its own deadline
+//! ([`Client::region_read_within`], [`Client::region_write_within`]). A call past its deadline
+//! fails with [`ClientError::TimedOut`] (`ETIMEDOUT`) and breaks the connection: the socket is
+//! shut down, and every other waiting and later call fails at once with
+//! [`ClientError::Disconnected`] naming `ETIMEDOUT`. A hung server then stalls nobody, and a
+//! reply that would come late cannot be taken for the answer to a later request, nor leave
+//! the client's mapping layout and the server's disagreeing about a map whose fate is unknown.
+//!
 //! # Dirty pages written by DMA_WRITE
 //!
 //! A server keeps no dirty bitmap of memory mapped without an fd (libvfio-user does not, and
 //! answers EINVAL to a GET of it): the pages it writes there through DMA_WRITE are the
 //! client's record. While tracking is on, the reader records each such page; a GET never
 //! names such a mapping (nor spans one), an unmap with bitmap unmaps it without asking for
-//! one, and both report the recorded pages in its place.
+//! one, and both report the recorded pages in its place. [`Client::stats`] counts the bitmap
+//! requests sent (never one for such a mapping), the server's DMA messages and the pages
+//! reported from the record.
 //!
 //! # Bitmaps without copies
 //!
