@@ -254,8 +254,9 @@ fn connect(spec: &DeviceSpec, socket: &Path, timeout: Duration) -> Result<Client
 }
 
 impl AttachedDevice {
-    /// Attaches the device of `spec`: starts its process (`program device <kind> --socket
-    /// <dir>/<id>.sock <args>`) or connects to its socket; then probes it.
+    /// Attaches the device of `spec`: starts its process
+    /// (`program device <kind> --socket <dir>/<id>.sock <args>`) or connects to its socket;
+    /// then probes it.
     pub fn attach(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, AttachError> {
         match &spec.source {
             DeviceSource::Spawn { kind, args } => {
