@@ -181,3 +181,47 @@ fn an_all_mapped_engine_pins_nothing_and_makes_every_get_report_all_pages() {
         "on every GET"
     );
 }
+
+/// Guest memory the container does not map: every access is a call to its owner, as a
+/// vfio-user server's DMA_READ / DMA_WRITE to its client.
+struct Owner(vfmig_memory::SharedMemory);
+
+impl vfmig_iommu::RemoteMemory for Owner {
+    fn read(&self, iova: vfmig_memory::Iova, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(iova.raw(), buf)
+    }
+    fn write(&self, iova: vfmig_memory::Iova, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(iova.raw(), data)
+    }
+}
+
+#[test]
+fn a_ring_in_memory_without_an_fd_is_reached_by_copies() {
+    let owner = std::sync::Arc::new(Owner(
+        vfmig_memory::SharedMemory::new(c"remote", GUEST as usize).unwrap(),
+    ));
+    let container = Container::default();
+    container
+        .map_dma(
+            vfmig_abi::uapi::VFIO_DMA_MAP_FLAG_READ | vfmig_abi::uapi::VFIO_DMA_MAP_FLAG_WRITE,
+            0,
+            GUEST,
+            vfmig_iommu::Backing::Remote(owner.clone()),
+        )
+        .unwrap();
+    // Enabling the ring cannot pin it: the device takes it by copies instead.
+    let mut dev = engine(&container, 1 << 20);
+    assert_eq!(reg_read(&mut dev, 0x20, 4), 0, "STATUS after enable");
+    assert_eq!(container.pinned_pages(), 0);
+    submit(
+        &mut dev,
+        &owner.0,
+        &[desc(Op::FillGuest, 0x50_0000, 0, 16, 9)],
+    );
+    let mut filled = [0u8; 16];
+    owner.0.read(0x50_0000, &mut filled).unwrap();
+    assert_eq!(filled, [9; 16]);
+    let mut word = [0u8; 4];
+    owner.0.read(RING + 28, &mut word).unwrap();
+    assert_eq!(u32::from_le_bytes(word), DONE, "completion written by copy");
+}

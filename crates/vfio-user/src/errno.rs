@@ -42,6 +42,10 @@ impl Errno {
     pub const ECONNRESET: Errno = Errno(libc::ECONNRESET);
     /// Transport endpoint is not connected.
     pub const ENOTCONN: Errno = Errno(libc::ENOTCONN);
+    /// Resource temporarily unavailable (a socket read timeout).
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+    /// Connection timed out.
+    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
 
     /// The errno `raw`, made positive; 0 (which an error reply may carry) becomes `EIO`, so an
     /// `Errno` always names a failure.

@@ -50,7 +50,10 @@
 //!   waiting for their `msg_id` (registered before the request is sent), commands are served
 //!   (by the server in arrival order). So a side always receives the other's DMA or reply
 //!   while it waits, and when the connection goes every waiting call fails (`ECONNRESET`,
-//!   later ones `ENOTCONN`) instead of hanging.
+//!   later ones `ENOTCONN`) instead of hanging. The client waits for each reply within a
+//!   deadline ([`ClientConfig::reply_timeout`], 10 s by default; VERSION too): a server that
+//!   hangs fails the call with `ETIMEDOUT` and breaks the connection (waiting and later
+//!   calls fail with `ETIMEDOUT` too), so a late reply is never taken for another's.
 //! * Dirty bitmaps are the kernel's user layout (bit *n* is page `iova + n * 4096`, LSB-first
 //!   in little-endian `u64` words); one request never carries more than both sides' bitmap
 //!   limits, and the pages a server writes by DMA_WRITE are always in the client's result.
@@ -129,7 +132,7 @@ pub mod message;
 mod peer;
 pub mod server;
 
-pub use client::{Client, ClientConfig, ClientError, ClientMemory};
+pub use client::{Client, ClientConfig, ClientError, ClientMemory, ClientStats};
 pub use connection::{BodyBuffer, Connection, Received, Tail};
 pub use errno::Errno;
 pub use error::{ConnectionError, MessageError};

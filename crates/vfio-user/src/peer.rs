@@ -16,6 +16,14 @@
 //! can never arrive before its waiter exists. When the reader stops (end of stream, a fatal
 //! framing error, or [`Peer::shutdown`]), every waiter is woken with an error and later calls
 //! fail at once: nobody waits for a reply that cannot come.
+//!
+//! A call may wait for its reply within a deadline ([`Peer::with_reply_timeout`], or per call).
+//! One that passes it fails with [`CallError::TimedOut`] (`ETIMEDOUT`) and **breaks the
+//! connection**: the peer is marked closed, every other waiter is woken and later calls fail
+//! at once, all with [`CallError::Closed`]`(ETIMEDOUT)` (the cause, not `ECONNRESET` /
+//! `ENOTCONN`), and the socket is shut down. A reply that would come late
+//! can then never be taken for the answer to a later request (`msg_id`s wrap), and a request
+//! whose fate is unknown (a DMA_MAP the server may yet carry out) leaves no layout to disagree on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -23,6 +31,7 @@ use std::net::Shutdown;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+use std::time::Duration;
 
 use crate::connection::{BodyBuffer, Connection, Received, Tail};
 use crate::errno::Errno;
@@ -59,6 +68,8 @@ pub(crate) enum CallError {
     /// The connection is gone: `ENOTCONN` if it was before the call, `ECONNRESET` if it went
     /// while the call waited.
     Closed(Errno),
+    /// No reply within the deadline (`ETIMEDOUT`); the connection is broken (module docs).
+    TimedOut(Duration),
 }
 
 impl CallError {
@@ -68,6 +79,7 @@ impl CallError {
             Self::Encode(err) => Errno::from(err),
             Self::Send(err) | Self::Receive(err) => Errno::from(err),
             Self::Closed(errno) => *errno,
+            Self::TimedOut(_) => Errno::ETIMEDOUT,
         }
     }
 }
@@ -86,6 +98,9 @@ struct Calls {
     next_id: u16,
     waiting: HashMap<u16, Waiter>,
     closed: bool,
+    /// Why the connection was broken on our side, if it was: what waiters and later calls
+    /// fail with.
+    broken: Option<Errno>,
 }
 
 /// The shared end of a connection (see the module docs).
@@ -95,6 +110,8 @@ pub(crate) struct Peer {
     /// A handle on the socket used only to shut it down, never blocked behind a send.
     shutdown: UnixStream,
     limits: Limits,
+    /// How long a call waits for its reply unless told otherwise; `None`: for ever.
+    reply_timeout: Option<Duration>,
     /// Large bodies already read, kept to receive the next large ones into: a 2 MiB bitmap
     /// then costs no allocation and no page faults.
     buffers: Mutex<Vec<Vec<u8>>>,
@@ -119,11 +136,24 @@ impl Peer {
                 next_id: 0,
                 waiting: HashMap::new(),
                 closed: false,
+                broken: None,
             }),
             shutdown,
             limits,
+            reply_timeout: None,
             buffers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The same peer, each call waiting at most `timeout` for its reply (module docs).
+    pub(crate) fn with_reply_timeout(mut self, timeout: Duration) -> Self {
+        self.reply_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a call waits for its reply unless told otherwise.
+    pub(crate) fn reply_timeout(&self) -> Option<Duration> {
+        self.reply_timeout
     }
 
     /// The limits replies are decoded with.
@@ -148,17 +178,19 @@ impl Peer {
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
     ) -> Result<Received, CallError> {
-        self.call_into(command, parts, fds, None)
+        self.call_into(command, parts, fds, None, self.reply_timeout)
             .map(|(received, _)| received)
     }
 
-    /// As [`Self::call_parts`], the reply's body split as `sink` says if it has that size.
+    /// As [`Self::call_parts`], the reply's body split as `sink` says if it has that size, the
+    /// reply awaited for at most `timeout` (`None`: for ever).
     pub(crate) fn call_into(
         &self,
         command: Command,
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
         sink: Option<Sink>,
+        timeout: Option<Duration>,
     ) -> Result<(Received, Tail), CallError> {
         let body_len = parts.iter().map(|p| p.len()).fold(0, usize::saturating_add);
         let (msg_id, reply) = self.register(sink)?;
@@ -173,11 +205,44 @@ impl Peer {
             lock(&self.calls).waiting.remove(&msg_id);
             return Err(err);
         }
-        match reply.recv() {
+        let delivered = match timeout {
+            None => reply.recv().map_err(|mpsc::RecvError| None),
+            Some(timeout) => reply.recv_timeout(timeout).map_err(|err| match err {
+                mpsc::RecvTimeoutError::Timeout => Some(timeout),
+                mpsc::RecvTimeoutError::Disconnected => None,
+            }),
+        };
+        match delivered {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(err)) => Err(CallError::Receive(err)),
-            Err(mpsc::RecvError) => Err(CallError::Closed(Errno::ECONNRESET)),
+            Err(None) => Err(CallError::Closed(
+                lock(&self.calls).broken.unwrap_or(Errno::ECONNRESET),
+            )),
+            Err(Some(timeout)) => self.timed_out(msg_id, command, &reply, timeout),
         }
+    }
+
+    /// The call `msg_id` saw no reply within `timeout`: the connection is broken (module
+    /// docs), unless the reply slipped in meanwhile.
+    fn timed_out(
+        &self,
+        msg_id: u16,
+        command: Command,
+        reply: &mpsc::Receiver<ReplyDelivery>,
+        timeout: Duration,
+    ) -> Result<(Received, Tail), CallError> {
+        lock(&self.calls).waiting.remove(&msg_id);
+        // Delivered between the deadline and the removal: it is this call's.
+        match reply.try_recv() {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(err)) => return Err(CallError::Receive(err)),
+            Err(_) => {}
+        }
+        tracing::warn!(%command, msg_id, ?timeout, "no reply in time: the connection is broken");
+        lock(&self.calls).broken = Some(Errno::ETIMEDOUT);
+        self.close();
+        self.shutdown();
+        Err(CallError::TimedOut(timeout))
     }
 
     /// Picks a `msg_id` no other call is waiting on and registers a waiter for it.
@@ -187,7 +252,7 @@ impl Peer {
     ) -> Result<(u16, mpsc::Receiver<ReplyDelivery>), CallError> {
         let mut calls = lock(&self.calls);
         if calls.closed {
-            return Err(CallError::Closed(Errno::ENOTCONN));
+            return Err(CallError::Closed(calls.broken.unwrap_or(Errno::ENOTCONN)));
         }
         // At most 65536 calls can wait; a thread per call makes that unreachable, but the
         // search is bounded all the same.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vfmig_migration::engine::{DowntimeLimit, ReceiveTimeouts};
 use vfmig_migration::transport::Address;
+use vfmig_vmm::DeviceTimeouts;
 
 /// Live migration of VMs with out-of-process vfio-user devices.
 #[derive(Debug, Parser)]
@@ -176,10 +177,22 @@ pub(crate) struct VmRunArgs {
     pub(crate) machine: MachineArgs,
     /// A device to attach (repeat for more): `mtty` or `dma-engine` (a device process this VM
     /// starts), or `socket=PATH` (a vfio-user server already listening there); each may end in
-    /// `,id=NAME` (default: mtty0, dmaengine0, socket0, ...). A destination's devices take the
+    /// `,id=NAME` (default: mtty0, dmaengine0, socket0, ...) and `,dma=messages` (guest RAM
+    /// mapped to it without fds: it reaches guest memory only through DMA_READ / DMA_WRITE
+    /// messages this VM answers; default `dma=shared`). A destination's devices take the
     /// places of the source's of the same id.
     #[arg(long = "device", value_name = "SPEC")]
     pub(crate) devices: Vec<crate::cmd::device_spec::DeviceArg>,
+    /// How long a device may take to answer a request, in ms; past it the request fails with
+    /// ETIMEDOUT and the device's connection is broken (a hung device stalls nothing).
+    #[arg(long, default_value_t = ms(DeviceTimeouts::DEFAULT.reply),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) device_timeout_ms: u64,
+    /// The same for accesses to a device's migration region, where the device saves or loads
+    /// its state before it answers.
+    #[arg(long, default_value_t = ms(DeviceTimeouts::DEFAULT.migration),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) device_migration_timeout_ms: u64,
     /// The control socket.
     #[arg(long)]
     pub(crate) control: PathBuf,
@@ -203,6 +216,14 @@ pub(crate) struct VmRunArgs {
 }
 
 impl VmRunArgs {
+    /// The devices' reply deadlines.
+    pub(crate) fn device_timeouts(&self) -> DeviceTimeouts {
+        DeviceTimeouts {
+            reply: Duration::from_millis(self.device_timeout_ms),
+            migration: Duration::from_millis(self.device_migration_timeout_ms),
+        }
+    }
+
     /// The receiver's timeouts: `--incoming-timeout-ms` before the commit point, the
     /// engine's defaults after it.
     pub(crate) fn incoming_timeouts(&self) -> ReceiveTimeouts {

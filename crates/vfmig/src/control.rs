@@ -175,6 +175,13 @@ pub struct DeviceStatus {
     pub dirty_tracking: bool,
     /// Its process, if the VMM spawned one.
     pub pid: Option<u32>,
+    /// How it reaches guest RAM: mapped with fds (`shared`) or by DMA messages.
+    #[serde(default)]
+    pub dma: vfmig_vmm::DmaPath,
+    /// What its vfio-user client did: dirty bitmap requests, the device's DMA messages,
+    /// pages reported from the client's own record of DMA_WRITEs.
+    #[serde(default)]
+    pub client: vfmig_vmm::ClientStats,
 }
 
 /// The guest's counters.

@@ -98,6 +98,48 @@ fn a_killed_device_process_fails_the_migration_with_an_error_naming_the_device()
     );
 }
 
+/// The source's device reply deadline in [`a_hung_device_process_fails_the_migration_within_its_reply_deadline`].
+const DEVICE_TIMEOUT_MS: &str = "1500";
+
+#[test]
+fn a_hung_device_process_fails_the_migration_within_its_reply_deadline() {
+    let dir = TestDir::new("devstop");
+    // The synthetic guest: its RAM writers run on whatever its devices do.
+    let mut args = vec![
+        "--guest",
+        "synthetic",
+        "--device-timeout-ms",
+        DEVICE_TIMEOUT_MS,
+        "--device-migration-timeout-ms",
+        DEVICE_TIMEOUT_MS,
+    ];
+    args.extend_from_slice(BUSY_GUEST);
+    let source = VmProcess::source(&dir, "src", &args);
+    let port = free_port();
+    let _destination = VmProcess::destination(&dir, "dst", port, BUSY_GUEST);
+    source.call("migrate", endless_migration(&to(port)));
+    source.wait_for_pre_copy(2);
+
+    let device = source.device_pid("dmaengine0");
+    signal(device, "STOP");
+    let stopped = Instant::now();
+    let migration = source.wait_for_migration_end();
+    let took = stopped.elapsed();
+    signal(device, "CONT");
+
+    assert_eq!(migration["state"], "failed", "{migration}");
+    let error = error_of(&migration);
+    assert!(
+        error.contains("dmaengine0") && error.contains("timed out"),
+        "the error does not name the hung device and its deadline: {migration}"
+    );
+    // The deadline, not the 10 s default nor for ever.
+    assert!(took < Duration::from_secs(9), "failed only after {took:?}");
+    assert_eq!(source.status()["state"], "running");
+    let before = source.guest();
+    source.wait_for_guest_progress(before, 1000, 0);
+}
+
 #[test]
 fn a_corrupted_byte_is_refused_by_the_destination_and_the_source_recovers() {
     let dir = TestDir::new("corrupt");

@@ -1,21 +1,29 @@
 //! Devices attached over vfio-user: a device process the VMM spawns (`vfmig device <kind>`),
 //! or a server already listening on a socket it is given (started by anyone, written in
 //! anything). Attaching connects, negotiates, probes the device's [`DeviceProfile`], and
-//! maps all guest RAM into the device's container with the RAM's fds, so the device reaches
-//! guest memory directly. From then on nothing distinguishes the two: the kind of a spawned
-//! device only says which program to start.
+//! maps all guest RAM into the device's container, the way its [`DmaPath`] says: with the
+//! RAM's fds, so the device reaches guest memory directly (the default), or without them, so
+//! it reaches guest memory only through DMA_READ / DMA_WRITE messages the VMM's client
+//! answers ([`crate::ram_dma`]). From then on nothing distinguishes a spawned device from
+//! one on a socket: the kind of a spawned device only says which program to start.
+//!
+//! Every request to a device has a reply deadline ([`DeviceTimeouts`]): a hung device process
+//! fails the request with `ETIMEDOUT` and its connection is broken, instead of stalling the
+//! VMM (and a migration) for ever.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfmig_iommu::Prot;
 use vfmig_memory::Iova;
-use vfmig_vfio_user::{Client, ClientConfig, ClientError};
+use vfmig_vfio_user::{Client, ClientConfig, ClientError, ClientStats};
 
 use crate::profile::{DeviceProfile, MigrationData, ProbeError, probe};
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, RamRegion};
+use crate::ram_dma::RamDma;
 
 /// Why a device could not be attached or used.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +86,62 @@ pub enum AttachError {
     },
 }
 
-/// What the VMM knows of a device it should attach: its id, and where its server comes from.
+/// What the VMM knows of a device it should attach: its id, where its server comes from, how
+/// it reaches guest RAM and how long its replies may take.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceSpec {
     /// Unique name in the VM (e.g. `mtty0`); a migration matches devices by it.
     pub id: String,
     /// Where its vfio-user server comes from.
     pub source: DeviceSource,
+    /// How the device reaches guest RAM.
+    #[serde(default)]
+    pub dma: DmaPath,
+    /// Its reply deadlines.
+    #[serde(default)]
+    pub timeouts: DeviceTimeouts,
+}
+
+/// How a device reaches guest RAM: the choice of its DMA_MAPs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DmaPath {
+    /// Guest RAM is mapped with its memfds: the device process maps it and reaches it
+    /// directly; its server keeps the dirty bitmap of what it writes.
+    #[default]
+    Shared,
+    /// Guest RAM is mapped without an fd: every access of the device is a DMA_READ or
+    /// DMA_WRITE message answered by the VMM's client, which records the pages written and
+    /// reports them as the device's dirty pages (the server keeps no bitmap of such memory,
+    /// and is never asked for one).
+    Messages,
+}
+
+/// How long a device's replies may take; past it the request fails with `ETIMEDOUT` and the
+/// device's connection is broken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceTimeouts {
+    /// Every request but those below: register and BAR accesses, maps, dirty bitmaps.
+    pub reply: Duration,
+    /// Accesses to the v1 migration region, where the device does its own work before it
+    /// answers (saves its state at a `device_state` write, prepares a chunk at a
+    /// `pending_bytes` read, loads one at a `data_size` write), which for a large device can
+    /// take seconds.
+    pub migration: Duration,
+}
+
+impl DeviceTimeouts {
+    /// 10 s for every request, 60 s for the migration region's.
+    pub const DEFAULT: DeviceTimeouts = DeviceTimeouts {
+        reply: vfmig_vfio_user::client::DEFAULT_REPLY_TIMEOUT,
+        migration: Duration::from_secs(60),
+    };
+}
+
+impl Default for DeviceTimeouts {
+    fn default() -> Self {
+        DeviceTimeouts::DEFAULT
+    }
 }
 
 /// Where a device's vfio-user server comes from.
@@ -115,6 +172,8 @@ impl DeviceSpec {
                 kind: kind.into(),
                 args,
             },
+            dma: DmaPath::default(),
+            timeouts: DeviceTimeouts::DEFAULT,
         }
     }
 
@@ -123,7 +182,21 @@ impl DeviceSpec {
         DeviceSpec {
             id: id.into(),
             source: DeviceSource::Socket { path: path.into() },
+            dma: DmaPath::default(),
+            timeouts: DeviceTimeouts::DEFAULT,
         }
+    }
+
+    /// The same device, reaching guest RAM through `dma`.
+    pub fn with_dma(mut self, dma: DmaPath) -> Self {
+        self.dma = dma;
+        self
+    }
+
+    /// The same device, with reply deadlines `timeouts`.
+    pub fn with_timeouts(mut self, timeouts: DeviceTimeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 }
 
@@ -157,10 +230,15 @@ impl std::fmt::Debug for AttachedDevice {
     }
 }
 
-fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, AttachError> {
+fn connect(spec: &DeviceSpec, socket: &Path, timeout: Duration) -> Result<Client, AttachError> {
+    let id = &spec.id;
+    let config = ClientConfig {
+        reply_timeout: spec.timeouts.reply,
+        ..ClientConfig::default()
+    };
     let start = Instant::now();
     loop {
-        match Client::connect(socket, ClientConfig::default()) {
+        match Client::connect(socket, config.clone()) {
             Ok(client) => return Ok(client),
             Err(last) if start.elapsed() >= timeout => {
                 return Err(AttachError::Connect {
@@ -176,8 +254,9 @@ fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<Client, AttachE
 }
 
 impl AttachedDevice {
-    /// Attaches the device of `spec`: starts its process (`program device <kind> --socket
-    /// <dir>/<id>.sock <args>`) or connects to its socket; then probes it.
+    /// Attaches the device of `spec`: starts its process
+    /// (`program device <kind> --socket <dir>/<id>.sock <args>`) or connects to its socket;
+    /// then probes it.
     pub fn attach(spec: DeviceSpec, program: &Path, dir: &Path) -> Result<Self, AttachError> {
         match &spec.source {
             DeviceSource::Spawn { kind, args } => {
@@ -231,8 +310,8 @@ impl AttachedDevice {
                 program: program.display().to_string(),
                 source,
             })?;
-        let client = connect(&spec.id, &socket, Duration::from_secs(10))
-            .and_then(|client| Self::probed(&spec.id, client));
+        let client = connect(&spec, &socket, Duration::from_secs(10))
+            .and_then(|client| Self::probed(&spec, client));
         match client {
             Ok((client, profile, migration)) => Ok(AttachedDevice {
                 spec,
@@ -252,8 +331,8 @@ impl AttachedDevice {
 
     /// Connects to a device served on `socket` by someone else, and probes it.
     pub fn connect(spec: DeviceSpec, socket: &Path) -> Result<Self, AttachError> {
-        let client = connect(&spec.id, socket, Duration::from_secs(10))?;
-        let (client, profile, migration) = Self::probed(&spec.id, client)?;
+        let client = connect(&spec, socket, Duration::from_secs(10))?;
+        let (client, profile, migration) = Self::probed(&spec, client)?;
         Ok(AttachedDevice {
             spec,
             socket: socket.to_path_buf(),
@@ -266,20 +345,26 @@ impl AttachedDevice {
 
     #[allow(clippy::type_complexity)]
     fn probed(
-        id: &str,
+        spec: &DeviceSpec,
         client: Client,
     ) -> Result<(Client, DeviceProfile, Option<MigrationData>), AttachError> {
-        let (profile, migration) = probe(&client).map_err(|source| AttachError::Probe {
-            id: id.to_string(),
-            source,
-        })?;
-        tracing::info!(device = id, profile = %profile.name(), migration = ?profile.migration_region,
-            dirty_tracking = profile.dirty_tracking, "device attached");
+        let id = &spec.id;
+        let (profile, migration) =
+            probe(&client, spec.timeouts.migration).map_err(|source| AttachError::Probe {
+                id: id.to_string(),
+                source,
+            })?;
+        tracing::info!(device = %id, profile = %profile.name(), migration = ?profile.migration_region,
+            dirty_tracking = profile.dirty_tracking, dma = ?spec.dma, "device attached");
         Ok((client, profile, migration))
     }
 
-    /// Maps every RAM region into the device's container, by fd.
-    pub fn map_ram(&self, ram: &GuestRam, window: Option<(u64, u64)>) -> Result<(), AttachError> {
+    /// Maps every RAM region into the device's container, by fd or without ([`DmaPath`]).
+    pub fn map_ram(
+        &self,
+        ram: &Arc<GuestRam>,
+        window: Option<(u64, u64)>,
+    ) -> Result<(), AttachError> {
         for r in ram.regions() {
             let (start, end) = (r.gpa(), r.gpa() + r.size());
             // A window inside the region is mapped on its own, so it can be unmapped alone.
@@ -290,17 +375,52 @@ impl AttachedDevice {
             cuts.push(end);
             for piece in cuts.windows(2) {
                 let (from, to) = (piece[0], piece[1]);
-                self.client
-                    .dma_map(
-                        Iova(from),
-                        to - from,
-                        Prot::READ_WRITE,
-                        Some((r.fd(), from - start)),
-                    )
+                self.map_in(ram, r, from, to - from)
                     .map_err(|source| self.request("DMA_MAP of guest RAM", source))?;
             }
         }
         Ok(())
+    }
+
+    /// Maps `[gpa, gpa + size)` of guest RAM, which must lie in one region, into the device's
+    /// container as [`Self::map_ram`] does (the vIOMMU maps its window again this way).
+    pub fn map_range(&self, ram: &Arc<GuestRam>, gpa: u64, size: u64) -> Result<(), AttachError> {
+        let region = ram
+            .regions()
+            .iter()
+            .find(|r| r.gpa() <= gpa && gpa.saturating_add(size) <= r.gpa() + r.size())
+            .ok_or_else(|| self.ram_error(crate::ram::RamError::NotRam { gpa, len: size }))?;
+        self.map_in(ram, region, gpa, size)
+            .map_err(|source| self.request("DMA_MAP of guest RAM", source))
+    }
+
+    fn map_in(
+        &self,
+        ram: &Arc<GuestRam>,
+        region: &RamRegion,
+        gpa: u64,
+        size: u64,
+    ) -> Result<(), ClientError> {
+        match self.spec.dma {
+            DmaPath::Shared => self.client.dma_map(
+                Iova(gpa),
+                size,
+                Prot::READ_WRITE,
+                Some((region.fd(), gpa - region.gpa())),
+            ),
+            DmaPath::Messages => self.client.dma_map_with_memory(
+                Iova(gpa),
+                size,
+                Prot::READ_WRITE,
+                Arc::new(RamDma(Arc::clone(ram))),
+            ),
+        }
+    }
+
+    /// What the device's vfio-user client did so far: dirty bitmap requests, the device's
+    /// DMA_READ / DMA_WRITE messages, pages reported from the client's record of the latter.
+    pub fn client_stats(&self) -> ClientStats {
+        self.client.stats()
     }
 
     /// A guest RAM failure while serving this device.

@@ -4,7 +4,9 @@
 //!   the same fds through DMA_MAP), with a dirty log of the VMM's own writes.
 //! * [`AttachedDevice`]: a device over vfio-user, in a process the VMM spawns
 //!   (`vfmig device <kind>`) or on a socket it is given, known by the [`DeviceProfile`] it
-//!   answers with ([`profile`]): identity, migration region, digest region, dirty tracking.
+//!   answers with ([`profile`]): identity, migration region, digest region, dirty tracking;
+//!   guest RAM mapped to it with its fds, or without them ([`DmaPath::Messages`]: the device
+//!   reaches guest RAM only through DMA_READ / DMA_WRITE messages the VMM answers).
 //! * [`Gate`]: how the guest is paused — the switch-over point of a migration.
 //! * [`Workload`]: the guest. Here a synthetic one: threads writing RAM at a set rate over a
 //!   working set, and drivers keeping the devices busy. A KVM vCPU is the next guest: it enters
@@ -21,18 +23,21 @@ pub mod machine;
 pub mod pci;
 pub mod profile;
 mod ram;
+mod ram_dma;
 #[cfg(test)]
 mod test_support;
 pub mod viommu;
 mod vm;
 mod workload;
 
-pub use devices::{AttachError, AttachedDevice, DeviceSource, DeviceSpec};
+pub use devices::{AttachError, AttachedDevice, DeviceSource, DeviceSpec, DeviceTimeouts, DmaPath};
 pub use gate::{Gate, Running};
 pub use machine::{GuestProgram, Machine, MachineError, MachineRam};
 pub use pci::PciConfigState;
 pub use profile::{DeviceProfile, MigrationData};
 pub use ram::{GuestRam, RamError, RamRegion};
+/// What a device's vfio-user client did ([`AttachedDevice::client_stats`]).
+pub use vfmig_vfio_user::ClientStats;
 pub use vm::{
     DeviceHost, GuestPlan, KvmGuestReport, MigrationBlocker, Vm, VmConfig, VmDigest, VmError,
 };

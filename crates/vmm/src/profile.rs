@@ -14,9 +14,12 @@
 //! * whether it tracks the pages it dirties: the `migration` capability in its VERSION. A
 //!   device without it is counted as dirtying every page it has mapped at every sync.
 //!
-//! The migration region's data is read and written through [`MigrationData`]: straight
-//! from the region's sparse-mmap area where the device offers one, by REGION_READ/WRITE
-//! otherwise. Its bytes are opaque to the VMM.
+//! The migration region is read and written through [`MigrationData`]: its data straight
+//! from the region's sparse-mmap area where the device offers one, the rest by
+//! REGION_READ/WRITE, each answered within the device's migration deadline
+//! ([`crate::DeviceTimeouts::migration`]). Its bytes are opaque to the VMM.
+
+use std::time::Duration;
 
 use vfmig_abi::uapi::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_REGION_SUBTYPE_MIGRATION,
@@ -59,14 +62,16 @@ impl DeviceProfile {
     }
 }
 
-/// The migration region's data, read and written through the sparse-mmap areas the device
-/// offered (mapped when it was attached) where an access lies inside one, and by trapped
-/// REGION_READ/WRITE otherwise.
+/// The migration region, read and written through the sparse-mmap areas the device offered
+/// (mapped when it was attached) where an access lies inside one, and by trapped
+/// REGION_READ/WRITE otherwise, each awaited for at most the migration deadline.
 #[derive(Debug)]
 pub struct MigrationData {
     region: u32,
     /// `(offset in the region, mapping)`.
     areas: Vec<(u64, MmapArea)>,
+    /// How long a trapped access may take.
+    timeout: Duration,
 }
 
 impl MigrationData {
@@ -91,7 +96,7 @@ impl MigrationData {
     pub fn read(&self, client: &Client, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
         match self.area(offset, buf.len()) {
             Some((area, at)) => area.read_bytes(at, buf),
-            None => client.region_read(self.region, offset, buf),
+            None => client.region_read_within(self.region, offset, buf, self.timeout),
         }
     }
 
@@ -99,7 +104,7 @@ impl MigrationData {
     pub fn write(&self, client: &Client, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         match self.area(offset, data.len()) {
             Some((area, at)) => area.write_bytes(at, data),
-            None => client.region_write(self.region, offset, data),
+            None => client.region_write_within(self.region, offset, data, self.timeout),
         }
     }
 }
@@ -138,8 +143,12 @@ fn map_areas(region: &Region) -> Vec<(u64, MmapArea)> {
 
 /// Asks `client`'s device what it is: identity, migration and digest regions, dirty
 /// tracking. A region the device refuses to describe is passed over; a failed transport is
-/// an error.
-pub fn probe(client: &Client) -> Result<(DeviceProfile, Option<MigrationData>), ProbeError> {
+/// an error. The migration region's trapped accesses will wait `migration_timeout` for
+/// their replies.
+pub fn probe(
+    client: &Client,
+    migration_timeout: Duration,
+) -> Result<(DeviceProfile, Option<MigrationData>), ProbeError> {
     let info = client
         .device_info()
         .map_err(probe_error("DEVICE_GET_INFO"))?;
@@ -165,6 +174,7 @@ pub fn probe(client: &Client) -> Result<(DeviceProfile, Option<MigrationData>), 
                 migration = Some(MigrationData {
                     region: index,
                     areas: map_areas(&region),
+                    timeout: migration_timeout,
                 });
             }
             Some((DIGEST_REGION_TYPE, DIGEST_REGION_SUBTYPE)) if digest_region.is_none() => {
@@ -234,6 +244,7 @@ mod tests {
         let trapped_only = MigrationData {
             region: data.region(),
             areas: Vec::new(),
+            timeout: data.timeout,
         };
         let mut trapped = vec![0u8; mapped.len()];
         trapped_only.read(c, offset, &mut trapped).unwrap();

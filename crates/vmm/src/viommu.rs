@@ -4,9 +4,9 @@
 //! it since the last sync — and carries those bits into its own RAM dirty log, which the next
 //! sync takes. Without the bitmap the pages the device wrote there would be lost.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use vfmig_iommu::Prot;
 use vfmig_memory::Iova;
 
 use crate::devices::{AttachError, AttachedDevice};
@@ -59,7 +59,7 @@ impl Viommu {
     /// Unmaps the window from `dev` (with its dirty bitmap while tracking) and maps it again.
     /// A device without dirty tracking has no bitmap to give; the migration counts all it
     /// has mapped as dirty at every sync anyway.
-    pub fn remap(&self, dev: &AttachedDevice, ram: &GuestRam) -> Result<(), AttachError> {
+    pub fn remap(&self, dev: &AttachedDevice, ram: &Arc<GuestRam>) -> Result<(), AttachError> {
         let (gpa, size) = WINDOW;
         let client = dev.client();
         if self.tracking.load(Ordering::Acquire) && dev.profile().dirty_tracking {
@@ -88,20 +88,9 @@ impl Viommu {
                 .dma_unmap(Iova(gpa), size, false)
                 .map_err(|e| dev.request("unmap the DMA window", e))?;
         }
-        let region = ram
-            .regions()
-            .iter()
-            .find(|r| r.gpa() <= gpa && gpa + size <= r.gpa() + r.size());
-        let region =
-            region.ok_or_else(|| dev.ram_error(crate::ram::RamError::NotRam { gpa, len: size }))?;
-        client
-            .dma_map(
-                Iova(gpa),
-                size,
-                Prot::READ_WRITE,
-                Some((region.fd(), gpa - region.gpa())),
-            )
-            .map_err(|e| dev.request("map the DMA window again", e))?;
+        // As the rest of RAM is mapped to it: by fd, or without for a device reached by
+        // messages (whose unmap bitmap above came from the client's own record).
+        dev.map_range(ram, gpa, size)?;
         self.remaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -249,7 +249,7 @@ const REMAP_EVERY: u64 = 64;
 
 fn device_driver(
     rate: u64,
-    ram: &GuestRam,
+    ram: &Arc<GuestRam>,
     devices: &[AttachedDevice],
     viommu: Option<&Viommu>,
     gate: &Gate,

@@ -7,6 +7,15 @@
 //! device offers one and by REGION_READ/WRITE otherwise, and the data is carried as opaque
 //! bytes. A device that offers no dirty tracking, or refuses DIRTY_PAGES START, is
 //! *untracked*: the sender counts every page it has mapped as dirty at every sync.
+//!
+//! Every access to the migration region goes through [`MigrationData`], trapped ones awaited
+//! for the device's migration deadline (`DeviceTimeouts::migration`): a device that hangs
+//! fails the migration with `ETIMEDOUT`, naming it, instead of stalling it.
+//!
+//! The dirty pages of a device are what its client reports ([`DeviceLink::dirty`]): its
+//! server's bitmap of the memory mapped to it by fd, and, of memory it reaches only through
+//! DMA_WRITE messages (`DmaPath::Messages`), the client's own record of the pages written,
+//! for which no server is ever asked.
 
 use vfmig_abi::DeviceState;
 use vfmig_abi::migration_info::{
@@ -74,8 +83,8 @@ impl<'a> DeviceLink<'a> {
 
     fn read_u64(&self, offset: u64, what: &'static str) -> Result<u64, MigrationError> {
         let mut b = [0u8; 8];
-        self.client()
-            .region_read(self.data.region(), offset, &mut b)
+        self.data
+            .read(self.client(), offset, &mut b)
             .map_err(|e| self.error(what, e))?;
         Ok(u64::from_le_bytes(b))
     }
@@ -83,11 +92,11 @@ impl<'a> DeviceLink<'a> {
     /// Moves the device to `state`, keeping the register's reserved bits (read-modify-write).
     pub fn set_state(&self, state: DeviceState) -> Result<(), MigrationError> {
         let mut b = [0u8; 4];
-        let (c, region) = (self.client(), self.data.region());
-        c.region_read(region, DEVICE_STATE_OFFSET, &mut b)
+        let (c, data) = (self.client(), self.data);
+        data.read(c, DEVICE_STATE_OFFSET, &mut b)
             .map_err(|e| self.error("read device_state", e))?;
         let new = DeviceState::from_raw(u32::from_le_bytes(b)).with_state(state);
-        c.region_write(region, DEVICE_STATE_OFFSET, &new.raw().to_le_bytes())
+        data.write(c, DEVICE_STATE_OFFSET, &new.raw().to_le_bytes())
             .map_err(|e| self.error("write device_state", e))
     }
 
@@ -120,9 +129,9 @@ impl<'a> DeviceLink<'a> {
         self.data
             .write(self.client(), offset, chunk)
             .map_err(|e| self.error("write migration data", e))?;
-        self.client()
-            .region_write(
-                self.data.region(),
+        self.data
+            .write(
+                self.client(),
                 DATA_SIZE_OFFSET,
                 &(chunk.len() as u64).to_le_bytes(),
             )
@@ -160,7 +169,9 @@ impl<'a> DeviceLink<'a> {
             .map_err(|e| self.error("stop dirty page tracking", e))
     }
 
-    /// The pages of `[gpa, gpa + size)` the device dirtied since the last call (bit 0 = `gpa`).
+    /// The pages of `[gpa, gpa + size)` the device dirtied since the last call (bit 0 = `gpa`):
+    /// its server's bits of what is mapped to it by fd, the client's record of what it wrote
+    /// by DMA_WRITE into what is not (see the module docs).
     pub fn dirty(&self, gpa: u64, size: u64) -> Result<Vec<u64>, MigrationError> {
         self.client()
             .dirty_pages_get(Iova(gpa), size)

@@ -1,7 +1,9 @@
 //! The dirty pages of one sync: per RAM region, a bitmap in the kernel's layout (bit k = the
 //! region's page k, LSB-first in `u64` words), ORed from every source — the VMM's own writes,
-//! each device's container (which includes the pages the VMM wrote for it) — and turned into
-//! runs for the stream.
+//! its KVM guest's, and each device's dirty pages as its vfio-user client reports them: the
+//! server's bitmap of memory mapped to it by fd, and the client's own record of the pages the
+//! device wrote by DMA_WRITE messages into memory mapped without one (which its server keeps
+//! no bitmap of, and the VMM's log leaves out) — and turned into runs for the stream.
 
 use vfmig_dirty::{words, words_for};
 use vfmig_iommu::CONTAINER_PAGE_SIZE;

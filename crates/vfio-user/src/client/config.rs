@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vfmig_abi::dirty::DIRTY_BITMAP_SIZE_MAX;
 
@@ -36,7 +37,18 @@ pub struct ClientConfig {
     /// mappings share a request while the bitmap fits, which servers with the kernel's rules
     /// (ours) accept.
     pub one_mapping_per_request: bool,
+    /// How long a request waits for its reply, VERSION included: past it the call fails
+    /// with `ETIMEDOUT` and the connection is broken, as a hung server must not hang its
+    /// client ([`ClientError::TimedOut`](super::ClientError::TimedOut)). A caller that knows
+    /// a request makes the server work longer passes its own deadline
+    /// ([`super::Client::region_read_within`]).
+    pub reply_timeout: Duration,
 }
+
+/// The default [`ClientConfig::reply_timeout`]: far beyond any answer a working server
+/// gives to a register access or a map (micro- to milliseconds), short enough that a hung
+/// device process does not stall its VMM for long.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -47,6 +59,7 @@ impl Default for ClientConfig {
             max_bitmap_size: DEFAULT_MAX_BITMAP_SIZE,
             memory: None,
             one_mapping_per_request: false,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
     }
 }
@@ -60,6 +73,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_bitmap_size", &self.max_bitmap_size)
             .field("memory", &self.memory.is_some())
             .field("one_mapping_per_request", &self.one_mapping_per_request)
+            .field("reply_timeout", &self.reply_timeout)
             .finish()
     }
 }

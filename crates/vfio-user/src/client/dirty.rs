@@ -20,7 +20,9 @@ use super::bits::copy_words;
 use super::dma::check_range;
 use super::error::ClientError;
 use super::mappings::Covered;
+use super::stats::Counters;
 use super::{Client, lock};
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::connection::Tail;
 use crate::message::{
@@ -153,7 +155,11 @@ impl Client {
         for span in spans {
             self.get_span(span, iova.raw(), whole, out)?;
         }
-        or_recorded(&covered, iova.raw(), out);
+        let recorded = or_recorded(&covered, iova.raw(), out);
+        self.shared
+            .counters
+            .recorded_pages
+            .fetch_add(recorded, Relaxed);
         Ok(())
     }
 
@@ -172,6 +178,7 @@ impl Client {
         }
         let command = Command::DirtyPages;
         let request = Request::DirtyPages(DirtyPagesRequest::get_bitmap(range));
+        Counters::bump(&self.shared.counters.bitmap_requests);
         let received = self.shared.call(&request, &[])?;
         match self.shared.reply(command, &received)? {
             Reply::DirtyPages(DirtyPagesReply::Bitmap {
@@ -210,10 +217,17 @@ impl Client {
         let request = DirtyPagesRequest::get_bitmap(range)
             .encode()
             .map_err(|source| ClientError::Encode { command, source })?;
+        Counters::bump(&self.shared.counters.bitmap_requests);
         let (received, tail) = self
             .shared
             .peer
-            .call_into(command, &[&request], &[], Some(sink))
+            .call_into(
+                command,
+                &[&request],
+                &[],
+                Some(sink),
+                self.shared.peer.reply_timeout(),
+            )
             .map_err(|err| ClientError::from_call(command, err))?;
         match tail {
             Tail::Filled(words) => {
@@ -255,17 +269,22 @@ fn check_prefix(head: &[u8], range: &BitmapRange) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// ORs the pages recorded as written by DMA_WRITE into `out`, clearing the records.
-fn or_recorded(covered: &[Covered], base: u64, out: &mut [u64]) {
+/// ORs the pages recorded as written by DMA_WRITE into `out`, clearing the records; returns
+/// how many there were (see [`super::ClientStats::recorded_pages`]).
+fn or_recorded(covered: &[Covered], base: u64, out: &mut [u64]) -> u64 {
     let shift = CONTAINER_PAGE_SIZE.shift();
+    let mut pages = 0;
     for mapping in covered {
-        if let Some(written) = &mapping.written
-            && let Err(err) =
+        if let Some(written) = &mapping.written {
+            pages += written.count();
+            if let Err(err) =
                 written.read_and_clear(0, written.pages(), out, (mapping.iova - base) >> shift)
-        {
-            tracing::warn!(%err, "reporting pages written by DMA_WRITE failed");
+            {
+                tracing::warn!(%err, "reporting pages written by DMA_WRITE failed");
+            }
         }
     }
+    pages
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use vfmig_memory::Iova;
 use super::error::ClientError;
 use super::mappings::Covered;
 use super::memory::ClientMemory;
+use super::stats::Counters;
 use super::{Client, lock};
 use crate::message::{Bitmap, Command, DmaMap, DmaUnmap, DmaUnmapRequest, Reply, Request};
 use vfmig_dirty::words::or_bytes_at;
@@ -202,6 +203,7 @@ impl Client {
             unmap,
             bitmap: Some(bitmap),
         });
+        Counters::bump(&self.shared.counters.bitmap_requests);
         let received = self.shared.call(&request, &[])?;
         match self.shared.reply(command, &received)? {
             Reply::DmaUnmap(reply) if reply.unmap == unmap => match reply.bitmap {
@@ -270,11 +272,16 @@ impl Client {
                 m.pieces.retain(|&(p, _)| p != piece);
             }
         }
-        if let (Some(out), Some(written)) = (out, &mapping.written)
-            && let Err(err) =
+        if let (Some(out), Some(written)) = (out, &mapping.written) {
+            self.shared
+                .counters
+                .recorded_pages
+                .fetch_add(written.count(), std::sync::atomic::Ordering::Relaxed);
+            if let Err(err) =
                 written.read_and_clear(0, written.pages(), out, (mapping.iova - base) >> shift)
-        {
-            tracing::warn!(%err, "reporting pages written by DMA_WRITE failed");
+            {
+                tracing::warn!(%err, "reporting pages written by DMA_WRITE failed");
+            }
         }
         self.shared.table().remove(mapping.iova);
         Ok(())

@@ -23,13 +23,23 @@ pub enum ClientError {
         errno: Errno,
     },
     /// The connection went away before the reply came (`ECONNRESET`), or was gone already
-    /// (`ENOTCONN`).
+    /// (`ENOTCONN`); either with `ETIMEDOUT` if it was broken by a call that timed out.
     #[error("{command}: the connection is gone ({errno})")]
     Disconnected {
         /// The command that got no reply.
         command: Command,
-        /// `ECONNRESET` or `ENOTCONN`.
+        /// `ECONNRESET`, `ENOTCONN` or `ETIMEDOUT`.
         errno: Errno,
+    },
+    /// No reply came within the deadline (`ETIMEDOUT`). The connection is broken: every other
+    /// call waiting and every later one fails at once as [`ClientError::Disconnected`] with
+    /// `ETIMEDOUT`, and a reply that comes late is never taken for another.
+    #[error("{command}: no reply within {after:?} (timed out); the connection is broken")]
+    TimedOut {
+        /// The command that got no reply.
+        command: Command,
+        /// The deadline it had.
+        after: std::time::Duration,
     },
     /// The socket failed; its errno is kept.
     #[error("transport: {0}")]
@@ -111,6 +121,7 @@ impl ClientError {
     pub fn errno(&self) -> Errno {
         match self {
             Self::Remote { errno, .. } | Self::Disconnected { errno, .. } => *errno,
+            Self::TimedOut { .. } => Errno::ETIMEDOUT,
             Self::Connection(err) => Errno::from(err),
             Self::Encode { source, .. } => Errno::from(source),
             Self::BadReply { .. } | Self::UnexpectedReply { .. } => Errno::EPROTO,
@@ -129,6 +140,7 @@ impl ClientError {
             CallError::Encode(source) => Self::Encode { command, source },
             CallError::Send(err) | CallError::Receive(err) => Self::Connection(err),
             CallError::Closed(errno) => Self::Disconnected { command, errno },
+            CallError::TimedOut(after) => Self::TimedOut { command, after },
         }
     }
 

@@ -8,6 +8,7 @@ use vfmig_iommu::Prot;
 use vfmig_memory::Iova;
 
 use super::Shared;
+use super::stats::Counters;
 use crate::connection::Received;
 use crate::errno::Errno;
 use crate::message::{DmaAccess, DmaData, Header, Reply, Request};
@@ -62,6 +63,7 @@ fn serve_command(shared: &Shared, received: &Received) {
 }
 
 fn dma_read(shared: &Shared, header: &Header, access: &DmaAccess) -> Result<(), Errno> {
+    Counters::bump(&shared.counters.dma_reads);
     let target = shared
         .table()
         .dma_target(access.addr, access.count, Prot::READ)?;
@@ -76,6 +78,7 @@ fn dma_read(shared: &Shared, header: &Header, access: &DmaAccess) -> Result<(), 
 }
 
 fn dma_write(shared: &Shared, header: &Header, data: &DmaData<'_>) -> Result<(), Errno> {
+    Counters::bump(&shared.counters.dma_writes);
     let access = data.access;
     let target = shared
         .table()

@@ -43,13 +43,27 @@
 //! 1 MiB. The client then keeps each bitmap within 1 MiB - 40 bytes (so every mapping above
 //! about 32 GiB is split when it is made) and sends one request per server mapping.
 //!
+//! # Reply deadlines
+//!
+//! Every request waits for its reply at most [`ClientConfig::reply_timeout`] (10 s by
+//! default; VERSION too, by a read timeout on the socket before the reader thread starts); a
+//! caller that knows a request makes the server work longer passes its own deadline
+//! ([`Client::region_read_within`], [`Client::region_write_within`]). A call past its deadline
+//! fails with [`ClientError::TimedOut`] (`ETIMEDOUT`) and breaks the connection: the socket is
+//! shut down, and every other waiting and later call fails at once with
+//! [`ClientError::Disconnected`] naming `ETIMEDOUT`. A hung server then stalls nobody, and a
+//! reply that would come late cannot be taken for the answer to a later request, nor leave
+//! the client's mapping layout and the server's disagreeing about a map whose fate is unknown.
+//!
 //! # Dirty pages written by DMA_WRITE
 //!
 //! A server keeps no dirty bitmap of memory mapped without an fd (libvfio-user does not, and
 //! answers EINVAL to a GET of it): the pages it writes there through DMA_WRITE are the
 //! client's record. While tracking is on, the reader records each such page; a GET never
 //! names such a mapping (nor spans one), an unmap with bitmap unmaps it without asking for
-//! one, and both report the recorded pages in its place.
+//! one, and both report the recorded pages in its place. [`Client::stats`] counts the bitmap
+//! requests sent (never one for such a mapping), the server's DMA messages and the pages
+//! reported from the record.
 //!
 //! # Bitmaps without copies
 //!
@@ -70,18 +84,21 @@ mod memory;
 mod mmap;
 mod negotiate;
 mod regions;
+mod stats;
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-pub use config::ClientConfig;
+pub use config::{ClientConfig, DEFAULT_REPLY_TIMEOUT};
 pub use error::ClientError;
 pub use irq::IrqValues;
 pub use memory::ClientMemory;
 pub use mmap::MmapArea;
 pub use regions::Region;
+pub use stats::ClientStats;
 
 use crate::connection::{Connection, Received};
 use crate::errno::Errno;
@@ -90,6 +107,7 @@ use crate::message::{Command, DEFAULT_MAX_MSG_FDS, DeviceInfo, Reply, Request, V
 use crate::peer::{Peer, run_reader};
 use mappings::MappingTable;
 use negotiate::{LIBVFIO_USER_MAX_BITMAP, Negotiated, negotiate};
+use stats::Counters;
 
 /// Bytes before the data of a REGION_READ reply: header and access.
 const REGION_REPLY_PREFIX: u64 = 32;
@@ -109,6 +127,7 @@ pub(crate) struct Shared {
     table: Mutex<MappingTable>,
     /// Serializes map, unmap and dirty page calls.
     layout: Mutex<()>,
+    counters: Counters,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,10 +151,16 @@ impl Shared {
             .map_err(|err| ClientError::from_call(request.command(), err))
     }
 
-    /// Sends a command whose body is `parts` and waits for its reply.
-    fn call_parts(&self, command: Command, parts: &[&[u8]]) -> Result<Received, ClientError> {
+    /// Sends a command whose body is `parts` and waits at most `timeout` for its reply.
+    fn call_parts_within(
+        &self,
+        command: Command,
+        parts: &[&[u8]],
+        timeout: Duration,
+    ) -> Result<Received, ClientError> {
         self.peer
-            .call_parts(command, parts, &[])
+            .call_into(command, parts, &[], None, Some(timeout))
+            .map(|(received, _)| received)
             .map_err(|err| ClientError::from_call(command, err))
     }
 
@@ -206,7 +231,7 @@ impl Client {
             max_data_xfer_size: config.max_data_xfer_size,
         };
         let mut conn = Connection::with_limits(stream, limits)?;
-        let Negotiated { server, legacy } = negotiate(&mut conn, &config)?;
+        let Negotiated { server, legacy } = negotiate_within(&mut conn, &config)?;
         let caps = &server.capabilities;
         conn.set_limits(Limits {
             max_send_fds: usize::try_from(caps.max_msg_fds).unwrap_or(usize::MAX),
@@ -233,7 +258,7 @@ impl Client {
             "vfio-user client negotiated"
         );
         let shared = Arc::new(Shared {
-            peer: Peer::new(conn.try_clone()?)?,
+            peer: Peer::new(conn.try_clone()?)?.with_reply_timeout(config.reply_timeout),
             config,
             server,
             xfer: usize::try_from(xfer).unwrap_or(usize::MAX),
@@ -241,6 +266,7 @@ impl Client {
             one_mapping_per_request,
             table: Mutex::new(MappingTable::default()),
             layout: Mutex::new(()),
+            counters: Counters::default(),
         });
         let reader = {
             let shared = Arc::clone(&shared);
@@ -278,6 +304,17 @@ impl Client {
         self.shared.one_mapping_per_request
     }
 
+    /// What the client did so far (dirty bitmap requests, the server's DMA, pages reported
+    /// from its own record).
+    pub fn stats(&self) -> ClientStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// How long a request waits for its reply ([`ClientConfig::reply_timeout`]).
+    pub fn reply_timeout(&self) -> Duration {
+        self.shared.config.reply_timeout
+    }
+
     /// `VFIO_USER_DEVICE_GET_INFO`.
     pub fn device_info(&self) -> Result<DeviceInfo, ClientError> {
         let command = Command::DeviceGetInfo;
@@ -299,6 +336,37 @@ impl Client {
             _ => Err(ClientError::unexpected(command, "not a reset reply")),
         }
     }
+}
+
+/// [`negotiate`] with the VERSION reply awaited for at most the configured reply timeout (a
+/// read timeout on the socket, lifted again before the reader thread starts: a server may
+/// stay quiet as long as it likes between replies).
+fn negotiate_within(
+    conn: &mut Connection,
+    config: &ClientConfig,
+) -> Result<Negotiated, ClientError> {
+    let io = |source| {
+        ClientError::Connection(crate::error::ConnectionError::Io {
+            op: "set a read timeout",
+            source,
+        })
+    };
+    conn.stream()
+        .set_read_timeout(Some(config.reply_timeout.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    let negotiated = negotiate(conn, config).map_err(|err| {
+        let timed_out = [Errno::EAGAIN, Errno::ETIMEDOUT].contains(&err.errno());
+        if timed_out {
+            ClientError::TimedOut {
+                command: Command::Version,
+                after: config.reply_timeout,
+            }
+        } else {
+            err
+        }
+    })?;
+    conn.stream().set_read_timeout(None).map_err(io)?;
+    Ok(negotiated)
 }
 
 impl Drop for Client {

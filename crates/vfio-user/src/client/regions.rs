@@ -2,6 +2,7 @@
 //! `max_data_xfer_size`, and GET_REGION_IO_FDS.
 
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use vfmig_abi::uapi::{
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
@@ -141,13 +142,27 @@ impl Client {
     }
 
     /// Reads `buf.len()` bytes at `offset` of region `index`, in pieces of at most
-    /// [`Client::transfer_size`].
+    /// [`Client::transfer_size`], each answered within [`Client::reply_timeout`].
     pub fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.region_read_within(index, offset, buf, self.reply_timeout())
+    }
+
+    /// [`Client::region_read`] with each piece's reply awaited for at most `timeout`: for a
+    /// region whose reads make the device work (a migration region's `pending_bytes`).
+    pub fn region_read_within(
+        &self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
         let command = Command::RegionRead;
         let mut at = offset;
         for piece in buf.chunks_mut(self.shared.xfer) {
             let access = access(index, at, piece.len())?;
-            let received = self.shared.call(&Request::RegionRead(access), &[])?;
+            let received = self
+                .shared
+                .call_parts_within(command, &[access.as_bytes()], timeout)?;
             match self.shared.reply(command, &received)? {
                 Reply::RegionRead(data) if data.access == access => {
                     piece.copy_from_slice(&data.data)
@@ -161,15 +176,27 @@ impl Client {
     }
 
     /// Writes `data` at `offset` of region `index`, in pieces of at most
-    /// [`Client::transfer_size`].
+    /// [`Client::transfer_size`], each answered within [`Client::reply_timeout`].
     pub fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.region_write_within(index, offset, data, self.reply_timeout())
+    }
+
+    /// [`Client::region_write`] with each piece's reply awaited for at most `timeout`: for a
+    /// region whose writes make the device work (a migration region's `device_state`).
+    pub fn region_write_within(
+        &self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
         let command = Command::RegionWrite;
         let mut at = offset;
         for piece in data.chunks(self.shared.xfer) {
             let access = access(index, at, piece.len())?;
-            let received = self
-                .shared
-                .call_parts(command, &[access.as_bytes(), piece])?;
+            let received =
+                self.shared
+                    .call_parts_within(command, &[access.as_bytes(), piece], timeout)?;
             match self.shared.reply(command, &received)? {
                 Reply::RegionWrite(echo) if echo == access => {}
                 _ => return Err(ClientError::unexpected(command, "not the access echoed")),

@@ -1,13 +1,15 @@
 //! `--device` of `vfmig vm run`: `mtty`, `dma-engine` (a device process the VMM starts) or
 //! `socket=PATH` (a vfio-user server already listening there, started by anyone), each with
-//! an optional `,id=NAME`. Parsed by clap into a [`DeviceArg`], then turned into the VMM's
-//! `DeviceSpec`s with their ids ([`device_specs`]).
+//! an optional `,id=NAME` and an optional `,dma=messages` (guest RAM mapped to it without
+//! fds: it reaches guest memory only through DMA_READ / DMA_WRITE messages; `dma=shared`,
+//! the default, maps it with them). Parsed by clap into a [`DeviceArg`], then turned into the
+//! VMM's `DeviceSpec`s with their ids ([`device_specs`]).
 
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::bail;
-use vfmig_vmm::DeviceSpec;
+use vfmig_vmm::{DeviceSpec, DeviceTimeouts, DmaPath};
 
 /// One `--device`, as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +18,8 @@ pub(crate) struct DeviceArg {
     pub(crate) what: DeviceWhat,
     /// `id=NAME`, if given.
     pub(crate) id: Option<String>,
+    /// `dma=shared|messages` (default `shared`).
+    pub(crate) dma: DmaPath,
 }
 
 /// What a `--device` attaches.
@@ -69,8 +73,19 @@ impl FromStr for DeviceArg {
                 }
             },
         };
-        let mut id = None;
+        let (mut id, mut dma) = (None, None);
         for part in parts {
+            if let Some(path) = part.strip_prefix("dma=") {
+                if dma.is_some() {
+                    return Err("dma= given twice".into());
+                }
+                dma = Some(match path {
+                    "shared" => DmaPath::Shared,
+                    "messages" => DmaPath::Messages,
+                    other => return Err(format!("dma={other}: expected shared or messages")),
+                });
+                continue;
+            }
             match part.strip_prefix("id=") {
                 Some(_) if id.is_some() => return Err("id= given twice".into()),
                 Some(name) if valid_id(name) => id = Some(name.to_string()),
@@ -79,21 +94,26 @@ impl FromStr for DeviceArg {
                         "id {name:?}: 1 to {MAX_ID} letters, digits, '-' or '_'"
                     ));
                 }
-                None => return Err(format!("{part:?}: expected id=NAME")),
+                None => return Err(format!("{part:?}: expected id=NAME or dma=...")),
             }
         }
-        Ok(DeviceArg { what, id })
+        Ok(DeviceArg {
+            what,
+            id,
+            dma: dma.unwrap_or_default(),
+        })
     }
 }
 
 /// The VMM's specs of `devices`: ids as given, or the stem of the device's kind and its
 /// number among the devices of that kind (`mtty0`, `dmaengine0`, `socket0`, `socket1`, ...);
-/// the dma-engines started with `dma_ram_mib` of device RAM, `all_mapped` if asked. Two
-/// devices of one id are refused.
+/// the dma-engines started with `dma_ram_mib` of device RAM, `all_mapped` if asked; every
+/// device with the reply deadlines `timeouts`. Two devices of one id are refused.
 pub(crate) fn device_specs(
     devices: &[DeviceArg],
     dma_ram_mib: u64,
     all_mapped: bool,
+    timeouts: DeviceTimeouts,
 ) -> anyhow::Result<Vec<DeviceSpec>> {
     if !dma_ram_mib.is_power_of_two() || dma_ram_mib > 1024 {
         bail!("--dma-ram-mib must be a power of two up to 1024");
@@ -110,7 +130,7 @@ pub(crate) fn device_specs(
         if specs.iter().any(|s| s.id == id) {
             bail!("two devices with the id {id}");
         }
-        specs.push(match &d.what {
+        let spec = match &d.what {
             DeviceWhat::Mtty => DeviceSpec::spawn(id, "mtty", vec![]),
             DeviceWhat::DmaEngine => {
                 let mut args = vec!["--ram-mib".to_string(), dma_ram_mib.to_string()];
@@ -120,7 +140,8 @@ pub(crate) fn device_specs(
                 DeviceSpec::spawn(id, "dma-engine", args)
             }
             DeviceWhat::Socket(path) => DeviceSpec::socket(id, path),
-        });
+        };
+        specs.push(spec.with_dma(d.dma).with_timeouts(timeouts));
     }
     Ok(specs)
 }
@@ -133,7 +154,7 @@ mod tests {
 
     fn specs(args: &[&str]) -> anyhow::Result<Vec<DeviceSpec>> {
         let parsed: Vec<DeviceArg> = args.iter().map(|a| a.parse().unwrap()).collect();
-        device_specs(&parsed, 4, false)
+        device_specs(&parsed, 4, false, DeviceTimeouts::DEFAULT)
     }
 
     fn ids(args: &[&str]) -> Vec<String> {
@@ -179,6 +200,19 @@ mod tests {
     }
 
     #[test]
+    fn dma_messages_maps_guest_ram_without_fds() {
+        let s = specs(&[
+            "dma-engine,dma=messages",
+            "socket=/s,dma=messages,id=x",
+            "mtty",
+        ])
+        .unwrap();
+        let dma: Vec<DmaPath> = s.iter().map(|s| s.dma).collect();
+        assert_eq!(dma, [DmaPath::Messages, DmaPath::Messages, DmaPath::Shared]);
+        assert_eq!(s[1].id, "x");
+    }
+
+    #[test]
     fn two_devices_of_one_id_are_refused() {
         let e = specs(&["mtty", "socket=/s,id=mtty0"]).unwrap_err();
         assert!(e.to_string().contains("mtty0"), "{e}");
@@ -193,6 +227,8 @@ mod tests {
             "mtty,id=a/b",
             "mtty,ram=4",
             "mtty,id=a,id=b",
+            "dma-engine,dma=fd",
+            "dma-engine,dma=messages,dma=shared",
         ] {
             assert!(bad.parse::<DeviceArg>().is_err(), "{bad} was accepted");
         }

@@ -112,6 +112,8 @@ impl VmHandler {
                 migratable: d.profile().migration_region.is_some(),
                 dirty_tracking: d.profile().dirty_tracking,
                 pid: d.pid(),
+                dma: d.spec().dma,
+                client: d.client_stats(),
             })
             .collect();
         VmStatus {

@@ -148,6 +148,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                     &args.devices,
                     args.machine.dma_ram_mib,
                     args.machine.dma_all_mapped,
+                    args.device_timeouts(),
                 )?,
             )?;
             let ram = Arc::new(GuestRam::new(&expected.ram)?);
@@ -176,6 +177,7 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                     &args.devices,
                     args.machine.dma_ram_mib,
                     args.machine.dma_all_mapped,
+                    args.device_timeouts(),
                 )?,
             )?;
             // The synthetic guest's drivers need the devices programmed by the VMM; the KVM

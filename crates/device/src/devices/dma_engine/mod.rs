@@ -6,6 +6,8 @@
 //! while enabled (so the ring is reported dirty while pinned, and its completion words are
 //! written through the pin) and copies data with [`Container::read`] / [`Container::write`]
 //! (writes are reported dirty). It is therefore precise: it attaches in `Pinned` scope.
+//! A ring in memory mapped without an fd (the VMM's client answers every access by message)
+//! cannot be pinned: the device then reaches it by copies too, which its peer records.
 //!
 //! Device RAM changes while the device runs, so its pre-copy is iterative: every change marks
 //! a page of a [`DirtyBitmap`] over device RAM; entering pre-copy marks every page, each chunk
@@ -18,7 +20,7 @@ pub mod regs;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfmig_dirty::{DirtyBitmap, PageSize};
-use vfmig_iommu::{Container, DeviceId, DirtyScope, PinGuard, Prot, UnmapNotifier};
+use vfmig_iommu::{Container, DeviceId, DirtyScope, IommuError, PinGuard, Prot, UnmapNotifier};
 use vfmig_memory::Iova;
 
 use crate::migratable::Migratable;
@@ -76,6 +78,10 @@ pub struct DmaEngine {
     /// device pins nothing and reaches its ring by copies, like a device that can DMA
     /// anywhere and cannot say where it wrote.
     scope: DirtyScope,
+    /// The enabled ring lies in memory mapped without an fd, which cannot be pinned: it is
+    /// reached by copies, each a message to the peer that owns the memory (and records what
+    /// is written there).
+    ring_by_copy: bool,
     save: SaveState,
 }
 
@@ -120,6 +126,7 @@ impl DmaEngine {
             ram_dirty,
             ring,
             scope,
+            ring_by_copy: false,
             save: SaveState::default(),
         })
     }
@@ -237,32 +244,45 @@ impl DmaEngine {
     }
 
     /// Pins the ring the registers describe, leaving the registers alone: what a resumed
-    /// device does with the ring it inherited. An `AllMapped` device pins nothing.
+    /// device does with the ring it inherited. An `AllMapped` device pins nothing; a ring in
+    /// memory without an fd is not pinned but reached by copies.
     pub(crate) fn take_ring_pin(&mut self) -> Result<(), DeviceError> {
         let len = u64::from(self.regs.ring_size) * DESCRIPTOR;
         if len == 0 {
             return Err(DeviceError::invalid("enable with a ring of size 0"));
         }
+        self.ring_by_copy = false;
         if self.scope == DirtyScope::AllMapped {
             return Ok(());
         }
-        let pin = self
-            .container
-            .pin(
-                self.device,
-                Iova(self.regs.ring_base),
-                len,
-                Prot::READ_WRITE,
-            )
-            .map_err(|e| DeviceError::with_errno(e.errno(), format!("pinning the ring: {e}")))?;
-        *lock(&self.ring) = Some(pin);
+        let pin = self.container.pin(
+            self.device,
+            Iova(self.regs.ring_base),
+            len,
+            Prot::READ_WRITE,
+        );
+        match pin {
+            Ok(pin) => *lock(&self.ring) = Some(pin),
+            Err(IommuError::NotHostMapped { .. }) => self.ring_by_copy = true,
+            Err(e) => {
+                return Err(DeviceError::with_errno(
+                    e.errno(),
+                    format!("pinning the ring: {e}"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The ring is reached by copies, not through a pin.
+    fn ring_copied(&self) -> bool {
+        self.scope == DirtyScope::AllMapped || self.ring_by_copy
     }
 
     /// Reads the descriptor at byte `at` of the ring: through the pin, or (unpinned) by a copy.
     fn read_descriptor(&self, at: u64) -> Result<[u8; 32], u32> {
         let mut raw = [0u8; 32];
-        if self.scope == DirtyScope::AllMapped {
+        if self.ring_copied() {
             let iova = Iova(self.regs.ring_base.saturating_add(at));
             self.container
                 .read(iova, &mut raw)
@@ -279,7 +299,7 @@ impl DmaEngine {
     /// Writes a descriptor's completion word.
     fn complete(&self, at: u64, word: u32) {
         let done = (DONE | word).to_le_bytes();
-        let r = if self.scope == DirtyScope::AllMapped {
+        let r = if self.ring_copied() {
             let iova = Iova(self.regs.ring_base.saturating_add(at + 28));
             self.container.write(iova, &done).map_err(|e| e.to_string())
         } else {
