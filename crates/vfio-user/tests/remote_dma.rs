@@ -2,7 +2,7 @@
 //! while the client waits for a reply, from the server thread or from device threads, split
 //! by the client's transfer size; pages written that way are reported by the client, which
 //! never asks the server for a bitmap of fd-less memory (libvfio-user keeps none); a departed
-//! client fails the device's DMA instead of hanging it.
+//! client, or one that never answers, fails the device's DMA instead of hanging it.
 
 #![allow(clippy::cast_possible_truncation)]
 
@@ -176,6 +176,32 @@ fn a_departed_client_fails_a_waiting_device_dma_with_econnreset() {
     drop(raw);
     let err = device.join().unwrap().unwrap_err();
     assert_eq!(err.errno(), libc::ECONNRESET);
+    server.join();
+}
+
+#[test]
+fn a_client_that_never_answers_a_dma_write_fails_the_device_access_with_etimedout() {
+    let deadline = std::time::Duration::from_millis(300);
+    let (stream, server) = spawn_server_configured(Limits::default(), true, move |server| {
+        server.set_dma_reply_timeout(deadline);
+    });
+    let mut raw = RawClient::negotiated(stream);
+    let map = vfmig_vfio_user::message::DmaMap::new(3, 0, GUEST, SIZE);
+    raw.request(&Request::DmaMap(map));
+    let container = server.container.clone();
+    let started = std::time::Instant::now();
+    let device = thread::spawn(move || container.write(Iova(GUEST), &[1; 8]));
+    // The DMA_WRITE arrives; the client stays connected and never answers.
+    let received = raw.recv();
+    assert_eq!(received.header.cmd, Command::DmaWrite.code());
+    let err = device.join().unwrap().unwrap_err();
+    assert_eq!(
+        (err.errno(), started.elapsed() < 10 * deadline),
+        (libc::ETIMEDOUT, true),
+        "{err} after {:?}",
+        started.elapsed()
+    );
+    drop(raw);
     server.join();
 }
 

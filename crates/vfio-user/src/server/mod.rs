@@ -48,7 +48,11 @@
 //! client holds the device until it closes its socket, however long it stays idle: it is the
 //! VMM the device is attached to, and an idle VM is no fault. Its messages arrive on its own
 //! schedule, so the session's reads wait for them; a client that dies is seen at once (the
-//! socket closes with it).
+//! socket closes with it). The other way round, a DMA_READ or DMA_WRITE the server sends for
+//! an fd-less mapping waits at most [`DMA_REPLY_TIMEOUT`] (or the time set with
+//! [`Server::set_dma_reply_timeout`]) for the client's reply: past it the device's access
+//! fails with `ETIMEDOUT` and the connection is broken, so a hung client cannot hang the
+//! device, and the next client is served.
 //!
 //! # Deviations from libvfio-user v1, on purpose
 //!
@@ -109,6 +113,11 @@ const _: () = assert!(size_of::<IrqSet>() == IRQ_SET_ARGSZ as usize);
 /// How long a connected client has to complete VERSION before it is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server waits for the client's reply to a DMA_READ or DMA_WRITE it sent (an
+/// access to an fd-less mapping) before the access fails with `ETIMEDOUT` and the client is
+/// dropped (see "Who holds the device").
+pub const DMA_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How a session ended.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -152,6 +161,7 @@ pub struct Server<B: Backend> {
     container: Container,
     limits: Limits,
     handshake_timeout: Duration,
+    dma_reply_timeout: Duration,
 }
 
 impl<B: Backend> Server<B> {
@@ -166,6 +176,7 @@ impl<B: Backend> Server<B> {
             container,
             limits,
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            dma_reply_timeout: DMA_REPLY_TIMEOUT,
         }
     }
 
@@ -173,6 +184,12 @@ impl<B: Backend> Server<B> {
     /// a socket timeout cannot be zero, so zero is taken as one millisecond).
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.handshake_timeout = timeout.max(Duration::from_millis(1));
+    }
+
+    /// How long a DMA_READ / DMA_WRITE the server sends waits for the client's reply
+    /// ([`DMA_REPLY_TIMEOUT`] unless set).
+    pub fn set_dma_reply_timeout(&mut self, timeout: Duration) {
+        self.dma_reply_timeout = timeout;
     }
 
     /// The backend.
@@ -260,7 +277,7 @@ impl<B: Backend> Server<B> {
     /// The session proper: the reader thread feeds the queue, this thread serves it.
     fn run(&mut self, conn: Connection, client: ClientCaps) -> SessionEnd {
         let peer = match conn.try_clone().and_then(Peer::new) {
-            Ok(peer) => Arc::new(peer),
+            Ok(peer) => Arc::new(peer.with_reply_timeout(self.dma_reply_timeout)),
             Err(err) => return SessionEnd::Dropped(err),
         };
         let queue = CommandQueue::new(QUEUE_BUDGET);

@@ -53,12 +53,22 @@ pub fn spawn_server(limits: Limits) -> (UnixStream, TestServer) {
 
 /// As [`spawn_server`], choosing whether the device can migrate.
 pub fn spawn_server_with(limits: Limits, migration: bool) -> (UnixStream, TestServer) {
+    spawn_server_configured(limits, migration, |_| {})
+}
+
+/// As [`spawn_server_with`], the server set up by `configure` before it serves.
+pub fn spawn_server_configured(
+    limits: Limits,
+    migration: bool,
+    configure: impl FnOnce(&mut Server<Dummy>) + Send + 'static,
+) -> (UnixStream, TestServer) {
     let (client, server_end) = UnixStream::pair().unwrap();
     let container = Container::default();
     let (dummy, state) = Dummy::new(container.clone(), migration);
     let server_container = container.clone();
     let handle = thread::spawn(move || {
         let mut server = Server::new(dummy, server_container, limits);
+        configure(&mut server);
         let conn = Connection::with_limits(server_end, limits).unwrap();
         vec![server.serve_connection(conn)]
     });
