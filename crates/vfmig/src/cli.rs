@@ -372,7 +372,8 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
 mod tests {
     use super::*;
 
-    fn migrate_args(extra: &[&str]) -> MigrateArgs {
+    /// `vfmig vm migrate` with a control socket, a destination and `extra`, parsed.
+    fn parse_migrate(extra: &[&str]) -> Result<Cli, clap::Error> {
         let mut argv = vec![
             "vfmig",
             "vm",
@@ -383,7 +384,11 @@ mod tests {
             "tcp:h:1",
         ];
         argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
+        Cli::try_parse_from(argv)
+    }
+
+    fn migrate_args(extra: &[&str]) -> MigrateArgs {
+        match parse_migrate(extra).unwrap().command {
             Command::Vm(VmCommand::Migrate(args)) => args,
             other => panic!("{other:?}"),
         }
@@ -426,18 +431,7 @@ mod tests {
 
     #[test]
     fn a_bandwidth_cap_of_zero_is_refused_by_the_command_line() {
-        let argv = [
-            "vfmig",
-            "vm",
-            "migrate",
-            "--control",
-            "/c",
-            "--to",
-            "tcp:h:1",
-        ];
-        let mut argv = argv.to_vec();
-        argv.extend(["--max-bandwidth-mib", "0"]);
-        assert!(Cli::try_parse_from(argv).is_err());
+        assert!(parse_migrate(&["--max-bandwidth-mib", "0"]).is_err());
     }
 
     #[test]
