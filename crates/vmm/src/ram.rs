@@ -181,6 +181,14 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Writes guest memory (within one region) for a device reached by DMA messages, without
+    /// marking the VMM's dirty log: the device's own dirty report carries the page (see
+    /// `ram_dma`).
+    pub fn write_for_device(&self, gpa: u64, data: &[u8]) -> Result<(), RamError> {
+        let r = self.region(gpa, data.len() as u64)?;
+        Ok(r.memory.write(gpa - r.gpa, data)?)
+    }
+
     /// Reads guest memory for the migration sender ([`SharedMemory::read_sparse`]): a page
     /// the guest never wrote reads as zeros without being allocated.
     pub fn read_for_migration(&self, gpa: u64, buf: &mut [u8]) -> Result<(), RamError> {

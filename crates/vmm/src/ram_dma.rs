@@ -13,41 +13,26 @@ use std::sync::Arc;
 use vfmig_memory::Iova;
 use vfmig_vfio_user::{ClientMemory, Errno};
 
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, RamError};
 
 /// Guest RAM as a vfio-user client's memory: IOVA = guest-physical address.
 pub(crate) struct RamDma(pub(crate) Arc<GuestRam>);
 
-impl RamDma {
-    /// The region holding `[iova, iova + len)` and the offset of `iova` in it (EFAULT if no
-    /// one region holds it all).
-    fn locate(&self, iova: Iova, len: usize) -> Result<(&crate::RamRegion, usize), Errno> {
-        let (gpa, len) = (iova.raw(), len as u64);
-        let region = self
-            .0
-            .regions()
-            .iter()
-            .find(|r| {
-                gpa >= r.gpa()
-                    && gpa
-                        .checked_add(len)
-                        .is_some_and(|end| end <= r.gpa() + r.size())
-            })
-            .ok_or(Errno::EFAULT)?;
-        let offset = usize::try_from(gpa - region.gpa()).map_err(|_| Errno::EFAULT)?;
-        Ok((region, offset))
+/// A guest RAM error as the errno the device's DMA fails with: EFAULT outside RAM.
+fn errno(e: RamError) -> Errno {
+    match e {
+        RamError::Io(e) => Errno::from(e),
+        _ => Errno::EFAULT,
     }
 }
 
 impl ClientMemory for RamDma {
     fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), Errno> {
-        let (region, offset) = self.locate(iova, buf.len())?;
-        region.mapping().read(offset, buf).map_err(Errno::from)
+        self.0.read(iova.raw(), buf).map_err(errno)
     }
 
     fn write(&self, iova: Iova, data: &[u8]) -> Result<(), Errno> {
-        let (region, offset) = self.locate(iova, data.len())?;
-        region.mapping().write(offset, data).map_err(Errno::from)
+        self.0.write_for_device(iova.raw(), data).map_err(errno)
     }
 }
 
