@@ -133,6 +133,12 @@ fn at_deadline(elapsed: Duration) {
     );
 }
 
+/// Asserts that the receive refused exactly one peer, for a reason saying `why`.
+fn refused_once(stats: &ReceiveStats, why: &str) {
+    assert_eq!(stats.refused, 1, "{stats:?}");
+    assert!(stats.refusals[0].contains(why), "{stats:?}");
+}
+
 /// The stream header and `Config` of a VM of [`RAM`], as a source sends them first.
 fn writer_with_config(conn: StreamConnection) -> StreamWriter<StreamConnection> {
     let regions = vm_config(RAM)
@@ -166,11 +172,7 @@ fn a_silent_peer_is_dropped_at_the_setup_deadline_and_the_next_source_migrates()
     })
     .unwrap();
     assert_eq!(received.digest().unwrap(), vm.digest().unwrap());
-    assert_eq!(stats.refused, 1, "{stats:?}");
-    assert!(
-        stats.refusals[0].contains("not done within 300 ms"),
-        "{stats:?}"
-    );
+    refused_once(&stats, "not done within 300 ms");
 }
 
 #[test]
@@ -219,8 +221,7 @@ fn a_tls_peer_that_never_finishes_the_handshake_is_dropped_at_the_handshake_dead
     })
     .unwrap();
     assert_eq!(received.digest().unwrap(), vm.digest().unwrap());
-    assert_eq!(stats.refused, 1, "{stats:?}");
-    assert!(stats.refusals[0].contains("TLS handshake"), "{stats:?}");
+    refused_once(&stats, "TLS handshake");
 }
 
 #[test]
@@ -251,11 +252,7 @@ fn a_tls_peer_trickling_its_hello_is_dropped_at_the_handshake_deadline() {
         migrate(&vm, &to, &security);
     })
     .unwrap();
-    assert_eq!(stats.refused, 1, "{stats:?}");
-    assert!(
-        stats.refusals[0].contains("not complete within 300 ms"),
-        "{stats:?}"
-    );
+    refused_once(&stats, "not complete within 300 ms");
 }
 
 #[test]

@@ -12,17 +12,9 @@ use std::net::TcpListener;
 
 use serde_json::Value;
 
-use common::{DeviceServer, TestDir, VmProcess, digest, finite_migration, free_port, to};
-
-/// A guest that keeps both devices busy and dirties a small working set.
-const GUEST: &[&str] = &[
-    "--dirty-rate",
-    "20000",
-    "--working-set",
-    "16M",
-    "--device-ops",
-    "200",
-];
+use common::{
+    DEVICES_GUEST, DeviceServer, TestDir, VmProcess, digest, finite_migration, free_port, to,
+};
 
 /// Guest RAM pages of the tests' VMs (256 MiB).
 const RAM_PAGES: u64 = (256 << 20) / 4096;
@@ -70,7 +62,7 @@ fn a_vm_of_separately_started_servers_migrates_to_a_destination_with_its_own() {
             "--device",
             &src_dma.device_option("dma0"),
         ],
-        GUEST,
+        DEVICES_GUEST,
     );
     let port = free_port();
     // Listed the other way round: devices are matched by id, not by place.
@@ -84,7 +76,7 @@ fn a_vm_of_separately_started_servers_migrates_to_a_destination_with_its_own() {
             "--device",
             &dst_mtty.device_option("serial0"),
         ],
-        GUEST,
+        DEVICES_GUEST,
     );
     let devices = source.status()["devices"].clone();
     assert!(
@@ -112,7 +104,7 @@ fn a_device_without_a_migration_region_blocks_migrate_at_once_naming_it() {
             "--device",
             "dma-engine",
         ],
-        GUEST,
+        DEVICES_GUEST,
     );
     let status = source.status();
     assert_eq!(
@@ -144,8 +136,12 @@ fn a_device_without_dirty_tracking_migrates_with_all_ram_dirty_at_every_sync() {
         [mtty.device_option("serial0"), dma.device_option("dma0")]
     };
     let [s0, s1] = devices(&src_mtty, &src_dma);
-    let source =
-        VmProcess::source_with_devices(&dir, "src", &["--device", &s0, "--device", &s1], GUEST);
+    let source = VmProcess::source_with_devices(
+        &dir,
+        "src",
+        &["--device", &s0, "--device", &s1],
+        DEVICES_GUEST,
+    );
     let port = free_port();
     let [d0, d1] = devices(&dst_mtty, &dst_dma);
     let destination = VmProcess::destination_with_devices(
@@ -153,7 +149,7 @@ fn a_device_without_dirty_tracking_migrates_with_all_ram_dirty_at_every_sync() {
         "dst",
         port,
         &["--device", &d0, "--device", &d1],
-        GUEST,
+        DEVICES_GUEST,
     );
 
     let stats = migrate_and_verify(&source, &destination, port);
@@ -175,14 +171,14 @@ fn a_device_without_dirty_tracking_migrates_with_all_ram_dirty_at_every_sync() {
 #[test]
 fn a_destination_whose_device_ids_differ_is_refused_naming_the_id() {
     let dir = TestDir::new("ids");
-    let source = VmProcess::source(&dir, "src", GUEST);
+    let source = VmProcess::source(&dir, "src", DEVICES_GUEST);
     let port = free_port();
     let _destination = VmProcess::destination_with_devices(
         &dir,
         "dst",
         port,
         &["--device", "mtty,id=serial0", "--device", "dma-engine"],
-        GUEST,
+        DEVICES_GUEST,
     );
 
     source.call("migrate", finite_migration(&to(port)));

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
-use common::device::DeviceProcess;
+use common::device::{DeviceProcess, reg_read, reg_write};
 use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, DONE, Descriptor, Op};
 use vfmig_iommu::{Iova, Prot};
 use vfmig_memory::{SharedMemory, memfd};
@@ -23,16 +23,6 @@ const RING: u64 = MIB;
 /// BAR0 registers.
 const TAIL: u64 = 0x18;
 const STATUS: u64 = 0x20;
-
-fn reg_write(c: &Client, offset: u64, v: u64, len: usize) {
-    c.region_write(0, offset, &v.to_le_bytes()[..len]).unwrap();
-}
-
-fn reg_read(c: &Client, offset: u64, len: usize) -> u64 {
-    let mut b = [0u8; 8];
-    c.region_read(0, offset, &mut b[..len]).unwrap();
-    u64::from_le_bytes(b)
-}
 
 /// Points the device at a 16-descriptor ring at [`RING`] and enables it.
 fn enable_ring(c: &Client) {

@@ -13,7 +13,7 @@ use vfmig_vfio_user::Client;
 #[allow(dead_code)] // each test binary uses a part of the helpers
 mod common;
 
-use common::device::DeviceProcess;
+use common::device::{DeviceProcess, reg_read, reg_write};
 
 fn set_state(c: &Client, s: DeviceState) {
     c.region_write(MIGRATION_REGION_INDEX, 0, &s.raw().to_le_bytes())
@@ -92,16 +92,6 @@ fn mtty_registers_and_fifo_move_between_device_processes() {
 
 const GUEST: u64 = 8 << 20;
 const RING: u64 = 0x10_0000;
-
-fn reg_write(c: &Client, offset: u64, v: u64, len: usize) {
-    c.region_write(0, offset, &v.to_le_bytes()[..len]).unwrap();
-}
-
-fn reg_read(c: &Client, offset: u64, len: usize) -> u64 {
-    let mut b = [0u8; 8];
-    c.region_read(0, offset, &mut b[..len]).unwrap();
-    u64::from_le_bytes(b)
-}
 
 fn submit(c: &Client, guest: &SharedMemory, d: &Descriptor) {
     let tail = reg_read(c, 0x18, 4);

@@ -11,20 +11,10 @@ mod common;
 
 use serde_json::Value;
 
-use common::{TestDir, VmProcess, digest, finite_migration, free_port, to};
+use common::{DEVICES_GUEST, TestDir, VmProcess, digest, finite_migration, free_port, to};
 
 /// The devices of both VMs: an mtty mapped by fd, and a dma-engine reached by messages.
 const DEVICES: &[&str] = &["--device", "mtty", "--device", "dma-engine,dma=messages"];
-
-/// A guest that keeps both devices busy and dirties a small working set.
-const GUEST: &[&str] = &[
-    "--dirty-rate",
-    "20000",
-    "--working-set",
-    "16M",
-    "--device-ops",
-    "200",
-];
 
 /// The `status` entry of device `id`.
 fn device(vm: &VmProcess, id: &str) -> Value {
@@ -46,9 +36,10 @@ fn client_count(vm: &VmProcess, id: &str, counter: &str) -> u64 {
 #[test]
 fn a_device_reached_by_dma_messages_migrates_without_a_bitmap_request_and_its_writes_arrive() {
     let dir = TestDir::new("fdless");
-    let source = VmProcess::source_with_devices(&dir, "src", DEVICES, GUEST);
+    let source = VmProcess::source_with_devices(&dir, "src", DEVICES, DEVICES_GUEST);
     let port = free_port();
-    let destination = VmProcess::destination_with_devices(&dir, "dst", port, DEVICES, GUEST);
+    let destination =
+        VmProcess::destination_with_devices(&dir, "dst", port, DEVICES, DEVICES_GUEST);
     assert_eq!(device(&source, "dmaengine0")["dma"], "messages");
     // The guest drives the dma-engine, which reads its ring and writes guest RAM by message.
     source.wait_until("the dma-engine writes guest RAM by DMA_WRITE", |s| {

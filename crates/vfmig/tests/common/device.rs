@@ -55,3 +55,15 @@ impl Drop for DeviceProcess {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// Writes the low `len` bytes of `v` at `offset` of BAR0.
+pub(crate) fn reg_write(c: &Client, offset: u64, v: u64, len: usize) {
+    c.region_write(0, offset, &v.to_le_bytes()[..len]).unwrap();
+}
+
+/// Reads `len` bytes at `offset` of BAR0, little-endian.
+pub(crate) fn reg_read(c: &Client, offset: u64, len: usize) -> u64 {
+    let mut b = [0u8; 8];
+    c.region_read(0, offset, &mut b[..len]).unwrap();
+    u64::from_le_bytes(b)
+}

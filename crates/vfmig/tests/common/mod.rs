@@ -41,6 +41,16 @@ pub(crate) const BUSY_GUEST: &[&str] = &[
     "500",
 ];
 
+/// A guest that keeps both devices busy and dirties a small working set.
+pub(crate) const DEVICES_GUEST: &[&str] = &[
+    "--dirty-rate",
+    "20000",
+    "--working-set",
+    "16M",
+    "--device-ops",
+    "200",
+];
+
 /// Migration arguments that never converge: with a downtime limit of 0 the switch-over
 /// needs a sync that finds nothing dirty, which a guest writing 50 000 pages a second never
 /// allows, and the iteration limit is out of reach. Pre-copy goes on (until the engine's
