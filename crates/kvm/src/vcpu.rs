@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use kvm_bindings::KVM_EXIT_DIRTY_RING_FULL;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::RunError;
 use crate::control::{GateOutcome, VcpuControl};
 use crate::dirty_log::DirtyLog;
+use crate::{KvmError, RunError};
 
 /// What the guest's port and MMIO accesses mean: the VMM's device model. Called on the
 /// vCPU's own thread, for one access at a time per vCPU; shared by all vCPUs of a VM.
@@ -69,6 +69,19 @@ impl Vcpu {
     /// The vCPU's index (its APIC ID).
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// The guest's TSC frequency in Hz, as KVM reports it (KVM_GET_TSC_KHZ): the host's,
+    /// with no TSC scaling.
+    ///
+    /// # Errors
+    /// [`KvmError::Ioctl`], e.g. on a host whose TSC KVM does not trust.
+    pub fn tsc_hz(&self) -> Result<u64, KvmError> {
+        let khz = self
+            .fd
+            .get_tsc_khz()
+            .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
+        Ok(u64::from(khz) * 1000)
     }
 
     /// The vCPU fd, for the modules of this crate.

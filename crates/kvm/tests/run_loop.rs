@@ -144,3 +144,24 @@ fn every_vcpu_starts_with_its_index_in_rsi() {
     indices.sort_unstable();
     assert_eq!(indices, vec![0, 1, 2]);
 }
+
+/// TSC ticks per second of the host, counted against the monotonic clock over 200 ms.
+fn measured_tsc_hz() -> f64 {
+    // SAFETY: RDTSC reads a counter; it has no memory effects.
+    let rdtsc = || unsafe { std::arch::x86_64::_rdtsc() };
+    let (t0, c0) = (std::time::Instant::now(), rdtsc());
+    std::thread::sleep(Duration::from_millis(200));
+    let (c1, t1) = (rdtsc(), std::time::Instant::now());
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+#[test]
+fn the_tsc_frequency_kvm_reports_is_the_rate_the_tsc_ticks_at() {
+    let t = TestVm::boot(guest!("io"), 1);
+    let reported = t.vcpus[0].tsc_hz().unwrap() as f64;
+    let measured = measured_tsc_hz();
+    assert!(
+        (reported / measured - 1.0).abs() < 0.02,
+        "KVM says {reported} Hz, the TSC ticks at {measured} Hz"
+    );
+}

@@ -231,3 +231,41 @@ fn a_sparse_area_beyond_the_regions_file_is_refused() {
     assert_eq!(err.errno(), Errno::EINVAL);
     server.join().unwrap();
 }
+
+#[test]
+fn a_sparse_area_in_a_file_the_server_could_shrink_is_refused() {
+    let (client, server) = scripted(ClientConfig::default(), |conn| {
+        // Big enough for the area, but not sealed against shrinking.
+        let file = memfd(2 * CONTAINER_PAGE_SIZE.bytes());
+        let info = RegionInfo {
+            flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP,
+            index: 3,
+            size: 2 * CONTAINER_PAGE_SIZE.bytes(),
+            ..RegionInfo::default()
+        };
+        let area = SparseMmapArea {
+            offset: 0,
+            size: 2 * CONTAINER_PAGE_SIZE.bytes(),
+        };
+        for _ in 0..2 {
+            let received = conn.recv().unwrap();
+            let Ok(Request::DeviceGetRegionInfo(request)) = received.request(conn.limits()) else {
+                panic!("expected GET_REGION_INFO");
+            };
+            let caps = RegionCapsBuilder::new().sparse_mmap(vec![area]).build();
+            let reply = RegionInfoReply::for_request(request.argsz, info, caps).unwrap();
+            let fds = if reply.caps.is_empty() {
+                vec![]
+            } else {
+                vec![file.as_fd()]
+            };
+            conn.send_reply(&received.header, &Reply::DeviceGetRegionInfo(reply), &fds)
+                .unwrap();
+        }
+    });
+    let region = client.region_info(3).unwrap();
+    assert!(region.fd.is_some());
+    let err = region.mmap_area(0).unwrap_err();
+    assert_eq!(err.errno(), Errno::EINVAL);
+    server.join().unwrap();
+}

@@ -182,6 +182,10 @@ pub struct DeviceStatus {
     /// pages reported from the client's own record of DMA_WRITEs.
     #[serde(default)]
     pub client: vfmig_vmm::ClientStats,
+    /// Its BARs as the KVM guest placed them: trapped accesses, and the areas mapped into
+    /// the guest (whose accesses never exit). Empty without a KVM guest.
+    #[serde(default)]
+    pub bars: Vec<vfmig_vmm::BarStatus>,
 }
 
 /// The guest's counters.

@@ -18,7 +18,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vfmig_guest::{BOOT_PAGE_GPA, BootPage, IMAGE, STATUS_PAGE_GPA, StatusPage, Workloads};
 use vfmig_kvm::{
@@ -27,7 +27,7 @@ use vfmig_kvm::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::pci::{InterruptRouter, PciBus};
+use crate::pci::{GuestMapper, InterruptRouter, PciBus};
 use crate::ram::GuestRam;
 
 /// Bytes of low RAM the boot writes: the tables, the boot page and the image.
@@ -134,6 +134,36 @@ impl InterruptRouter for Router {
             registered.swap_remove(at);
         }
         self.kvm.remove_msi_route(gsi).map_err(os)
+    }
+}
+
+/// Device memory in the guest: each mapping a memslot (without dirty logging: the device
+/// saves that memory itself), numbered after guest RAM's.
+struct DeviceMemslots {
+    kvm: Arc<KvmVm>,
+    first: u32,
+}
+
+impl GuestMapper for DeviceMemslots {
+    unsafe fn map(&self, id: u32, gpa: u64, host: *mut u8, len: usize) -> io::Result<()> {
+        let slot = Memslot {
+            slot: self.first.checked_add(id).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "memslot number overflows")
+            })?,
+            gpa,
+            host: host as u64,
+            size: len as u64,
+            log_dirty: false,
+        };
+        // SAFETY: the caller keeps the mapping valid until `unmap` (this fn's contract).
+        unsafe { self.kvm.add_memslot(slot) }.map_err(os)
+    }
+
+    fn unmap(&self, id: u32) -> io::Result<()> {
+        let slot = self.first.checked_add(id).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "memslot number overflows")
+        })?;
+        self.kvm.remove_memslot(slot).map_err(os)
     }
 }
 
@@ -287,23 +317,6 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-/// TSC ticks per second, measured against the monotonic clock over 20 ms. The guest's TSC is
-/// the host's here (no TSC scaling on this KVM), and the guest paces itself by it.
-fn tsc_hz() -> u64 {
-    let rdtsc = || {
-        // SAFETY: RDTSC reads a counter; it has no memory effects.
-        unsafe { std::arch::x86_64::_rdtsc() }
-    };
-    let (t0, c0) = (Instant::now(), rdtsc());
-    thread::sleep(Duration::from_millis(20));
-    let (c1, t1) = (rdtsc(), Instant::now());
-    let ns = u64::try_from(t1.duration_since(t0).as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    u64::try_from(u128::from(c1.wrapping_sub(c0)) * 1_000_000_000 / u128::from(ns))
-        .unwrap_or(u64::MAX)
-}
-
 impl Machine {
     /// The KVM VM of `slots`, over its RAM, with `program.vcpus` vCPUs and the devices of
     /// `bus` (whose interrupt router it becomes, through [`Machine::router_for`]). With `boot`,
@@ -323,8 +336,12 @@ impl Machine {
                 vfmig_kvm::MAX_VCPUS
             )));
         }
+        let mut vcpus = (0..vcpus)
+            .map(|index| kvm.create_vcpu(index))
+            .collect::<Result<Vec<_>, _>>()?;
         if boot {
-            write_boot(&ram, &program)?;
+            let tsc_hz = vcpus.first().map_or(Ok(0), |v| v.tsc_hz())?;
+            write_boot(&ram, &program, tsc_hz)?;
         }
         let control = VcpuControl::new();
         control.pause();
@@ -336,8 +353,8 @@ impl Machine {
         let failure = Arc::new(Mutex::new(None));
         let mut handles = Vec::new();
         let mut threads = Vec::new();
-        for index in 0..vcpus {
-            let mut vcpu = kvm.create_vcpu(index)?;
+        for mut vcpu in vcpus.drain(..) {
+            let index = vcpu.index();
             if boot {
                 vcpu.set_boot_state()?;
             }
@@ -368,6 +385,15 @@ impl Machine {
             failure,
             program,
             _slots: slots,
+        })
+    }
+
+    /// What maps a [`PciBus`]'s device memory into this KVM VM: memslots numbered after those
+    /// of `slots`' RAM.
+    pub fn mapper_for(slots: &MachineRam) -> Arc<dyn GuestMapper> {
+        Arc::new(DeviceMemslots {
+            kvm: slots.kvm.clone(),
+            first: u32::try_from(slots.ram.regions().len()).unwrap_or(u32::MAX),
         })
     }
 
@@ -497,7 +523,7 @@ impl Drop for Machine {
 }
 
 /// Writes the boot contract's tables, the image and the boot page into low RAM.
-fn write_boot(ram: &GuestRam, program: &GuestProgram) -> Result<(), MachineError> {
+fn write_boot(ram: &GuestRam, program: &GuestProgram, tsc_hz: u64) -> Result<(), MachineError> {
     let mut low = vec![0u8; BOOT_AREA];
     vfmig_kvm::write_tables(&mut low)?;
     vfmig_kvm::load_image(&mut low, IMAGE)?;
@@ -517,7 +543,7 @@ fn write_boot(ram: &GuestRam, program: &GuestProgram) -> Result<(), MachineError
             ram_end >> 20
         )));
     }
-    let mut boot = BootPage::new(program.vcpus, ram.size(), tsc_hz(), workloads);
+    let mut boot = BootPage::new(program.vcpus, ram.size(), tsc_hz, workloads);
     boot.ws_base = WORKING_SET_GPA;
     boot.ws_size = ws_size;
     boot.dirty_rate = program.dirty_rate;
@@ -533,6 +559,7 @@ fn write_boot(ram: &GuestRam, program: &GuestProgram) -> Result<(), MachineError
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+    use std::time::Instant;
 
     use super::*;
     use crate::test_support::served;
@@ -559,8 +586,14 @@ mod tests {
             d.map_ram(&ram, None).unwrap();
         }
         let slots = MachineRam::new(ram).unwrap();
-        let bus =
-            Arc::new(PciBus::new(Arc::new(devices), Machine::router_for(slots.kvm())).unwrap());
+        let bus = Arc::new(
+            PciBus::new(
+                Arc::new(devices),
+                Machine::router_for(slots.kvm()),
+                Some(Machine::mapper_for(&slots)),
+            )
+            .unwrap(),
+        );
         let machine = Machine::new(slots, bus, program, true).unwrap();
         Booted { machine, sockets }
     }

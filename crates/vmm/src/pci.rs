@@ -15,14 +15,22 @@
 //! An MSI the guest enables becomes an eventfd the device signals (SET_IRQS) and an
 //! [`InterruptRouter`] turns into the guest interrupt (with KVM: an irqfd on a GSI routed to
 //! the MSI's address and data), so no interrupt passes through the VMM's threads.
+//!
+//! A BAR access is trapped (an exit, then REGION_READ/WRITE) except inside a sparse-mmap
+//! area the device offers: those are mapped into the VMM when the device is attached and, by
+//! a [`GuestMapper`], into the guest wherever the guest puts the BAR while it decodes (with
+//! KVM: a memslot over the VMM's mapping), so the guest's accesses there never exit. An area
+//! is mapped only if it is whole 4 KiB pages of a readable and writable region in a file the
+//! device cannot shrink (`MmapArea`'s rule); any other stays trapped. Trapped accesses are
+//! counted per BAR ([`PciBus::bars`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vfmig_abi::uapi::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
-use vfmig_vfio_user::client::IrqValues;
+use vfmig_vfio_user::client::{IrqValues, MmapArea, Region};
 use vfmig_vfio_user::message::IrqAction;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -48,6 +56,9 @@ const MSI_ENABLE: u16 = 1 << 0;
 const MSI_64BIT: u16 = 1 << 7;
 /// Bytes of the MSI capability the VMM keeps (a 64-bit one without per-vector masking).
 const MSI_IMAGE: usize = 14;
+
+/// The page granule of a mapping into the guest.
+const GUEST_PAGE: u64 = 4096;
 
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,6 +150,47 @@ pub trait InterruptRouter: Send + Sync {
     fn unroute_msi(&self, slot: u8, eventfd: &EventFd) -> io::Result<()>;
 }
 
+/// Puts device memory into the guest's physical address space (with KVM: a memslot over the
+/// VMM's mapping of it), so that the guest's accesses there never exit.
+pub trait GuestMapper: Send + Sync {
+    /// Makes the `len` bytes at host address `host` appear at guest-physical `gpa`, as mapping
+    /// `id` (which is not mapped now).
+    ///
+    /// # Safety
+    /// The host mapping must stay valid until [`unmap`](Self::unmap) of `id` has returned.
+    unsafe fn map(&self, id: u32, gpa: u64, host: *mut u8, len: usize) -> io::Result<()>;
+    /// Removes mapping `id` from the guest.
+    fn unmap(&self, id: u32) -> io::Result<()>;
+}
+
+/// A sparse-mmap area of a memory BAR, mapped into the VMM when its device was attached, and
+/// into the guest while its BAR decodes.
+struct DirectArea {
+    slot: usize,
+    bar: usize,
+    /// Where the area starts in the BAR.
+    offset: u64,
+    area: MmapArea,
+}
+
+/// One BAR as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BarStatus {
+    /// The BAR's number, 0–5.
+    pub index: u32,
+    /// What it decodes.
+    pub kind: BarDecode,
+    /// Bytes.
+    pub size: u64,
+    /// Where the guest put it, while it decodes.
+    pub address: Option<u64>,
+    /// Guest accesses that exited and went to the device as REGION_READ/WRITE.
+    pub trapped: u64,
+    /// Its sparse-mmap areas mapped into the guest: `(offset in the BAR, bytes, guest address
+    /// while mapped)`.
+    pub direct: Vec<(u64, u64, Option<u64>)>,
+}
+
 /// One function on the bus.
 struct Function {
     bars: [Option<Bar>; BARS],
@@ -167,6 +219,14 @@ pub struct PciBus {
     windows: RwLock<Vec<Window>>,
     address: AtomicU32,
     router: Arc<dyn InterruptRouter>,
+    /// Device memory the guest may reach without exits, and who maps it (none: all trapped).
+    direct: Vec<DirectArea>,
+    mapper: Option<Arc<dyn GuestMapper>>,
+    /// Where each of `direct` is mapped in the guest now. Held across a change of the
+    /// windows, so the guest's mappings follow the windows in the order they changed.
+    mapped: Mutex<Vec<Option<u64>>>,
+    /// Trapped accesses per function and BAR.
+    trapped: Vec<[AtomicU64; BARS]>,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -202,9 +262,14 @@ fn invalid(dev: &AttachedDevice, what: String) -> AttachError {
     }
 }
 
-/// The device's BARs: kinds from its BAR registers, sizes from REGION_INFO.
-fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], AttachError> {
+/// The device's BARs: kinds from its BAR registers, sizes from REGION_INFO; and the areas of
+/// its memory BARs that can be mapped into the guest ([`direct_areas`]).
+fn probe_bars(
+    dev: &AttachedDevice,
+    slot: usize,
+) -> Result<([Option<Bar>; BARS], Vec<DirectArea>), AttachError> {
     let mut bars = [None; BARS];
+    let mut direct = Vec::new();
     let mut i = 0;
     while i < BARS {
         let index = u32::try_from(i).unwrap_or(0);
@@ -238,10 +303,46 @@ fn probe_bars(dev: &AttachedDevice) -> Result<[Option<Bar>; BARS], AttachError> 
                 size: region.size,
                 flags: register & flag_bits,
             });
+            if kind != BarDecode::Io {
+                direct.extend(direct_areas(dev, slot, i, &region));
+            }
         }
         i += if kind == BarDecode::Memory64 { 2 } else { 1 };
     }
-    Ok(bars)
+    Ok((bars, direct))
+}
+
+/// The sparse-mmap areas of BAR `bar` (`region`) that can be mapped into the guest: whole
+/// 4 KiB pages of a readable and writable region, mapped here (which `MmapArea` refuses for
+/// a file the device could shrink). Any other area stays trapped, said in the log.
+fn direct_areas(dev: &AttachedDevice, slot: usize, bar: usize, region: &Region) -> Vec<DirectArea> {
+    (0..region.sparse_areas.len())
+        .filter_map(|k| {
+            let sparse = region.sparse_areas.get(k)?;
+            let whole_pages =
+                sparse.offset.is_multiple_of(GUEST_PAGE) && sparse.size.is_multiple_of(GUEST_PAGE);
+            let mapped = if !whole_pages {
+                Err("not whole 4 KiB pages".to_string())
+            } else if !(region.readable() && region.writable()) {
+                Err("the region is not readable and writable".to_string())
+            } else {
+                region.mmap_area(k).map_err(|e| e.to_string())
+            };
+            match mapped {
+                Ok(area) => Some(DirectArea {
+                    slot,
+                    bar,
+                    offset: sparse.offset,
+                    area,
+                }),
+                Err(why) => {
+                    tracing::info!(device = dev.id(), bar, offset = sparse.offset, %why,
+                        "BAR area left to trapped accesses");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// The MSI capability, found by walking the capability list.
@@ -349,10 +450,12 @@ impl Function {
 
 impl PciBus {
     /// A bus with `devices` at device numbers 0, 1, …, their BARs and MSI capability probed;
-    /// their MSIs reach the guest through `router`.
+    /// their MSIs reach the guest through `router`, and their BARs' mappable areas through
+    /// `mapper` (without one, every BAR access is trapped).
     pub fn new(
         devices: Arc<Vec<AttachedDevice>>,
         router: Arc<dyn InterruptRouter>,
+        mapper: Option<Arc<dyn GuestMapper>>,
     ) -> Result<PciBus, AttachError> {
         if devices.len() > 32 {
             return Err(AttachError::Invalid {
@@ -361,8 +464,12 @@ impl PciBus {
             });
         }
         let mut functions = Vec::with_capacity(devices.len());
-        for dev in devices.iter() {
-            let bars = probe_bars(dev)?;
+        let mut direct = Vec::new();
+        for (slot, dev) in devices.iter().enumerate() {
+            let (bars, areas) = probe_bars(dev, slot)?;
+            if mapper.is_some() {
+                direct.extend(areas);
+            }
             let msi_cap = probe_msi(dev)?;
             let eventfd =
                 EventFd::new(EFD_NONBLOCK).map_err(|e| invalid(dev, format!("eventfd: {e}")))?;
@@ -378,11 +485,15 @@ impl PciBus {
             }));
         }
         Ok(PciBus {
+            trapped: (0..devices.len()).map(|_| Default::default()).collect(),
             devices,
             functions,
             windows: RwLock::new(Vec::new()),
             address: AtomicU32::new(0),
             router,
+            mapped: Mutex::new(vec![None; direct.len()]),
+            direct,
+            mapper,
         })
     }
 
@@ -463,6 +574,13 @@ impl PciBus {
         let Some(dev) = self.devices.get(w.slot) else {
             return Ok(false);
         };
+        if let Some(n) = self
+            .trapped
+            .get(w.slot)
+            .and_then(|t| t.get(usize::try_from(w.bar).ok()?))
+        {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         let offset = addr - w.base;
         match access {
             Access::Read(buf) => dev
@@ -608,7 +726,10 @@ impl PciBus {
         Ok(())
     }
 
+    /// Recomputes the windows that decode, and moves the guest's mappings of device memory
+    /// to follow them.
     fn rebuild_windows(&self) {
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         let windows: Vec<Window> = self
             .functions
             .iter()
@@ -618,7 +739,80 @@ impl PciBus {
                 f.windows(slot).collect::<Vec<_>>()
             })
             .collect();
+        self.follow_windows(&windows, &mut mapped);
         *self.windows.write().unwrap_or_else(|e| e.into_inner()) = windows;
+    }
+
+    /// Maps each direct area where its BAR's window is now, unmapping it from where it was.
+    /// An area that cannot be mapped is left to trapped accesses (its window still traps).
+    fn follow_windows(&self, windows: &[Window], mapped: &mut [Option<u64>]) {
+        let Some(mapper) = &self.mapper else {
+            return;
+        };
+        for (id, (d, at)) in self.direct.iter().zip(mapped.iter_mut()).enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            let wanted = windows
+                .iter()
+                .find(|w| !w.io && w.slot == d.slot && w.bar as usize == d.bar)
+                .and_then(|w| w.base.checked_add(d.offset));
+            if *at == wanted {
+                continue;
+            }
+            if at.is_some() {
+                if let Err(e) = mapper.unmap(id) {
+                    tracing::warn!(slot = d.slot, bar = d.bar, error = %e,
+                        "device memory not unmapped from the guest");
+                    continue;
+                }
+                *at = None;
+            }
+            if let Some(gpa) = wanted {
+                // SAFETY: the area is the bus's and is unmapped from the guest before it is
+                // dropped (`Drop for PciBus`).
+                match unsafe { mapper.map(id, gpa, d.area.as_ptr(), d.area.len()) } {
+                    Ok(()) => *at = Some(gpa),
+                    Err(e) => tracing::warn!(slot = d.slot, bar = d.bar, gpa, error = %e,
+                        "device memory not mapped into the guest: its accesses are trapped"),
+                }
+            }
+        }
+    }
+
+    /// The BARs of function `slot`: where they decode, their trapped accesses and their
+    /// areas mapped into the guest. Empty for a slot with no device.
+    pub fn bars(&self, slot: usize) -> Vec<BarStatus> {
+        // The mappings' lock before a function's, as `rebuild_windows` takes them.
+        let mapped = self
+            .mapped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(f) = self.function(slot) else {
+            return Vec::new();
+        };
+        let windows: Vec<Window> = f.windows(slot).collect();
+        (0..BARS)
+            .filter_map(|i| {
+                let bar = f.bars[i]?;
+                Some(BarStatus {
+                    index: u32::try_from(i).unwrap_or(0),
+                    kind: bar.kind,
+                    size: bar.size,
+                    address: windows.iter().find(|w| w.bar as usize == i).map(|w| w.base),
+                    trapped: self
+                        .trapped
+                        .get(slot)
+                        .map_or(0, |t| t[i].load(Ordering::Relaxed)),
+                    direct: self
+                        .direct
+                        .iter()
+                        .zip(&mapped)
+                        .filter(|(d, _)| d.slot == slot && d.bar == i)
+                        .map(|(d, at)| (d.offset, d.area.len() as u64, *at))
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// What the guest programmed into each function, in device order.
@@ -667,6 +861,30 @@ impl PciBus {
         }
         self.rebuild_windows();
         Ok(())
+    }
+}
+
+impl Drop for PciBus {
+    fn drop(&mut self) {
+        // The guest must not keep a mapping of memory this drop unmaps from the VMM: an area
+        // whose guest mapping cannot be removed stays mapped here too (leaked).
+        let Some(mapper) = &self.mapper else {
+            return;
+        };
+        let mapped = std::mem::take(self.mapped.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for (id, (d, at)) in std::mem::take(&mut self.direct)
+            .into_iter()
+            .zip(mapped)
+            .enumerate()
+        {
+            if at.is_some()
+                && let Err(e) = mapper.unmap(u32::try_from(id).unwrap_or(u32::MAX))
+            {
+                tracing::error!(slot = d.slot, bar = d.bar, error = %e,
+                    "device memory still mapped into the guest: its mapping here is kept");
+                std::mem::forget(d);
+            }
+        }
     }
 }
 
@@ -726,7 +944,7 @@ mod tests {
     fn bus(kinds: &[&str]) -> Bus {
         let (devices, sockets): (Vec<_>, Vec<_>) = kinds.iter().map(|k| served(k)).unzip();
         let routes = Arc::new(Routes::default());
-        let bus = PciBus::new(Arc::new(devices), routes.clone()).unwrap();
+        let bus = PciBus::new(Arc::new(devices), routes.clone(), None).unwrap();
         Bus {
             bus,
             routes,

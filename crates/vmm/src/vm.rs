@@ -273,6 +273,7 @@ impl Vm {
         let bus = Arc::new(PciBus::new(
             self.devices.clone(),
             Machine::router_for(slots.kvm()),
+            Some(Machine::mapper_for(&slots)),
         )?);
         let machine = Machine::new(slots, bus, program.clone(), boot)?;
         Ok(self.machine.get_or_init(|| machine))

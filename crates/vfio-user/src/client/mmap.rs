@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use vfmig_memory::{Access, Mmap};
+use vfmig_memory::{Access, FileInfo, Mmap};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::error::ClientError;
@@ -15,25 +15,34 @@ use super::error::ClientError;
 /// never lent out as a Rust reference: typed accesses are single volatile loads and stores of
 /// their natural width (what device registers need), byte ranges are copied in and out.
 ///
-/// The area must lie inside the file when it is mapped (checked against the file's size for a
-/// regular file or memfd); a server that shrinks the file afterwards makes accesses fault
-/// (`SIGBUS`), as with any shared mapping a peer controls.
+/// A regular file (a memfd) is mapped only if the area lies inside it and the file can never
+/// fault a mapping of it: sealed against shrinking (`F_SEAL_SHRINK`) and not on hugetlbfs.
+/// Otherwise the server could cut pages off under the mapping and the next access here, or
+/// the guest's through a KVM memslot over it, would fault (`SIGBUS` in this process,
+/// `EFAULT` out of `KVM_RUN`); the caller reaches such an area by trapped REGION_READ/WRITE
+/// instead. Files that are not regular (device nodes) have no size to cut and are mapped.
 #[derive(Debug)]
 pub struct MmapArea {
     map: Mmap,
 }
 
-/// Fails unless `[offset, offset + size)` lies inside `fd` when it is a regular file (a memfd
-/// is one); other files (device nodes) have no size to check against.
+/// Fails unless `[offset, offset + size)` lies inside `fd` and stays there: for a regular
+/// file (a memfd), inside its present size and sealed so that it cannot shrink (see
+/// [`MmapArea`]); other files (device nodes) have no size to check against.
 fn check_inside_file(fd: &OwnedFd, offset: u64, size: u64) -> Result<(), ClientError> {
-    let file = std::fs::File::from(fd.try_clone().map_err(ClientError::Mmap)?);
-    let metadata = file.metadata().map_err(ClientError::Mmap)?;
-    let end = offset
-        .checked_add(size)
-        .ok_or(ClientError::invalid("sparse area wraps at", offset))?;
-    if metadata.is_file() && end > metadata.len() {
+    let info = FileInfo::of(fd.as_fd()).map_err(ClientError::Mmap)?;
+    if offset.checked_add(size).is_none() {
+        return Err(ClientError::invalid("sparse area wraps at", offset));
+    }
+    if !info.covers(offset, size) {
         return Err(ClientError::invalid(
             "sparse area beyond the end of its file at",
+            offset,
+        ));
+    }
+    if info.regular && !info.always_backed() {
+        return Err(ClientError::invalid(
+            "sparse area in a file the server could shrink (no F_SEAL_SHRINK, or hugetlbfs) at",
             offset,
         ));
     }
@@ -73,6 +82,17 @@ impl MmapArea {
     /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// The host address of the first byte, for a hypervisor to map the area into a guest
+    /// (a KVM memslot). The mapping is valid as long as `self` lives.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// Whether the area was mapped writable.
+    pub fn writable(&self) -> bool {
+        self.map.access() == Access::ReadWrite
     }
 
     /// Never true: an area has at least one byte.

@@ -124,7 +124,9 @@ impl Dummy {
         let dummy = Self {
             state: Arc::clone(&state),
             container,
-            bar: File::from(memfd(BAR_SIZE)),
+            // Sealed, as a device must seal what it lets its client map.
+            bar: vfmig_memory::memfd_sealed(c"vfmig-vfio-user-test-bar", BAR_SIZE as usize)
+                .expect("the BAR's memfd"),
             migration,
         };
         (dummy, state)

@@ -105,7 +105,8 @@ impl VmHandler {
         let devices = vm
             .devices()
             .iter()
-            .map(|d| DeviceStatus {
+            .enumerate()
+            .map(|(slot, d)| DeviceStatus {
                 id: d.id().to_string(),
                 source: d.spec().source.to_string(),
                 profile: d.profile().name(),
@@ -114,6 +115,7 @@ impl VmHandler {
                 pid: d.pid(),
                 dma: d.spec().dma,
                 client: d.client_stats(),
+                bars: vm.machine().map(|m| m.bus().bars(slot)).unwrap_or_default(),
             })
             .collect();
         VmStatus {
