@@ -11,6 +11,7 @@
 mod chart;
 mod cli;
 mod cmd;
+mod out;
 mod progress;
 
 use clap::Parser;
@@ -23,10 +24,15 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli::Cli::parse().command {
+    let result = match cli::Cli::parse().command {
         cli::Command::Device(args) => cmd::device::run(args),
         cli::Command::Vm(cmd) => cmd::vm::run(cmd),
         cli::Command::Demo(args) => cmd::demo::run(args),
         cli::Command::Tls(cmd) => cmd::tls::run(cmd),
+    };
+    match result {
+        // The reader of our output has gone: nothing is left to tell.
+        Err(e) if e.is::<out::StdoutClosed>() => Ok(()),
+        other => other,
     }
 }

@@ -123,7 +123,8 @@ fn probe_error(what: &'static str) -> impl FnOnce(ClientError) -> ProbeError {
     move |source| ProbeError { what, source }
 }
 
-/// Maps the sparse areas of the migration region; an area that cannot be mapped is left to
+/// Maps the sparse areas of the migration region; an area that cannot be mapped (among them
+/// one in a file the device could shrink under the mapping: see `MmapArea`) is left to
 /// trapped accesses (logged), as is the whole region without an fd.
 fn map_areas(region: &Region) -> Vec<(u64, MmapArea)> {
     (0..region.sparse_areas.len())

@@ -6,6 +6,7 @@
 //! written to `--chart FILE`, by default `migration.svg` in the demo's run directory, which
 //! is then kept (its sockets and credentials removed) and its path printed.
 
+use crate::out::say;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,12 +94,12 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         let local = ["localhost", "127.0.0.1"].map(String::from);
         super::tls::generate(&creds, &local, "vfmig-source")?;
         common.extend(["--tls-creds".to_string(), path_str(&creds)?.to_string()]);
-        println!(
+        say!(
             "migrating over mutual TLS (throwaway credentials in {})",
             creds.display()
         );
     }
-    println!(
+    say!(
         "vfmig demo: two VMs of {} MiB, each with an mtty and a dma-engine ({} MiB device RAM) in their own processes",
         mem >> 20,
         args.machine.dma_ram_mib
@@ -124,13 +125,16 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|d| d.id)
         .collect();
-    println!(
+    say!(
         "source VM running, devices {}; destination waiting on {to}",
         devices.join(", ")
     );
-    println!(
+    say!(
         "guest writing {} pages/s over {}, {} device ops/s per device; warming up {} s",
-        w.dirty_rate, w.working_set, w.device_ops, args.warmup_s
+        w.dirty_rate,
+        w.working_set,
+        w.device_ops,
+        args.warmup_s
     );
     std::thread::sleep(Duration::from_secs(args.warmup_s));
 
@@ -139,22 +143,22 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
         policy: args.policy.policy(),
     })?;
     let stats = completed(follow_migration(&src_ctl)?)?;
-    println!("{stats}");
+    say!("{stats}");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        say!("{}", serde_json::to_string_pretty(&stats)?);
     }
     let chart = args.chart.unwrap_or_else(|| dir.join("migration.svg"));
     crate::chart::write(&stats, &chart)?;
-    println!("chart: {}", chart.display());
+    say!("chart: {}", chart.display());
 
     // Both guests are paused now: the source since the switch-over, the destination by --paused.
     let source = src_ctl.digest()?;
     let destination = dst_ctl.digest()?;
     let mut same = true;
-    println!("verification at the switch-over:");
+    say!("verification at the switch-over:");
     let ram_ok = source.ram == destination.ram;
     same &= ram_ok;
-    println!(
+    say!(
         "  guest RAM        source {:016x}  destination {:016x}  {}",
         source.ram,
         destination.ram,
@@ -165,7 +169,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     for ((id, a), (_, b)) in source.devices.iter().zip(&destination.devices) {
         same &= a == b;
-        println!(
+        say!(
             "  {id:<16} source {}  destination {}  {}",
             hex(a),
             hex(b),
@@ -179,13 +183,15 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     let guest = vm_info(dst_ctl.status()?, "the destination")?.guest;
     let runs = guest.pages_written > 0 || w.dirty_rate == 0;
     let errors = guest.device_errors;
-    println!(
+    say!(
         "destination guest after 1 s: {} pages written, {} device ops, {} device errors",
-        guest.pages_written, guest.device_ops, errors
+        guest.pages_written,
+        guest.device_ops,
+        errors
     );
     if args.machine.viommu {
         let viommu = vm_info(src_ctl.status()?, "the source")?.viommu;
-        println!("vIOMMU on the source: {}", serde_json::to_string(&viommu)?);
+        say!("vIOMMU on the source: {}", serde_json::to_string(&viommu)?);
     }
     let _ = src_ctl.quit();
     let _ = dst_ctl.quit();
@@ -193,7 +199,7 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !same || !runs || errors > 0 {
         bail!("the destination does not match the source, or does not run cleanly");
     }
-    println!("OK: the destination equals the source at the switch-over and runs on");
+    say!("OK: the destination equals the source at the switch-over and runs on");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! `client-key.pem` for the source. Keys are written 0600; nothing is overwritten. The CA's
 //! own key is not kept, so no further certificate can be issued under it.
 
+use crate::out::say;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -46,7 +47,7 @@ pub(crate) fn run(cmd: TlsCommand) -> anyhow::Result<()> {
             let mut server = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
             server.extend(args.server_names);
             generate(&args.dir, &server, &args.client_name)?;
-            println!("credentials written to {}", args.dir.display());
+            say!("credentials written to {}", args.dir.display());
             Ok(())
         }
     }

@@ -1,5 +1,6 @@
 //! `vfmig vm run | migrate | status`.
 
+use crate::out::say;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ pub(crate) fn run(cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Migrate(args) => migrate_vm(args),
         VmCommand::Status(args) => {
             let status = ControlClient::new(&args.control).status()?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            say!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
     }
@@ -224,13 +225,13 @@ fn migrate_vm(args: MigrateArgs) -> anyhow::Result<()> {
         policy: args.policy.policy(),
     })?;
     let stats = completed(follow_migration(&client)?)?;
-    println!("{stats}");
+    say!("{stats}");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        say!("{}", serde_json::to_string_pretty(&stats)?);
     }
     if let Some(path) = &args.chart {
         crate::chart::write(&stats, path)?;
-        println!("chart: {}", path.display());
+        say!("chart: {}", path.display());
     }
     Ok(())
 }
