@@ -8,9 +8,8 @@
 //!
 //! All three are 32-bit non-prefetchable memory BARs.
 //!
-//! A descriptor ring in guest memory,
-//! programmed through BAR0 ([`regs`]), moves data between guest memory and device RAM, or fills
-//! either. The device reaches guest memory only through the [`Container`]: it pins the ring
+//! A descriptor ring in guest memory, programmed through BAR0 ([`regs`]), moves data between
+//! guest memory and device RAM, or fills either. The device reaches guest memory only through the [`Container`]: it pins the ring
 //! while enabled (so the ring is reported dirty while pinned, and its completion words are
 //! written through the pin) and copies data with [`Container::read`] / [`Container::write`]
 //! (writes are reported dirty). It is therefore precise: it attaches in `Pinned` scope.
@@ -22,8 +21,8 @@
 //! claims and sends dirty pages (all-zero pages as a flag, without data), and stop-and-copy
 //! sends what changed since, then the registers.
 //!
-//! BAR4 is a sealed memfd ([`SharedMemory`]) the client may map (a VMM maps it into the guest,
-//! so the guest's accesses to it never leave the CPU) and reach by trapped REGION_READ /
+//! BAR4 is a sealed memfd ([`SharedMemory`]) the client may map (a VMM may map it into the
+//! guest, so that the guest's accesses to it never leave the CPU) and reach by trapped REGION_READ /
 //! REGION_WRITE as well. The device never changes it (only a reset zeroes it), and it cannot
 //! tell which of its pages were written through a mapping: stop-and-copy sends all of it, after
 //! device RAM and before the registers, and the state snapshot (the digest) covers it.
