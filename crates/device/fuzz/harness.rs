@@ -6,8 +6,8 @@
 //! of `data_offset`, the chunk written there and `data_size` written, then RUNNING.
 //!
 //! The chunks are those a `PciDevice` saves: a tag byte, then either one of the model's own
-//! chunks (the mtty's state; the dma-engine's device RAM pages or registers) or the 256 bytes
-//! of the configuration space.
+//! chunks (the mtty's state; the dma-engine's device RAM pages, BAR4 pages or registers) or
+//! the 256 bytes of the configuration space.
 //!
 //! An input is a sequence of chunks, each a little-endian `u16` length and that many bytes (the
 //! last one cut to what is left). For `dma_engine_resume` a first byte comes before them (bit 0

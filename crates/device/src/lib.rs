@@ -14,17 +14,17 @@
 //! * [`pci`]: the configuration space and eventfd interrupts every device shares.
 //! * [`digest`]: a fast digest of device state and guest memory, to verify a migration.
 //!
-//! Memory a device shares with its client (mappable BAR memory, the migration region's data
-//! section) is a `vfmig_memory::SharedMemory`: a memfd the client maps through a sparse-mmap
-//! area.
+//! Memory a device shares with its client (mappable BAR memory such as the dma-engine's BAR4,
+//! the migration region's data section) is a `vfmig_memory::SharedMemory`: a memfd sealed to
+//! its length, which the client maps through a sparse-mmap area.
 //!
 //! # Resume data is untrusted
 //!
 //! A destination resumes a device from bytes that came off the network. No allocation is sized
 //! by them: a chunk lands in the region's fixed data section (`data_size` above its capacity is
 //! EINVAL), and each parser writes into state of fixed size (the mtty's ports, with FIFOs of at
-//! most 16 bytes; the dma-engine's registers, each checked, and device RAM pages inside device
-//! RAM). A malformed chunk is EINVAL and leaves the device in the error state. Every sample
+//! most 16 bytes; the dma-engine's registers, each checked, device RAM pages inside device
+//! RAM, and at most 16 pages inside its 64 KiB BAR4). A malformed chunk is EINVAL and leaves the device in the error state. Every sample
 //! device's resume path has a fuzz target (`fuzz/`, replayed by `tests/corpus_replay.rs`).
 
 pub mod conformance;

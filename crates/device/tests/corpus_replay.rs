@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, Op};
-use vfmig_device::devices::dma_engine::{RAM_BAR, REGS_BAR};
+use vfmig_device::devices::dma_engine::{RAM_BAR, REGS_BAR, SHARED_BAR};
 use vfmig_iommu::DirtyScope;
 use vfmig_vfio_user::server::Backend;
 
@@ -121,6 +121,8 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         dev.region_write(regs, 0x14, &CONTROL_ENABLE.to_le_bytes())
             .unwrap();
         dev.region_write(u32::try_from(RAM_BAR).unwrap(), 0x2000, b"device ram")
+            .unwrap();
+        dev.region_write(u32::try_from(SHARED_BAR).unwrap(), 0x3000, b"shared bar")
             .unwrap();
         let mut input = vec![u8::from(scope == DirtyScope::AllMapped)];
         let mut chunks = vec![ring_image()];

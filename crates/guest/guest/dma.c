@@ -11,6 +11,14 @@
  * C reads what the previous round left in device RAM, perhaps before a migration: device RAM
  * that came back stale or zero is found here. Completion is the DONE bit in each descriptor's
  * word; the MSI says when to look.
+ *
+ * BAR4 is memory the device shares with its client (a VMM may map it into the guest, so these
+ * accesses need not leave the CPU). Before its descriptors, each round checks the 4 KiB block
+ * of BAR4 it stamped last, then stamps the next one (16 blocks, round-robin) with the next
+ * sequence number: the sequence in word 0 and a check word derived from it in words 64, 128,
+ * ..., 448 and 511 (the last). The sequence lives in guest RAM, so after a migration the
+ * guest expects on the destination what it wrote on the source: BAR4 content lost on the
+ * way is found here.
  */
 #include "guest.h"
 
@@ -38,6 +46,9 @@
 #define LEN       512u
 #define WORDS     (LEN / 8)
 #define WAIT_US   200000
+#define SHARED_BAR    4
+#define SHARED_BLOCKS 16u
+#define STAMPS        9u
 
 struct descriptor {
 	uint32_t op;
@@ -52,6 +63,8 @@ static uint64_t regs;
 static uint64_t ram_pages;
 static uint32_t tail;
 static uint64_t round;
+static uint64_t shared;     /* GPA of BAR4; 0: none (or too small) */
+static uint64_t shared_seq; /* the last stamp written, in block (seq - 1) % 16; 0: none yet */
 
 static volatile struct descriptor *const ring = (volatile struct descriptor *)RING_GPA;
 
@@ -66,6 +79,8 @@ int dma_init(const struct pci_found *f)
 	PUBLISH(status->dma_regs, f->bar[0]);
 	PUBLISH(status->dma_ram, f->bar[2]);
 	PUBLISH(status->dma_ram_size, f->bar_size[2]);
+	shared = f->bar_size[SHARED_BAR] >= SHARED_BLOCKS * PAGE_SIZE ? f->bar[SHARED_BAR] : 0;
+	PUBLISH(status->dma_shared, shared);
 	if (id != DMA_ID || ram_pages < 2) {
 		report_error(VFMIG_ERR_DMA_DEVICE, id, ram_pages, 0);
 		return 0;
@@ -123,6 +138,43 @@ static int check(uint64_t gpa, uint64_t r)
 	return 1;
 }
 
+/* Word index of stamp word k in a block: 0, 64, ..., 448, then the block's last word. */
+static uint32_t stamp_at(uint32_t k)
+{
+	return k + 1 < STAMPS ? k * 64 : PAGE_SIZE / 8 - 1;
+}
+
+/* Stamp word k of sequence seq: the sequence itself, then check words derived from it. */
+static uint64_t stamp(uint64_t seq, uint32_t k)
+{
+	return k == 0 ? seq : ~(seq * 0x9e3779b97f4a7c15ULL) + k;
+}
+
+/* Checks the block of BAR4 stamped last, then stamps the next one. */
+static void shared_round(volatile struct vfmig_vcpu_status *me)
+{
+	if (!shared)
+		return;
+	if (shared_seq != 0) {
+		uint64_t block = (shared_seq - 1) % SHARED_BLOCKS;
+		const volatile uint64_t *w = (const volatile uint64_t *)(shared + block * PAGE_SIZE);
+		uint32_t k = 0;
+		while (k < STAMPS && w[stamp_at(k)] == stamp(shared_seq, k))
+			k++;
+		if (k == STAMPS)
+			COUNT(me->shared_checked, 1);
+		else
+			report_error(VFMIG_ERR_SHARED_MEMORY, block, shared_seq, w[stamp_at(k)]);
+	}
+	uint64_t seq = shared_seq + 1;
+	volatile uint64_t *w =
+		(volatile uint64_t *)(shared + (shared_seq % SHARED_BLOCKS) * PAGE_SIZE);
+	for (uint32_t k = 0; k < STAMPS; k++)
+		w[stamp_at(k)] = stamp(seq, k);
+	barrier();
+	shared_seq = seq;
+}
+
 void dma_round(void)
 {
 	volatile struct vfmig_vcpu_status *me = my_status();
@@ -130,6 +182,7 @@ void dma_round(void)
 	uint32_t idx[3];
 	uint32_t n = 0;
 
+	shared_round(me);
 	for (uint32_t k = 0; k < WORDS; k++)
 		src[k] = pattern(round, k);
 	idx[n++] = queue(OP_COPY_TO_DEVICE, SRC_GPA, slot(round), 0);

@@ -22,7 +22,7 @@
 /* "VFMGBOOT" and "VFMGSTAT" as little-endian u64. */
 #define VFMIG_BOOT_MAGIC   0x544f4f42474d4656ULL
 #define VFMIG_STATUS_MAGIC 0x54415453474d4656ULL
-#define VFMIG_LAYOUT_VERSION 1u
+#define VFMIG_LAYOUT_VERSION 2u
 
 /* boot_page.workloads */
 #define VFMIG_WORKLOAD_DIRTIER (1u << 0)
@@ -54,6 +54,7 @@
 #define VFMIG_ERR_DMA_TIMEOUT   11u /* a = descriptor index, b = head register, c = tail */
 #define VFMIG_ERR_IRQ_TIMEOUT   12u /* a = vector, b = interrupts seen before, c = after */
 #define VFMIG_ERR_TIMER         13u /* a = lapic ticks in 1 ms (0: the timer does not count) */
+#define VFMIG_ERR_SHARED_MEMORY 14u /* a = BAR4 block, b = sequence expected, c = word found */
 
 struct vfmig_boot_page {
 	uint64_t magic;          /* VFMIG_BOOT_MAGIC */
@@ -87,7 +88,7 @@ struct vfmig_vcpu_status {
 	uint64_t irq_dma;        /* MSIs of the dma-engine */
 	uint64_t irq_timer;      /* LAPIC timer ticks */
 	uint64_t irq_other;      /* any other vector (spurious) */
-	uint64_t reserved;
+	uint64_t shared_checked; /* dma-engine BAR4 blocks found holding their last stamp */
 };
 
 struct vfmig_error {
@@ -113,7 +114,8 @@ struct vfmig_status_page {
 	uint64_t dma_ram;        /* GPA of BAR2 (device RAM) */
 	uint64_t dma_ram_size;   /* bytes of BAR2 */
 	uint64_t lapic_ticks_per_ms; /* calibrated LAPIC timer rate (0: no timer, spin waits) */
-	uint64_t reserved[15];
+	uint64_t dma_shared;     /* GPA of the dma-engine's BAR4 (shared memory; 0: none) */
+	uint64_t reserved[14];
 	struct vfmig_vcpu_status vcpu[VFMIG_MAX_VCPUS]; /* at offset 256 */
 };
 

@@ -39,7 +39,7 @@ pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VFMGBOOT");
 /// `StatusPage::magic` once the guest has started: "VFMGSTAT".
 pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"VFMGSTAT");
 /// Version of both layouts.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// What the guest runs (`BootPage::workloads`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,8 +162,8 @@ pub struct VcpuStatus {
     pub irq_timer: u64,
     /// Any other vector.
     pub irq_other: u64,
-    /// Zero.
-    pub reserved: u64,
+    /// Blocks of the dma-engine's BAR4 found holding the stamp last written to them.
+    pub shared_checked: u64,
 }
 
 const _: () = assert!(size_of::<VcpuStatus>() == 128);
@@ -231,8 +231,10 @@ pub struct StatusPage {
     pub dma_ram_size: u64,
     /// LAPIC timer counts per millisecond, as vCPU 0 measured (0: no timer; waits spin).
     pub lapic_ticks_per_ms: u64,
+    /// GPA of the dma-engine's shared memory (BAR4), 0 if it has none.
+    pub dma_shared: u64,
     /// Zero.
-    pub reserved: [u64; 15],
+    pub reserved: [u64; 14],
     /// Per-vCPU counters, at offset 256.
     pub vcpu: [VcpuStatus; MAX_VCPUS],
 }
@@ -285,11 +287,14 @@ pub enum ErrorCode {
     IrqTimeout = 12,
     /// The LAPIC timer does not count. a = counts in 1 ms.
     Timer = 13,
+    /// A block of the dma-engine's BAR4 lost its last stamp. a = block, b = expected sequence,
+    /// c = found (the first stamp word that differs, or the sequence word).
+    SharedMemory = 14,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BootPage,
         ErrorCode::Exception,
         ErrorCode::PageSeq,
@@ -303,6 +308,7 @@ impl ErrorCode {
         ErrorCode::DmaTimeout,
         ErrorCode::IrqTimeout,
         ErrorCode::Timer,
+        ErrorCode::SharedMemory,
     ];
 
     /// The code of a number, if known.
@@ -358,6 +364,9 @@ impl fmt::Display for GuestError {
             Ok(ErrorCode::DmaTimeout) => write!(f, "descriptor {a} not done (HEAD {b}, tail {c})"),
             Ok(ErrorCode::IrqTimeout) => write!(f, "no interrupt {a:#x} (count {b} -> {c})"),
             Ok(ErrorCode::Timer) => write!(f, "the LAPIC timer does not count ({a} in 1 ms)"),
+            Ok(ErrorCode::SharedMemory) => {
+                write!(f, "BAR4 block {a} holds {c:#x}, expected sequence {b}")
+            }
             Err(raw) => write!(f, "error {raw} ({a:#x}, {b:#x}, {c:#x})"),
         }
     }

@@ -47,7 +47,13 @@
 //! * **dma-engine**: a 64-descriptor ring at 0x20_0000 (IOVA = GPA); each round copies a
 //!   512-byte pattern into device RAM and back, and reads back the previous round's device page,
 //!   so device RAM that comes back stale from a migration is found; one doorbell per round,
-//!   completion by MSI and the DONE bit, every copy checked.
+//!   completion by MSI and the DONE bit, every copy checked. Each round first checks the 4 KiB
+//!   block of the device's BAR4 (64 KiB of memory it shares with its client, at
+//!   `StatusPage::dma_shared`) that it stamped last, counting `VcpuStatus::shared_checked` or
+//!   reporting [`ErrorCode::SharedMemory`], then stamps the next block (16, round-robin) with
+//!   the next sequence number: 9 words, the sequence and check words derived from it, from the
+//!   block's first word to its last. The sequence lives in guest RAM, so BAR4 content a
+//!   migration loses is found on the destination.
 //! * **Dirtier**: each vCPU walks its slice of the working set (vCPU `i` of `n` takes the
 //!   `i`-th of `n` equal slices, the last one the remainder), at `BootPage::dirty_rate` pages per
 //!   second (TSC-paced) or as fast as it can. A visit checks the page's stamp from the previous
@@ -62,7 +68,8 @@
 //! Guest loops are short because the machine's KVM emulates guest instructions (1.5–3 µs each,
 //! 20–90 µs per exit to user space): a page visit touches 7 words, not 4 KiB. Measured with one
 //! vCPU and no rate limit: about 1,600–2,100 page visits a second (a sum over the whole page in
-//! each check: about 450). A device round is about 25 exits for mtty and 6 for the dma-engine.
+//! each check: about 450). A device round is about 25 exits for mtty and 6 for the dma-engine,
+//! plus 18 for BAR4 while the VMM traps it (none where it maps BAR4 into the guest).
 //!
 //! # What the VMM provides
 //!
@@ -70,8 +77,8 @@
 //! * Application processors runnable at the entry state (no INIT/SIPI).
 //! * Configuration mechanism #1 on bus 0: a slot with no device reads all ones.
 //! * BAR accesses routed by the addresses the guest writes into the BARs (I/O for mtty, 32-bit
-//!   memory for the dma-engine, 8-byte accesses to its RING_BASE), with decode enabled in the
-//!   command register; MSI routed from the address/data the guest writes into the capability.
+//!   memory for the dma-engine, 8-byte accesses to its RING_BASE and to BAR4, which the VMM may
+//!   trap or map), with decode enabled in the command register; MSI routed from the address/data the guest writes into the capability.
 //! * Guest RAM mapped for device DMA at IOVA = GPA.
 
 pub mod layout;

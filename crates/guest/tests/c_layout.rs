@@ -75,7 +75,7 @@ fn table() -> Vec<(String, u64)> {
         irq_dma,
         irq_timer,
         irq_other,
-        reserved
+        shared_checked
     ));
     t.extend(offsets!("vfmig_error", FirstError, code, vcpu, a, b, c));
     t.extend(offsets!(
@@ -97,6 +97,7 @@ fn table() -> Vec<(String, u64)> {
         dma_ram,
         dma_ram_size,
         lapic_ticks_per_ms,
+        dma_shared,
         reserved,
         vcpu
     ));
@@ -135,6 +136,7 @@ fn table() -> Vec<(String, u64)> {
         "DMA_TIMEOUT",
         "IRQ_TIMEOUT",
         "TIMER",
+        "SHARED_MEMORY",
     ];
     assert_eq!(names.len(), ErrorCode::ALL.len());
     for (name, code) in names.iter().zip(ErrorCode::ALL) {

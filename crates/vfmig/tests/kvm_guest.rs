@@ -52,8 +52,9 @@ fn counter(report: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {report}"))
 }
 
-/// Waits until the guest's own counters moved by at least the given amounts; asserts that it
-/// found no error, no vCPU stopped and no device access failed meanwhile.
+/// Waits until the guest's own counters moved by at least the given amounts (as many checks
+/// of the dma-engine's BAR4 as dma-engine interrupts: one each per device round); asserts that
+/// it found no error, no vCPU stopped and no device access failed meanwhile.
 fn wait_for_checks(vm: &VmProcess, verified: u64, dma_irqs: u64, mtty_irqs: u64) -> Value {
     let before = kvm(vm);
     poll(
@@ -74,6 +75,7 @@ fn wait_for_checks(vm: &VmProcess, verified: u64, dma_irqs: u64, mtty_irqs: u64)
             let moved = |k: &str| counter(&now, k) - counter(&before, k);
             (moved("pages_verified") >= verified
                 && moved("irq_dma") >= dma_irqs
+                && moved("shared_checked") >= dma_irqs
                 && moved("irq_mtty") >= mtty_irqs)
                 .then_some(now)
         },

@@ -87,6 +87,8 @@ pub struct KvmGuestReport {
     pub mtty_checked: u64,
     /// DMA copies checked.
     pub dma_checked: u64,
+    /// Blocks of the dma-engine's shared memory (BAR4) found holding their last stamp.
+    pub shared_checked: u64,
     /// MSIs from mtty.
     pub irq_mtty: u64,
     /// MSIs from the dma-engine.
@@ -403,6 +405,7 @@ impl Vm {
                 pages_verified: s.total(|v| v.pages_verified),
                 mtty_checked: s.total(|v| v.mtty_checked),
                 dma_checked: s.total(|v| v.dma_checked),
+                shared_checked: s.total(|v| v.shared_checked),
                 irq_mtty: s.total(|v| v.irq_mtty),
                 irq_dma: s.total(|v| v.irq_dma),
                 irq_timer: s.total(|v| v.irq_timer),

@@ -1,5 +1,5 @@
 //! Fuzzes the dma-engine's resume path: any bytes as the chunks of its saved state (device RAM
-//! pages, registers), then the ring it inherited run (see `harness.rs`).
+//! pages, BAR4 pages, registers), then the ring it inherited run (see `harness.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,23 +1,35 @@
-//! The dma-engine's migration: iterative pre-copy of device RAM, then the registers.
+//! The dma-engine's migration: iterative pre-copy of device RAM; in stop-and-copy the device
+//! RAM pages still dirty, then all of BAR4, then the registers.
 //!
 //! ```text
-//! chunk   0 magic "DMAE" | 4 kind (1 pages, 2 registers) | 5 pad | 8 count u32
+//! chunk   0 magic "DMAE" | 4 kind (1 pages, 2 registers, 3 shared) | 5 pad | 8 count u32
 //! pages   count x { page u32 | flags u32 (bit 0: all zero, no data) | 4096 bytes unless zero }
+//! shared  as pages, page < 16: pages of BAR4 (count at most 16)
 //! regs    the register file (regs::REGS_LEN bytes)
 //! ```
+//!
+//! BAR4 is mapped by the client, so the device cannot know which of its pages changed: every
+//! stop-and-copy sends all 16 of them (all-zero ones as a flag). A resume writes each into
+//! BAR4's memory, which has a fixed size; a page outside it, more than 16 entries, short data
+//! or trailing bytes are EINVAL.
 
 use vfmig_abi::StateKind;
 
 use super::regs::{CONTROL_ENABLE, REGS_LEN, Regs};
-use super::{DmaEngine, RAM_PAGE_SIZE};
+use super::{DmaEngine, RAM_PAGE_SIZE, SHARED_SIZE};
 use crate::migratable::{Migratable, MigratableError};
 
 const MAGIC: &[u8; 4] = b"DMAE";
 const KIND_PAGES: u8 = 1;
 const KIND_REGS: u8 = 2;
+const KIND_SHARED: u8 = 3;
 const HEADER: usize = 12;
 const ENTRY: usize = 8;
 const FLAG_ZERO: u32 = 1;
+/// Pages of BAR4.
+const SHARED_PAGES: u64 = SHARED_SIZE / RAM_PAGE_SIZE.bytes();
+/// What a zero page of BAR4 is written from on resume.
+static ZERO_PAGE: [u8; RAM_PAGE_SIZE.bytes_usize()] = [0; RAM_PAGE_SIZE.bytes_usize()];
 
 /// Where a save stands.
 #[derive(Debug, Default)]
@@ -26,6 +38,8 @@ pub(super) struct SaveState {
     regs_pending: bool,
     /// A save is under way (pre-copy or stop-and-copy).
     saving: bool,
+    /// The next page of BAR4 to send, while stop-and-copy still has some to send.
+    shared_next: Option<u64>,
 }
 
 fn header(buf: &mut [u8], kind: u8, count: u32) {
@@ -76,13 +90,34 @@ impl DmaEngine {
         at
     }
 
-    fn load_pages(&mut self, count: u32, mut body: &[u8]) -> Result<(), MigratableError> {
-        for _ in 0..count {
-            let (entry, rest) = body
-                .split_first_chunk::<ENTRY>()
-                .ok_or_else(|| MigratableError::bad_chunk("short page entry"))?;
-            let page = u64::from(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]));
-            let flags = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+    /// Sends pages of BAR4 from `shared_next` on, as many as fit in `buf`.
+    fn save_shared(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError> {
+        let Some(first) = self.save.shared_next else {
+            return Ok(0);
+        };
+        let page_len = RAM_PAGE_SIZE.bytes_usize();
+        let mut at = HEADER;
+        let mut page = first;
+        while page < SHARED_PAGES && at + ENTRY + page_len <= buf.len() {
+            let data = &mut buf[at + ENTRY..at + ENTRY + page_len];
+            self.shared
+                .read(page * RAM_PAGE_SIZE.bytes(), data)
+                .map_err(|e| errno_of(&e, "reading BAR4"))?;
+            let zero = data.iter().all(|&b| b == 0);
+            let page32 = u32::try_from(page).unwrap_or(u32::MAX);
+            buf[at..at + 4].copy_from_slice(&page32.to_le_bytes());
+            buf[at + 4..at + 8].copy_from_slice(&u32::from(zero).to_le_bytes());
+            at += ENTRY + if zero { 0 } else { page_len };
+            page += 1;
+        }
+        self.save.shared_next = (page < SHARED_PAGES).then_some(page);
+        let count = u32::try_from(page - first).unwrap_or(u32::MAX);
+        header(buf, KIND_SHARED, count);
+        Ok(at)
+    }
+
+    fn load_pages(&mut self, count: u32, body: &[u8]) -> Result<(), MigratableError> {
+        for_each_page(count, body, |page, data| {
             let range = self
                 .ram_range(
                     page.saturating_mul(RAM_PAGE_SIZE.bytes()),
@@ -91,22 +126,69 @@ impl DmaEngine {
                 .ok_or_else(|| {
                     MigratableError::bad_chunk(format!("page {page} outside device RAM"))
                 })?;
-            if flags & FLAG_ZERO != 0 {
-                self.ram[range].fill(0);
-                body = rest;
-            } else {
-                let (data, rest) = rest
-                    .split_at_checked(RAM_PAGE_SIZE.bytes_usize())
-                    .ok_or_else(|| MigratableError::bad_chunk("short page data"))?;
-                self.ram[range].copy_from_slice(data);
-                body = rest;
+            match data {
+                Some(data) => self.ram[range].copy_from_slice(data),
+                None => self.ram[range].fill(0),
             }
-        }
-        if !body.is_empty() {
-            return Err(MigratableError::bad_chunk("trailing bytes after the pages"));
-        }
-        Ok(())
+            Ok(())
+        })
     }
+
+    fn load_shared(&mut self, count: u32, body: &[u8]) -> Result<(), MigratableError> {
+        if u64::from(count) > SHARED_PAGES {
+            return Err(MigratableError::bad_chunk(format!(
+                "{count} pages of BAR4, which has {SHARED_PAGES}"
+            )));
+        }
+        for_each_page(count, body, |page, data| {
+            if page >= SHARED_PAGES {
+                return Err(MigratableError::bad_chunk(format!(
+                    "page {page} outside BAR4"
+                )));
+            }
+            self.shared
+                .write(page * RAM_PAGE_SIZE.bytes(), data.unwrap_or(&ZERO_PAGE))
+                .map_err(|e| errno_of(&e, "writing BAR4"))
+        })
+    }
+}
+
+/// A failed memory access as a migration error that keeps its errno.
+fn errno_of(e: &std::io::Error, what: &str) -> MigratableError {
+    MigratableError::new(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
+}
+
+/// Walks `count` page entries of `body`, handing each page number and its data (`None`: all
+/// zero) to `apply`. Short entries or data, and bytes after the last entry, are EINVAL.
+fn for_each_page(
+    count: u32,
+    mut body: &[u8],
+    mut apply: impl FnMut(u64, Option<&[u8]>) -> Result<(), MigratableError>,
+) -> Result<(), MigratableError> {
+    for _ in 0..count {
+        let (entry, rest) = body
+            .split_first_chunk::<ENTRY>()
+            .ok_or_else(|| MigratableError::bad_chunk("short page entry"))?;
+        let page = u64::from(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]));
+        let flags = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        if flags & FLAG_ZERO != 0 {
+            apply(page, None)?;
+            body = rest;
+        } else {
+            let (data, rest) = rest
+                .split_at_checked(RAM_PAGE_SIZE.bytes_usize())
+                .ok_or_else(|| MigratableError::bad_chunk("short page data"))?;
+            apply(page, Some(data))?;
+            body = rest;
+        }
+    }
+    if !body.is_empty() {
+        return Err(MigratableError::bad_chunk("trailing bytes after the pages"));
+    }
+    Ok(())
 }
 
 impl Migratable for DmaEngine {
@@ -118,15 +200,18 @@ impl Migratable for DmaEngine {
                 self.save = SaveState {
                     regs_pending: false,
                     saving: true,
+                    shared_next: None,
                 };
             }
             StateKind::StopCopy => {
                 if from != StateKind::PreCopy {
                     self.ram_dirty.set_all();
                 }
+                // BAR4 is written through the client's mapping, unseen: all of it goes now.
                 self.save = SaveState {
                     regs_pending: true,
                     saving: true,
+                    shared_next: Some(0),
                 };
             }
             StateKind::Running if from == StateKind::Resuming => {
@@ -150,12 +235,15 @@ impl Migratable for DmaEngine {
             return Ok(0);
         }
         let pages = self.ram_dirty.count() * (RAM_PAGE_SIZE.bytes() + ENTRY as u64);
+        let shared = self.save.shared_next.map_or(0, |next| {
+            HEADER as u64 + (SHARED_PAGES - next) * (RAM_PAGE_SIZE.bytes() + ENTRY as u64)
+        });
         let regs = if self.save.regs_pending {
             (HEADER + REGS_LEN) as u64
         } else {
             0
         };
-        Ok(pages + regs)
+        Ok(pages + shared + regs)
     }
 
     fn save_chunk(&mut self, buf: &mut [u8]) -> Result<usize, MigratableError> {
@@ -166,6 +254,10 @@ impl Migratable for DmaEngine {
             ));
         }
         let n = self.save_pages(buf);
+        if n > 0 {
+            return Ok(n);
+        }
+        let n = self.save_shared(buf)?;
         if n > 0 || !self.save.regs_pending {
             return Ok(n);
         }
@@ -185,6 +277,7 @@ impl Migratable for DmaEngine {
         let count = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
         match head[4] {
             KIND_PAGES => self.load_pages(count, body),
+            KIND_SHARED => self.load_shared(count, body),
             KIND_REGS => {
                 self.regs = Regs::decode(body)
                     .ok_or_else(|| MigratableError::bad_chunk("invalid dma-engine registers"))?;

@@ -1,8 +1,15 @@
 //! `dma-engine`: a device with its own memory and a DMA engine, like a small vGPU.
 //!
-//! Device RAM (64 MiB by default) is BAR2, trapped. A descriptor ring in guest memory,
-//! programmed through BAR0 ([`regs`]), moves data between guest memory and device RAM, or fills
-//! either. The device reaches guest memory only through the [`Container`]: it pins the ring
+//! | BAR | size | what | access |
+//! |---|---|---|---|
+//! | 0 | 4 KiB | registers ([`regs`]) | trapped |
+//! | 2 | device RAM (64 MiB by default) | the memory descriptors copy to and from | trapped |
+//! | 4 | [`SHARED_SIZE`] (64 KiB) | memory shared with the client | one sparse-mmap area over all of it |
+//!
+//! All three are 32-bit non-prefetchable memory BARs.
+//!
+//! A descriptor ring in guest memory, programmed through BAR0 ([`regs`]), moves data between
+//! guest memory and device RAM, or fills either. The device reaches guest memory only through the [`Container`]: it pins the ring
 //! while enabled (so the ring is reported dirty while pinned, and its completion words are
 //! written through the pin) and copies data with [`Container::read`] / [`Container::write`]
 //! (writes are reported dirty). It is therefore precise: it attaches in `Pinned` scope.
@@ -13,6 +20,12 @@
 //! a page of a [`DirtyBitmap`] over device RAM; entering pre-copy marks every page, each chunk
 //! claims and sends dirty pages (all-zero pages as a flag, without data), and stop-and-copy
 //! sends what changed since, then the registers.
+//!
+//! BAR4 is a sealed memfd ([`SharedMemory`]) the client may map (a VMM may map it into the
+//! guest, so that the guest's accesses to it never leave the CPU) and reach by trapped REGION_READ /
+//! REGION_WRITE as well. The device never changes it (only a reset zeroes it), and it cannot
+//! tell which of its pages were written through a mapping: stop-and-copy sends all of it, after
+//! device RAM and before the registers, and the state snapshot (the digest) covers it.
 
 mod migration;
 pub mod regs;
@@ -21,10 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vfmig_dirty::{DirtyBitmap, PageSize};
 use vfmig_iommu::{Container, DeviceId, DirtyScope, IommuError, PinGuard, Prot, UnmapNotifier};
-use vfmig_memory::Iova;
+use vfmig_memory::{Iova, SharedMemory};
 
 use crate::migratable::Migratable;
-use crate::model::{Bar, DeviceContext, DeviceError, DeviceModel};
+use crate::model::{Bar, BarMemory, DeviceContext, DeviceError, DeviceModel};
 use crate::pci::{BarKind, PciIdentity};
 use migration::SaveState;
 use regs::{
@@ -41,6 +54,15 @@ pub const RAM_PAGE_SIZE: PageSize = PageSize::SIZE_4K;
 pub const REGS_BAR: usize = 0;
 /// BAR of device RAM.
 pub const RAM_BAR: usize = 2;
+/// BAR of the memory shared with the client: one sparse-mmap area over all of it.
+pub const SHARED_BAR: usize = 4;
+/// Bytes of [`SHARED_BAR`]: 64 KiB.
+pub const SHARED_SIZE: u64 = 64 << 10;
+/// [`SHARED_SIZE`] as a length in memory.
+const SHARED_LEN: usize = 64 << 10;
+/// [`SHARED_SIZE`] as a BAR size.
+const SHARED_BAR_SIZE: u32 = 64 << 10;
+const _: () = assert!(SHARED_LEN as u64 == SHARED_SIZE && SHARED_BAR_SIZE as usize == SHARED_LEN);
 
 type RingSlot = Arc<Mutex<Option<PinGuard>>>;
 
@@ -82,6 +104,9 @@ pub struct DmaEngine {
     /// reached by copies, each a message to the peer that owns the memory (and records what
     /// is written there).
     ring_by_copy: bool,
+    /// BAR4: a memfd the client maps; written by the client (or the guest through the
+    /// client's mapping) and by a resume, never by the device.
+    shared: Arc<SharedMemory>,
     save: SaveState,
 }
 
@@ -118,6 +143,8 @@ impl DmaEngine {
         let ram_dirty = DirtyBitmap::new(ram / RAM_PAGE_SIZE.bytes(), RAM_PAGE_SIZE)
             .map_err(|e| DeviceError::invalid(e.to_string()))?;
         let len = usize::try_from(ram).map_err(|_| DeviceError::invalid("device RAM too large"))?;
+        let shared = SharedMemory::new(c"vfmig-dma-shared", SHARED_LEN)
+            .map_err(|e| io_error(&e, "creating BAR4's memory"))?;
         Ok(DmaEngine {
             container,
             device,
@@ -127,6 +154,7 @@ impl DmaEngine {
             ring,
             scope,
             ring_by_copy: false,
+            shared: Arc::new(shared),
             save: SaveState::default(),
         })
     }
@@ -377,6 +405,14 @@ impl DmaEngine {
     }
 }
 
+/// A failed memory operation as a device error that keeps its errno.
+fn io_error(e: &std::io::Error, what: &str) -> DeviceError {
+    DeviceError::with_errno(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {e}"),
+    )
+}
+
 fn le(data: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
@@ -411,6 +447,15 @@ impl DeviceModel for DmaEngine {
                 size: ram,
                 mmap: None,
             },
+            Bar {
+                index: SHARED_BAR,
+                kind: BarKind::Memory,
+                size: SHARED_BAR_SIZE,
+                mmap: Some(BarMemory {
+                    memory: self.shared.clone(),
+                    areas: vec![(0, SHARED_SIZE)],
+                }),
+            },
         ]
     }
 
@@ -434,6 +479,11 @@ impl DeviceModel for DmaEngine {
                 buf.copy_from_slice(&self.ram[r]);
                 Ok(())
             }
+            // Reached only by an access the mapped area does not hold (one past its end).
+            SHARED_BAR => self
+                .shared
+                .read(offset, buf)
+                .map_err(|e| io_error(&e, "outside BAR4")),
             _ => Err(DeviceError::invalid(format!("no BAR{bar}"))),
         }
     }
@@ -458,6 +508,10 @@ impl DeviceModel for DmaEngine {
                 self.mark_ram(offset, data.len() as u64);
                 Ok(())
             }
+            SHARED_BAR => self
+                .shared
+                .write(offset, data)
+                .map_err(|e| io_error(&e, "outside BAR4")),
             _ => Err(DeviceError::invalid(format!("no BAR{bar}"))),
         }
     }
@@ -467,6 +521,9 @@ impl DeviceModel for DmaEngine {
         self.regs = Regs::default();
         self.ram.fill(0);
         self.ram_dirty.set_all();
+        if let Err(e) = self.shared.zero(0, SHARED_SIZE) {
+            tracing::error!(error = %e, "zeroing BAR4 on reset");
+        }
         self.save = SaveState::default();
     }
 
@@ -475,9 +532,14 @@ impl DeviceModel for DmaEngine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut s = Vec::with_capacity(self.ram.len() + 64);
+        let mut s = Vec::with_capacity(self.ram.len() + SHARED_LEN + 64);
         self.regs.encode(&mut s);
         s.extend_from_slice(&self.ram);
+        let at = s.len();
+        s.resize(at + SHARED_LEN, 0);
+        if let Err(e) = self.shared.read(0, &mut s[at..]) {
+            tracing::error!(error = %e, "reading BAR4 for a snapshot");
+        }
         s
     }
 }
