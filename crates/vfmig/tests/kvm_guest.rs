@@ -114,6 +114,42 @@ fn a_kvm_guest_keeps_its_own_checks_passing_with_interrupts_after_migration() {
     assert_eq!(counter(&report, "vcpus_started"), 2, "{report}");
 }
 
+/// The dma-engine's BAR4 (memory it lets its client map) in `vm`'s status.
+fn dma_bar4(vm: &VmProcess) -> Value {
+    let status = vm.status();
+    let device = status["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == "dmaengine0"))
+        .unwrap_or_else(|| panic!("no dmaengine0 in {status}"));
+    device["bars"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["index"] == 4))
+        .unwrap_or_else(|| panic!("no BAR4 in {device}"))
+        .clone()
+}
+
+#[test]
+fn on_the_destination_the_guest_reaches_the_mappable_bar_without_exits() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = TestDir::new("kvm-direct");
+    let source = VmProcess::source(&dir, "src", KVM_GUEST);
+    wait_for_checks(&source, 200, 2, 2);
+    let destination = hop(&dir, &source, "dst");
+    // The guest checks a BAR4 block it stamped on the source, then stamps more, all without
+    // an exit: the destination mapped its own device's BAR4 where the guest had put it.
+    wait_for_checks(&destination, 200, 5, 2);
+    let bar = dma_bar4(&destination);
+    assert_eq!(bar["trapped"], 0, "{bar}");
+    assert!(bar["address"].is_u64(), "BAR4 does not decode: {bar}");
+    assert_eq!(
+        bar["direct"],
+        serde_json::json!([[0, 65536, bar["address"]]]),
+        "{bar}"
+    );
+}
+
 #[test]
 fn a_kvm_guest_migrates_there_and_back_three_times() {
     if !kvm_available() {

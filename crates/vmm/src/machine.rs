@@ -580,6 +580,12 @@ mod tests {
     }
 
     fn boot(kinds: &[&str], program: GuestProgram) -> Booted {
+        boot_with(kinds, program, true)
+    }
+
+    /// [`boot`], the devices' mappable BAR areas mapped into the guest or (`direct` false)
+    /// all their accesses trapped.
+    fn boot_with(kinds: &[&str], program: GuestProgram, direct: bool) -> Booted {
         let (devices, sockets): (Vec<_>, Vec<_>) = kinds.iter().map(|k| served(k)).unzip();
         let ram = Arc::new(GuestRam::new(&[(0, 64 << 20)]).unwrap());
         for d in &devices {
@@ -590,7 +596,7 @@ mod tests {
             PciBus::new(
                 Arc::new(devices),
                 Machine::router_for(slots.kvm()),
-                Some(Machine::mapper_for(&slots)),
+                direct.then(|| Machine::mapper_for(&slots)),
             )
             .unwrap(),
         );
@@ -669,5 +675,36 @@ mod tests {
         let mut again = vec![0u64; words.len()];
         b.machine.take_dirty(0, &mut again).unwrap();
         assert!(again.iter().all(|&w| w == 0));
+    }
+
+    /// The dma-engine's BAR4 (64 KiB of memory it lets its client map), as the bus shows it.
+    fn bar4(m: &Machine) -> crate::pci::BarStatus {
+        m.bus()
+            .bars(0)
+            .into_iter()
+            .find(|b| b.index == 4)
+            .expect("the dma-engine has a BAR4")
+    }
+
+    #[test]
+    fn the_guests_accesses_to_a_mapped_bar_area_never_exit() {
+        let b = boot(&["dma-engine"], small(true));
+        let s = run_until(&b.machine, "BAR4 blocks checked", |s| {
+            s.total(|v| v.shared_checked) >= 8
+        });
+        let bar = bar4(&b.machine);
+        assert_eq!(bar.direct, [(0, 64 << 10, Some(s.dma_shared))]);
+        assert_eq!(bar.trapped, 0, "{bar:?}");
+    }
+
+    #[test]
+    fn without_a_mapper_the_guests_accesses_to_the_same_area_are_trapped() {
+        let b = boot_with(&["dma-engine"], small(true), false);
+        run_until(&b.machine, "BAR4 blocks checked", |s| {
+            s.total(|v| v.shared_checked) >= 8
+        });
+        let bar = bar4(&b.machine);
+        assert!(bar.direct.is_empty(), "{bar:?}");
+        assert!(bar.trapped > 0, "{bar:?}");
     }
 }

@@ -927,9 +927,34 @@ mod tests {
         }
     }
 
+    /// A mapping asked for: its id, and the guest address (`None`: unmapped).
+    type Map = (u32, Option<u64>);
+
+    /// Records what the bus maps into the guest; refuses every mapping if `refuse`.
+    #[derive(Default)]
+    struct Maps {
+        done: Mutex<Vec<Map>>,
+        refuse: bool,
+    }
+
+    impl GuestMapper for Maps {
+        unsafe fn map(&self, id: u32, gpa: u64, _: *mut u8, _: usize) -> io::Result<()> {
+            if self.refuse {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            self.done.lock().unwrap().push((id, Some(gpa)));
+            Ok(())
+        }
+        fn unmap(&self, id: u32) -> io::Result<()> {
+            self.done.lock().unwrap().push((id, None));
+            Ok(())
+        }
+    }
+
     struct Bus {
         bus: PciBus,
         routes: Arc<Routes>,
+        maps: Arc<Maps>,
         sockets: Vec<PathBuf>,
     }
 
@@ -942,14 +967,31 @@ mod tests {
     }
 
     fn bus(kinds: &[&str]) -> Bus {
+        bus_with(kinds, Maps::default())
+    }
+
+    fn bus_with(kinds: &[&str], maps: Maps) -> Bus {
         let (devices, sockets): (Vec<_>, Vec<_>) = kinds.iter().map(|k| served(k)).unzip();
         let routes = Arc::new(Routes::default());
-        let bus = PciBus::new(Arc::new(devices), routes.clone(), None).unwrap();
+        let maps = Arc::new(maps);
+        let bus = PciBus::new(Arc::new(devices), routes.clone(), Some(maps.clone())).unwrap();
         Bus {
             bus,
             routes,
+            maps,
             sockets,
         }
+    }
+
+    /// Puts BAR4 of the dma-engine (64 KiB of memory it lets its client map) at `base`, and
+    /// turns memory decoding on.
+    fn place_shared(bus: &PciBus, base: u32) {
+        write32(bus, 0, 0x20, base);
+        write32(bus, 0, 0x04, u32::from(COMMAND_MEMORY));
+    }
+
+    fn maps(b: &Bus) -> Vec<Map> {
+        b.maps.done.lock().unwrap().clone()
     }
 
     fn select(bus: &PciBus, slot: u32, register: u32) {
@@ -1072,5 +1114,68 @@ mod tests {
     fn a_restore_for_another_bus_shape_is_refused() {
         let b = bus(&["dma-engine"]);
         assert!(b.bus.restore(&[]).is_err());
+    }
+
+    #[test]
+    fn a_placed_bar_maps_its_mappable_area_into_the_guest() {
+        let b = bus(&["dma-engine"]);
+        place_shared(&b.bus, 0xd000_0000);
+        assert_eq!(maps(&b), [(0, Some(0xd000_0000))]);
+    }
+
+    #[test]
+    fn a_moved_bar_unmaps_its_area_before_mapping_it_at_the_new_place() {
+        let b = bus(&["dma-engine"]);
+        place_shared(&b.bus, 0xd000_0000);
+        write32(&b.bus, 0, 0x20, 0xd010_0000);
+        assert_eq!(
+            maps(&b),
+            [(0, Some(0xd000_0000)), (0, None), (0, Some(0xd010_0000))]
+        );
+    }
+
+    #[test]
+    fn turning_memory_decoding_off_unmaps_the_area() {
+        let b = bus(&["dma-engine"]);
+        place_shared(&b.bus, 0xd000_0000);
+        write32(&b.bus, 0, 0x04, 0);
+        assert_eq!(maps(&b).last(), Some(&(0, None)));
+    }
+
+    #[test]
+    fn a_restored_configuration_maps_the_area_where_it_was_saved() {
+        let source = bus(&["dma-engine"]);
+        place_shared(&source.bus, 0xd020_0000);
+        let dest = bus(&["dma-engine"]);
+        dest.bus.restore(&source.bus.save()).unwrap();
+        assert_eq!(maps(&dest), [(0, Some(0xd020_0000))]);
+    }
+
+    #[test]
+    fn dropping_the_bus_unmaps_what_it_mapped() {
+        let mut b = bus(&["dma-engine"]);
+        place_shared(&b.bus, 0xd000_0000);
+        let empty = PciBus::new(Arc::new(Vec::new()), b.routes.clone(), None).unwrap();
+        drop(std::mem::replace(&mut b.bus, empty));
+        assert_eq!(maps(&b).last(), Some(&(0, None)));
+    }
+
+    #[test]
+    fn an_area_the_mapper_refuses_is_reached_by_trapped_accesses() {
+        let b = bus_with(
+            &["dma-engine"],
+            Maps {
+                refuse: true,
+                ..Maps::default()
+            },
+        );
+        place_shared(&b.bus, 0xd000_0000);
+        assert!(b.bus.mmio_write(0xd000_0010, b"trapped!").unwrap());
+        let mut back = [0; 8];
+        assert!(b.bus.mmio_read(0xd000_0010, &mut back).unwrap());
+        assert_eq!(&back, b"trapped!");
+        let bar = b.bus.bars(0).into_iter().find(|b| b.index == 4).unwrap();
+        assert_eq!(bar.direct, [(0, 64 << 10, None)]);
+        assert_eq!(bar.trapped, 2);
     }
 }
