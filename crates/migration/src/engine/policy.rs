@@ -4,7 +4,8 @@
 //! devices' pending bytes — would cross the wire within the downtime limit at the bandwidth
 //! measured so far, and another iteration would not halve it (or it is down to
 //! [`SETTLED_DOWNTIME`]). When pre-copy reaches its iteration or time limit without that, it
-//! gives up: the migration fails, naming the limit, and the guest runs on at the source.
+//! gives up: the migration fails, naming the limit, and the guest runs on at the source. The
+//! time limit ([`Convergence::max_time`]) also stops an iteration still sending RAM.
 //!
 //! # Why not switch over as soon as the rest fits
 //!
@@ -128,6 +129,14 @@ pub trait Convergence: Send {
     /// it carries). Part of the policy because the bandwidth its estimates divide by is what
     /// the link carries under this cap.
     fn max_bandwidth(&self) -> Option<u64>;
+
+    /// How long pre-copy may run before it fails with [`Limit::Time`] (`None`: no limit).
+    /// [`decide`](Self::decide) sees it between iterations; the sender also stops an
+    /// iteration that is still sending when it passes (a first pass over a slow link can
+    /// take far longer than the limit).
+    fn max_time(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A rest expected to take at most this long is sent at once, shrinking or not.
@@ -269,6 +278,10 @@ impl Convergence for DowntimeLimit {
 
     fn max_bandwidth(&self) -> Option<u64> {
         self.max_bandwidth
+    }
+
+    fn max_time(&self) -> Option<Duration> {
+        Some(self.max_time)
     }
 }
 

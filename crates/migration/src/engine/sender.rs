@@ -5,6 +5,7 @@
 //! leaves the guest running here. `Sender::run` strings them together.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vfmig_abi::DeviceState;
@@ -14,7 +15,7 @@ use vfmig_vmm::Vm;
 use super::device::DeviceLink;
 use super::dirty::DirtySet;
 use super::error::MigrationError;
-use super::policy::{Convergence, Decision, Estimate};
+use super::policy::{Convergence, Decision, Estimate, Limit};
 use super::stats::{DowntimeStats, IterationStats, MigrationStats};
 use super::status::{Counting, MigrationState, Progress};
 use super::timed::Timed;
@@ -207,10 +208,14 @@ impl Sender<'_> {
             .synced(dirty.count() * CONTAINER_PAGE_SIZE.bytes());
 
         let precopy = Instant::now();
+        let time_limit = policy
+            .max_time()
+            .map(|limit| (limit, precopy.checked_add(limit)));
         let mut bandwidth = 0.0f64;
         let (reason, estimate) = loop {
             self.check_cancel()?;
-            let estimate = self.pre_copy_iteration(&mut dirty, &mut stats, bandwidth, precopy)?;
+            let estimate =
+                self.pre_copy_iteration(&mut dirty, &mut stats, bandwidth, precopy, time_limit)?;
             bandwidth = estimate.bandwidth;
             match policy.decide(&estimate) {
                 Decision::SwitchOver(reason) => break (reason, estimate),
@@ -271,13 +276,17 @@ impl Sender<'_> {
 
     /// One pre-copy iteration, the guest running: the dirty pages and what the devices have
     /// pending go out, then a sync finds what was dirtied meanwhile. Returns what the policy
-    /// decides on; `bandwidth` is the last iteration's, kept if this one sent nothing.
+    /// decides on; `bandwidth` is the last iteration's, kept if this one sent nothing. If
+    /// pre-copy's time limit (`time_limit`: the limit and when it passes) passes while RAM
+    /// is still going out, the iteration stops there and the migration fails with
+    /// [`Limit::Time`].
     fn pre_copy_iteration(
         &mut self,
         dirty: &mut DirtySet,
         stats: &mut MigrationStats,
         mut bandwidth: f64,
         precopy: Instant,
+        time_limit: Option<(Duration, Option<Instant>)>,
     ) -> Result<Estimate, MigrationError> {
         let number = stats.iterations.len() as u64;
         let t = Instant::now();
@@ -292,7 +301,26 @@ impl Sender<'_> {
             number,
             pages: it.dirty_pages,
         })?;
-        it.ram_bytes = self.send_ram(dirty, stats)?;
+        let deadline = time_limit.and_then(|(_, at)| at);
+        let before = self.writer.bytes_written();
+        let Some(ram_bytes) = self.send_ram(dirty, stats, deadline)? else {
+            // Whatever this iteration had to send is left (at most), at the rate the link
+            // carried so far.
+            if bandwidth <= 0.0 {
+                let sent = self.writer.bytes_written() - before;
+                bandwidth = sent as f64 / t.elapsed().as_secs_f64().max(1e-9);
+            }
+            let left = it.dirty_pages.saturating_mul(CONTAINER_PAGE_SIZE.bytes());
+            return Err(MigrationError::NotConverged {
+                limit: Limit::Time(time_limit.map_or(Duration::ZERO, |(limit, _)| limit)),
+                left,
+                expected_ms: Duration::try_from_secs_f64(left as f64 / bandwidth)
+                    .map_or(u64::MAX, |d| {
+                        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+                    }),
+            });
+        };
+        it.ram_bytes = ram_bytes;
         it.device_bytes = self.send_device_data(Phase::PreCopy, number, true)?;
         self.writer.flush()?;
         let elapsed = t.elapsed();
@@ -353,7 +381,7 @@ impl Sender<'_> {
         self.progress
             .synced(dirty.count() * CONTAINER_PAGE_SIZE.bytes());
         phases.sync_ms = phases.lap();
-        self.send_ram(dirty, stats)?;
+        self.send_ram(dirty, stats, None)?;
         phases.ram_ms = phases.lap();
         let number = stats.iterations.len() as u64;
         self.send_device_data(Phase::StopCopy, number, false)?;
@@ -408,23 +436,37 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// Sends the pages of `dirty` (emptying it); returns the stream bytes.
+    /// Sends the pages of `dirty` (emptying it); returns the stream bytes, or `None` if
+    /// `deadline` passed first (checked before each batch of pages is read).
     fn send_ram(
         &mut self,
         dirty: &mut DirtySet,
         stats: &mut MigrationStats,
-    ) -> Result<u64, MigrationError> {
+        deadline: Option<Instant>,
+    ) -> Result<Option<u64>, MigrationError> {
         let runs = dirty.take_runs();
         let ram = self.vm.ram();
+        let time_up = AtomicBool::new(false);
         let read = |gpa: Gpa, buf: &mut [u8]| -> io::Result<()> {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                time_up.store(true, Ordering::Relaxed);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "pre-copy's time limit passed",
+                ));
+            }
             ram.read_for_migration(gpa.raw(), buf)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
         };
-        let r = self.writer.write_ram_parallel(&runs, &read, SEND_THREADS)?;
+        let r = match self.writer.write_ram_parallel(&runs, &read, SEND_THREADS) {
+            Ok(r) => r,
+            Err(_) if time_up.load(Ordering::Relaxed) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         stats.pages += r.pages;
         stats.zero_pages += r.zero_pages;
         stats.ram_bytes += r.bytes;
-        Ok(r.bytes)
+        Ok(Some(r.bytes))
     }
 
     /// Sends device chunks. In pre-copy (`bounded`), at most what each device had pending when
