@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use vfmig_guest::{BOOT_PAGE_GPA, BootPage, IMAGE, STATUS_PAGE_GPA, StatusPage, Workloads};
 use vfmig_kvm::{
-    DirtyTracking, EventFd, ExitHandler, FIRST_MSI_GSI, KvmVm, Memslot, MsiMessage, Snapshot,
-    Throttle, VcpuControl, VcpuStateHandle,
+    DirtyTracking, EventFd, ExitHandler, FIRST_MSI_GSI, KvmVm, MAX_GSI, Memslot, MsiMessage,
+    Snapshot, Throttle, VcpuControl, VcpuStateHandle,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -101,35 +101,49 @@ impl Default for GuestProgram {
 /// Where the working set starts: right after the guest's scratch area.
 pub const WORKING_SET_GPA: u64 = vfmig_guest::layout::SCRATCH_END;
 
-/// The guest's interrupts: one irqfd and MSI route per PCI function, on GSI 24 + slot.
+/// The guest's interrupts: one irqfd and MSI route per line of the PCI bus (a function's MSI
+/// or one of its MSI-X vectors), on GSI 24 + line.
 struct Router {
     kvm: Arc<KvmVm>,
-    /// Slots whose eventfd is registered as an irqfd.
-    registered: Mutex<Vec<u8>>,
+    /// Lines whose eventfd is registered as an irqfd.
+    registered: Mutex<Vec<u32>>,
 }
 
 fn os(e: vfmig_kvm::KvmError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// The GSI of `line`.
+fn gsi(line: u32) -> io::Result<u32> {
+    FIRST_MSI_GSI
+        .checked_add(line)
+        .filter(|&g| g <= MAX_GSI)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "interrupt line past KVM's GSIs",
+            )
+        })
+}
+
 impl InterruptRouter for Router {
-    fn route_msi(&self, slot: u8, eventfd: &EventFd, address: u64, data: u32) -> io::Result<()> {
-        let gsi = FIRST_MSI_GSI + u32::from(slot);
+    fn route_msi(&self, line: u32, eventfd: &EventFd, address: u64, data: u32) -> io::Result<()> {
+        let gsi = gsi(line)?;
         self.kvm
             .set_msi_route(gsi, MsiMessage { address, data })
             .map_err(os)?;
         let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-        if !registered.contains(&slot) {
+        if !registered.contains(&line) {
             self.kvm.register_irqfd(eventfd, gsi).map_err(os)?;
-            registered.push(slot);
+            registered.push(line);
         }
         Ok(())
     }
 
-    fn unroute_msi(&self, slot: u8, eventfd: &EventFd) -> io::Result<()> {
-        let gsi = FIRST_MSI_GSI + u32::from(slot);
+    fn unroute_msi(&self, line: u32, eventfd: &EventFd) -> io::Result<()> {
+        let gsi = gsi(line)?;
         let mut registered = self.registered.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = registered.iter().position(|&s| s == slot) {
+        if let Some(at) = registered.iter().position(|&l| l == line) {
             self.kvm.unregister_irqfd(eventfd, gsi).map_err(os)?;
             registered.swap_remove(at);
         }

@@ -14,7 +14,11 @@
 //!
 //! An MSI the guest enables becomes an eventfd the device signals (SET_IRQS) and an
 //! [`InterruptRouter`] turns into the guest interrupt (with KVM: an irqfd on a GSI routed to
-//! the MSI's address and data), so no interrupt passes through the VMM's threads.
+//! the MSI's address and data), so no interrupt passes through the VMM's threads. MSI-X is
+//! the VMM's too: its control bits and vector table are emulated and each unmasked vector is
+//! routed the same way ([`msix`]). Each interrupt source is a *line* of the router: function
+//! `slot`'s MSI is line `slot * LINES_PER_FUNCTION`, its MSI-X vector `v` the line `v + 1`
+//! after it.
 //!
 //! A BAR access is trapped (an exit, then REGION_READ/WRITE) except inside a sparse-mmap
 //! area the device offers: those are mapped into the VMM when the device is attached and, by
@@ -35,6 +39,15 @@ use vfmig_vfio_user::message::IrqAction;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::devices::{AttachError, AttachedDevice};
+
+mod msix;
+
+pub use msix::MAX_VECTORS as MAX_MSIX_VECTORS;
+use msix::{MsixCap, Vectors};
+
+/// Router lines per function: its MSI and its [`MAX_MSIX_VECTORS`] MSI-X vectors.
+pub const LINES_PER_FUNCTION: u32 = 65;
+const _: () = assert!(LINES_PER_FUNCTION as usize == 1 + MAX_MSIX_VECTORS);
 
 /// The configuration address port.
 pub const CONFIG_ADDRESS: u16 = 0xcf8;
@@ -101,6 +114,14 @@ pub struct PciConfigState {
     /// The MSI capability from its control word on (control, address, [upper address], data),
     /// as the guest wrote it; empty if the function has none.
     pub msi: Vec<u8>,
+    /// The MSI-X message control bits the VMM keeps (enable, function mask); 0 without
+    /// MSI-X.
+    #[serde(default)]
+    pub msix_control: u16,
+    /// The MSI-X table, an entry per vector (address low, address high, data, vector
+    /// control); empty without MSI-X.
+    #[serde(default)]
+    pub msix_table: Vec<[u32; 4]>,
 }
 
 /// Where the MSI capability is.
@@ -141,13 +162,14 @@ impl MsiCap {
     }
 }
 
-/// Turns a device's MSI eventfd into the guest interrupt.
+/// Turns a device's MSI or MSI-X eventfds into guest interrupts.
 pub trait InterruptRouter: Send + Sync {
-    /// From now on, a signal on `eventfd` raises the MSI `(address, data)` for function `slot`
-    /// (replacing what it raised before).
-    fn route_msi(&self, slot: u8, eventfd: &EventFd, address: u64, data: u32) -> io::Result<()>;
-    /// A signal on `slot`'s eventfd raises nothing.
-    fn unroute_msi(&self, slot: u8, eventfd: &EventFd) -> io::Result<()>;
+    /// From now on, a signal on `eventfd` raises the MSI `(address, data)`, as interrupt
+    /// `line` (below `32 * LINES_PER_FUNCTION`; see the module docs), replacing what that
+    /// line raised before.
+    fn route_msi(&self, line: u32, eventfd: &EventFd, address: u64, data: u32) -> io::Result<()>;
+    /// A signal on `line`'s eventfd raises nothing (it stays pending in the eventfd).
+    fn unroute_msi(&self, line: u32, eventfd: &EventFd) -> io::Result<()>;
 }
 
 /// Puts device memory into the guest's physical address space (with KVM: a memslot over the
@@ -195,6 +217,8 @@ pub struct BarStatus {
 struct Function {
     bars: [Option<Bar>; BARS],
     msi_cap: Option<MsiCap>,
+    /// MSI-X, if the function has it.
+    msix: Option<Vectors>,
     state: PciConfigState,
     /// The MSI routed now, if any.
     routed: Option<(u64, u32)>,
@@ -227,6 +251,8 @@ pub struct PciBus {
     mapped: Mutex<Vec<Option<u64>>>,
     /// Trapped accesses per function and BAR.
     trapped: Vec<[AtomicU64; BARS]>,
+    /// Where each function's MSI-X table is (read without taking the function's lock).
+    msix_caps: Vec<Option<MsixCap>>,
 }
 
 impl std::fmt::Debug for PciBus {
@@ -345,12 +371,13 @@ fn direct_areas(dev: &AttachedDevice, slot: usize, bar: usize, region: &Region) 
         .collect()
 }
 
-/// The MSI capability, found by walking the capability list.
-fn probe_msi(dev: &AttachedDevice) -> Result<Option<MsiCap>, AttachError> {
+/// The capabilities of the device's list: `(id, offset)`, in list order.
+fn capabilities(dev: &AttachedDevice) -> Result<Vec<(u8, u64)>, AttachError> {
+    let mut found = Vec::new();
     let mut status = [0; 2];
     read_config(dev, 0x06, &mut status)?;
     if u16::from_le_bytes(status) & 0x10 == 0 {
-        return Ok(None);
+        return Ok(found);
     }
     let mut ptr = [0; 1];
     read_config(dev, CAP_PTR, &mut ptr)?;
@@ -358,25 +385,53 @@ fn probe_msi(dev: &AttachedDevice) -> Result<Option<MsiCap>, AttachError> {
     // A list longer than the space can hold is a loop.
     for _ in 0..48 {
         if at < 0x40 || at + 4 > CONFIG_SIZE {
-            return Ok(None);
+            break;
         }
-        let header = config_u32(dev, at)?;
-        let [id, next, control_lo, control_hi] = header.to_le_bytes();
-        if id == CAP_ID_MSI {
-            let control = u16::from_le_bytes([control_lo, control_hi]);
-            let wide = control & MSI_64BIT != 0;
-            let cap = MsiCap { offset: at, wide };
-            if at + 2 + cap.len() as u64 > CONFIG_SIZE {
-                return Err(invalid(
-                    dev,
-                    "MSI capability past configuration space".into(),
-                ));
-            }
-            return Ok(Some(cap));
-        }
+        let [id, next, ..] = config_u32(dev, at)?.to_le_bytes();
+        found.push((id, at));
         at = u64::from(next & !0x3);
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// The MSI capability, if the list has one.
+fn probe_msi(dev: &AttachedDevice, caps: &[(u8, u64)]) -> Result<Option<MsiCap>, AttachError> {
+    let Some(&(_, at)) = caps.iter().find(|(id, _)| *id == CAP_ID_MSI) else {
+        return Ok(None);
+    };
+    let control = config_u32(dev, at)? >> 16;
+    let wide = control & u32::from(MSI_64BIT) != 0;
+    let cap = MsiCap { offset: at, wide };
+    if at + 2 + cap.len() as u64 > CONFIG_SIZE {
+        return Err(invalid(
+            dev,
+            "MSI capability past configuration space".into(),
+        ));
+    }
+    Ok(Some(cap))
+}
+
+/// The MSI-X capability, if the list has one (checked against the BARs).
+fn probe_msix(
+    dev: &AttachedDevice,
+    caps: &[(u8, u64)],
+    bars: &[Option<Bar>],
+) -> Result<Option<MsixCap>, AttachError> {
+    match caps.iter().find(|(id, _)| *id == msix::CAP_ID) {
+        Some(&(_, at)) if at + 12 <= CONFIG_SIZE => MsixCap::probe(dev, at, bars).map(Some),
+        Some(_) => Err(invalid(
+            dev,
+            "MSI-X capability past configuration space".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The router line of function `slot`'s MSI; its MSI-X vectors follow it.
+fn msi_line(slot: usize) -> u32 {
+    u32::try_from(slot)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(LINES_PER_FUNCTION)
 }
 
 /// Overlap of `[a, a + alen)` and `[b, b + blen)`, as `(start, end)`.
@@ -465,19 +520,28 @@ impl PciBus {
         }
         let mut functions = Vec::with_capacity(devices.len());
         let mut direct = Vec::new();
+        let mut msix_caps = Vec::with_capacity(devices.len());
         for (slot, dev) in devices.iter().enumerate() {
             let (bars, areas) = probe_bars(dev, slot)?;
+            let caps = capabilities(dev)?;
+            let msi_cap = probe_msi(dev, &caps)?;
+            let msix_cap = probe_msix(dev, &caps, &bars)?;
             if mapper.is_some() {
-                direct.extend(areas);
+                // The MSI-X table's and PBA's pages stay trapped: the VMM emulates the table.
+                direct.extend(areas.into_iter().filter(|d| {
+                    !msix_cap.is_some_and(|c| c.in_pages(d.bar, d.offset, d.area.len() as u64))
+                }));
             }
-            let msi_cap = probe_msi(dev)?;
+            msix_caps.push(msix_cap);
             let eventfd =
                 EventFd::new(EFD_NONBLOCK).map_err(|e| invalid(dev, format!("eventfd: {e}")))?;
             functions.push(Mutex::new(Function {
                 bars,
                 msi_cap,
+                msix: msix_cap.map(|c| Vectors::new(dev, c)).transpose()?,
                 state: PciConfigState {
                     msi: vec![0; msi_cap.map_or(0, MsiCap::len)],
+                    msix_table: msix_cap.map_or_else(Vec::new, |c| c.reset_table()),
                     ..PciConfigState::default()
                 },
                 routed: None,
@@ -494,6 +558,7 @@ impl PciBus {
             mapped: Mutex::new(vec![None; direct.len()]),
             direct,
             mapper,
+            msix_caps,
         })
     }
 
@@ -582,6 +647,13 @@ impl PciBus {
             n.fetch_add(1, Ordering::Relaxed);
         }
         let offset = addr - w.base;
+        let bar = usize::try_from(w.bar).unwrap_or(usize::MAX);
+        if let Some(Some(cap)) = self.msix_caps.get(w.slot)
+            && cap.in_table(bar, offset, len)
+        {
+            self.msix_table_access(w.slot, dev, *cap, offset, access)?;
+            return Ok(true);
+        }
         match access {
             Access::Read(buf) => dev
                 .client()
@@ -593,6 +665,28 @@ impl PciBus {
                 .map_err(|e| dev.request("write a BAR", e))?,
         }
         Ok(true)
+    }
+
+    /// A guest access to function `slot`'s MSI-X table: the VMM's copy; a write re-routes.
+    fn msix_table_access(
+        &self,
+        slot: usize,
+        dev: &AttachedDevice,
+        cap: MsixCap,
+        offset: u64,
+        access: Access<'_>,
+    ) -> Result<(), AttachError> {
+        let Some(mut f) = self.function(slot) else {
+            return Ok(());
+        };
+        match access {
+            Access::Read(buf) => cap.table_read(&f.state, offset, buf),
+            Access::Write(data) => {
+                cap.table_write(&mut f.state, offset, data);
+                Self::apply_msix(&self.router, dev, slot, &mut f)?;
+            }
+        }
+        Ok(())
     }
 
     fn config_read(&self, slot: usize, register: u64, data: &mut [u8]) -> Result<(), AttachError> {
@@ -624,6 +718,13 @@ impl PciBus {
                     1 => *byte,
                     _ => written,
                 };
+            } else if let Some(m) = &f.msix
+                && let Some((start, _)) = overlap(at, 1, m.cap.control_offset(), 2)
+            {
+                // The table size is the device's; enable and function mask the VMM's.
+                let i = usize::try_from(start - m.cap.control_offset()).unwrap_or(0);
+                let ours = msix::CONTROL_BITS.to_le_bytes()[i];
+                *byte = *byte & !ours | f.state.msix_control.to_le_bytes()[i] & ours;
             }
         }
         Ok(())
@@ -661,19 +762,49 @@ impl PciBus {
             }
             msi_changed = true;
         }
-        // Everything but the BARs goes to the device too (its copy of command and MSI tells
-        // it how to decode and which interrupt to raise).
+        let mut msix_changed = false;
+        if let Some(offset) = f.msix.as_ref().map(|m| m.cap.control_offset())
+            && let Some((start, end)) = overlap(register, len, offset, 2)
+        {
+            let mut control = f.state.msix_control.to_le_bytes();
+            for at in start..end {
+                control[usize::try_from(at - offset).unwrap_or(0)] =
+                    data[usize::try_from(at - register).unwrap_or(0)];
+            }
+            f.state.msix_control = u16::from_le_bytes(control) & msix::CONTROL_BITS;
+            msix_changed = true;
+        }
+        // Everything but the BARs goes to the device too (its copy of command, MSI and MSI-X
+        // control tells it how to decode and which interrupt to raise).
         if overlap(register, len, BAR0, 4 * BARS as u64).is_none() {
             write_config(dev, register, data)?;
         }
         if msi_changed {
             Self::apply_msi(&self.router, dev, slot, &mut f)?;
         }
+        if msix_changed {
+            Self::apply_msix(&self.router, dev, slot, &mut f)?;
+        }
         drop(f);
         if windows_changed {
             self.rebuild_windows();
         }
         Ok(())
+    }
+
+    /// Routes the function's MSI-X vectors as its state says (see [`msix`]).
+    fn apply_msix(
+        router: &Arc<dyn InterruptRouter>,
+        dev: &AttachedDevice,
+        slot: usize,
+        f: &mut Function,
+    ) -> Result<(), AttachError> {
+        let first_line = msi_line(slot) + 1;
+        let Function { msix, state, .. } = f;
+        match msix {
+            Some(m) => m.apply(router, dev, first_line, state),
+            None => Ok(()),
+        }
     }
 
     /// Routes (or unroutes) the function's MSI as its image says, and tells the device.
@@ -690,12 +821,12 @@ impl PciBus {
         if wanted == f.routed {
             return Ok(());
         }
-        let slot = u8::try_from(slot).unwrap_or(u8::MAX);
+        let line = msi_line(slot);
         let route_error = |e: io::Error| invalid(dev, format!("routing its MSI: {e}"));
         match wanted {
             Some((address, data)) => {
                 router
-                    .route_msi(slot, &f.eventfd, address, data)
+                    .route_msi(line, &f.eventfd, address, data)
                     .map_err(route_error)?;
                 if f.routed.is_none() {
                     // SAFETY: the eventfd is the function's and outlives this call.
@@ -719,7 +850,7 @@ impl PciBus {
                         IrqValues::None { count: 0 },
                     )
                     .map_err(|e| dev.request("disable the device's MSI", e))?;
-                router.unroute_msi(slot, &f.eventfd).map_err(route_error)?;
+                router.unroute_msi(line, &f.eventfd).map_err(route_error)?;
             }
         }
         f.routed = wanted;
@@ -851,13 +982,33 @@ impl PciBus {
                     ),
                 ));
             }
+            let vectors = f.msix.as_ref().map_or(0, |m| m.cap.vectors);
+            if state.msix_table.len() != vectors {
+                return Err(invalid(
+                    dev,
+                    format!(
+                        "an MSI-X table of {} vectors, the device's has {vectors}",
+                        state.msix_table.len()
+                    ),
+                ));
+            }
             f.state = state.clone();
             write_config(dev, COMMAND, &state.command.to_le_bytes())?;
             if let Some(cap) = f.msi_cap {
                 write_config(dev, cap.offset + 2, &state.msi)?;
             }
+            if let Some(m) = f.msix.as_mut() {
+                // The device's copy of the control word: its table size bits are read-only.
+                write_config(
+                    dev,
+                    m.cap.control_offset(),
+                    &state.msix_control.to_le_bytes(),
+                )?;
+                m.forget();
+            }
             f.routed = None;
             Self::apply_msi(&self.router, dev, slot, &mut f)?;
+            Self::apply_msix(&self.router, dev, slot, &mut f)?;
         }
         self.rebuild_windows();
         Ok(())
@@ -910,19 +1061,19 @@ mod tests {
     use super::*;
     use crate::test_support::served;
 
-    /// A route asked for: the slot, and the MSI's address and data (`None`: unrouted).
-    type Route = (u8, Option<(u64, u32)>);
+    /// A route asked for: the line, and the MSI's address and data (`None`: unrouted).
+    type Route = (u32, Option<(u64, u32)>);
 
     #[derive(Default)]
     struct Routes(Mutex<Vec<Route>>);
 
     impl InterruptRouter for Routes {
-        fn route_msi(&self, slot: u8, _: &EventFd, address: u64, data: u32) -> io::Result<()> {
-            self.0.lock().unwrap().push((slot, Some((address, data))));
+        fn route_msi(&self, line: u32, _: &EventFd, address: u64, data: u32) -> io::Result<()> {
+            self.0.lock().unwrap().push((line, Some((address, data))));
             Ok(())
         }
-        fn unroute_msi(&self, slot: u8, _: &EventFd) -> io::Result<()> {
-            self.0.lock().unwrap().push((slot, None));
+        fn unroute_msi(&self, line: u32, _: &EventFd) -> io::Result<()> {
+            self.0.lock().unwrap().push((line, None));
             Ok(())
         }
     }
