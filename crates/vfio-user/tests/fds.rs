@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use common::dummy::{
@@ -20,7 +20,7 @@ use vfmig_vfio_user::client::IrqValues;
 use vfmig_vfio_user::message::{
     IrqAction, RegionCapsBuilder, RegionInfo, RegionInfoReply, Reply, Request, SparseMmapArea,
 };
-use vfmig_vfio_user::{Client, ClientConfig, Errno};
+use vfmig_vfio_user::{Client, ClientConfig, ClientError, Errno};
 
 const GUEST: u64 = 0x1_0000_0000;
 
@@ -195,10 +195,10 @@ fn set_irqs_without_eventfds_deassigns() {
     assert_eq!(eventfd_count(&fd), 0);
 }
 
-#[test]
-fn a_sparse_area_beyond_the_regions_file_is_refused() {
-    let (client, server) = scripted(ClientConfig::default(), |conn| {
-        let file = memfd(CONTAINER_PAGE_SIZE.bytes());
+/// Asks for region 3, which a scripted server describes as one 2-page sparse-mmap area of
+/// `file`, and returns the error of mapping that area.
+fn map_error_of_an_area_in(file: OwnedFd) -> ClientError {
+    let (client, server) = scripted(ClientConfig::default(), move |conn| {
         let info = RegionInfo {
             flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP,
             index: 3,
@@ -228,44 +228,19 @@ fn a_sparse_area_beyond_the_regions_file_is_refused() {
     let region = client.region_info(3).unwrap();
     assert!(region.fd.is_some());
     let err = region.mmap_area(0).unwrap_err();
-    assert_eq!(err.errno(), Errno::EINVAL);
     server.join().unwrap();
+    err
+}
+
+#[test]
+fn a_sparse_area_beyond_the_regions_file_is_refused() {
+    let err = map_error_of_an_area_in(memfd(CONTAINER_PAGE_SIZE.bytes()));
+    assert_eq!(err.errno(), Errno::EINVAL);
 }
 
 #[test]
 fn a_sparse_area_in_a_file_the_server_could_shrink_is_refused() {
-    let (client, server) = scripted(ClientConfig::default(), |conn| {
-        // Big enough for the area, but not sealed against shrinking.
-        let file = memfd(2 * CONTAINER_PAGE_SIZE.bytes());
-        let info = RegionInfo {
-            flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP,
-            index: 3,
-            size: 2 * CONTAINER_PAGE_SIZE.bytes(),
-            ..RegionInfo::default()
-        };
-        let area = SparseMmapArea {
-            offset: 0,
-            size: 2 * CONTAINER_PAGE_SIZE.bytes(),
-        };
-        for _ in 0..2 {
-            let received = conn.recv().unwrap();
-            let Ok(Request::DeviceGetRegionInfo(request)) = received.request(conn.limits()) else {
-                panic!("expected GET_REGION_INFO");
-            };
-            let caps = RegionCapsBuilder::new().sparse_mmap(vec![area]).build();
-            let reply = RegionInfoReply::for_request(request.argsz, info, caps).unwrap();
-            let fds = if reply.caps.is_empty() {
-                vec![]
-            } else {
-                vec![file.as_fd()]
-            };
-            conn.send_reply(&received.header, &Reply::DeviceGetRegionInfo(reply), &fds)
-                .unwrap();
-        }
-    });
-    let region = client.region_info(3).unwrap();
-    assert!(region.fd.is_some());
-    let err = region.mmap_area(0).unwrap_err();
+    // Big enough for the area, but not sealed against shrinking.
+    let err = map_error_of_an_area_in(memfd(2 * CONTAINER_PAGE_SIZE.bytes()));
     assert_eq!(err.errno(), Errno::EINVAL);
-    server.join().unwrap();
 }
