@@ -392,3 +392,21 @@ fn resume_refuses_a_config_chunk_with_bytes_after_the_table() {
     set_state(&dst, DeviceState::RESUMING);
     assert_eq!(send_chunk(&dst, &config), Err(Errno::EINVAL));
 }
+
+#[test]
+fn a_reset_masks_every_table_entry_again() {
+    let (_mem, container) = guest();
+    let c = serve(&container);
+    bar0_write(&c, TABLE + 12, 0, 4);
+    c.reset().unwrap();
+    assert_eq!(bar0_read(&c, TABLE + 12, 4), 1);
+}
+
+#[test]
+fn a_reset_disables_msix() {
+    let (_mem, container) = guest();
+    let c = serve(&container);
+    set_msix_control(&c, ENABLE);
+    c.reset().unwrap();
+    assert_eq!(config_read(&c, MSIX_CONTROL, 2) & u64::from(ENABLE), 0);
+}
