@@ -7,7 +7,8 @@
 //!
 //! The chunks are those a `PciDevice` saves: a tag byte, then either one of the model's own
 //! chunks (the mtty's state; the dma-engine's device RAM pages, BAR4 pages or registers) or
-//! the 256 bytes of the configuration space.
+//! the 256 bytes of the configuration space (for the dma-engine followed by its MSI-X table,
+//! 2 entries of 16 bytes).
 //!
 //! An input is a sequence of chunks, each a little-endian `u16` length and that many bytes (the
 //! last one cut to what is left). For `dma_engine_resume` a first byte comes before them (bit 0

@@ -11,7 +11,8 @@
 //! * [`server`]: the device process entry point (`vfmig device <kind> --socket PATH`), with
 //!   [`server::ServeOptions`] to leave out the migration region or dirty tracking (a stand-in
 //!   for device servers vfmig did not write).
-//! * [`pci`]: the configuration space and eventfd interrupts every device shares.
+//! * [`pci`]: the configuration space and eventfd interrupts every device shares (INTx, MSI,
+//!   and MSI-X for a model that offers it, with the MSI-X table kept in the model's BAR).
 //! * [`digest`]: a fast digest of device state and guest memory, to verify a migration.
 //!
 //! Memory a device shares with its client (mappable BAR memory such as the dma-engine's BAR4,
@@ -24,7 +25,8 @@
 //! by them: a chunk lands in the region's fixed data section (`data_size` above its capacity is
 //! EINVAL), and each parser writes into state of fixed size (the mtty's ports, with FIFOs of at
 //! most 16 bytes; the dma-engine's registers, each checked, device RAM pages inside device
-//! RAM, and at most 16 pages inside its 64 KiB BAR4). A malformed chunk is EINVAL and leaves the device in the error state. Every sample
+//! RAM, and at most 16 pages inside its 64 KiB BAR4; the configuration space and MSI-X table
+//! in a chunk of exactly their length). A malformed chunk is EINVAL and leaves the device in the error state. Every sample
 //! device's resume path has a fuzz target (`fuzz/`, replayed by `tests/corpus_replay.rs`).
 
 pub mod conformance;

@@ -1,13 +1,18 @@
 //! What a device author writes: a [`DeviceModel`] with an identity, BARs, and the behaviour of
 //! accesses to them. [`crate::PciDevice`] adds the configuration space, interrupts, reset and,
 //! when the model is [`Migratable`], the v1 migration region.
+//!
+//! A model that offers MSI-X says where its table and PBA are ([`DeviceModel::msix`]); the
+//! `PciDevice` then adds the capability, keeps the table (accesses to it never reach the
+//! model) and migrates it with the configuration space. The model raises a vector with
+//! [`DeviceContext::interrupt_vector`].
 
 use std::sync::Arc;
 
 use vfmig_memory::SharedMemory;
 
 use crate::migratable::Migratable;
-use crate::pci::{BarKind, IrqIndex, Irqs, PciIdentity};
+use crate::pci::{BarKind, IrqIndex, Irqs, MsixControl, MsixSpec, PciIdentity};
 
 /// Why a BAR access failed; carries the errno the client gets.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,13 +70,31 @@ pub struct DeviceContext<'a> {
     pub irqs: &'a mut Irqs,
     /// Whether the guest has INTx disabled in the command register.
     pub intx_disabled: bool,
+    /// What MSI-X message control says in the device's configuration space.
+    pub msix: MsixControl,
 }
 
 impl DeviceContext<'_> {
-    /// Raises the device's interrupt: MSI if set up, else INTx unless disabled.
+    /// Raises the device's interrupt: [`DeviceContext::interrupt_vector`] 0.
     pub fn interrupt(&mut self) {
-        if self.irqs.is_assigned(IrqIndex::Msi) || !self.intx_disabled {
-            self.irqs.raise(IrqIndex::Msi);
+        self.interrupt_vector(0);
+    }
+
+    /// Raises interrupt vector `vector`. With MSI-X enabled, its eventfd is signalled if one
+    /// is assigned (nothing if not, or if the function is masked; the client holds back a
+    /// vector masked in its table). With MSI-X disabled, the vector does not matter: MSI if
+    /// set up, else INTx unless disabled.
+    pub fn interrupt_vector(&mut self, vector: u16) {
+        match self.msix {
+            MsixControl::Enabled => {
+                self.irqs.raise_msix(vector);
+            }
+            MsixControl::FunctionMasked => {}
+            MsixControl::Disabled => {
+                if self.irqs.is_assigned(IrqIndex::Msi) || !self.intx_disabled {
+                    self.irqs.raise(IrqIndex::Msi);
+                }
+            }
         }
     }
 }
@@ -101,6 +124,12 @@ pub trait DeviceModel: Send {
         data: &[u8],
         ctx: &mut DeviceContext<'_>,
     ) -> Result<(), DeviceError>;
+
+    /// Where the model's MSI-X table and PBA live, if it offers MSI-X. Asked once, when the
+    /// device is built; the table and PBA ranges are then the device's, not the model's.
+    fn msix(&self) -> Option<MsixSpec> {
+        None
+    }
 
     /// Returns the device to its power-on state.
     fn reset(&mut self);

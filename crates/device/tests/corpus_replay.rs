@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, Op};
+use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, MSIX_TABLE_OFFSET, Op};
 use vfmig_device::devices::dma_engine::{RAM_BAR, REGS_BAR, SHARED_BAR};
 use vfmig_iommu::DirtyScope;
 use vfmig_vfio_user::server::Backend;
@@ -124,6 +124,15 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             .unwrap();
         dev.region_write(u32::try_from(SHARED_BAR).unwrap(), 0x3000, b"shared bar")
             .unwrap();
+        // MSI-X enabled, entry 1 programmed and unmasked.
+        let entry1 = u64::from(MSIX_TABLE_OFFSET) + 16;
+        dev.region_write(regs, entry1, &0xfee0_0000u64.to_le_bytes())
+            .unwrap();
+        dev.region_write(regs, entry1 + 8, &0x51u32.to_le_bytes())
+            .unwrap();
+        dev.region_write(regs, entry1 + 12, &0u32.to_le_bytes())
+            .unwrap();
+        dev.region_write(7, 0x52, &0x8000u16.to_le_bytes()).unwrap();
         let mut input = vec![u8::from(scope == DirtyScope::AllMapped)];
         let mut chunks = vec![ring_image()];
         chunks.extend(harness::save(&mut dev));

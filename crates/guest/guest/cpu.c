@@ -180,6 +180,10 @@ void interrupt(struct frame *f)
 	case VEC_DMA:
 		COUNT(me->irq_dma, 1);
 		break;
+	case VEC_DMA1:
+		/* Only vCPU 0 takes it (the entry names its LAPIC): one writer. */
+		COUNT(status->irq_dma_vector1, 1);
+		break;
 	case VEC_SPURIOUS:
 		COUNT(me->irq_other, 1);
 		return; /* a spurious interrupt takes no EOI */

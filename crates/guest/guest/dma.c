@@ -10,7 +10,15 @@
  *                                                        interrupt on completion
  * C reads what the previous round left in device RAM, perhaps before a migration: device RAM
  * that came back stale or zero is found here. Completion is the DONE bit in each descriptor's
- * word; the MSI says when to look.
+ * word; the interrupt says when to look, and the guest looks anyway when it does not come.
+ *
+ * Interrupts: by MSI-X when the device has an MSI-X capability (entry 0 -> VEC_DMA, entry 1 ->
+ * VEC_DMA1, MSI left off), else by MSI (VEC_DMA). Every second interrupting descriptor also
+ * has FLAG_VECTOR1, so with MSI-X the completions alternate between the two vectors (and
+ * between irq_dma and irq_dma_vector1); with MSI the flag changes nothing. A VMM that does not
+ * route MSI-X leaves the guest without interrupts: if the first wait for an MSI-X interrupt
+ * runs out, the guest turns MSI-X off and uses MSI from then on (dma_msix goes back to 0). No
+ * error is counted for that wait; a missing interrupt after MSI-X has worked is one.
  *
  * BAR4 is memory the device shares with its client (a VMM may map it into the guest, so these
  * accesses need not leave the CPU). Before its descriptors, each round checks the 4 KiB block
@@ -36,6 +44,7 @@
 #define OP_COPY_TO_DEVICE 1u
 #define OP_COPY_TO_GUEST  2u
 #define FLAG_IRQ 1u
+#define FLAG_VECTOR1 2u
 #define DONE (1u << 31)
 
 #define RING_SIZE 64u
@@ -65,6 +74,10 @@ static uint32_t tail;
 static uint64_t round;
 static uint64_t shared;     /* GPA of BAR4; 0: none (or too small) */
 static uint64_t shared_seq; /* the last stamp written, in block (seq - 1) % 16; 0: none yet */
+static uint32_t bdf;
+static int msix;            /* completions interrupt by MSI-X (else MSI) */
+static int msix_seen;       /* an MSI-X interrupt has arrived */
+static uint64_t irq_descs;  /* interrupting descriptors queued; odd ones use vector 1 */
 
 static volatile struct descriptor *const ring = (volatile struct descriptor *)RING_GPA;
 
@@ -87,7 +100,12 @@ int dma_init(const struct pci_found *f)
 	}
 	for (uint32_t i = 0; i < RING_SIZE; i++)
 		ring[i].word = 0;
-	pci_enable_msi(f->bdf, VEC_DMA);
+	bdf = f->bdf;
+	static const uint8_t vectors[2] = { VEC_DMA, VEC_DMA1 };
+	msix = pci_enable_msix(f, vectors, 2);
+	if (!msix)
+		pci_enable_msi(f->bdf, VEC_DMA);
+	PUBLISH(status->dma_msix, (uint64_t)msix);
 	mmio_write64(regs + REG_RING_BASE, RING_GPA);
 	mmio_write32(regs + REG_RING_SIZE, RING_SIZE);
 	mmio_write32(regs + REG_CONTROL, CONTROL_ENABLE | CONTROL_IRQ);
@@ -110,12 +128,13 @@ static uint64_t slot(uint64_t r)
 	return (r % ram_pages) * PAGE_SIZE;
 }
 
+/* Queues a descriptor; one that interrupts alternates between vectors 0 and 1. */
 static uint32_t queue(uint32_t op, uint64_t guest, uint64_t device, int irq)
 {
 	uint32_t at = tail;
 	volatile struct descriptor *d = &ring[at];
 	d->op = op;
-	d->flags = irq ? FLAG_IRQ : 0;
+	d->flags = irq ? FLAG_IRQ | (irq_descs++ % 2 ? FLAG_VECTOR1 : 0) : 0;
 	d->guest = guest;
 	d->device = device;
 	d->len = LEN;
@@ -190,13 +209,25 @@ void dma_round(void)
 	if (round > 0)
 		idx[n++] = queue(OP_COPY_TO_GUEST, DST_B_GPA, slot(round - 1), 1);
 
-	uint64_t irqs = me->irq_dma;
+	/* The last interrupting descriptor queued says which vector to wait for. */
+	int vector1 = msix && irq_descs % 2 == 0;
+	const volatile uint64_t *counter = vector1 ? &status->irq_dma_vector1 : &me->irq_dma;
+	uint64_t irqs = *counter;
 	barrier();
 	mmio_write32(regs + REG_TAIL, tail);
 	COUNT(me->dma_submitted, n);
 
-	if (!wait_count(&me->irq_dma, irqs, WAIT_US))
-		report_error(VFMIG_ERR_IRQ_TIMEOUT, VEC_DMA, irqs, me->irq_dma);
+	if (wait_count(counter, irqs, WAIT_US)) {
+		msix_seen |= msix;
+	} else if (msix && !msix_seen) {
+		/* MSI-X is not routed (a VMM without it): MSI from now on. */
+		pci_disable_msix(bdf);
+		pci_enable_msi(bdf, VEC_DMA);
+		msix = 0;
+		PUBLISH(status->dma_msix, 0);
+	} else {
+		report_error(VFMIG_ERR_IRQ_TIMEOUT, vector1 ? VEC_DMA1 : VEC_DMA, irqs, *counter);
+	}
 
 	uint64_t deadline = tsc_after_us(WAIT_US);
 	int ok[3] = { 0, 0, 0 };

@@ -10,7 +10,8 @@
 /* Interrupt vectors the guest uses. */
 #define VEC_TIMER    0x20
 #define VEC_MTTY     0x40
-#define VEC_DMA      0x41
+#define VEC_DMA      0x41 /* the dma-engine's MSI, or its MSI-X vector 0 */
+#define VEC_DMA1     0x42 /* the dma-engine's MSI-X vector 1 */
 #define VEC_SPURIOUS 0xff
 
 static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
@@ -86,6 +87,11 @@ struct pci_found {
 };
 void pci_scan(struct pci_found *mtty, struct pci_found *dma);
 void pci_enable_msi(uint32_t bdf, uint8_t vector);
+/* Programs MSI-X entries 0..n-1 of `dev` with `vectors` (this vCPU's LAPIC), unmasks them and
+ * enables MSI-X, MSI left off; 0 (nothing changed) if it has no MSI-X capability or its table
+ * is not in one of its memory BARs or has fewer than n entries. */
+int pci_enable_msix(const struct pci_found *dev, const uint8_t *vectors, uint32_t n);
+void pci_disable_msix(uint32_t bdf);
 
 /* dirtier.c */
 struct dirtier {

@@ -22,7 +22,7 @@
 /* "VFMGBOOT" and "VFMGSTAT" as little-endian u64. */
 #define VFMIG_BOOT_MAGIC   0x544f4f42474d4656ULL
 #define VFMIG_STATUS_MAGIC 0x54415453474d4656ULL
-#define VFMIG_LAYOUT_VERSION 2u
+#define VFMIG_LAYOUT_VERSION 3u
 
 /* boot_page.workloads */
 #define VFMIG_WORKLOAD_DIRTIER (1u << 0)
@@ -85,7 +85,7 @@ struct vfmig_vcpu_status {
 	uint64_t dma_completed;  /* descriptors seen DONE */
 	uint64_t dma_checked;    /* descriptors whose data was verified */
 	uint64_t irq_mtty;       /* MSIs of mtty */
-	uint64_t irq_dma;        /* MSIs of the dma-engine */
+	uint64_t irq_dma;        /* MSIs of the dma-engine (with MSI-X: its vector 0) */
 	uint64_t irq_timer;      /* LAPIC timer ticks */
 	uint64_t irq_other;      /* any other vector (spurious) */
 	uint64_t shared_checked; /* dma-engine BAR4 blocks found holding their last stamp */
@@ -115,7 +115,9 @@ struct vfmig_status_page {
 	uint64_t dma_ram_size;   /* bytes of BAR2 */
 	uint64_t lapic_ticks_per_ms; /* calibrated LAPIC timer rate (0: no timer, spin waits) */
 	uint64_t dma_shared;     /* GPA of the dma-engine's BAR4 (shared memory; 0: none) */
-	uint64_t reserved[14];
+	uint64_t irq_dma_vector1; /* interrupts of the dma-engine's MSI-X vector 1 (vCPU 0's) */
+	uint64_t dma_msix;       /* 1: the guest drives the dma-engine by MSI-X, 0: by MSI */
+	uint64_t reserved[12];
 	struct vfmig_vcpu_status vcpu[VFMIG_MAX_VCPUS]; /* at offset 256 */
 };
 

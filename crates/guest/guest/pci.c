@@ -1,5 +1,6 @@
 /*
- * PCI: configuration mechanism #1 on bus 0, BAR sizing and assignment, command register, MSI.
+ * PCI: configuration mechanism #1 on bus 0, BAR sizing and assignment, command register, MSI
+ * and MSI-X.
  *
  * Memory BARs go into the 32-bit window of the boot contract, 0xC000_0000..0xFEC0_0000, I/O
  * BARs into ports 0xC000..0xFFFF; each is naturally aligned, the largest placed first so
@@ -33,6 +34,11 @@
 #define CAP_ID_MSI      0x05
 #define MSI_64BIT       0x0080
 #define MSI_ENABLE      0x0001
+#define CAP_ID_MSIX     0x11
+#define MSIX_ENABLE     0x8000
+#define MSIX_TABLE_SIZE 0x07ff
+#define MSIX_ENTRY      16u
+#define MSIX_CTRL_MASKED 1u
 
 static void select(uint32_t bdf, uint32_t offset)
 {
@@ -67,6 +73,21 @@ static void cfg_write16(uint32_t bdf, uint32_t offset, uint16_t v)
 {
 	select(bdf, offset);
 	outw(CONFIG_DATA + (offset & 2), v);
+}
+
+/* Offset of the first capability with ID `id`, walking the list from 0x34; 0 if none. */
+static uint32_t find_cap(uint32_t bdf, uint8_t id)
+{
+	if (!(cfg_read16(bdf, PCI_STATUS) & STATUS_CAP_LIST))
+		return 0;
+	uint32_t cap = cfg_read8(bdf, PCI_CAP_PTR) & 0xfc;
+	for (int hops = 0; cap != 0 && hops < 48; hops++) {
+		uint16_t head = cfg_read16(bdf, cap);
+		if ((head & 0xff) == id)
+			return cap;
+		cap = (head >> 8) & 0xfc;
+	}
+	return 0;
 }
 
 /* A BAR waiting for an address. */
@@ -183,22 +204,46 @@ void pci_scan(struct pci_found *mtty, struct pci_found *dma)
 /* Points the device's MSI at this vCPU's LAPIC with `vector` (fixed delivery, edge). */
 void pci_enable_msi(uint32_t bdf, uint8_t vector)
 {
-	if (!(cfg_read16(bdf, PCI_STATUS) & STATUS_CAP_LIST))
+	uint32_t cap = find_cap(bdf, CAP_ID_MSI);
+	if (cap == 0)
 		return;
-	uint32_t cap = cfg_read8(bdf, PCI_CAP_PTR) & 0xfc;
-	for (int hops = 0; cap != 0 && hops < 48; hops++) {
-		uint16_t head = cfg_read16(bdf, cap);
-		if ((head & 0xff) == CAP_ID_MSI) {
-			uint16_t control = cfg_read16(bdf, cap + 2);
-			uint32_t data_at = (control & MSI_64BIT) ? cap + 12 : cap + 8;
-			cfg_write32(bdf, cap + 4, 0xfee00000u | lapic_id() << 12);
-			if (control & MSI_64BIT)
-				cfg_write32(bdf, cap + 8, 0);
-			cfg_write16(bdf, data_at, vector);
-			/* One vector (multiple message enable 0), then on. */
-			cfg_write16(bdf, cap + 2, (uint16_t)((control & ~0x70u) | MSI_ENABLE));
-			return;
-		}
-		cap = (head >> 8) & 0xfc;
+	uint16_t control = cfg_read16(bdf, cap + 2);
+	uint32_t data_at = (control & MSI_64BIT) ? cap + 12 : cap + 8;
+	cfg_write32(bdf, cap + 4, 0xfee00000u | lapic_id() << 12);
+	if (control & MSI_64BIT)
+		cfg_write32(bdf, cap + 8, 0);
+	cfg_write16(bdf, data_at, vector);
+	/* One vector (multiple message enable 0), then on. */
+	cfg_write16(bdf, cap + 2, (uint16_t)((control & ~0x70u) | MSI_ENABLE));
+}
+
+int pci_enable_msix(const struct pci_found *dev, const uint8_t *vectors, uint32_t n)
+{
+	uint32_t cap = find_cap(dev->bdf, CAP_ID_MSIX);
+	if (cap == 0)
+		return 0;
+	uint16_t control = cfg_read16(dev->bdf, cap + 2);
+	uint32_t where = cfg_read32(dev->bdf, cap + 4);
+	uint32_t bir = where & 7, offset = where & ~7u;
+	if ((control & MSIX_TABLE_SIZE) + 1u < n || bir > 5 || dev->bar_size[bir] == 0 ||
+	    dev->bar_io[bir] || offset + (uint64_t)n * MSIX_ENTRY > dev->bar_size[bir])
+		return 0;
+	uint64_t table = dev->bar[bir] + offset;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t entry = table + i * MSIX_ENTRY;
+		mmio_write32(entry + 0, 0xfee00000u | lapic_id() << 12);
+		mmio_write32(entry + 4, 0);
+		mmio_write32(entry + 8, vectors[i]);
+		mmio_write32(entry + 12, mmio_read32(entry + 12) & ~MSIX_CTRL_MASKED);
 	}
+	/* MSI stays off (its enable bit is 0 from reset); function mask clear, then on. */
+	cfg_write16(dev->bdf, cap + 2, MSIX_ENABLE);
+	return 1;
+}
+
+void pci_disable_msix(uint32_t bdf)
+{
+	uint32_t cap = find_cap(bdf, CAP_ID_MSIX);
+	if (cap != 0)
+		cfg_write16(bdf, cap + 2, 0);
 }

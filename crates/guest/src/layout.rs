@@ -39,7 +39,7 @@ pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VFMGBOOT");
 /// `StatusPage::magic` once the guest has started: "VFMGSTAT".
 pub const STATUS_MAGIC: u64 = u64::from_le_bytes(*b"VFMGSTAT");
 /// Version of both layouts.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// What the guest runs (`BootPage::workloads`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,7 +156,7 @@ pub struct VcpuStatus {
     pub dma_checked: u64,
     /// MSIs from mtty.
     pub irq_mtty: u64,
-    /// MSIs from the dma-engine.
+    /// MSIs from the dma-engine (with MSI-X, its vector 0).
     pub irq_dma: u64,
     /// LAPIC timer ticks.
     pub irq_timer: u64,
@@ -233,8 +233,14 @@ pub struct StatusPage {
     pub lapic_ticks_per_ms: u64,
     /// GPA of the dma-engine's shared memory (BAR4), 0 if it has none.
     pub dma_shared: u64,
+    /// Interrupts of the dma-engine's MSI-X vector 1, taken by vCPU 0 (vector 0's count in
+    /// its [`VcpuStatus::irq_dma`]).
+    pub irq_dma_vector1: u64,
+    /// 1 while the guest drives the dma-engine by MSI-X, 0 by MSI (it has no MSI-X, or no
+    /// MSI-X interrupt came, and the guest went back to MSI).
+    pub dma_msix: u64,
     /// Zero.
-    pub reserved: [u64; 14],
+    pub reserved: [u64; 12],
     /// Per-vCPU counters, at offset 256.
     pub vcpu: [VcpuStatus; MAX_VCPUS],
 }

@@ -40,6 +40,10 @@
 //!   0xCF8/0xCFC; mtty (0x4348:0x3253) and the dma-engine (0x1af4:0x10f0) are recognised,
 //!   their BARs sized and placed (largest first, naturally aligned), decode, bus mastering and
 //!   INTx-disable set, and MSI pointed at vCPU 0's LAPIC (vector 0x40 mtty, 0x41 dma-engine).
+//!   A dma-engine with an MSI-X capability (found by walking the capability list for ID 0x11)
+//!   is driven by MSI-X instead: table entries 0 and 1 (in the BAR the capability names) point
+//!   at vCPU 0's LAPIC with vectors 0x41 and 0x42 and are unmasked, then MSI-X is enabled, MSI
+//!   left off; `StatusPage::dma_msix` says so.
 //!   A bus where every read gives 0xFFFF has no devices: `StatusPage::devices` stays 0.
 //! * **mtty**: each round sends 8 bytes out of one port (the ports take turns), waits for the
 //!   receive interrupt the 8th byte raises (FIFO trigger level 8), drains the FIFO and checks
@@ -47,7 +51,14 @@
 //! * **dma-engine**: a 64-descriptor ring at 0x20_0000 (IOVA = GPA); each round copies a
 //!   512-byte pattern into device RAM and back, and reads back the previous round's device page,
 //!   so device RAM that comes back stale from a migration is found; one doorbell per round,
-//!   completion by MSI and the DONE bit, every copy checked. Each round first checks the 4 KiB
+//!   completion by interrupt and the DONE bit, every copy checked. Every second interrupting
+//!   descriptor also has `FLAG_VECTOR1`: with MSI-X its completion comes on vector 1 (0x42,
+//!   counted in `StatusPage::irq_dma_vector1`), the others on vector 0 (0x41,
+//!   `VcpuStatus::irq_dma`). The guest looks at DONE whether or not the interrupt comes; if the
+//!   first MSI-X interrupt it waits for never comes (a VMM that does not route MSI-X), it turns
+//!   MSI-X off, uses MSI from then on and sets `dma_msix` back to 0, counting no error; a
+//!   missing interrupt after that, or after MSI-X has worked, is
+//!   [`ErrorCode::IrqTimeout`]. Each round first checks the 4 KiB
 //!   block of the device's BAR4 (64 KiB of memory it shares with its client, at
 //!   `StatusPage::dma_shared`) that it stamped last, counting `VcpuStatus::shared_checked` or
 //!   reporting [`ErrorCode::SharedMemory`], then stamps the next block (16, round-robin) with
@@ -79,6 +90,9 @@
 //! * BAR accesses routed by the addresses the guest writes into the BARs (I/O for mtty, 32-bit
 //!   memory for the dma-engine, 8-byte accesses to its RING_BASE and to BAR4, which the VMM may
 //!   trap or map), with decode enabled in the command register; MSI routed from the address/data the guest writes into the capability.
+//! * MSI-X, where the VMM offers it (the dma-engine's capability reaches the guest), routed per
+//!   vector from the table entries the guest writes into BAR0; without such routing the guest
+//!   falls back to MSI as above.
 //! * Guest RAM mapped for device DMA at IOVA = GPA.
 
 pub mod layout;

@@ -98,6 +98,8 @@ fn table() -> Vec<(String, u64)> {
         dma_ram_size,
         lapic_ticks_per_ms,
         dma_shared,
+        irq_dma_vector1,
+        dma_msix,
         reserved,
         vcpu
     ));

@@ -91,8 +91,12 @@ pub struct KvmGuestReport {
     pub shared_checked: u64,
     /// MSIs from mtty.
     pub irq_mtty: u64,
-    /// MSIs from the dma-engine.
+    /// MSIs from the dma-engine (with MSI-X: its vector 0).
     pub irq_dma: u64,
+    /// Interrupts of the dma-engine's MSI-X vector 1.
+    pub irq_dma_vector1: u64,
+    /// The guest drives the dma-engine by MSI-X (else by MSI).
+    pub dma_msix: bool,
     /// LAPIC timer interrupts.
     pub irq_timer: u64,
     /// Errors the guest found.
@@ -408,6 +412,8 @@ impl Vm {
                 shared_checked: s.total(|v| v.shared_checked),
                 irq_mtty: s.total(|v| v.irq_mtty),
                 irq_dma: s.total(|v| v.irq_dma),
+                irq_dma_vector1: s.irq_dma_vector1,
+                dma_msix: s.dma_msix != 0,
                 irq_timer: s.total(|v| v.irq_timer),
                 errors: s.errors,
                 first_error: s.first_error().map(|e| e.to_string()),

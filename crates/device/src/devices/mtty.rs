@@ -348,12 +348,13 @@ impl Migratable for Mtty {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::Irqs;
+    use crate::pci::{Irqs, MsixControl};
 
     fn io(m: &mut Mtty, irqs: &mut Irqs, port: usize, reg: u64, v: Option<u8>) -> u8 {
         let mut ctx = DeviceContext {
             irqs,
             intx_disabled: false,
+            msix: MsixControl::Disabled,
         };
         match v {
             Some(v) => {
@@ -437,6 +438,7 @@ mod tests {
         let mut ctx = DeviceContext {
             irqs: &mut irqs,
             intx_disabled: false,
+            msix: MsixControl::Disabled,
         };
         assert_eq!(
             m.bar_read(0, 0, &mut [0u8; 2], &mut ctx).unwrap_err().errno,

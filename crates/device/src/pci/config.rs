@@ -1,17 +1,23 @@
-//! A type-0 PCI configuration space: the standard header, BAR sizing, and one MSI capability.
+//! A type-0 PCI configuration space: the standard header, BAR sizing, one MSI capability and,
+//! for a model that offers it, an MSI-X capability.
 //!
 //! ```text
 //! 0x00 vendor | device        0x04 command | status      0x08 rev | class code
 //! 0x0c cache line, latency, header type 0, BIST
 //! 0x10..0x24 BAR0..BAR5       0x2c subsystem vendor | subsystem
 //! 0x34 capabilities -> 0x40   0x3c interrupt line | pin (INTA)
-//! 0x40 MSI: id 5, next 0, control (enable), address, data
+//! 0x40 MSI: id 5, next 0 (0x50 with MSI-X), control (enable), address, data
+//! 0x50 MSI-X (only with an MsixSpec): id 0x11, next 0,
+//!      control: table size - 1 (bits 10..0, RO), function mask (14), enable (15)
+//! 0x54 table offset | BIR     0x58 PBA offset | BIR  (RO)
 //! ```
 //!
 //! Writes go through a per-byte writable mask, so read-only fields stay read-only. A BAR
 //! written with all ones reads back its size mask, as a BIOS sizing it expects.
 
 use std::fmt;
+
+use super::msix::MsixSpec;
 
 const SIZE: usize = 256;
 const COMMAND: usize = 0x04;
@@ -24,6 +30,30 @@ const MSI_CAP: usize = 0x40;
 const MSI_CONTROL: usize = MSI_CAP + 2;
 const MSI_ADDRESS: usize = MSI_CAP + 4;
 const MSI_DATA: usize = MSI_CAP + 8;
+const MSIX_CAP: usize = 0x50;
+/// [`MSIX_CAP`] as a capability pointer.
+const MSIX_CAP_PTR: u8 = 0x50;
+const _: () = assert!(MSIX_CAP_PTR as usize == MSIX_CAP);
+const MSIX_CONTROL: usize = MSIX_CAP + 2;
+const MSIX_TABLE: usize = MSIX_CAP + 4;
+const MSIX_PBA: usize = MSIX_CAP + 8;
+/// MSI-X capability ID.
+const MSIX_ID: u8 = 0x11;
+/// MSI-X message control: all vectors masked.
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+/// MSI-X message control: MSI-X enabled.
+const MSIX_ENABLE: u16 = 1 << 15;
+
+/// What MSI-X message control says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsixControl {
+    /// No MSI-X capability, or MSI-X disabled: the device interrupts as without it.
+    Disabled,
+    /// Enabled, all vectors masked by the function mask: nothing is signalled.
+    FunctionMasked,
+    /// Enabled: each vector is signalled through its own eventfd.
+    Enabled,
+}
 
 /// Command register bits a device may see set: I/O space, memory space, bus master, INTx
 /// disable.
@@ -109,6 +139,24 @@ impl ConfigSpace {
         c
     }
 
+    /// Adds an MSI-X capability for `spec` after the MSI one. An invalid spec (see
+    /// [`MsixSpec::is_valid`]) adds nothing.
+    pub fn with_msix(mut self, spec: &MsixSpec) -> Self {
+        if !spec.is_valid() {
+            tracing::error!(?spec, "invalid MSI-X spec: no MSI-X capability");
+            return self;
+        }
+        self.bytes[MSI_CAP + 1] = MSIX_CAP_PTR;
+        self.bytes[MSIX_CAP] = MSIX_ID;
+        self.put_u16(MSIX_CONTROL, spec.vectors - 1);
+        self.mask_u16(MSIX_CONTROL, MSIX_FUNCTION_MASK | MSIX_ENABLE);
+        // Valid specs have BARs below 6 and 8-byte aligned offsets: the BIR fits bits 2..0.
+        let bir = |bar: usize| u32::try_from(bar).unwrap_or(0);
+        self.put_u32(MSIX_TABLE, spec.table_offset | bir(spec.table_bar));
+        self.put_u32(MSIX_PBA, spec.pba_offset | bir(spec.pba_bar));
+        self
+    }
+
     /// Size of the configuration space.
     pub const fn size() -> u64 {
         SIZE as u64
@@ -147,6 +195,21 @@ impl ConfigSpace {
     pub fn msi(&self) -> Option<(u32, u16)> {
         (self.read_u16(MSI_CONTROL) & 1 != 0)
             .then(|| (self.read_u32(MSI_ADDRESS), self.read_u16(MSI_DATA)))
+    }
+
+    /// What MSI-X message control says (disabled if there is no MSI-X capability).
+    pub fn msix(&self) -> MsixControl {
+        if self.bytes[MSIX_CAP] != MSIX_ID {
+            return MsixControl::Disabled;
+        }
+        let control = self.read_u16(MSIX_CONTROL);
+        if control & MSIX_ENABLE == 0 {
+            MsixControl::Disabled
+        } else if control & MSIX_FUNCTION_MASK != 0 {
+            MsixControl::FunctionMasked
+        } else {
+            MsixControl::Enabled
+        }
     }
 
     /// INTx is disabled in the command register.
@@ -259,6 +322,48 @@ mod tests {
         c.write(0x48, &0x41u16.to_le_bytes());
         c.write(0x42, &1u16.to_le_bytes());
         assert_eq!(c.msi(), Some((0xfee0_0000, 0x41)));
+    }
+
+    const MSIX: MsixSpec = MsixSpec {
+        vectors: 2,
+        table_bar: 0,
+        table_offset: 0x800,
+        pba_bar: 0,
+        pba_offset: 0xc00,
+    };
+
+    #[test]
+    fn msi_links_to_msix_when_offered() {
+        let c = ConfigSpace::new(ID, &[]).with_msix(&MSIX);
+        assert_eq!(c.bytes()[0x41], 0x50);
+        assert_eq!(u32_at(&c, 0x50), 0x0001_0011);
+        assert_eq!(u32_at(&c, 0x54), 0x800);
+        assert_eq!(u32_at(&c, 0x58), 0xc00);
+    }
+
+    #[test]
+    fn without_msix_the_msi_capability_ends_the_list() {
+        let c = ConfigSpace::new(ID, &[]);
+        assert_eq!(c.bytes()[0x41], 0);
+        assert_eq!(c.bytes()[0x50], 0);
+    }
+
+    #[test]
+    fn msix_table_size_and_location_are_read_only() {
+        let mut c = ConfigSpace::new(ID, &[]).with_msix(&MSIX);
+        c.write(0x50, &[0xff; 12]);
+        assert_eq!(u32_at(&c, 0x50), 0xc001_0011);
+        assert_eq!(u32_at(&c, 0x54), 0x800);
+    }
+
+    #[test]
+    fn msix_control_enables_and_masks() {
+        let mut c = ConfigSpace::new(ID, &[]).with_msix(&MSIX);
+        assert_eq!(c.msix(), MsixControl::Disabled);
+        c.write(0x52, &0x8000u16.to_le_bytes());
+        assert_eq!(c.msix(), MsixControl::Enabled);
+        c.write(0x52, &0xc000u16.to_le_bytes());
+        assert_eq!(c.msix(), MsixControl::FunctionMasked);
     }
 
     #[test]

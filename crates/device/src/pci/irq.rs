@@ -1,5 +1,13 @@
-//! Interrupts through eventfds: INTx (one vector, maskable) and MSI (one vector), set up with
-//! `VFIO_DEVICE_SET_IRQS` semantics. MSI-X, ERR and REQ exist with no vectors.
+//! Interrupts through eventfds: INTx (one vector, maskable), MSI (one vector) and, for a model
+//! that offers it, MSI-X (its vectors, each with an eventfd of its own), set up with
+//! `VFIO_DEVICE_SET_IRQS` semantics. ERR and REQ (and MSI-X of a model without it) exist with
+//! no vectors.
+//!
+//! MSI-X vectors are assigned, de-assigned (DATA_EVENTFD with no fds for the range, or
+//! DATA_NONE with count 0 for all) and fired from the client (DATA_NONE, DATA_BOOL) by TRIGGER
+//! only: the index is not maskable here, since masking a vector is the business of its client,
+//! which emulates the table. Which index a raised interrupt goes to is decided by the
+//! configuration space ([`crate::DeviceContext::interrupt_vector`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -9,7 +17,7 @@ use vfmig_abi::uapi::{
     VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK,
     VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_INTX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS,
 };
 use vfmig_vfio_user::server::IrqSetData;
 
@@ -63,22 +71,42 @@ pub struct Irqs {
     /// An INTx raised while masked, delivered at unmask.
     intx_pending: bool,
     msi: Option<File>,
+    /// One slot per MSI-X vector; empty for a device without MSI-X. Its length is the
+    /// model's, never the client's.
+    msix: Vec<Option<File>>,
 }
 
 impl Irqs {
-    /// No eventfds assigned.
+    /// No eventfds assigned, no MSI-X vectors.
     pub fn new() -> Self {
         Irqs::default()
     }
 
+    /// No eventfds assigned, `vectors` MSI-X vectors.
+    pub fn with_msix(vectors: u16) -> Self {
+        Irqs {
+            msix: (0..vectors).map(|_| None).collect(),
+            ..Irqs::default()
+        }
+    }
+
     /// `vfio_irq_info` for `index`: `(flags, count)`.
-    pub fn info(index: u32) -> Result<(u32, u32), IrqError> {
+    pub fn info(&self, index: u32) -> Result<(u32, u32), IrqError> {
         match index {
             VFIO_PCI_INTX_IRQ_INDEX => Ok((VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE, 1)),
             VFIO_PCI_MSI_IRQ_INDEX => Ok((VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 1)),
+            VFIO_PCI_MSIX_IRQ_INDEX if !self.msix.is_empty() => Ok((
+                VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+                self.msix_vectors(),
+            )),
             i if i < VFIO_PCI_NUM_IRQS => Ok((VFIO_IRQ_INFO_EVENTFD, 0)),
             i => Err(IrqError::NoSuchIndex(i)),
         }
+    }
+
+    /// MSI-X vectors of the device.
+    fn msix_vectors(&self) -> u32 {
+        u32::try_from(self.msix.len()).unwrap_or(u32::MAX)
     }
 
     /// Applies a SET_IRQS request.
@@ -90,7 +118,7 @@ impl Irqs {
         count: u32,
         data: IrqSetData<'_>,
     ) -> Result<(), IrqError> {
-        let (_, available) = Irqs::info(index)?;
+        let (_, available) = self.info(index)?;
         let data_type = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
         let action = flags & VFIO_IRQ_SET_ACTION_TYPE_MASK;
         if !data_type.is_power_of_two() || !action.is_power_of_two() {
@@ -110,6 +138,12 @@ impl Irqs {
         let slot = match index {
             VFIO_PCI_INTX_IRQ_INDEX => IrqIndex::Intx,
             VFIO_PCI_MSI_IRQ_INDEX => IrqIndex::Msi,
+            VFIO_PCI_MSIX_IRQ_INDEX if available > 0 => {
+                return match action {
+                    VFIO_IRQ_SET_ACTION_TRIGGER => self.msix_trigger(data_type, start, count, data),
+                    _ => Err(IrqError::BadFlags(flags)),
+                };
+            }
             // Indexes without vectors accept only "disable all".
             _ if disable_all && action == VFIO_IRQ_SET_ACTION_TRIGGER => return Ok(()),
             _ => {
@@ -175,6 +209,71 @@ impl Irqs {
         }
     }
 
+    /// TRIGGER on MSI-X vectors `start..start + count`, a range already checked against the
+    /// vector count (or `count` 0 with DATA_NONE: every vector).
+    fn msix_trigger(
+        &mut self,
+        data_type: u32,
+        start: u32,
+        count: u32,
+        data: IrqSetData<'_>,
+    ) -> Result<(), IrqError> {
+        let range = usize::try_from(start).unwrap_or(usize::MAX)
+            ..usize::try_from(start.saturating_add(count)).unwrap_or(usize::MAX);
+        match (data_type, data) {
+            (VFIO_IRQ_SET_DATA_NONE, IrqSetData::None) if count == 0 => {
+                self.msix.fill_with(|| None);
+            }
+            (VFIO_IRQ_SET_DATA_NONE, IrqSetData::None) => {
+                for v in range {
+                    self.raise_msix_slot(v);
+                }
+            }
+            (VFIO_IRQ_SET_DATA_BOOL, IrqSetData::Bool(b)) => {
+                if b.len() != range.len() {
+                    return Err(IrqError::BadData("one bool per vector"));
+                }
+                for (v, _) in range.zip(b).filter(|(_, set)| **set != 0) {
+                    self.raise_msix_slot(v);
+                }
+            }
+            (VFIO_IRQ_SET_DATA_EVENTFD, IrqSetData::Eventfds(fds)) => {
+                let slots = self
+                    .msix
+                    .get_mut(range.clone())
+                    .ok_or(IrqError::BadData("vectors outside the table"))?;
+                if fds.is_empty() {
+                    slots.fill_with(|| None);
+                } else if fds.len() == slots.len() {
+                    for (slot, fd) in slots.iter_mut().zip(fds) {
+                        *slot = Some(File::from(fd));
+                    }
+                } else {
+                    return Err(IrqError::BadData("one eventfd per vector"));
+                }
+            }
+            _ => return Err(IrqError::BadData("data does not match the data type")),
+        }
+        Ok(())
+    }
+
+    fn raise_msix_slot(&mut self, vector: usize) -> bool {
+        signal(self.msix.get_mut(vector).and_then(Option::as_mut))
+    }
+
+    /// Signals MSI-X vector `vector` if an eventfd is assigned to it (nothing otherwise).
+    /// Returns whether an eventfd was signalled.
+    pub fn raise_msix(&mut self, vector: u16) -> bool {
+        self.raise_msix_slot(usize::from(vector))
+    }
+
+    /// True if an eventfd is assigned to MSI-X vector `vector`.
+    pub fn is_msix_assigned(&self, vector: u16) -> bool {
+        self.msix
+            .get(usize::from(vector))
+            .is_some_and(Option::is_some)
+    }
+
     fn slot(&mut self, index: IrqIndex) -> &mut Option<File> {
         match index {
             IrqIndex::Intx => &mut self.intx,
@@ -210,9 +309,9 @@ impl Irqs {
         }
     }
 
-    /// Closes every eventfd (the client went away).
+    /// Closes every eventfd (the client went away); the MSI-X vectors stay.
     pub fn clear(&mut self) {
-        *self = Irqs::default();
+        *self = Irqs::with_msix(u16::try_from(self.msix.len()).unwrap_or(u16::MAX));
     }
 }
 
@@ -346,6 +445,78 @@ mod tests {
 
     #[test]
     fn an_unknown_index_is_einval() {
-        assert_eq!(Irqs::info(9), Err(IrqError::NoSuchIndex(9)));
+        assert_eq!(Irqs::new().info(9), Err(IrqError::NoSuchIndex(9)));
+    }
+
+    const MSIX: u32 = VFIO_PCI_MSIX_IRQ_INDEX;
+
+    #[test]
+    fn msix_reports_its_vectors_without_resize() {
+        assert_eq!(
+            Irqs::with_msix(2).info(MSIX),
+            Ok((VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 2))
+        );
+        assert_eq!(Irqs::new().info(MSIX), Ok((VFIO_IRQ_INFO_EVENTFD, 0)));
+    }
+
+    #[test]
+    fn each_msix_vector_fires_its_own_eventfd() {
+        let (a, mut ra) = eventfd();
+        let (b, mut rb) = eventfd();
+        let mut irqs = Irqs::with_msix(2);
+        irqs.set(
+            MSIX,
+            EVENTFD_TRIGGER,
+            0,
+            2,
+            IrqSetData::Eventfds(vec![a, b]),
+        )
+        .unwrap();
+        assert!(irqs.raise_msix(1));
+        assert!(fired(&mut rb));
+        assert!(!fired(&mut ra));
+    }
+
+    #[test]
+    fn an_msix_range_without_fds_is_deassigned() {
+        let (a, _ra) = eventfd();
+        let (b, _rb) = eventfd();
+        let mut irqs = Irqs::with_msix(2);
+        irqs.set(
+            MSIX,
+            EVENTFD_TRIGGER,
+            0,
+            2,
+            IrqSetData::Eventfds(vec![a, b]),
+        )
+        .unwrap();
+        irqs.set(MSIX, EVENTFD_TRIGGER, 1, 1, IrqSetData::Eventfds(vec![]))
+            .unwrap();
+        assert!(irqs.is_msix_assigned(0));
+        assert!(!irqs.is_msix_assigned(1));
+    }
+
+    #[test]
+    fn an_unassigned_msix_vector_signals_nothing() {
+        assert!(!Irqs::with_msix(2).raise_msix(0));
+        assert!(!Irqs::with_msix(2).raise_msix(7));
+    }
+
+    #[test]
+    fn msix_vectors_beyond_the_count_are_einval() {
+        let (a, _ra) = eventfd();
+        let mut irqs = Irqs::with_msix(2);
+        let r = irqs.set(MSIX, EVENTFD_TRIGGER, 2, 1, IrqSetData::Eventfds(vec![a]));
+        assert!(matches!(r, Err(IrqError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn msix_is_not_maskable_here() {
+        let mut irqs = Irqs::with_msix(2);
+        let flags = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK;
+        assert_eq!(
+            irqs.set(MSIX, flags, 0, 1, IrqSetData::None),
+            Err(IrqError::BadFlags(flags))
+        );
     }
 }

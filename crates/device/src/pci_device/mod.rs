@@ -11,6 +11,11 @@
 //! | 10 | the state digest: 8 read-only bytes, a [`crate::digest`] of the whole device state, so a
 //! VMM can check that a migrated device equals its source (vendor type, only with 9) |
 //!
+//! A model that offers MSI-X ([`DeviceModel::msix`]) gets the capability in its configuration
+//! space, the MSI-X index in GET_IRQ_INFO / SET_IRQS, and an [`MsixTable`] kept here: trapped
+//! accesses to the table and PBA ranges of its BAR are answered by the table and never reach
+//! the model. The table migrates with the configuration space and is part of the snapshot.
+//!
 //! In STOP and STOP_COPY the device is stopped: BAR accesses are refused (EINVAL), as are the
 //! commands that would change what the device sees (DMA_MAP, DMA_UNMAP), as the reference
 //! server does. Configuration space and the migration region stay accessible.
@@ -31,7 +36,7 @@ use vfmig_vfio_user::server::{
 
 use crate::migration::{DEFAULT_DATA_CAPACITY, MigrationRegion};
 use crate::model::{Bar, DeviceContext, DeviceModel};
-use crate::pci::{ConfigSpace, Irqs};
+use crate::pci::{ConfigSpace, Irqs, MsixAccess, MsixTable};
 use migration::PciMigration;
 
 /// Region index of the migration region.
@@ -52,6 +57,8 @@ pub struct PciDevice<M: DeviceModel> {
     bars: Vec<Bar>,
     config: ConfigSpace,
     irqs: Irqs,
+    /// The MSI-X table, for a model that offers MSI-X.
+    msix: Option<MsixTable>,
     migration: Option<MigrationRegion>,
     /// The server offers the migration capability in VERSION and accepts DIRTY_PAGES.
     dirty_tracking: bool,
@@ -81,7 +88,26 @@ impl<M: DeviceModel> PciDevice<M> {
     /// Wraps `model` with a migration data section of `capacity` bytes.
     pub fn with_data_capacity(mut model: M, capacity: usize) -> std::io::Result<Self> {
         let bars = model.bars();
-        let config = config_for(&model, &bars);
+        let msix = model
+            .msix()
+            .filter(|spec| {
+                let fits = |bar: usize, offset: u32, size: u64| {
+                    bars.iter()
+                        .any(|b| b.index == bar && u64::from(offset) + size <= u64::from(b.size))
+                };
+                let ok = spec.is_valid()
+                    && fits(spec.table_bar, spec.table_offset, spec.table_size())
+                    && fits(spec.pba_bar, spec.pba_offset, spec.pba_size());
+                if !ok {
+                    tracing::error!(?spec, "MSI-X table or PBA outside its BAR: no MSI-X");
+                }
+                ok
+            })
+            .map(MsixTable::new);
+        let config = config_for(&model, &bars, msix.as_ref());
+        let irqs = msix
+            .as_ref()
+            .map_or_else(Irqs::new, |t| Irqs::with_msix(t.spec().vectors));
         let migration = if model.migratable().is_some() {
             Some(MigrationRegion::new(capacity)?)
         } else {
@@ -91,7 +117,8 @@ impl<M: DeviceModel> PciDevice<M> {
             model,
             bars,
             config,
-            irqs: Irqs::new(),
+            irqs,
+            msix,
             migration,
             dirty_tracking: true,
             config_pending: false,
@@ -133,11 +160,14 @@ impl<M: DeviceModel> PciDevice<M> {
         self.migration.as_ref().map(MigrationRegion::kind)
     }
 
-    /// The whole device state, for verification: the model's snapshot and the configuration
-    /// space.
+    /// The whole device state, for verification: the model's snapshot, the configuration
+    /// space and the MSI-X table.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut s = self.model.snapshot();
         s.extend_from_slice(self.config.bytes());
+        if let Some(table) = &self.msix {
+            table.encode(&mut s);
+        }
         s
     }
 
@@ -166,6 +196,7 @@ impl<M: DeviceModel> PciDevice<M> {
         let mut dev = PciMigration {
             model,
             config: &mut self.config,
+            msix: self.msix.as_mut(),
             config_pending: &mut self.config_pending,
         };
         let r = match (read, write) {
@@ -183,7 +214,7 @@ impl<M: DeviceModel> PciDevice<M> {
         &mut self,
         index: u32,
         offset: u64,
-        read: Option<&mut [u8]>,
+        mut read: Option<&mut [u8]>,
         write: Option<&[u8]>,
     ) -> Result<(), Errno> {
         if self.stopped() {
@@ -207,9 +238,22 @@ impl<M: DeviceModel> PciDevice<M> {
                 return r.map_err(|_| Errno::EINVAL);
             }
         }
+        if let Some(table) = self.msix.as_mut() {
+            let access = match (read.as_deref_mut(), write) {
+                (Some(buf), _) => table.read(bar.index, offset, buf),
+                (None, Some(data)) => table.write(bar.index, offset, data),
+                (None, None) => MsixAccess::NotMsix,
+            };
+            match access {
+                MsixAccess::Done => return Ok(()),
+                MsixAccess::Invalid => return Err(Errno::EINVAL),
+                MsixAccess::NotMsix => {}
+            }
+        }
         let mut ctx = DeviceContext {
             irqs: &mut self.irqs,
             intx_disabled: self.config.intx_disabled(),
+            msix: self.config.msix(),
         };
         let r = match (read, write) {
             (Some(buf), _) => self.model.bar_read(bar.index, offset, buf, &mut ctx),
@@ -223,9 +267,13 @@ impl<M: DeviceModel> PciDevice<M> {
     }
 }
 
-fn config_for<M: DeviceModel>(model: &M, bars: &[Bar]) -> ConfigSpace {
+fn config_for<M: DeviceModel>(model: &M, bars: &[Bar], msix: Option<&MsixTable>) -> ConfigSpace {
     let spec: Vec<_> = bars.iter().map(|b| (b.index, b.kind, b.size)).collect();
-    ConfigSpace::new(model.identity(), &spec)
+    let config = ConfigSpace::new(model.identity(), &spec);
+    match msix {
+        Some(table) => config.with_msix(&table.spec()),
+        None => config,
+    }
 }
 
 impl<M: DeviceModel> Backend for PciDevice<M> {
@@ -342,7 +390,7 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
     }
 
     fn irq_info(&self, index: u32) -> Result<IrqDescription, Errno> {
-        let (flags, count) = Irqs::info(index).map_err(|e| errno(e.errno()))?;
+        let (flags, count) = self.irqs.info(index).map_err(|e| errno(e.errno()))?;
         let has = |bit| flags & bit != 0;
         use vfmig_abi::uapi::{
             VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
@@ -365,7 +413,10 @@ impl<M: DeviceModel> Backend for PciDevice<M> {
 
     fn reset(&mut self) -> Result<(), Errno> {
         self.model.reset();
-        self.config = config_for(&self.model, &self.bars);
+        self.config = config_for(&self.model, &self.bars, self.msix.as_ref());
+        if let Some(table) = self.msix.as_mut() {
+            table.reset();
+        }
         if let Some(region) = self.migration.as_mut() {
             region.reset();
         }

@@ -8,6 +8,12 @@
 //!
 //! All three are 32-bit non-prefetchable memory BARs.
 //!
+//! Completions interrupt (descriptor flag [`regs::FLAG_IRQ`], with `CONTROL_IRQ` set) by MSI,
+//! INTx, or MSI-X: the device offers [`regs::MSIX_VECTORS`] (2) MSI-X vectors, its table at
+//! [`regs::MSIX_TABLE_OFFSET`] and PBA at [`regs::MSIX_PBA_OFFSET`] of BAR0. With MSI-X
+//! enabled, a completion raises vector 0, or vector 1 for a descriptor that also has
+//! [`regs::FLAG_VECTOR1`].
+//!
 //! A descriptor ring in guest memory, programmed through BAR0 ([`regs`]), moves data between
 //! guest memory and device RAM, or fills either. The device reaches guest memory only through the [`Container`]: it pins the ring
 //! while enabled (so the ring is reported dirty while pinned, and its completion words are
@@ -38,11 +44,11 @@ use vfmig_memory::{Iova, SharedMemory};
 
 use crate::migratable::Migratable;
 use crate::model::{Bar, BarMemory, DeviceContext, DeviceError, DeviceModel};
-use crate::pci::{BarKind, PciIdentity};
+use crate::pci::{BarKind, MsixSpec, PciIdentity};
 use migration::SaveState;
 use regs::{
-    CONTROL_ENABLE, CONTROL_IRQ, DESCRIPTOR, DONE, Descriptor, ID, MAX_LEN, MAX_RING, Op, Regs,
-    STATUS_RING_LOST, off,
+    CONTROL_ENABLE, CONTROL_IRQ, DESCRIPTOR, DONE, Descriptor, ID, MAX_LEN, MAX_RING,
+    MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, MSIX_VECTORS, Op, Regs, STATUS_RING_LOST, off,
 };
 
 /// Default device RAM: 64 MiB.
@@ -341,9 +347,10 @@ impl DmaEngine {
         }
     }
 
-    /// Runs descriptors from HEAD to TAIL.
+    /// Runs descriptors from HEAD to TAIL, then raises the vectors their completions asked
+    /// for (each once).
     fn run(&mut self, ctx: &mut DeviceContext<'_>) {
-        let mut interrupt = false;
+        let mut interrupt = [false; MSIX_VECTORS as usize];
         while self.regs.head != self.regs.tail && self.regs.control & CONTROL_ENABLE != 0 {
             let at = u64::from(self.regs.head) * DESCRIPTOR;
             let raw = match self.read_descriptor(at) {
@@ -356,8 +363,8 @@ impl DmaEngine {
                 }
             };
             let (word, irq) = match Descriptor::decode(&raw) {
-                Some(d) => (self.execute(&d), d.irq),
-                None => (libc::EINVAL.unsigned_abs(), false),
+                Some(d) => (self.execute(&d), d.irq.then(|| Descriptor::vector_of(&raw))),
+                None => (libc::EINVAL.unsigned_abs(), None),
             };
             self.complete(at, word);
             if word != 0 {
@@ -367,10 +374,14 @@ impl DmaEngine {
             // A 64-bit counter wraps, as a hardware one does; it may start anywhere, resumed
             // from the source.
             self.regs.completed = self.regs.completed.wrapping_add(1);
-            interrupt |= irq;
+            if let Some(raised) = irq.and_then(|v| interrupt.get_mut(usize::from(v))) {
+                *raised = true;
+            }
         }
-        if interrupt && self.regs.control & CONTROL_IRQ != 0 {
-            ctx.interrupt();
+        if self.regs.control & CONTROL_IRQ != 0 {
+            for (vector, _) in (0u16..).zip(interrupt).filter(|&(_, raised)| raised) {
+                ctx.interrupt_vector(vector);
+            }
         }
     }
 
@@ -457,6 +468,16 @@ impl DeviceModel for DmaEngine {
                 }),
             },
         ]
+    }
+
+    fn msix(&self) -> Option<MsixSpec> {
+        Some(MsixSpec {
+            vectors: MSIX_VECTORS,
+            table_bar: REGS_BAR,
+            table_offset: MSIX_TABLE_OFFSET,
+            pba_bar: REGS_BAR,
+            pba_offset: MSIX_PBA_OFFSET,
+        })
     }
 
     fn bar_read(

@@ -12,10 +12,13 @@
 //! 0x20 STATUS      u32 RO  0, or the errno of the last failure (bit 31: the ring is lost)
 //! 0x24 RAM_PAGES   u32 RO  device RAM size in 4 KiB pages
 //! 0x28 COMPLETED   u64 RO  descriptors completed since reset
+//! 0x800 MSI-X table (MSIX_VECTORS entries of 16 bytes, 4- or 8-byte accesses), kept by the
+//!       PciDevice around the model
+//! 0xc00 MSI-X PBA   (8 bytes, reads zero)
 //!
 //! descriptor (32 bytes, in guest memory)
 //!  0 op     u32  1 COPY_TO_DEVICE, 2 COPY_TO_GUEST, 3 FILL_DEVICE, 4 FILL_GUEST
-//!  4 flags  u32  bit 0: interrupt on completion
+//!  4 flags  u32  bit 0: interrupt on completion; bit 1: on MSI-X vector 1 (else vector 0)
 //!  8 guest  u64  guest address (IOVA)
 //! 16 device u64  offset in device RAM
 //! 24 len    u32  bytes, at most 1 MiB
@@ -54,6 +57,15 @@ pub const MAX_LEN: u32 = 1 << 20;
 pub const DONE: u32 = 1 << 31;
 /// Descriptor flag: interrupt on completion.
 pub const FLAG_IRQ: u32 = 1;
+/// Descriptor flag: the completion interrupt is MSI-X vector 1, not 0 (without MSI-X it
+/// changes nothing).
+pub const FLAG_VECTOR1: u32 = 2;
+/// MSI-X vectors: 0 and 1, chosen per descriptor by [`FLAG_VECTOR1`].
+pub const MSIX_VECTORS: u16 = 2;
+/// Offset of the MSI-X table in BAR0.
+pub const MSIX_TABLE_OFFSET: u32 = 0x800;
+/// Offset of the MSI-X pending bit array in BAR0.
+pub const MSIX_PBA_OFFSET: u32 = 0xc00;
 
 /// What a descriptor asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +130,20 @@ impl Descriptor {
         b[24..28].copy_from_slice(&self.len.to_le_bytes());
         b[28..32].copy_from_slice(&u32::from(self.fill).to_le_bytes());
         b
+    }
+
+    /// The descriptor's 32 bytes with [`FLAG_VECTOR1`] set as well: its completion interrupt
+    /// goes to MSI-X vector 1.
+    pub fn encode_on_vector1(&self) -> [u8; 32] {
+        let mut b = self.encode();
+        let flags = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) | FLAG_VECTOR1;
+        b[4..8].copy_from_slice(&flags.to_le_bytes());
+        b
+    }
+
+    /// The MSI-X vector the completion of the descriptor in `b` interrupts on.
+    pub fn vector_of(b: &[u8; 32]) -> u16 {
+        u16::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]]) & FLAG_VECTOR1 != 0)
     }
 
     /// Decodes the 32 bytes of a descriptor; `None` for an unknown op.
