@@ -53,11 +53,12 @@ fn counter(report: &Value, key: &str) -> u64 {
 }
 
 /// Waits until the guest's own counters moved by at least the given amounts (as many checks
-/// of the dma-engine's BAR4 as dma-engine interrupts: one each per device round); asserts that
-/// it found no error, no vCPU stopped and no device access failed meanwhile.
+/// of the dma-engine's BAR4, and as many interrupts on its second MSI-X vector, as on its
+/// first: one each per device round); asserts that the guest drives the dma-engine by MSI-X
+/// and found no error, no vCPU stopped and no device access failed meanwhile.
 fn wait_for_checks(vm: &VmProcess, verified: u64, dma_irqs: u64, mtty_irqs: u64) -> Value {
     let before = kvm(vm);
-    poll(
+    let now = poll(
         &format!("{}: the KVM guest's checks to go on", vm.name()),
         || {
             let now = kvm(vm);
@@ -76,10 +77,16 @@ fn wait_for_checks(vm: &VmProcess, verified: u64, dma_irqs: u64, mtty_irqs: u64)
             (moved("pages_verified") >= verified
                 && moved("irq_dma") >= dma_irqs
                 && moved("shared_checked") >= dma_irqs
+                && moved("irq_dma_vector1") >= dma_irqs
                 && moved("irq_mtty") >= mtty_irqs)
                 .then_some(now)
         },
-    )
+    );
+    assert_eq!(
+        now["dma_msix"], true,
+        "the guest fell back from MSI-X: {now}"
+    );
+    now
 }
 
 /// Migrates `source` to a new destination process; returns the destination, running.

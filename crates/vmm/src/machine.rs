@@ -721,4 +721,13 @@ mod tests {
         assert!(bar.direct.is_empty(), "{bar:?}");
         assert!(bar.trapped > 0, "{bar:?}");
     }
+
+    #[test]
+    fn the_guest_takes_dma_completions_on_both_msix_vectors() {
+        let b = boot(&["dma-engine"], small(true));
+        let s = run_until(&b.machine, "completions on both vectors", |s| {
+            s.total(|v| v.irq_dma) >= 4 && s.irq_dma_vector1 >= 4
+        });
+        assert_eq!(s.dma_msix, 1, "the guest fell back to MSI");
+    }
 }

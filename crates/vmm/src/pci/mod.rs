@@ -1329,4 +1329,122 @@ mod tests {
         assert_eq!(bar.direct, [(0, 64 << 10, None)]);
         assert_eq!(bar.trapped, 2);
     }
+
+    /// The offset of capability `id` of function 0, walking its list as a guest does.
+    fn find_cap(bus: &PciBus, id: u8) -> u32 {
+        let mut at = read32(bus, 0, 0x34) & 0xfc;
+        while at != 0 {
+            let header = read32(bus, 0, at);
+            if header & 0xff == u32::from(id) {
+                return at;
+            }
+            at = header >> 8 & 0xfc;
+        }
+        panic!("no capability {id:#x}");
+    }
+
+    /// Where the dma-engine's MSI-X table is when its BAR0 is at 0xc000_0000.
+    const TABLE: u64 = 0xc000_0800;
+
+    /// Writes MSI-X table entry `v` of the dma-engine (BAR0 placed at 0xc000_0000).
+    fn write_entry(bus: &PciBus, v: u64, address: u32, data: u32, masked: bool) {
+        for (word, value) in [address, 0, data, u32::from(masked)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = TABLE + 16 * v + 4 * word as u64;
+            assert!(bus.mmio_write(at, &value.to_le_bytes()).unwrap());
+        }
+    }
+
+    /// Sets the dma-engine's MSI-X message control bits (enable 15, function mask 14).
+    fn msix_control(bus: &PciBus, bits: u16) {
+        let cap = find_cap(bus, msix::CAP_ID);
+        let header = read32(bus, 0, cap);
+        write32(bus, 0, cap, header & 0xffff | u32::from(bits) << 16);
+    }
+
+    /// The dma-engine's BAR0 placed, entry 0 unmasked to 0x41, entry 1 masked to 0x42.
+    fn programmed_msix() -> Bus {
+        let b = bus(&["dma-engine"]);
+        place_regs(&b.bus, 0xc000_0000);
+        write_entry(&b.bus, 0, 0xfee0_0000, 0x41, false);
+        write_entry(&b.bus, 1, 0xfee0_0000, 0x42, true);
+        b
+    }
+
+    fn routes(b: &Bus) -> Vec<Route> {
+        b.routes.0.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn enabling_msix_routes_each_unmasked_vector_to_its_table_entry() {
+        let b = programmed_msix();
+        assert!(routes(&b).is_empty());
+        msix_control(&b.bus, 1 << 15);
+        assert_eq!(routes(&b), [(1, Some((0xfee0_0000, 0x41)))]);
+    }
+
+    #[test]
+    fn unmasking_a_vector_routes_it_on_its_own_line() {
+        let b = programmed_msix();
+        msix_control(&b.bus, 1 << 15);
+        write_entry(&b.bus, 1, 0xfee0_0000, 0x42, false);
+        assert_eq!(routes(&b).last(), Some(&(2, Some((0xfee0_0000, 0x42)))));
+    }
+
+    #[test]
+    fn the_function_mask_unroutes_every_vector() {
+        let b = programmed_msix();
+        write_entry(&b.bus, 1, 0xfee0_0000, 0x42, false);
+        msix_control(&b.bus, 1 << 15);
+        msix_control(&b.bus, 1 << 15 | 1 << 14);
+        let routes = routes(&b);
+        assert_eq!(routes[routes.len() - 2..], [(1, None), (2, None)]);
+    }
+
+    #[test]
+    fn the_msix_table_reads_back_what_the_guest_wrote() {
+        let b = programmed_msix();
+        let mut entry = [0; 16];
+        assert!(b.bus.mmio_read(TABLE + 16, &mut entry).unwrap());
+        assert_eq!(
+            entry,
+            [0, 0, 0xe0, 0xfe, 0, 0, 0, 0, 0x42, 0, 0, 0, 1, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn msix_table_entries_start_masked() {
+        let b = bus(&["dma-engine"]);
+        place_regs(&b.bus, 0xc000_0000);
+        let mut control = [0; 4];
+        assert!(b.bus.mmio_read(TABLE + 12, &mut control).unwrap());
+        assert_eq!(u32::from_le_bytes(control), 1);
+    }
+
+    #[test]
+    fn message_control_shows_the_vmms_enable_bit_over_the_devices_table_size() {
+        let b = programmed_msix();
+        msix_control(&b.bus, 1 << 15);
+        let cap = find_cap(&b.bus, msix::CAP_ID);
+        assert_eq!(read32(&b.bus, 0, cap) >> 16, 1 << 15 | 1);
+    }
+
+    #[test]
+    fn a_restored_configuration_routes_msix_as_saved() {
+        let source = programmed_msix();
+        msix_control(&source.bus, 1 << 15);
+        let dest = bus(&["dma-engine"]);
+        dest.bus.restore(&source.bus.save()).unwrap();
+        assert_eq!(routes(&dest), [(1, Some((0xfee0_0000, 0x41)))]);
+    }
+
+    #[test]
+    fn a_restore_with_another_msix_table_size_is_refused() {
+        let b = bus(&["dma-engine"]);
+        let mut saved = b.bus.save();
+        saved[0].msix_table.pop();
+        assert!(b.bus.restore(&saved).is_err());
+    }
 }
