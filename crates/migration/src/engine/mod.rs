@@ -105,6 +105,7 @@
 //!   of the source's device of the same id, refusing the stream, naming the device, when an
 //!   id has no counterpart or a profile differs.
 
+mod admit;
 mod device;
 mod dirty;
 mod error;
@@ -115,15 +116,14 @@ mod stats;
 mod status;
 mod timed;
 
+pub use admit::{MAX_PENDING_PEERS, NotAdmitted, REFUSALS_KEPT, RefusalLog, Refusals};
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{
     Convergence, Decision, DowntimeLimit, Estimate, Limit, SETTLED_DOWNTIME, SwitchReason,
     THROTTLE_FIRST, THROTTLE_FLOOR, THROTTLE_STEP,
 };
-pub use receiver::{
-    REFUSALS_KEPT, ReceiveOptions, ReceiveStats, ReceiveTimeouts, receive, receive_into,
-};
+pub use receiver::{ReceiveOptions, ReceiveStats, ReceiveTimeouts, receive, receive_into};
 pub use sender::{migrate, migrate_with, reclaim};
 pub use stats::{DowntimeStats, IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};

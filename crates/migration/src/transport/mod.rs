@@ -22,7 +22,9 @@
 //! * with an allow-list, each end's certificate names an allowed peer.
 //!
 //! A peer that fails any of these fails the handshake, so the engine never sees it: no byte
-//! it sends past the handshake is read. A handshake has a deadline as a whole
+//! it sends past the handshake is read. A destination that takes several peers at once
+//! splits the two steps: [`Listener::accept_socket`] accepts, and
+//! [`Accepted::into_connection`] runs the handshake, on a thread of the peer's own. A handshake has a deadline as a whole
 //! ([`HANDSHAKE_TIMEOUT`] for a destination unless [`Listener::accept_within`] says
 //! otherwise, [`SOURCE_HANDSHAKE_TIMEOUT`] for a source), which a peer trickling bytes does
 //! not extend. A source that the destination refuses learns the TLS alert it sent
@@ -650,21 +652,115 @@ impl Listener {
     /// # Errors
     /// As [`Listener::accept`].
     pub fn accept_within(&self, handshake: Duration) -> Result<StreamConnection, TransportError> {
+        self.accept_socket()?.into_connection(handshake)
+    }
+
+    /// Waits for one connection and accepts it, leaving its handshake to
+    /// [`Accepted::into_connection`] (which another thread may run, while this one accepts
+    /// the next).
+    ///
+    /// # Errors
+    /// [`TransportError::Accept`], the listener's own failure (or the connection's, lost
+    /// before it was accepted).
+    pub fn accept_socket(&self) -> Result<Accepted, TransportError> {
         let accept_error = |source| TransportError::Accept {
             address: self.address.clone(),
             source,
         };
-        match &self.socket {
+        let (socket, peer) = match &self.socket {
             ListenSocket::Tcp(socket) => {
                 let (stream, peer) = socket.accept().map_err(accept_error)?;
-                let Some(config) = &self.tls else {
-                    return StreamConnection::from_tcp(stream);
-                };
                 let peer = Address::Tcp {
                     host: peer.ip().to_string(),
                     port: peer.port(),
                 };
-                let tls = rustls::ServerConnection::new(Arc::clone(config)).map_err(|e| {
+                (Socket::Tcp(stream), peer)
+            }
+            ListenSocket::Unix(socket) => {
+                let (stream, _) = socket.accept().map_err(accept_error)?;
+                (Socket::Unix(stream), self.address.clone())
+            }
+        };
+        Ok(Accepted {
+            socket,
+            peer,
+            tls: self.tls.clone(),
+        })
+    }
+
+    /// Whether a connection waits to be accepted, waiting at most `within` for one: a
+    /// thread that accepts can look at other work in between.
+    ///
+    /// # Errors
+    /// [`TransportError::Accept`] with the `poll` errno.
+    pub fn wait_for_connection(&self, within: Duration) -> Result<bool, TransportError> {
+        let mut fd = libc::pollfd {
+            fd: self.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout = libc::c_int::try_from(within.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fd` is one live `pollfd` and the count says one; the listening socket
+        // stays open for the duration of the borrow of `self`.
+        let ready = unsafe { libc::poll(&raw mut fd, 1, timeout) };
+        match ready {
+            0 => Ok(false),
+            n if n > 0 => Ok(true),
+            _ => {
+                let source = io::Error::last_os_error();
+                if source.kind() == io::ErrorKind::Interrupted {
+                    return Ok(false);
+                }
+                Err(TransportError::Accept {
+                    address: self.address.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// A connection just accepted, before anything is read from it: with TLS, its peer is not
+/// authenticated yet.
+#[derive(Debug)]
+pub struct Accepted {
+    socket: Socket,
+    peer: Address,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Accepted {
+    /// Who connected: the peer's TCP address, or the listener's UNIX path.
+    pub fn peer(&self) -> &Address {
+        &self.peer
+    }
+
+    /// A handle that ends this connection's reads (see [`ReadStop`]), to be used from
+    /// another thread than the one that reads it.
+    ///
+    /// # Errors
+    /// The `dup` errno.
+    pub fn read_stop(&self) -> io::Result<ReadStop> {
+        let socket = match &self.socket {
+            Socket::Tcp(stream) => Socket::Tcp(stream.try_clone()?),
+            Socket::Unix(stream) => Socket::Unix(stream.try_clone()?),
+        };
+        Ok(ReadStop(socket))
+    }
+
+    /// Sets the socket's options and, with TLS, runs the handshake as the server, done
+    /// within `handshake`: the connection is handed out only once the peer's certificate is
+    /// verified, and nothing the peer sent past the handshake is read.
+    ///
+    /// # Errors
+    /// [`TransportError::SocketOption`], [`TransportError::Handshake`],
+    /// [`TransportError::HandshakeTimeout`]: the peer's failures (or its socket's), not the
+    /// listener's.
+    pub fn into_connection(self, handshake: Duration) -> Result<StreamConnection, TransportError> {
+        let Accepted { socket, peer, tls } = self;
+        match (socket, tls) {
+            (Socket::Tcp(stream), Some(config)) => {
+                let tls = rustls::ServerConnection::new(config).map_err(|e| {
                     TransportError::Handshake {
                         peer: peer.clone(),
                         source: io::Error::new(io::ErrorKind::InvalidInput, e),
@@ -672,10 +768,29 @@ impl Listener {
                 })?;
                 StreamConnection::tls(stream, tls.into(), peer, handshake)
             }
-            ListenSocket::Unix(socket) => {
-                let (stream, _) = socket.accept().map_err(accept_error)?;
-                StreamConnection::from_unix(stream)
-            }
+            (Socket::Tcp(stream), None) => StreamConnection::from_tcp(stream),
+            // `listen_with` refuses TLS on a UNIX socket.
+            (Socket::Unix(stream), _) => StreamConnection::from_unix(stream),
+        }
+    }
+}
+
+/// A second handle to an accepted connection's socket that can end its reads: a thread
+/// blocked reading it (in the handshake, or the stream after it) sees the end of the stream
+/// at once, and every later read does too, while writes still go out, so the thread can
+/// still tell the peer why. Dropping it leaves the connection open.
+#[derive(Debug)]
+pub struct ReadStop(Socket);
+
+impl ReadStop {
+    /// Shuts the connection's reading direction down.
+    ///
+    /// # Errors
+    /// The `shutdown` errno (`ENOTCONN` if the peer is gone already).
+    pub fn stop(&self) -> io::Result<()> {
+        match &self.0 {
+            Socket::Tcp(stream) => stream.shutdown(Shutdown::Read),
+            Socket::Unix(stream) => stream.shutdown(Shutdown::Read),
         }
     }
 }
