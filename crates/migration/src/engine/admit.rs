@@ -22,10 +22,12 @@
 //!     L->>R: the admitted peer's stream, to receive
 //! ```
 //!
-//! Every refusal goes to the receive's [`RefusalLog`] as it happens, so a status reader sees
-//! it while the destination still waits. The threads are scoped to [`receive_into`]
-//! (super::receive_into), which returns only once all have ended: the stopped ones end at
-//! once, and none waits longer than its own deadlines.
+//! A peer's thread returns why it refused its peer; the accept loop collects it, records the
+//! refusal in the receive's [`RefusalLog`] (where a status reader sees it while the
+//! destination still waits) and frees the slot, together: once a refusal shows, its slot is
+//! free. The threads are scoped to [`receive_into`](super::receive_into), which collects the
+//! refused ones after the admitted migration (they ended long before: a stopped thread ends
+//! at once, and none waits longer than its own deadlines).
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -124,10 +126,11 @@ pub(super) struct Admitted {
     pub(super) start: Instant,
 }
 
-/// A peer on its way to the commit point: its thread, and a handle to stop its reads.
-struct Pending<'scope> {
+/// A peer on its way to the commit point: its thread (which returns why it refused the
+/// peer, or nothing for the admitted one), and a handle to stop its reads.
+pub(super) struct Pending<'scope> {
     id: u64,
-    thread: ScopedJoinHandle<'scope, ()>,
+    thread: ScopedJoinHandle<'scope, Option<MigrationError>>,
     stop: ReadStop,
 }
 
@@ -159,27 +162,25 @@ impl<'a> Admission<'a> {
     }
 
     /// Accepts connections until one passes the commit point and returns it, each peer
-    /// taken there on a thread of `scope`; refuses the others.
+    /// taken there on a thread of `scope`; refuses the others. The peers still pending then
+    /// are stopped, and returned for [`Admission::collect`].
     ///
     /// # Errors
     /// A failure of the listener itself; never a peer's.
     pub(super) fn admit<'scope, 'env>(
         &'env self,
         scope: &'scope Scope<'scope, 'env>,
-    ) -> Result<Admitted, MigrationError> {
+    ) -> Result<(Admitted, Vec<Pending<'scope>>), MigrationError> {
         let (admitted_tx, admitted_rx) = mpsc::channel();
         let mut pending: Vec<Pending<'scope>> = Vec::new();
         let mut next_id = 0u64;
         loop {
             // Joined, so what an ended thread sent is seen below.
-            for ended in pending.extract_if(.., |p| p.thread.is_finished()) {
-                if ended.thread.join().is_err() {
-                    tracing::error!("the thread of a peer before the commit point panicked");
-                }
-            }
+            let ended = pending.extract_if(.., |p| p.thread.is_finished()).collect();
+            self.collect(ended);
             if let Ok((id, admitted)) = admitted_rx.try_recv() {
                 stop_all_but(&pending, Some(id));
-                return Ok(admitted);
+                return Ok((admitted, pending));
             }
             let (accepted, stop) = match self.next_connection(!pending.is_empty()) {
                 Ok(Some(connection)) => connection,
@@ -190,9 +191,10 @@ impl<'a> Admission<'a> {
                     {
                         // A peer passed the commit point meanwhile: it is the migration.
                         stop_all_but(&pending, Some(id));
-                        return Ok(admitted);
+                        return Ok((admitted, pending));
                     }
                     stop_all_but(&pending, None);
+                    self.collect(pending);
                     return Err(e.into());
                 }
                 Err(e) => {
@@ -228,6 +230,17 @@ impl<'a> Admission<'a> {
         }
     }
 
+    /// Waits for the threads of `peers` to end, and records the refusal each returns.
+    pub(super) fn collect(&self, peers: Vec<Pending<'_>>) {
+        for peer in peers {
+            match peer.thread.join() {
+                Ok(Some(refusal)) => self.options.refusals.refuse(&refusal),
+                Ok(None) => {}
+                Err(_) => tracing::error!("the thread of a peer before the commit point panicked"),
+            }
+        }
+    }
+
     /// The next connection, with a handle to stop its reads. While peers are pending
     /// (`polling`), waits at most [`ADMIT_POLL`] for one, so the loop looks at them again.
     fn next_connection(
@@ -249,19 +262,19 @@ impl<'a> Admission<'a> {
 
     /// A peer's thread: takes it to the commit point; there, admits it if it is the first
     /// and sends it to the accept loop, or else refuses it, telling it why where its stream
-    /// got far enough.
+    /// got far enough, and returns why.
     fn take_to_commit(
         &self,
         id: u64,
         accepted: Accepted,
         admitted: &mpsc::Sender<(u64, Admitted)>,
-    ) {
+    ) -> Option<MigrationError> {
         let (ack, refusal) = match self.to_commit_point(accepted) {
             Ok(peer) => match self.closed.set(NotAdmitted::AnotherAdmitted) {
                 Ok(()) => {
                     // Fails only if the accept loop is gone; the connection closes then.
                     let _ = admitted.send((id, peer));
-                    return;
+                    return None;
                 }
                 Err(_) => (Some(peer.ack), self.closed_reason()),
             },
@@ -270,7 +283,7 @@ impl<'a> Admission<'a> {
         if let Some(mut ack) = ack {
             tell_source(&mut ack, &refusal);
         }
-        self.options.refusals.refuse(&refusal);
+        Some(refusal)
     }
 
     /// Why a peer is refused once admission is settled.

@@ -227,10 +227,12 @@ pub fn receive_into(
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
     let admission = Admission::new(listener, options);
     let received = std::thread::scope(|scope| {
-        let admitted = admission.admit(scope)?;
-        receive_admitted(admitted, host, options)
+        let (admitted, refused) = admission.admit(scope)?;
+        let received = receive_admitted(admitted, host, options);
+        admission.collect(refused);
+        received
     });
-    // Every peer's thread has ended with the scope: its refusal is in the log.
+    // Every peer's thread has ended, its refusal recorded.
     let Refusals { refused, reasons } = options.refusals.get();
     received.map(|(vm, stats)| {
         let stats = ReceiveStats {
