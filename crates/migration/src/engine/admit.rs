@@ -93,11 +93,11 @@ impl RefusalLog {
 
     /// Logs the refusal of a peer, and records it.
     fn refuse(&self, e: &MigrationError) {
-        tracing::warn!(error = %e, "refused a connection before the commit point");
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(e.to_string());
+        tracing::warn!(error = %e, "refused a connection before the commit point");
     }
 }
 
