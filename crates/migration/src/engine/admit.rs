@@ -43,10 +43,11 @@ use crate::stream::StreamReader;
 use crate::transport::{Accepted, Listener, ReadStop, StreamConnection, TransportError};
 
 /// How many peers a waiting destination takes towards the commit point at once. Each holds
-/// a thread and two sockets for at most its deadlines (the handshake and the setup, 10 s
-/// each by default), so a flood of connections costs a bounded few; and a real source is
-/// taken at once unless this many peers are pending together, where today's one-at-a-time
-/// destination made it wait behind each of them in turn.
+/// a thread and two socket descriptors for at most its deadlines (the handshake and the
+/// setup, 10 s each by default), so a flood of connections costs a few threads, not one
+/// per connection; while a real source is taken at once unless this many peers stall
+/// together (one at a time, it waited behind each of them in turn). Beyond it a connection
+/// is refused at once rather than queued: a queue would bring the wait back.
 pub const MAX_PENDING_PEERS: usize = 4;
 
 /// How often the accept loop, while peers are pending, looks whether one of them passed

@@ -24,10 +24,11 @@
 //! A peer that fails any of these fails the handshake, so the engine never sees it: no byte
 //! it sends past the handshake is read. A destination that takes several peers at once
 //! splits the two steps: [`Listener::accept_socket`] accepts, and
-//! [`Accepted::into_connection`] runs the handshake, on a thread of the peer's own. A handshake has a deadline as a whole
-//! ([`HANDSHAKE_TIMEOUT`] for a destination unless [`Listener::accept_within`] says
-//! otherwise, [`SOURCE_HANDSHAKE_TIMEOUT`] for a source), which a peer trickling bytes does
-//! not extend. A source that the destination refuses learns the TLS alert it sent
+//! [`Accepted::into_connection`] runs the handshake, on a thread of the peer's own. A
+//! handshake has a deadline as a whole ([`HANDSHAKE_TIMEOUT`] for a destination unless
+//! [`Listener::accept_within`] or [`Accepted::into_connection`] says otherwise,
+//! [`SOURCE_HANDSHAKE_TIMEOUT`] for a source), which a peer trickling bytes does not
+//! extend. A source that the destination refuses learns the TLS alert it sent
 //! ([`tls_alert`]). From then on the
 //! stream is encrypted and each record authenticated, so a change on the path is an error,
 //! not different guest memory. Not covered: revocation (no CRL is read) and which of the
