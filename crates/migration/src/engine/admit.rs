@@ -270,46 +270,37 @@ impl<'a> Admission<'a> {
         accepted: Accepted,
         admitted: &mpsc::Sender<(u64, Admitted)>,
     ) -> Option<MigrationError> {
-        let (ack, refusal) = match self.to_commit_point(accepted) {
-            Ok(peer) => match self.closed.set(NotAdmitted::AnotherAdmitted) {
-                Ok(()) => {
-                    // Fails only if the accept loop is gone; the connection closes then.
-                    let _ = admitted.send((id, peer));
-                    return None;
-                }
-                Err(_) => (Some(peer.ack), self.closed_reason()),
-            },
-            Err((ack, e)) => (ack, self.closed.get().map_or(e, |&why| why.into())),
+        let mut peer = match self.to_commit_point(accepted) {
+            Ok(peer) => peer,
+            Err(refusal) => return Some(refusal),
         };
-        if let Some(mut ack) = ack {
-            tell_source(&mut ack, &refusal);
+        if self.closed.set(NotAdmitted::AnotherAdmitted).is_ok() {
+            // Fails only if the accept loop is gone; the connection closes then.
+            let _ = admitted.send((id, peer));
+            return None;
         }
+        let refusal = self.refusal(NotAdmitted::AnotherAdmitted.into());
+        tell_source(&mut peer.ack, &refusal);
         Some(refusal)
     }
 
-    /// Why a peer is refused once admission is settled.
-    fn closed_reason(&self) -> MigrationError {
-        self.closed
-            .get()
-            .copied()
-            .unwrap_or(NotAdmitted::AnotherAdmitted)
-            .into()
+    /// Why a peer that failed with `own` is refused: once admission is settled, for that
+    /// (its failure may be no more than its reads stopped).
+    fn refusal(&self, own: MigrationError) -> MigrationError {
+        self.closed.get().map_or(own, |&why| why.into())
     }
 
     /// The pre-commit phases of one peer: the handshake, then the header and `Config`
-    /// (checked), each within its deadline. A failure comes with the connection to tell it
-    /// on, once the stream has one.
-    fn to_commit_point(
-        &self,
-        accepted: Accepted,
-    ) -> Result<Admitted, (Option<StreamConnection>, MigrationError)> {
+    /// (checked), each within its deadline. A peer that fails is told why, once its stream
+    /// has a channel for it.
+    fn to_commit_point(&self, accepted: Accepted) -> Result<Admitted, MigrationError> {
         let conn = accepted
             .into_connection(self.options.timeouts.handshake)
-            .map_err(|e| (None, e.into()))?;
+            .map_err(|e| self.refusal(e.into()))?;
         let start = Instant::now();
-        let ack = conn
+        let mut ack = conn
             .try_clone()
-            .map_err(|e| (None, MigrationError::NoAck(e.to_string())))?;
+            .map_err(|e| self.refusal(MigrationError::NoAck(e.to_string())))?;
         match read_config(conn, self.options) {
             Ok((reader, config, incoming)) => Ok(Admitted {
                 reader,
@@ -318,7 +309,11 @@ impl<'a> Admission<'a> {
                 ack,
                 start,
             }),
-            Err(e) => Err((Some(ack), e)),
+            Err(e) => {
+                let refusal = self.refusal(e);
+                tell_source(&mut ack, &refusal);
+                Err(refusal)
+            }
         }
     }
 }
