@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use tls_creds::{good_creds, temp_dir, tls};
 use vfmig_migration::Gpa;
 use vfmig_migration::engine::{
-    ACK_FAILED, ACK_READY, DowntimeLimit, MigrationError, Progress, ReceiveOptions, ReceiveStats,
-    ReceiveTimeouts, migrate_with, receive_into,
+    ACK_FAILED, ACK_READY, DowntimeLimit, MAX_PENDING_PEERS, MigrationError, Progress,
+    ReceiveOptions, ReceiveStats, ReceiveTimeouts, RefusalLog, migrate_with, receive_into,
 };
 use vfmig_migration::stream::{MAGIC, RamLayout, RegionDesc, StreamConfig, StreamWriter};
 use vfmig_migration::transport::{
@@ -30,6 +30,10 @@ const RAM: u64 = 32 << 20;
 
 /// Each phase's timeout in these tests.
 const PHASE: Duration = Duration::from_millis(300);
+
+/// The setup timeout of the tests where silent peers hold slots while a source migrates:
+/// long against a migration of [`RAM`], so finishing before it shows they did not delay it.
+const LONG_SETUP: Duration = Duration::from_secs(3);
 
 /// How late past its deadline a peer may be dropped on a loaded machine (the refusal's
 /// gentle close takes up to 200 ms more).
@@ -80,10 +84,22 @@ fn receive_while(
     host: &DeviceHost,
     peer: impl FnOnce(),
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
+    receive_with(listener, host, timeouts(), &RefusalLog::default(), peer)
+}
+
+/// [`receive_while`] with the timeouts given, recording refusals in `refusals`.
+fn receive_with(
+    listener: &Listener,
+    host: &DeviceHost,
+    timeouts: ReceiveTimeouts,
+    refusals: &RefusalLog,
+    peer: impl FnOnce(),
+) -> Result<(Vm, ReceiveStats), MigrationError> {
     let expected = vm_config(RAM);
     let options = ReceiveOptions {
         expected: Some(&expected),
-        timeouts: timeouts(),
+        timeouts,
+        refusals: refusals.clone(),
         ..ReceiveOptions::default()
     };
     thread::scope(|s| {
@@ -123,6 +139,30 @@ fn until_closed(conn: &mut TcpStream) -> (String, Instant) {
     }
     let answered = first.unwrap_or_else(Instant::now);
     (String::from_utf8_lossy(&got).into_owned(), answered)
+}
+
+/// [`timeouts`] with a setup of [`LONG_SETUP`].
+fn long_setup() -> ReceiveTimeouts {
+    ReceiveTimeouts {
+        setup: LONG_SETUP,
+        ..timeouts()
+    }
+}
+
+/// `count` peers connected to `listener` that send nothing.
+fn silent_peers(listener: &Listener, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| TcpStream::connect(("127.0.0.1", port(listener))).unwrap())
+        .collect()
+}
+
+/// Waits (a few seconds at most) until `refusals` has recorded `count` refusals.
+fn wait_for_refusals(refusals: &RefusalLog, count: u64) {
+    let deadline = Instant::now() + LONG_SETUP;
+    while refusals.get().refused < count {
+        assert!(Instant::now() < deadline, "{:?}", refusals.get());
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Asserts that `elapsed` is the deadline, not much later and not earlier.
@@ -324,5 +364,91 @@ fn a_ready_destination_without_a_go_discards_the_vm_at_the_go_timeout() {
     assert!(
         matches!(failed, MigrationError::NoGo(_)) && failed.to_string().contains("go"),
         "{failed}"
+    );
+}
+
+#[test]
+fn silent_peers_holding_slots_do_not_delay_a_real_migration() {
+    let host = host("incoming-pending");
+    let vm = source_vm(&host, RAM);
+    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
+    let to = listener.address().clone();
+    let (received, _) = receive_with(
+        &listener,
+        &host,
+        long_setup(),
+        &RefusalLog::default(),
+        || {
+            let _silent = silent_peers(&listener, MAX_PENDING_PEERS - 1);
+            let start = Instant::now();
+            migrate(&vm, &to, &TransportSecurity::Plain);
+            let took = start.elapsed();
+            assert!(
+                took < LONG_SETUP,
+                "the migration took {took:?}, the silent peers' deadline is {LONG_SETUP:?}"
+            );
+        },
+    )
+    .unwrap();
+    assert_eq!(received.digest().unwrap(), vm.digest().unwrap());
+}
+
+#[test]
+fn a_peer_pending_when_another_is_admitted_is_told_so_at_once() {
+    let host = host("incoming-superseded");
+    let vm = source_vm(&host, RAM);
+    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
+    let to = listener.address().clone();
+    receive_with(
+        &listener,
+        &host,
+        long_setup(),
+        &RefusalLog::default(),
+        || {
+            let mut silent = silent_peers(&listener, 1).remove(0);
+            let start = Instant::now();
+            migrate(&vm, &to, &TransportSecurity::Plain);
+            let (told, answered) = until_closed(&mut silent);
+            assert!(
+                answered - start < LONG_SETUP,
+                "told after {:?}",
+                answered - start
+            );
+            assert!(
+                told.starts_with(ACK_FAILED) && told.contains("another migration was admitted"),
+                "{told:?}"
+            );
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_connection_beyond_the_cap_is_closed_at_once_and_refused() {
+    let host = host("incoming-cap");
+    let vm = source_vm(&host, RAM);
+    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
+    let to = listener.address().clone();
+    let refusals = RefusalLog::default();
+    let (_, stats) = receive_with(&listener, &host, long_setup(), &refusals, || {
+        let silent = silent_peers(&listener, MAX_PENDING_PEERS);
+        let mut extra = TcpStream::connect(("127.0.0.1", port(&listener))).unwrap();
+        let start = Instant::now();
+        let (told, closed) = until_closed(&mut extra);
+        assert!(
+            closed - start < LONG_SETUP / 3,
+            "closed after {:?}",
+            closed - start
+        );
+        assert_eq!(told, "");
+        // The slots free once the silent peers hang up; then a source gets in.
+        drop(silent);
+        wait_for_refusals(&refusals, 1 + MAX_PENDING_PEERS as u64);
+        migrate(&vm, &to, &TransportSecurity::Plain);
+    })
+    .unwrap();
+    assert!(
+        stats.refusals[0].contains("too many peers before the commit point"),
+        "{stats:?}"
     );
 }

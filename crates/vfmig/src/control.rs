@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vfmig_migration::engine::{DowntimeLimit, MigrationStatus};
+use vfmig_migration::engine::{DowntimeLimit, MigrationStatus, Refusals};
 use vfmig_migration::transport::Address;
 use vfmig_vmm::control::{RequestError, request};
 use vfmig_vmm::viommu::ViommuCounters;
@@ -132,6 +132,10 @@ pub struct VmStatus {
     pub state: RunState,
     /// The incoming migration, for a VM started with `--incoming`.
     pub incoming: Option<IncomingState>,
+    /// For a VM started with `--incoming`: the connections its destination refused before
+    /// the commit point so far (how many, and why for the last few), seen while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming_refusals: Option<Refusals>,
     /// The VM, once it exists.
     #[serde(flatten)]
     pub vm: Option<VmInfo>,
@@ -355,11 +359,29 @@ mod tests {
         let s = VmStatus {
             state: RunState::Incoming,
             incoming: Some(IncomingState::Waiting),
+            incoming_refusals: None,
             vm: None,
         };
         assert_eq!(
             serde_json::to_value(&s).unwrap(),
             json!({"state": "incoming", "incoming": "waiting"})
+        );
+    }
+
+    #[test]
+    fn a_waiting_destination_reports_its_refusals() {
+        let s = VmStatus {
+            state: RunState::Incoming,
+            incoming: Some(IncomingState::Waiting),
+            incoming_refusals: Some(Refusals {
+                refused: 1,
+                reasons: vec!["not a vfmig migration stream".into()],
+            }),
+            vm: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["incoming_refusals"],
+            json!({"refused": 1, "reasons": ["not a vfmig migration stream"]})
         );
     }
 }

@@ -4,6 +4,7 @@
 use vfmig_vfio_user::ClientError;
 use vfmig_vmm::VmError;
 
+use super::admit::NotAdmitted;
 use super::policy::Limit;
 use crate::stream::{ReadError, WriteError};
 use crate::transport::TransportError;
@@ -54,6 +55,10 @@ pub enum MigrationError {
     /// Writing the stream failed (the destination may be gone).
     #[error("sending the stream: {0}")]
     Send(WriteError),
+    /// A waiting destination refused a peer that did nothing wrong (see
+    /// [`NotAdmitted`]).
+    #[error("not admitted: {0}")]
+    NotAdmitted(NotAdmitted),
     /// The destination refused the stream, and said why.
     #[error("the destination refused the stream: {reason}")]
     Refused {
@@ -126,6 +131,7 @@ from_cause!(
     TransportError => Transport,
     WriteError => Send,
     ReadError => Receive,
+    NotAdmitted => NotAdmitted,
     Box<VmError> => Vm,
     vfmig_vmm::RamError => Ram,
 );

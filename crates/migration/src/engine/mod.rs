@@ -48,13 +48,24 @@
 //! or applied, and a failure (a port scan's connect-and-close, random bytes, a bad header,
 //! a certificate refused, a peer that stays silent or trickles bytes, a VM of another
 //! shape) is that peer's alone: the receiver tells it why (`VFMIG-FAILED reason`, where
-//! the stream got far enough to have a channel), logs a warning, counts it in
-//! [`ReceiveStats::refused`] and accepts the next connection. Past the commit point a
-//! failure is a failed migration, and [`receive_into`] returns it.
+//! the stream got far enough to have a channel), logs a warning, records it in the
+//! receive's [`RefusalLog`] (its [`ReceiveStats::refused`] at the end, and what a status
+//! request reads meanwhile) and listens on. Past the commit point a failure is a failed
+//! migration, and [`receive_into`] returns it.
+//!
+//! Several peers are on their way to the commit point at once, each on a thread of its own
+//! (see `admit.rs`), at most [`MAX_PENDING_PEERS`]: a connection accepted while that many
+//! are pending is closed at once and refused ([`NotAdmitted::TooManyPeers`]), never queued.
+//! So a real source is taken at once beside peers that stall, rather than behind each of
+//! them in turn; only a flood that keeps every slot taken can hold it off, and then it is
+//! refused at once rather than left waiting. The first peer past the commit point is
+//! admitted; every other pending peer has its reads stopped and is refused
+//! ([`NotAdmitted::AnotherAdmitted`], told where its stream got far enough), and its thread
+//! ends at once, never holding up the admitted migration.
 //!
 //! Every read has a bound ([`ReceiveTimeouts`]): before the commit point, deadlines for
 //! the handshake and for the header and `Config` together, which no trickle of bytes
-//! extends, so one peer holds the port for at most their sum (and up to 2 s more in which
+//! extends, so one peer holds a slot for at most their sum (and up to 4 s more in which
 //! its refusal is delivered); after it, the longest one
 //! read may wait on the source (the stream may take as long as it takes while bytes
 //! come); after `VFMIG-READY`, a deadline for the go.
@@ -62,12 +73,14 @@
 //! ```mermaid
 //! stateDiagram-v2
 //!     [*] --> Accept
-//!     Accept --> Handshake: TLS
-//!     Accept --> Setup: plain
+//!     Accept --> Accept: all MAX_PENDING_PEERS slots taken (closed, refused)
+//!     Accept --> Handshake: TLS, on the peer's own thread
+//!     Accept --> Setup: plain, on the peer's own thread
 //!     Handshake --> Setup: peer authenticated
-//!     Setup --> Committed: header, Config, shape check
-//!     Handshake --> Accept: refused or timed out
-//!     Setup --> Accept: refused or timed out (VFMIG-FAILED to the peer)
+//!     Setup --> Committed: header, Config, shape check; the first peer there
+//!     Handshake --> Refused: failed, timed out, or another peer admitted
+//!     Setup --> Refused: failed, timed out, or another peer admitted (VFMIG-FAILED to it)
+//!     Refused --> [*]: the slot is free again
 //!     Committed --> Ready: stream applied, reads idle-bounded
 //!     Ready --> [*]: VFMIG-GO within the go timeout
 //!     Committed --> [*]: failure ends the receive
@@ -105,6 +118,7 @@
 //!   of the source's device of the same id, refusing the stream, naming the device, when an
 //!   id has no counterpart or a profile differs.
 
+mod admit;
 mod device;
 mod dirty;
 mod error;
@@ -115,15 +129,14 @@ mod stats;
 mod status;
 mod timed;
 
+pub use admit::{MAX_PENDING_PEERS, NotAdmitted, REFUSALS_KEPT, RefusalLog, Refusals};
 pub use device::{DeviceLink, MAX_CHUNK};
 pub use error::MigrationError;
 pub use policy::{
     Convergence, Decision, DowntimeLimit, Estimate, Limit, SETTLED_DOWNTIME, SwitchReason,
     THROTTLE_FIRST, THROTTLE_FLOOR, THROTTLE_STEP,
 };
-pub use receiver::{
-    REFUSALS_KEPT, ReceiveOptions, ReceiveStats, ReceiveTimeouts, receive, receive_into,
-};
+pub use receiver::{ReceiveOptions, ReceiveStats, ReceiveTimeouts, receive, receive_into};
 pub use sender::{migrate, migrate_with, reclaim};
 pub use stats::{DowntimeStats, IterationStats, MigrationStats};
 pub use status::{MigrationState, MigrationStatus, Progress};

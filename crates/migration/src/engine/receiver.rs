@@ -16,6 +16,7 @@ use vfmig_abi::DeviceState;
 use vfmig_memory::Gpa;
 use vfmig_vmm::{DeviceHost, GuestProgram, GuestRam, PciConfigState, Vm, VmConfig};
 
+use super::admit::{Admission, Admitted, RefusalLog, Refusals};
 use super::device::DeviceLink;
 use super::error::MigrationError;
 use super::timed::Timed;
@@ -59,23 +60,11 @@ pub struct ReceiveStats {
     /// The longest one read of the stream waited for the source, in ms: how close the
     /// migration came to [`ReceiveTimeouts::idle`].
     pub longest_wait_ms: f64,
-    /// Connections refused before the commit point (see the [engine](super) docs).
+    /// Connections refused before the commit point (see the [engine](super) docs), this
+    /// receive's [`ReceiveOptions::refusals`] at its end.
     pub refused: u64,
-    /// Why, for the last [`REFUSALS_KEPT`] of them, oldest first.
+    /// Why, for the last [`REFUSALS_KEPT`](super::REFUSALS_KEPT) of them, oldest first.
     pub refusals: Vec<String>,
-}
-
-/// How many refusal reasons [`ReceiveStats::refusals`] keeps.
-pub const REFUSALS_KEPT: usize = 8;
-
-impl ReceiveStats {
-    fn refuse(&mut self, reason: String) {
-        self.refused += 1;
-        if self.refusals.len() == REFUSALS_KEPT {
-            self.refusals.remove(0);
-        }
-        self.refusals.push(reason);
-    }
 }
 
 /// How long each phase of a receive may take. The first two bound what a peer that is not
@@ -126,10 +115,13 @@ pub struct ReceiveOptions<'a> {
     pub expected: Option<&'a VmConfig>,
     /// How long each phase may take.
     pub timeouts: ReceiveTimeouts,
+    /// Where each connection refused before the commit point is recorded as it happens
+    /// (a clone of it sees them while the destination waits).
+    pub refusals: RefusalLog,
 }
 
 /// The devices a stream names, in its order: `(id, profile)`.
-type IncomingDevices = Vec<(String, String)>;
+pub(super) type IncomingDevices = Vec<(String, String)>;
 
 /// The devices the stream names, in its order: `(id, profile)`.
 fn incoming_devices(config: &StreamConfig) -> Result<IncomingDevices, MigrationError> {
@@ -219,7 +211,8 @@ fn check_profiles(vm: &Vm, incoming: &[(String, String)]) -> Result<(), Migratio
     Ok(())
 }
 
-/// Accepts connections on `listener` until one passes the commit point (see the
+/// Accepts connections on `listener` until one passes the commit point (several peers on
+/// their way there at once, see [`MAX_PENDING_PEERS`](super::MAX_PENDING_PEERS) and the
 /// [engine](super) docs), refusing the others, then receives the migration it carries and
 /// returns the VM, devices RUNNING and the guest paused: the caller lets it run. It returns
 /// only once the source said go (see the [engine](super)'s handshake): the source will not
@@ -232,17 +225,33 @@ pub fn receive_into(
     host: &DeviceHost,
     options: &ReceiveOptions<'_>,
 ) -> Result<(Vm, ReceiveStats), MigrationError> {
+    let admission = Admission::new(listener, options);
+    let received = std::thread::scope(|scope| {
+        let (admitted, refused) = admission.admit(scope)?;
+        let received = receive_admitted(admitted, host, options);
+        admission.collect(refused);
+        received
+    });
+    // Every peer's thread has ended, its refusal recorded.
+    let Refusals { refused, reasons } = options.refusals.get();
+    received.map(|(vm, stats)| {
+        let stats = ReceiveStats {
+            refused,
+            refusals: reasons,
+            ..stats
+        };
+        (vm, stats)
+    })
+}
+
+/// Receives the migration of the admitted peer: builds the VM, applies the stream, and
+/// waits for the go.
+fn receive_admitted(
+    admitted: Admitted,
+    host: &DeviceHost,
+    options: &ReceiveOptions<'_>,
+) -> Result<(Vm, ReceiveStats), MigrationError> {
     let mut stats = ReceiveStats::default();
-    let admitted = loop {
-        match admit(listener, options) {
-            Ok(admitted) => break admitted,
-            Err(Refusal::Listener(e)) => return Err(e),
-            Err(Refusal::Peer(e)) => {
-                tracing::warn!(error = %e, "refused a connection before the commit point; listening on");
-                stats.refuse(e.to_string());
-            }
-        }
-    };
     let Admitted {
         reader,
         config,
@@ -279,76 +288,9 @@ pub fn receive_into(
     }
 }
 
-/// A connection past the commit point: its stream read up to the `Config`, and the VM it
-/// describes.
-struct Admitted {
-    reader: StreamReader<Timed>,
-    config: VmConfig,
-    /// The stream's devices, in its order: `(id, profile)`.
-    incoming: IncomingDevices,
-    ack: StreamConnection,
-    start: Instant,
-}
-
-/// Why no connection was admitted.
-enum Refusal {
-    /// The listening socket failed: no later connection can come.
-    Listener(MigrationError),
-    /// This peer failed before the commit point; the listener serves the next.
-    Peer(MigrationError),
-}
-
-/// Whether a failed `accept` leaves the listener unusable (rather than one connection lost,
-/// or resources short for a moment).
-fn listener_broken(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP | libc::EFAULT)
-    )
-}
-
-/// How long to wait before accepting again after an `accept` that failed for want of
-/// resources (`EMFILE`, `ENOBUFS`, …), so as not to spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Accepts one connection and takes it to the commit point, within the pre-commit
-/// timeouts; a peer that fails is told why, where the stream got far enough.
-fn admit(listener: &Listener, options: &ReceiveOptions<'_>) -> Result<Admitted, Refusal> {
-    let conn = match listener.accept_within(options.timeouts.handshake) {
-        Ok(conn) => conn,
-        Err(TransportError::Accept { address, source }) => {
-            let broken = listener_broken(&source);
-            let e = MigrationError::Transport(TransportError::Accept { address, source });
-            if broken {
-                return Err(Refusal::Listener(e));
-            }
-            std::thread::sleep(ACCEPT_BACKOFF);
-            return Err(Refusal::Peer(e));
-        }
-        Err(e) => return Err(Refusal::Peer(e.into())),
-    };
-    let start = Instant::now();
-    let mut ack = conn
-        .try_clone()
-        .map_err(|e| Refusal::Peer(MigrationError::NoAck(e.to_string())))?;
-    match read_config(conn, options) {
-        Ok((reader, config, incoming)) => Ok(Admitted {
-            reader,
-            config,
-            incoming,
-            ack,
-            start,
-        }),
-        Err(e) => {
-            tell_source(&mut ack, &e);
-            Err(Refusal::Peer(e))
-        }
-    }
-}
-
 /// Reads the stream header and `Config` within the setup timeout, and checks the VM it
 /// describes: the last steps before the commit point.
-fn read_config(
+pub(super) fn read_config(
     conn: StreamConnection,
     options: &ReceiveOptions<'_>,
 ) -> Result<(StreamReader<Timed>, VmConfig, IncomingDevices), MigrationError> {
@@ -400,14 +342,20 @@ fn wait_for_go(
     }
 }
 
+/// How long telling a peer why it was refused may take: the write of the reason, and then
+/// again reading and dropping what it still sends.
+const TELL_WITHIN: Duration = Duration::from_secs(2);
+
 /// Sends the source why the stream was refused, then closes gently: a half-close, and what
 /// the source still sends is read and dropped for a moment, so the close does not reset the
-/// connection (a reset would discard the reason before the source reads it).
-fn tell_source(ack: &mut StreamConnection, e: &MigrationError) {
+/// connection (a reset would discard the reason before the source reads it). A peer that
+/// reads nothing holds it for at most twice [`TELL_WITHIN`].
+pub(super) fn tell_source(ack: &mut StreamConnection, e: &MigrationError) {
+    let _ = ack.set_write_timeout(Some(TELL_WITHIN));
     let _ = ack.write_all(format!("{ACK_FAILED} {e}\n").as_bytes());
     let _ = ack.shutdown_write();
     let _ = ack.set_read_timeout(Some(std::time::Duration::from_millis(200)));
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = Instant::now() + TELL_WITHIN;
     let mut sink = vec![0u8; 64 << 10];
     while Instant::now() < deadline {
         match io::Read::read(ack, &mut sink) {

@@ -22,10 +22,13 @@
 //! * with an allow-list, each end's certificate names an allowed peer.
 //!
 //! A peer that fails any of these fails the handshake, so the engine never sees it: no byte
-//! it sends past the handshake is read. A handshake has a deadline as a whole
-//! ([`HANDSHAKE_TIMEOUT`] for a destination unless [`Listener::accept_within`] says
-//! otherwise, [`SOURCE_HANDSHAKE_TIMEOUT`] for a source), which a peer trickling bytes does
-//! not extend. A source that the destination refuses learns the TLS alert it sent
+//! it sends past the handshake is read. A destination that takes several peers at once
+//! splits the two steps: [`Listener::accept_socket`] accepts, and
+//! [`Accepted::into_connection`] runs the handshake, on a thread of the peer's own. A
+//! handshake has a deadline as a whole ([`HANDSHAKE_TIMEOUT`] for a destination unless
+//! [`Listener::accept_within`] or [`Accepted::into_connection`] says otherwise,
+//! [`SOURCE_HANDSHAKE_TIMEOUT`] for a source), which a peer trickling bytes does not
+//! extend. A source that the destination refuses learns the TLS alert it sent
 //! ([`tls_alert`]). From then on the
 //! stream is encrypted and each record authenticated, so a change on the path is an error,
 //! not different guest memory. Not covered: revocation (no CRL is read) and which of the
@@ -59,20 +62,22 @@
 //!   about 200 KiB makes the writer block every 200 KiB.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod address;
 pub mod creds;
+mod listener;
 mod pace;
 mod tls;
 
 pub use address::{Address, AddressError, MAX_UNIX_PATH};
 pub use creds::{CredsError, TlsCreds};
+pub use listener::{Accepted, Listener, ReadStop, listen, listen_with};
 pub use pace::Paced;
 pub use tls::{HANDSHAKE_TIMEOUT, SOURCE_HANDSHAKE_TIMEOUT};
 
@@ -535,172 +540,6 @@ fn connect_tcp(address: &Address, host: &str, port: u16) -> Result<TcpStream, Tr
         address: address.clone(),
         source: last,
     })
-}
-
-#[derive(Debug)]
-enum ListenSocket {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-/// A listening socket. A UNIX listener removes its socket file when dropped.
-#[derive(Debug)]
-pub struct Listener {
-    socket: ListenSocket,
-    address: Address,
-    /// With TLS, the destination's configuration: each accepted peer is authenticated.
-    tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Listens on `address` in plain: for TCP, on the first address the host resolves to (port 0
-/// picks a free port; [`Listener::address`] tells which). A UNIX socket path must not exist.
-///
-/// # Errors
-/// [`TransportError::Resolve`], [`TransportError::Listen`] (e.g. `EADDRINUSE`).
-pub fn listen(address: &Address) -> Result<Listener, TransportError> {
-    listen_with(address, &TransportSecurity::Plain)
-}
-
-/// Listens on `address` as [`listen`] does; with [`TransportSecurity::Tls`],
-/// [`Listener::accept`] returns only peers that completed the handshake with a client
-/// certificate the CA signed (and on the allow-list).
-///
-/// # Errors
-/// As [`listen`]; [`TransportError::TlsNeedsTcp`], [`TransportError::Creds`] (no server
-/// pair).
-pub fn listen_with(
-    address: &Address,
-    security: &TransportSecurity,
-) -> Result<Listener, TransportError> {
-    let tls = match (address, security) {
-        (_, TransportSecurity::Plain) => None,
-        (Address::Tcp { .. }, TransportSecurity::Tls(creds)) => Some(creds.server_config()?),
-        (Address::Unix(_), TransportSecurity::Tls(_)) => {
-            return Err(TransportError::TlsNeedsTcp {
-                address: address.clone(),
-            });
-        }
-    };
-    let listen_error = |source| TransportError::Listen {
-        address: address.clone(),
-        source,
-    };
-    match address {
-        Address::Tcp { host, port } => {
-            let target = (host.as_str(), *port)
-                .to_socket_addrs()
-                .map_err(|source| TransportError::Resolve {
-                    address: address.clone(),
-                    source,
-                })?
-                .next()
-                .ok_or_else(|| TransportError::Resolve {
-                    address: address.clone(),
-                    source: io::Error::new(io::ErrorKind::NotFound, "host resolved to nothing"),
-                })?;
-            let socket = TcpListener::bind(target).map_err(listen_error)?;
-            let local = socket.local_addr().map_err(listen_error)?;
-            Ok(Listener {
-                socket: ListenSocket::Tcp(socket),
-                address: Address::Tcp {
-                    host: local.ip().to_string(),
-                    port: local.port(),
-                },
-                tls,
-            })
-        }
-        Address::Unix(path) => {
-            let socket = UnixListener::bind(path).map_err(listen_error)?;
-            Ok(Listener {
-                socket: ListenSocket::Unix(socket),
-                address: address.clone(),
-                tls,
-            })
-        }
-    }
-}
-
-impl Listener {
-    /// The address it listens on, with the port the kernel chose for TCP port 0.
-    pub fn address(&self) -> &Address {
-        &self.address
-    }
-
-    /// Whether accepted peers are authenticated with TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    /// Waits for one connection; with TLS, runs the handshake as the server (done within
-    /// [`HANDSHAKE_TIMEOUT`]) and returns the connection only once the peer's certificate
-    /// is verified. A refused peer is an error here: nothing it sent past the handshake is
-    /// read.
-    ///
-    /// # Errors
-    /// [`TransportError::Accept`], [`TransportError::SocketOption`],
-    /// [`TransportError::Handshake`], [`TransportError::HandshakeTimeout`].
-    pub fn accept(&self) -> Result<StreamConnection, TransportError> {
-        self.accept_within(HANDSHAKE_TIMEOUT)
-    }
-
-    /// [`Listener::accept`] with the TLS handshake done within `handshake`. Only
-    /// [`TransportError::Accept`] is the listener's own failure; any other error is the
-    /// peer's (or its socket's), and the listener serves the next one as before.
-    ///
-    /// # Errors
-    /// As [`Listener::accept`].
-    pub fn accept_within(&self, handshake: Duration) -> Result<StreamConnection, TransportError> {
-        let accept_error = |source| TransportError::Accept {
-            address: self.address.clone(),
-            source,
-        };
-        match &self.socket {
-            ListenSocket::Tcp(socket) => {
-                let (stream, peer) = socket.accept().map_err(accept_error)?;
-                let Some(config) = &self.tls else {
-                    return StreamConnection::from_tcp(stream);
-                };
-                let peer = Address::Tcp {
-                    host: peer.ip().to_string(),
-                    port: peer.port(),
-                };
-                let tls = rustls::ServerConnection::new(Arc::clone(config)).map_err(|e| {
-                    TransportError::Handshake {
-                        peer: peer.clone(),
-                        source: io::Error::new(io::ErrorKind::InvalidInput, e),
-                    }
-                })?;
-                StreamConnection::tls(stream, tls.into(), peer, handshake)
-            }
-            ListenSocket::Unix(socket) => {
-                let (stream, _) = socket.accept().map_err(accept_error)?;
-                StreamConnection::from_unix(stream)
-            }
-        }
-    }
-}
-
-impl AsFd for Listener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match &self.socket {
-            ListenSocket::Tcp(socket) => socket.as_fd(),
-            ListenSocket::Unix(socket) => socket.as_fd(),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Address::Unix(path) = &self.address {
-            remove_socket_file(path);
-        }
-    }
-}
-
-fn remove_socket_file(path: &Path) {
-    if let Err(err) = std::fs::remove_file(path) {
-        tracing::debug!(path = %path.display(), %err, "could not remove the socket file");
-    }
 }
 
 fn set_nodelay(stream: &TcpStream) -> Result<(), TransportError> {

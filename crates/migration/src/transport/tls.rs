@@ -38,8 +38,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a source's connect waits for the destination to complete the handshake: longer
 /// than a destination's [`HANDSHAKE_TIMEOUT`] and the receiver's setup timeout together,
-/// since a destination busy with another peer (one that stays silent until those run out)
-/// answers only after it.
+/// with room for a loaded machine. A destination takes several peers at once, so a source
+/// waits this long only for one that never accepts it (committed to another migration
+/// already: its connection stays in the kernel's queue).
 pub const SOURCE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ciphertext received and not yet given to rustls.

@@ -10,7 +10,7 @@ use vfmig::control::{
     RunState, VmInfo, VmStatus,
 };
 use vfmig_migration::engine::{
-    MigrationError, MigrationState, MigrationStats, Progress, migrate_with, reclaim,
+    MigrationError, MigrationState, MigrationStats, Progress, RefusalLog, migrate_with, reclaim,
 };
 use vfmig_migration::transport::TransportSecurity;
 use vfmig_vmm::control::{ControlError, ControlHandler};
@@ -29,6 +29,8 @@ pub(crate) struct VmHandler {
     workload_started: Mutex<bool>,
     migration: Mutex<Option<Progress>>,
     incoming: Mutex<Option<IncomingState>>,
+    /// The refusals of the incoming migration's destination, as they happen.
+    incoming_refusals: OnceLock<RefusalLog>,
 }
 
 impl VmHandler {
@@ -46,6 +48,7 @@ impl VmHandler {
             workload_started: Mutex::new(false),
             migration: Mutex::new(None),
             incoming: Mutex::new(None),
+            incoming_refusals: OnceLock::new(),
         }
     }
 
@@ -60,6 +63,11 @@ impl VmHandler {
     /// Notes an incoming migration's state for `status` before the VM exists.
     pub(crate) fn set_incoming(&self, state: Option<IncomingState>) {
         *self.incoming.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Shows the refusals of the incoming migration's destination in `status` (once).
+    pub(crate) fn set_incoming_refusals(&self, refusals: RefusalLog) {
+        let _ = self.incoming_refusals.set(refusals);
     }
 
     /// Starts the guest, once; later, resumes it.
@@ -94,10 +102,12 @@ impl VmHandler {
             .as_ref()
             .map(Progress::status);
         let incoming = *self.incoming.lock().unwrap_or_else(|e| e.into_inner());
+        let incoming_refusals = self.incoming_refusals.get().map(RefusalLog::get);
         let Some(vm) = self.vm.get() else {
             return VmStatus {
                 state: RunState::Incoming,
                 incoming,
+                incoming_refusals,
                 vm: None,
             };
         };
@@ -125,6 +135,7 @@ impl VmHandler {
                 RunState::Running
             },
             incoming,
+            incoming_refusals,
             vm: Some(VmInfo {
                 ram_bytes: vm.ram().size(),
                 devices,

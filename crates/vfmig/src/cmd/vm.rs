@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use vfmig::control::{self, ControlClient, IncomingState};
-use vfmig_migration::engine::{MigrationStatus, ReceiveOptions, receive_into};
+use vfmig_migration::engine::{MigrationStatus, ReceiveOptions, RefusalLog, receive_into};
 use vfmig_migration::transport::{Address, TlsCreds, TransportSecurity, listen_with};
 use vfmig_vmm::{
     DeviceHost, GuestPlan, GuestProgram, GuestRam, Machine, Vm, VmConfig, WorkloadConfig,
@@ -159,10 +159,13 @@ fn run_vm(args: VmRunArgs) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "could not fault in guest RAM ahead of the migration");
                 }
             });
+            let refusals = RefusalLog::default();
+            handler.set_incoming_refusals(refusals.clone());
             let options = ReceiveOptions {
                 ram: Some(ram),
                 expected: Some(&expected),
                 timeouts: args.incoming_timeouts(),
+                refusals,
             };
             let (vm, stats) =
                 receive_into(&listener, &host, &options).context("incoming migration")?;
