@@ -8,26 +8,21 @@ mod common;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::thread;
 
-use common::{ENTRIES, RING, guest};
+use common::{ENTRIES, RING, drain, guest, send_chunk, serve, set_state};
 use vfmig_abi::DeviceState;
-use vfmig_abi::migration_info::{DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, PENDING_BYTES_OFFSET};
 use vfmig_abi::uapi::{
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_CONFIG_REGION_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
 };
+use vfmig_device::devices::dma_engine::REGS_BAR;
 use vfmig_device::devices::dma_engine::regs::{
     CONTROL_ENABLE, CONTROL_IRQ, Descriptor, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, Op,
 };
-use vfmig_device::devices::dma_engine::{DmaEngine, REGS_BAR};
-use vfmig_device::{MIGRATION_REGION_INDEX, PciDevice};
-use vfmig_iommu::Container;
 use vfmig_memory::SharedMemory;
 use vfmig_vfio_user::client::IrqValues;
 use vfmig_vfio_user::message::IrqAction;
-use vfmig_vfio_user::{Client, ClientConfig, Connection, Errno, Limits, Server};
+use vfmig_vfio_user::{Client, Errno};
 
 const BAR0: u32 = REGS_BAR as u32;
 const CONFIG: u32 = VFIO_PCI_CONFIG_REGION_INDEX;
@@ -38,19 +33,6 @@ const MSIX_CONTROL: u64 = 0x52;
 const ENABLE: u16 = 1 << 15;
 const FUNCTION_MASK: u16 = 1 << 14;
 const TABLE: u64 = MSIX_TABLE_OFFSET as u64;
-
-/// A dma-engine served on one end of a socket pair; the client on the other.
-fn serve(container: &Container) -> Client {
-    let (client, server_end) = UnixStream::pair().unwrap();
-    let device = PciDevice::new(DmaEngine::new(container.clone(), 1 << 20).unwrap()).unwrap();
-    let server_container = container.clone();
-    thread::spawn(move || {
-        let mut server = Server::new(device, server_container, Limits::default());
-        let conn = Connection::with_limits(server_end, Limits::default()).unwrap();
-        server.serve_connection(conn)
-    });
-    Client::from_stream(client, ClientConfig::default()).unwrap()
-}
 
 fn eventfd() -> (OwnedFd, File) {
     // SAFETY: eventfd has no memory effects; the result is checked.
@@ -302,44 +284,10 @@ fn an_unaligned_table_access_is_einval() {
     assert_eq!(r.map_err(|e| e.errno()), Err(Errno::EINVAL));
 }
 
-fn set_state(c: &Client, s: DeviceState) {
-    c.region_write(MIGRATION_REGION_INDEX, 0, &s.raw().to_le_bytes())
-        .unwrap();
-}
-
-fn migration_u64(c: &Client, offset: u64) -> u64 {
-    let mut b = [0u8; 8];
-    c.region_read(MIGRATION_REGION_INDEX, offset, &mut b)
-        .unwrap();
-    u64::from_le_bytes(b)
-}
-
-/// Stop-and-copy on `src`: every chunk it saves.
+/// Stop-and-copy on `c`: every chunk it saves.
 fn save(c: &Client) -> Vec<Vec<u8>> {
-    set_state(c, DeviceState::STOP_COPY);
-    let mut chunks = Vec::new();
-    while migration_u64(c, PENDING_BYTES_OFFSET) > 0 {
-        let offset = migration_u64(c, DATA_OFFSET_OFFSET);
-        let size = migration_u64(c, DATA_SIZE_OFFSET);
-        let mut chunk = vec![0u8; size as usize];
-        c.region_read(MIGRATION_REGION_INDEX, offset, &mut chunk)
-            .unwrap();
-        chunks.push(chunk);
-    }
-    chunks
-}
-
-fn send_chunk(c: &Client, chunk: &[u8]) -> Result<(), Errno> {
-    let offset = migration_u64(c, DATA_OFFSET_OFFSET);
-    c.region_write(MIGRATION_REGION_INDEX, offset, chunk)
-        .and_then(|()| {
-            c.region_write(
-                MIGRATION_REGION_INDEX,
-                DATA_SIZE_OFFSET,
-                &(chunk.len() as u64).to_le_bytes(),
-            )
-        })
-        .map_err(|e| e.errno())
+    set_state(c, DeviceState::STOP_COPY).unwrap();
+    drain(c)
 }
 
 /// The configuration-space chunk among `chunks` (tag 2).
@@ -357,11 +305,11 @@ fn migration_carries_the_enable_bit_and_the_table() {
     bar0_write(&src, TABLE + 16 + 8, 0x51, 4);
     bar0_write(&src, TABLE + 16 + 12, 0, 4);
     let chunks = save(&src);
-    set_state(&dst, DeviceState::RESUMING);
+    set_state(&dst, DeviceState::RESUMING).unwrap();
     for chunk in &chunks {
         send_chunk(&dst, chunk).unwrap();
     }
-    set_state(&dst, DeviceState::RUNNING);
+    set_state(&dst, DeviceState::RUNNING).unwrap();
     assert_eq!(
         config_read(&dst, MSIX_CONTROL, 2) & u64::from(ENABLE),
         0x8000
@@ -377,7 +325,7 @@ fn resume_refuses_a_config_chunk_without_the_table() {
     let dst = serve(&container);
     let chunks = save(&src);
     let config = config_chunk(&chunks);
-    set_state(&dst, DeviceState::RESUMING);
+    set_state(&dst, DeviceState::RESUMING).unwrap();
     assert_eq!(send_chunk(&dst, &config[..257]), Err(Errno::EINVAL));
 }
 
@@ -389,7 +337,7 @@ fn resume_refuses_a_config_chunk_with_bytes_after_the_table() {
     let chunks = save(&src);
     let mut config = config_chunk(&chunks).to_vec();
     config.extend_from_slice(&[0; 16]);
-    set_state(&dst, DeviceState::RESUMING);
+    set_state(&dst, DeviceState::RESUMING).unwrap();
     assert_eq!(send_chunk(&dst, &config), Err(Errno::EINVAL));
 }
 

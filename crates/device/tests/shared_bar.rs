@@ -4,71 +4,13 @@
 
 mod common;
 
-use std::os::unix::net::UnixStream;
-use std::thread;
-
 use common::*;
 use vfmig_abi::DeviceState;
-use vfmig_abi::migration_info::{DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, PENDING_BYTES_OFFSET};
-use vfmig_device::devices::dma_engine::{DmaEngine, SHARED_BAR, SHARED_SIZE};
-use vfmig_device::{DIGEST_REGION_INDEX, MIGRATION_REGION_INDEX, PciDevice};
-use vfmig_iommu::Container;
-use vfmig_vfio_user::{Client, ClientConfig, Connection, Errno, Limits, Server};
+use vfmig_device::DIGEST_REGION_INDEX;
+use vfmig_device::devices::dma_engine::{SHARED_BAR, SHARED_SIZE};
+use vfmig_vfio_user::{Client, Errno};
 
 const BAR4: u32 = SHARED_BAR as u32;
-
-/// A dma-engine served on one end of a socket pair; the client on the other.
-fn serve(container: &Container) -> Client {
-    let (client, server_end) = UnixStream::pair().unwrap();
-    let device = PciDevice::new(DmaEngine::new(container.clone(), 1 << 20).unwrap()).unwrap();
-    let server_container = container.clone();
-    thread::spawn(move || {
-        let mut server = Server::new(device, server_container, Limits::default());
-        let conn = Connection::with_limits(server_end, Limits::default()).unwrap();
-        server.serve_connection(conn)
-    });
-    Client::from_stream(client, ClientConfig::default()).unwrap()
-}
-
-fn set_state(c: &Client, s: DeviceState) -> Result<(), Errno> {
-    c.region_write(MIGRATION_REGION_INDEX, 0, &s.raw().to_le_bytes())
-        .map_err(|e| e.errno())
-}
-
-fn migration_u64(c: &Client, offset: u64) -> u64 {
-    let mut b = [0u8; 8];
-    c.region_read(MIGRATION_REGION_INDEX, offset, &mut b)
-        .unwrap();
-    u64::from_le_bytes(b)
-}
-
-/// Reads chunks until `pending_bytes` is 0.
-fn drain(c: &Client) -> Vec<Vec<u8>> {
-    let mut chunks = Vec::new();
-    while migration_u64(c, PENDING_BYTES_OFFSET) > 0 {
-        let offset = migration_u64(c, DATA_OFFSET_OFFSET);
-        let size = migration_u64(c, DATA_SIZE_OFFSET);
-        let mut chunk = vec![0u8; size as usize];
-        c.region_read(MIGRATION_REGION_INDEX, offset, &mut chunk)
-            .unwrap();
-        chunks.push(chunk);
-    }
-    chunks
-}
-
-/// Hands one chunk to a resuming device.
-fn send_chunk(c: &Client, chunk: &[u8]) -> Result<(), Errno> {
-    let offset = migration_u64(c, DATA_OFFSET_OFFSET);
-    c.region_write(MIGRATION_REGION_INDEX, offset, chunk)
-        .and_then(|()| {
-            c.region_write(
-                MIGRATION_REGION_INDEX,
-                DATA_SIZE_OFFSET,
-                &(chunk.len() as u64).to_le_bytes(),
-            )
-        })
-        .map_err(|e| e.errno())
-}
 
 fn digest(c: &Client) -> u64 {
     let mut b = [0u8; 8];
