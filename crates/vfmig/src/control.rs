@@ -190,6 +190,10 @@ pub struct DeviceStatus {
     /// the guest (whose accesses never exit). Empty without a KVM guest.
     #[serde(default)]
     pub bars: Vec<vfmig_vmm::BarStatus>,
+    /// Its MSI and MSI-X as the KVM guest set them up and the VMM routes them. Empty without
+    /// a KVM guest.
+    #[serde(default)]
+    pub interrupts: Option<vfmig_vmm::InterruptStatus>,
 }
 
 /// The guest's counters.

@@ -33,7 +33,7 @@ mod workload;
 pub use devices::{AttachError, AttachedDevice, DeviceSource, DeviceSpec, DeviceTimeouts, DmaPath};
 pub use gate::{Gate, Running};
 pub use machine::{GuestProgram, Machine, MachineError, MachineRam};
-pub use pci::{BarStatus, PciConfigState};
+pub use pci::{BarStatus, InterruptStatus, PciConfigState};
 pub use profile::{DeviceProfile, MigrationData};
 pub use ram::{GuestRam, RamError, RamRegion};
 /// What a device's vfio-user client did ([`AttachedDevice::client_stats`]).

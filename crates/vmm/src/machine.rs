@@ -730,4 +730,17 @@ mod tests {
         });
         assert_eq!(s.dma_msix, 1, "the guest fell back to MSI");
     }
+
+    #[test]
+    fn the_bus_shows_both_msix_vectors_routed() {
+        let b = boot(&["dma-engine"], small(true));
+        run_until(&b.machine, "a completion on vector 1", |s| {
+            s.irq_dma_vector1 >= 1
+        });
+        let irqs = b.machine.bus().interrupts(0);
+        assert_eq!(
+            (irqs.msix_vectors, irqs.msix_enabled, irqs.msix_routed),
+            (2, true, 2)
+        );
+    }
 }

@@ -126,6 +126,7 @@ impl VmHandler {
                 dma: d.spec().dma,
                 client: d.client_stats(),
                 bars: vm.machine().map(|m| m.bus().bars(slot)).unwrap_or_default(),
+                interrupts: vm.machine().map(|m| m.bus().interrupts(slot)),
             })
             .collect();
         VmStatus {

@@ -213,6 +213,19 @@ pub struct BarStatus {
     pub direct: Vec<(u64, u64, Option<u64>)>,
 }
 
+/// A function's interrupts as `status` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InterruptStatus {
+    /// The MSI routed now: `(address, data)`.
+    pub msi: Option<(u64, u32)>,
+    /// MSI-X vectors the function has (0: no MSI-X capability).
+    pub msix_vectors: usize,
+    /// The guest enabled MSI-X.
+    pub msix_enabled: bool,
+    /// MSI-X vectors routed now (enabled, unmasked, the function not masked).
+    pub msix_routed: usize,
+}
+
 /// One function on the bus.
 struct Function {
     bars: [Option<Bar>; BARS],
@@ -906,6 +919,19 @@ impl PciBus {
                         "device memory not mapped into the guest: its accesses are trapped"),
                 }
             }
+        }
+    }
+
+    /// The interrupts of function `slot` (all off for a slot with no device).
+    pub fn interrupts(&self, slot: usize) -> InterruptStatus {
+        let Some(f) = self.function(slot) else {
+            return InterruptStatus::default();
+        };
+        InterruptStatus {
+            msi: f.routed,
+            msix_vectors: f.msix.as_ref().map_or(0, |m| m.cap.vectors),
+            msix_enabled: f.state.msix_control & msix::ENABLE != 0,
+            msix_routed: f.msix.as_ref().map_or(0, Vectors::routed),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::devices::{AttachError, AttachedDevice};
 /// The MSI-X capability's ID.
 pub(super) const CAP_ID: u8 = 0x11;
 /// Message control: MSI-X enable.
-const ENABLE: u16 = 1 << 15;
+pub(super) const ENABLE: u16 = 1 << 15;
 /// Message control: every vector masked.
 const FUNCTION_MASK: u16 = 1 << 14;
 /// Message control: the bits the VMM keeps (the rest is the device's, read-only).
@@ -205,6 +205,11 @@ impl Vectors {
             routed: vec![None; n],
             assigned: false,
         })
+    }
+
+    /// Vectors routed to the guest now.
+    pub(super) fn routed(&self) -> usize {
+        self.routed.iter().filter(|r| r.is_some()).count()
     }
 
     /// Forgets what is routed and assigned, as a fresh function (before a restore applies a
