@@ -8,10 +8,13 @@
 //!   guest RAM mapped to it with its fds, or without them ([`DmaPath::Messages`]: the device
 //!   reaches guest RAM only through DMA_READ / DMA_WRITE messages the VMM answers).
 //! * [`Gate`]: how the guest is paused — the switch-over point of a migration.
-//! * [`Workload`]: the guest. Here a synthetic one: threads writing RAM at a set rate over a
-//!   working set, and drivers keeping the devices busy. A KVM vCPU is the next guest: it enters
-//!   the same gate around each `KVM_RUN`, and adds the kernel's dirty log as a source beside
-//!   [`GuestRam`]'s.
+//! * [`Machine`]: the guest where `/dev/kvm` works: a KVM VM over guest RAM (memslots with
+//!   dirty logging: the kernel's dirty log joins [`GuestRam`]'s), vCPU threads running the
+//!   guest program, paused and throttled at the gate, and its KVM state saved and restored.
+//! * [`pci`]: the guest's PCI bus: configuration space, BARs (trapped, or mapped into the
+//!   guest where a device offers sealed memory), MSI and MSI-X routed by irqfd.
+//! * [`Workload`]: the synthetic guest for hosts without `/dev/kvm`: threads writing RAM at
+//!   a set rate over a working set, and drivers keeping the devices busy.
 //! * [`viommu`]: an emulated guest vIOMMU that remaps a DMA window, unmapping it with
 //!   GET_DIRTY_BITMAP while a migration tracks dirty pages.
 //! * [`Vm`]: all of it together; [`control`]: the JSON-lines control socket.
