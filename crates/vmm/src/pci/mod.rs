@@ -16,7 +16,7 @@
 //! [`InterruptRouter`] turns into the guest interrupt (with KVM: an irqfd on a GSI routed to
 //! the MSI's address and data), so no interrupt passes through the VMM's threads. MSI-X is
 //! the VMM's too: its control bits and vector table are emulated and each unmasked vector is
-//! routed the same way ([`msix`]). Each interrupt source is a *line* of the router: function
+//! routed the same way (the private `msix` module). Each interrupt source is a *line* of the router: function
 //! `slot`'s MSI is line `slot * LINES_PER_FUNCTION`, its MSI-X vector `v` the line `v + 1`
 //! after it.
 //!
