@@ -104,7 +104,12 @@ fn receive_with(
     };
     thread::scope(|s| {
         let receiving = s.spawn(|| receive_into(listener, host, &options));
-        peer();
+        // A peer that fails leaves the receive waiting for a connection that never comes, and
+        // the scope waiting for it: end the test binary as failed instead of hanging.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(peer)).is_err() {
+            eprintln!("the peer of a receive panicked (above); the receive cannot end");
+            std::process::exit(101);
+        }
         receiving.join().unwrap()
     })
 }
