@@ -75,12 +75,18 @@ impl Vcpu {
     /// with no TSC scaling.
     ///
     /// # Errors
-    /// [`KvmError::Ioctl`], e.g. on a host whose TSC KVM does not trust.
+    /// [`KvmError::Ioctl`], e.g. on a host whose TSC KVM does not trust;
+    /// [`KvmError::InvalidArgument`] if KVM says 0 (it does not know the rate).
     pub fn tsc_hz(&self) -> Result<u64, KvmError> {
         let khz = self
             .fd
             .get_tsc_khz()
             .map_err(KvmError::ioctl("KVM_GET_TSC_KHZ"))?;
+        if khz == 0 {
+            return Err(KvmError::InvalidArgument(
+                "KVM_GET_TSC_KHZ says 0: KVM does not know the TSC rate",
+            ));
+        }
         Ok(u64::from(khz) * 1000)
     }
 

@@ -48,7 +48,7 @@ fn a_first_pass_slower_than_the_time_limit_is_stopped_at_the_limit() {
             ..
         }) => {
             assert_eq!(limit, Duration::from_millis(500));
-            assert_eq!(left, RAM, "the first pass had all of RAM to send");
+            assert!(0 < left && left < RAM, "{left} of {RAM} bytes said left");
         }
         other => panic!("expected the time limit, got {other:?}"),
     }

@@ -20,7 +20,9 @@ use super::stats::{DowntimeStats, IterationStats, MigrationStats};
 use super::status::{Counting, MigrationState, Progress};
 use super::timed::Timed;
 use super::{ACK_FAILED, ACK_READY, ACK_RUNNING, DeviceRecord, GO, read_line, stream_config};
-use crate::stream::{DeviceChunk, DeviceConfig, Iteration, MachineState, Phase, StreamWriter};
+use crate::stream::{
+    DeviceChunk, DeviceConfig, Iteration, MachineState, Phase, StreamWriter, WriteError,
+};
 use crate::transport::{self, Address, Paced, StreamConnection, TransportSecurity};
 use crate::{DeviceIndex, Gpa};
 
@@ -304,13 +306,16 @@ impl Sender<'_> {
         let deadline = time_limit.and_then(|(_, at)| at);
         let before = self.writer.bytes_written();
         let Some(ram_bytes) = self.send_ram(dirty, stats, deadline)? else {
-            // Whatever this iteration had to send is left (at most), at the rate the link
-            // carried so far.
+            // Left: what this iteration had to send less the stream bytes it sent, at the rate
+            // the link carried so far.
+            let sent = self.writer.bytes_written() - before;
             if bandwidth <= 0.0 {
-                let sent = self.writer.bytes_written() - before;
                 bandwidth = sent as f64 / t.elapsed().as_secs_f64().max(1e-9);
             }
-            let left = it.dirty_pages.saturating_mul(CONTAINER_PAGE_SIZE.bytes());
+            let left = it
+                .dirty_pages
+                .saturating_mul(CONTAINER_PAGE_SIZE.bytes())
+                .saturating_sub(sent);
             return Err(MigrationError::NotConverged {
                 limit: Limit::Time(time_limit.map_or(Duration::ZERO, |(limit, _)| limit)),
                 left,
@@ -460,7 +465,13 @@ impl Sender<'_> {
         };
         let r = match self.writer.write_ram_parallel(&runs, &read, SEND_THREADS) {
             Ok(r) => r,
-            Err(_) if time_up.load(Ordering::Relaxed) => return Ok(None),
+            // The deadline, not another worker's failure (a transport error stays one).
+            Err(WriteError::Memory(e))
+                if time_up.load(Ordering::Relaxed)
+                    && e.source.kind() == io::ErrorKind::TimedOut =>
+            {
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         stats.pages += r.pages;

@@ -122,6 +122,10 @@ pub struct PciConfigState {
     /// control); empty without MSI-X.
     #[serde(default)]
     pub msix_table: Vec<[u32; 4]>,
+    /// MSI-X vectors whose signal waited (masked) when this was saved; the restore signals
+    /// them again, so the guest gets them when it unmasks.
+    #[serde(default)]
+    pub msix_pending: Vec<u16>,
 }
 
 /// Where the MSI capability is.
@@ -206,7 +210,8 @@ pub struct BarStatus {
     pub size: u64,
     /// Where the guest put it, while it decodes.
     pub address: Option<u64>,
-    /// Guest accesses that exited and went to the device as REGION_READ/WRITE.
+    /// Guest accesses that exited: to the device as REGION_READ/WRITE, or to the VMM's
+    /// MSI-X table.
     pub trapped: u64,
     /// Its sparse-mmap areas mapped into the guest: `(offset in the BAR, bytes, guest address
     /// while mapped)`.
@@ -644,7 +649,14 @@ impl PciBus {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|w| w.io == io && addr >= w.base && addr + len <= w.base + w.size)
+            .find(|w| {
+                w.io == io
+                    && addr >= w.base
+                    && addr
+                        .checked_add(len)
+                        .zip(w.base.checked_add(w.size))
+                        .is_some_and(|(end, window_end)| end <= window_end)
+            })
             .copied();
         let Some(w) = hit else {
             return Ok(false);
@@ -775,28 +787,41 @@ impl PciBus {
             }
             msi_changed = true;
         }
-        let mut msix_changed = false;
+        let mut msix_before = None;
+        let mut forwarded = std::borrow::Cow::Borrowed(data);
         if let Some(offset) = f.msix.as_ref().map(|m| m.cap.control_offset())
             && let Some((start, end)) = overlap(register, len, offset, 2)
         {
             let mut control = f.state.msix_control.to_le_bytes();
             for at in start..end {
-                control[usize::try_from(at - offset).unwrap_or(0)] =
-                    data[usize::try_from(at - register).unwrap_or(0)];
+                let k = usize::try_from(at - register).unwrap_or(0);
+                let i = usize::try_from(at - offset).unwrap_or(0);
+                control[i] = data[k];
+                // The function mask is the VMM's alone: it masks by not routing, and the
+                // device signals on, so that a masked interrupt stays pending.
+                forwarded.to_mut()[k] &= !msix::FUNCTION_MASK.to_le_bytes()[i];
             }
+            msix_before = Some(f.state.msix_control);
             f.state.msix_control = u16::from_le_bytes(control) & msix::CONTROL_BITS;
-            msix_changed = true;
         }
         // Everything but the BARs goes to the device too (its copy of command, MSI and MSI-X
-        // control tells it how to decode and which interrupt to raise).
+        // enable tells it how to decode and which interrupt to raise).
         if overlap(register, len, BAR0, 4 * BARS as u64).is_none() {
-            write_config(dev, register, data)?;
+            write_config(dev, register, &forwarded)?;
         }
         if msi_changed {
             Self::apply_msi(&self.router, dev, slot, &mut f)?;
         }
-        if msix_changed {
-            Self::apply_msix(&self.router, dev, slot, &mut f)?;
+        if let Some(before) = msix_before
+            && let Err(e) = Self::apply_msix(&self.router, dev, slot, &mut f)
+        {
+            // Not enabled after all: the device's copy goes back to what the VMM keeps.
+            f.state.msix_control = before;
+            if let Some(offset) = f.msix.as_ref().map(|m| m.cap.control_offset()) {
+                let device = before & !msix::FUNCTION_MASK;
+                let _ = write_config(dev, offset, &device.to_le_bytes());
+            }
+            return Err(e);
         }
         drop(f);
         if windows_changed {
@@ -893,27 +918,37 @@ impl PciBus {
         let Some(mapper) = &self.mapper else {
             return;
         };
+        let wanted: Vec<Option<u64>> = self
+            .direct
+            .iter()
+            .map(|d| {
+                windows
+                    .iter()
+                    .find(|w| !w.io && w.slot == d.slot && w.bar as usize == d.bar)
+                    .and_then(|w| w.base.checked_add(d.offset))
+            })
+            .collect();
+        // Every mapping that moves goes first, so that one moving to where another was finds
+        // the place free.
         for (id, (d, at)) in self.direct.iter().zip(mapped.iter_mut()).enumerate() {
-            let id = u32::try_from(id).unwrap_or(u32::MAX);
-            let wanted = windows
-                .iter()
-                .find(|w| !w.io && w.slot == d.slot && w.bar as usize == d.bar)
-                .and_then(|w| w.base.checked_add(d.offset));
-            if *at == wanted {
+            if at.is_none() || *at == wanted[id] {
                 continue;
             }
-            if at.is_some() {
-                if let Err(e) = mapper.unmap(id) {
-                    tracing::warn!(slot = d.slot, bar = d.bar, error = %e,
-                        "device memory not unmapped from the guest");
-                    continue;
-                }
-                *at = None;
+            match mapper.unmap(u32::try_from(id).unwrap_or(u32::MAX)) {
+                Ok(()) => *at = None,
+                Err(e) => tracing::warn!(slot = d.slot, bar = d.bar, error = %e,
+                    "device memory not unmapped from the guest"),
             }
-            if let Some(gpa) = wanted {
+        }
+        for (id, (d, at)) in self.direct.iter().zip(mapped.iter_mut()).enumerate() {
+            if at.is_some() || *at == wanted[id] {
+                continue;
+            }
+            let id_u32 = u32::try_from(id).unwrap_or(u32::MAX);
+            if let Some(gpa) = wanted[id] {
                 // SAFETY: the area is the bus's and is unmapped from the guest before it is
                 // dropped (`Drop for PciBus`).
-                match unsafe { mapper.map(id, gpa, d.area.as_ptr(), d.area.len()) } {
+                match unsafe { mapper.map(id_u32, gpa, d.area.as_ptr(), d.area.len()) } {
                     Ok(()) => *at = Some(gpa),
                     Err(e) => tracing::warn!(slot = d.slot, bar = d.bar, gpa, error = %e,
                         "device memory not mapped into the guest: its accesses are trapped"),
@@ -976,13 +1011,20 @@ impl PciBus {
     pub fn save(&self) -> Vec<PciConfigState> {
         self.functions
             .iter()
-            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).state.clone())
+            .map(|f| {
+                let f = f.lock().unwrap_or_else(|e| e.into_inner());
+                PciConfigState {
+                    msix_pending: f.msix.as_ref().map_or_else(Vec::new, Vectors::pending),
+                    ..f.state.clone()
+                }
+            })
             .collect()
     }
 
     /// Writes back what the guest programmed (after the devices' own data was restored):
-    /// the VMM's copy, the command register and MSI capability into each device, and the
-    /// MSI routes.
+    /// the VMM's copy, the command register, MSI capability and MSI-X enable into each
+    /// device, the MSI and MSI-X routes (and the MSI-X eventfds to the device), and the MSI-X
+    /// signals that were pending on the source.
     pub fn restore(&self, states: &[PciConfigState]) -> Result<(), AttachError> {
         if states.len() != self.functions.len() {
             return Err(AttachError::Invalid {
@@ -1018,23 +1060,32 @@ impl PciBus {
                     ),
                 ));
             }
-            f.state = state.clone();
+            f.state = PciConfigState {
+                msix_control: state.msix_control & msix::CONTROL_BITS,
+                msix_pending: Vec::new(),
+                ..state.clone()
+            };
             write_config(dev, COMMAND, &state.command.to_le_bytes())?;
             if let Some(cap) = f.msi_cap {
                 write_config(dev, cap.offset + 2, &state.msi)?;
             }
+            // The device's copy of the MSI-X control word: enable only (its table size bits
+            // are read-only, and the function mask is the VMM's).
+            let device = f.state.msix_control & !msix::FUNCTION_MASK;
             if let Some(m) = f.msix.as_mut() {
-                // The device's copy of the control word: its table size bits are read-only.
-                write_config(
-                    dev,
-                    m.cap.control_offset(),
-                    &state.msix_control.to_le_bytes(),
-                )?;
+                write_config(dev, m.cap.control_offset(), &device.to_le_bytes())?;
                 m.forget();
             }
             f.routed = None;
             Self::apply_msi(&self.router, dev, slot, &mut f)?;
             Self::apply_msix(&self.router, dev, slot, &mut f)?;
+            match f.msix.as_ref() {
+                Some(m) => m.signal(dev, &state.msix_pending)?,
+                None if !state.msix_pending.is_empty() => {
+                    return Err(invalid(dev, "pending MSI-X signals, and no MSI-X".into()));
+                }
+                None => {}
+            }
         }
         self.rebuild_windows();
         Ok(())
@@ -1472,5 +1523,78 @@ mod tests {
         let mut saved = b.bus.save();
         saved[0].msix_table.pop();
         assert!(b.bus.restore(&saved).is_err());
+    }
+
+    #[test]
+    fn the_device_never_sees_the_function_mask() {
+        let b = programmed_msix();
+        msix_control(&b.bus, 1 << 15 | 1 << 14);
+        let cap = find_cap(&b.bus, msix::CAP_ID);
+        let mut device = [0; 2];
+        read_config(&b.bus.devices[0], u64::from(cap) + 2, &mut device).unwrap();
+        assert_eq!(u16::from_le_bytes(device) & 0xc000, 1 << 15);
+        assert_eq!(read32(&b.bus, 0, cap) >> 16 & 0xc000, 0xc000);
+    }
+
+    /// Signals vector `v` of the dma-engine's MSI-X, as the device does.
+    fn signal(b: &Bus, v: usize) {
+        let f = b.bus.function(0).unwrap();
+        f.msix.as_ref().unwrap().eventfd(v).write(1).unwrap();
+    }
+
+    /// The signals waiting on vector `v` (taken).
+    fn waiting(b: &Bus, v: usize) -> u64 {
+        let f = b.bus.function(0).unwrap();
+        f.msix.as_ref().unwrap().eventfd(v).read().unwrap_or(0)
+    }
+
+    #[test]
+    fn a_signal_waiting_on_a_masked_vector_is_carried_by_a_migration() {
+        let source = programmed_msix();
+        msix_control(&source.bus, 1 << 15);
+        signal(&source, 1);
+        let saved = source.bus.save();
+        assert_eq!(saved[0].msix_pending, [1]);
+        let dest = bus(&["dma-engine"]);
+        dest.bus.restore(&saved).unwrap();
+        assert_eq!(waiting(&dest, 1), 1);
+    }
+
+    #[test]
+    fn saving_leaves_a_waiting_signal_waiting_at_the_source() {
+        let source = programmed_msix();
+        msix_control(&source.bus, 1 << 15);
+        signal(&source, 1);
+        source.bus.save();
+        assert_eq!(waiting(&source, 1), 1);
+    }
+
+    #[test]
+    fn an_access_whose_end_overflows_the_address_space_decodes_nothing() {
+        let b = bus(&["dma-engine"]);
+        place_regs(&b.bus, 0xc000_0000);
+        assert!(!b.bus.mmio_read(u64::MAX - 1, &mut [0; 4]).unwrap());
+    }
+
+    #[test]
+    fn mappings_that_trade_places_are_all_unmapped_before_any_is_mapped() {
+        let b = bus(&["dma-engine", "dma-engine"]);
+        for (slot, base) in [(0, 0xd000_0000u32), (1, 0xd010_0000)] {
+            write32(&b.bus, slot, 0x20, base);
+            write32(&b.bus, slot, 0x04, u32::from(COMMAND_MEMORY));
+        }
+        let mut swapped = b.bus.save();
+        swapped.swap(0, 1);
+        b.maps.done.lock().unwrap().clear();
+        b.bus.restore(&swapped).unwrap();
+        assert_eq!(
+            maps(&b),
+            [
+                (0, None),
+                (1, None),
+                (0, Some(0xd010_0000)),
+                (1, Some(0xd000_0000))
+            ]
+        );
     }
 }

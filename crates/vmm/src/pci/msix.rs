@@ -1,13 +1,15 @@
 //! MSI-X as the VMM emulates it, as QEMU's vfio-pci does: the capability's control bits
 //! (enable, function mask) and the vector table are the VMM's, kept in the function's
 //! [`PciConfigState`] and carried by a migration with it. The guest's accesses to the table
-//! (in one of the device's BARs) never reach the device. Every vector gets an eventfd, given
-//! to the device by SET_IRQS on the MSI-X index when the guest enables MSI-X; a vector the
-//! guest has unmasked (and the function not masked) is routed by the [`InterruptRouter`] to
-//! the message its table entry holds, so the device's signal becomes that MSI without passing
+//! (in one of the device's BARs) never reach the device, and the device never sees the
+//! function mask (the VMM masks by not routing). Every vector gets an eventfd, given to the
+//! device by SET_IRQS on the MSI-X index when the guest enables MSI-X; a vector the guest
+//! has unmasked (and the function not masked) is routed by the [`InterruptRouter`] to the
+//! message its table entry holds, so the device's signal becomes that MSI without passing
 //! through a VMM thread. A signal on a masked vector waits in its eventfd and is delivered
 //! when the vector is routed again (KVM injects at once an irqfd registered on a signalled
-//! eventfd): the pending bit, without a PBA. The PBA itself is the device's.
+//! eventfd): the pending bit, without a PBA. A migration carries those pending signals
+//! ([`PciConfigState::msix_pending`]). The PBA itself is the device's.
 //!
 //! [`InterruptRouter`]: super::InterruptRouter
 
@@ -27,7 +29,7 @@ pub(super) const CAP_ID: u8 = 0x11;
 /// Message control: MSI-X enable.
 pub(super) const ENABLE: u16 = 1 << 15;
 /// Message control: every vector masked.
-const FUNCTION_MASK: u16 = 1 << 14;
+pub(super) const FUNCTION_MASK: u16 = 1 << 14;
 /// Message control: the bits the VMM keeps (the rest is the device's, read-only).
 pub(super) const CONTROL_BITS: u16 = ENABLE | FUNCTION_MASK;
 /// Bytes of a table entry: address low, address high, data, vector control.
@@ -193,8 +195,24 @@ pub(super) struct Vectors {
 }
 
 impl Vectors {
+    /// Eventfds for the vectors of `cap` the device can take (its GET_IRQ_INFO count for the
+    /// MSI-X index; a device that has fewer than its table says gets that many) up to
+    /// [`MAX_VECTORS`].
     pub(super) fn new(dev: &AttachedDevice, cap: MsixCap) -> Result<Vectors, AttachError> {
-        let n = cap.vectors.min(MAX_VECTORS);
+        let info = dev
+            .client()
+            .irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
+            .map_err(|e| dev.request("GET_IRQ_INFO of MSI-X", e))?;
+        let irqs = usize::try_from(info.count).unwrap_or(usize::MAX);
+        if irqs < cap.vectors {
+            tracing::warn!(
+                device = dev.id(),
+                table = cap.vectors,
+                irqs,
+                "the MSI-X table has more vectors than the device takes eventfds for: the rest are never delivered"
+            );
+        }
+        let n = cap.vectors.min(irqs).min(MAX_VECTORS);
         let eventfds = (0..n)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -205,6 +223,45 @@ impl Vectors {
             routed: vec![None; n],
             assigned: false,
         })
+    }
+
+    /// The vectors whose signal waits in their eventfd (not routed, so KVM did not take it).
+    /// Their count is read and written back: a source that goes on after a failed migration
+    /// keeps them pending.
+    pub(super) fn pending(&self) -> Vec<u16> {
+        self.eventfds
+            .iter()
+            .zip(&self.routed)
+            .enumerate()
+            .filter(|(_, (_, routed))| routed.is_none())
+            .filter_map(|(v, (eventfd, _))| {
+                let count = eventfd.read().ok().filter(|&n| n > 0)?;
+                if let Err(e) = eventfd.write(count) {
+                    tracing::warn!(vector = v, error = %e, "a pending MSI-X signal could not be kept");
+                }
+                u16::try_from(v).ok()
+            })
+            .collect()
+    }
+
+    /// Signals the eventfd of each vector of `pending` (a restore of a source's pending
+    /// signals); a vector without an eventfd here is an error.
+    pub(super) fn signal(&self, dev: &AttachedDevice, pending: &[u16]) -> Result<(), AttachError> {
+        for &v in pending {
+            let eventfd = self.eventfds.get(usize::from(v)).ok_or_else(|| {
+                invalid(dev, format!("a pending MSI-X vector {v} it does not route"))
+            })?;
+            eventfd
+                .write(1)
+                .map_err(|e| invalid(dev, format!("signalling MSI-X vector {v}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Vector `v`'s eventfd, as the device signals it.
+    #[cfg(test)]
+    pub(super) fn eventfd(&self, v: usize) -> &EventFd {
+        &self.eventfds[v]
     }
 
     /// Vectors routed to the guest now.
@@ -278,6 +335,10 @@ impl Vectors {
                 )
                 .map_err(|e| dev.request("take the MSI-X eventfds back from the device", e))?;
             self.assigned = false;
+            // A signal left from before the disable is no interrupt of the next enable.
+            for eventfd in &self.eventfds {
+                let _ = eventfd.read();
+            }
         }
         Ok(())
     }
