@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of every crate (crates/*/fuzz) for SECONDS each, one after the
-# other, and prints a table of executions, coverage and findings.
+# other, and prints a table of executions (total and per second), coverage and findings.
 #
 #   scripts/fuzz.sh SECONDS [FILTER]
 #
@@ -36,6 +36,9 @@ for dir in "$root"/crates/*/fuzz; do
             -max_total_time="$secs" -print_final_stats=1 ${FUZZ_ARGS:-}) >"$log" 2>&1
         status=$?
         execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+        rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+        # Each crash, leak, timeout or OOM input libFuzzer kept.
+        found=$(grep -c 'Test unit written to' "$log")
         cov=$(grep -Eo '(DONE|pulse|NEW|REDUCE).* cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 | grep -Eo 'cov: [0-9]+ ft: [0-9]+')
         if [[ $status -eq 0 ]]; then
             result=ok
@@ -43,11 +46,11 @@ for dir in "$root"/crates/*/fuzz; do
             result="FAILED (exit $status, see $log)"
             failed=1
         fi
-        rows+=("$(printf '%-36s %12s  %-22s %s' "$name" "${execs:-?}" "${cov:-?}" "$result")")
+        rows+=("$(printf '%-36s %12s %8s  %-22s %8s  %s' "$name" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$found" "$result")")
     done
 done
 
-printf '\n%-36s %12s  %-22s %s\n' target execs coverage result
+printf '\n%-36s %12s %8s  %-22s %8s  %s\n' target execs exec/s coverage findings result
 for row in "${rows[@]}"; do
     echo "$row"
 done

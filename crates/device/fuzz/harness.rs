@@ -11,10 +11,18 @@
 //! 2 entries of 16 bytes).
 //!
 //! An input is a sequence of chunks, each a little-endian `u16` length and that many bytes (the
-//! last one cut to what is left). For `dma_engine_resume` a first byte comes before them (bit 0
-//! set makes the device `AllMapped`: it reaches its ring by copies and runs it without a pin;
-//! clear, `Pinned`), and the first chunk is not resume data but the guest memory at IOVA 0
-//! when the device resumes: the descriptors its inherited ring will run.
+//! last one cut to what is left). For `dma_engine_resume`:
+//!
+//! ```text
+//! byte 0     flags: bit 0 AllMapped (the ring is reached by copies, never pinned; clear:
+//!            Pinned); bit 1 both MSI-X vectors get an eventfd (SET_IRQS, MSI-X index,
+//!            DATA_EVENTFD | ACTION_TRIGGER) before the BAR0 accesses
+//! chunk 0    the guest memory at IOVA 0 when the device resumes: the descriptors its
+//!            inherited ring will run
+//! chunk 1    BAR0 accesses made after the resume, ACCESS bytes each (see `Bar0Access`):
+//!            registers, doorbells (TAIL), the MSI-X table at 0x800 and PBA at 0xc00
+//! chunks 2.. the resume data
+//! ```
 //!
 //! Checked: resuming never panics, whatever the chunks; a device that resumed to RUNNING
 //! survives its own migration unchanged (saved through STOP_COPY and resumed into a fresh
@@ -23,11 +31,16 @@
 
 use vfmig_abi::DeviceState;
 use vfmig_abi::migration_info::{DATA_OFFSET_OFFSET, DATA_SIZE_OFFSET, PENDING_BYTES_OFFSET};
+use vfmig_abi::uapi::{
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX,
+};
+use vfmig_device::devices::dma_engine::regs::MSIX_VECTORS;
 use vfmig_device::devices::dma_engine::{DmaEngine, REGS_BAR};
 use vfmig_device::devices::mtty::Mtty;
 use vfmig_device::{DeviceModel, MIGRATION_REGION_INDEX, PciDevice};
 use vfmig_iommu::{Backing, Container, DirtyScope, Iova, Prot};
-use vfmig_vfio_user::server::Backend;
+use vfmig_vfio_user::message::IrqSet;
+use vfmig_vfio_user::server::{Backend, IrqSetData};
 
 /// The migration data section of every device here: room for a dma-engine chunk of 15 pages.
 pub(crate) const DATA_CAPACITY: usize = 64 << 10;
@@ -181,19 +194,88 @@ pub(crate) fn dma_engine(container: &Container, scope: DirtyScope) -> PciDevice<
 /// Descriptors the doorbell runs at most, after a resume.
 const MAX_RUN: u32 = 64;
 
-/// Resumes a dma-engine from `data` (scope byte, guest memory, then chunks). Returns whether it
-/// reached RUNNING.
+/// Flags byte: the device is `AllMapped`.
+pub(crate) const FLAG_ALL_MAPPED: u8 = 1;
+/// Flags byte: both MSI-X vectors have an eventfd.
+pub(crate) const FLAG_MSIX_EVENTFDS: u8 = 2;
+
+/// One access to BAR0 after the resume, as ACCESS bytes of the input:
+///
+/// ```text
+/// 0 offset u16  in BAR0 (taken modulo its 4 KiB)
+/// 2 kind   u8   bits 1..0: length 1, 2, 4 or 8; bit 7: a write (else a read)
+/// 3 pad    u8
+/// 4 value  u64  what a write writes (its first `length` bytes)
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bar0Access {
+    pub(crate) offset: u16,
+    pub(crate) len: usize,
+    pub(crate) write: Option<u64>,
+}
+
+/// Bytes of one [`Bar0Access`] in the input.
+pub(crate) const ACCESS: usize = 12;
+const KIND_WRITE: u8 = 0x80;
+
+impl Bar0Access {
+    fn decode(b: &[u8; ACCESS]) -> Bar0Access {
+        let [o0, o1, kind, _, value @ ..] = *b;
+        Bar0Access {
+            offset: u16::from_le_bytes([o0, o1]) % 4096,
+            len: 1 << (kind & 3),
+            write: (kind & KIND_WRITE != 0).then_some(u64::from_le_bytes(value)),
+        }
+    }
+
+    /// The inverse of `decode`, for writing seeds.
+    pub(crate) fn encode(&self) -> [u8; ACCESS] {
+        let mut b = [0u8; ACCESS];
+        b[..2].copy_from_slice(&self.offset.to_le_bytes());
+        b[2] = u8::try_from(self.len.trailing_zeros()).expect("a length of 1, 2, 4 or 8")
+            | if self.write.is_some() { KIND_WRITE } else { 0 };
+        b[4..].copy_from_slice(&self.write.unwrap_or(0).to_le_bytes());
+        b
+    }
+}
+
+/// Gives both MSI-X vectors an "eventfd": the write end of a pipe (the device only writes
+/// 8 bytes to it per interrupt, at most a few hundred per input, far below a pipe's buffer).
+/// Returns the read ends, to keep open while the device runs (a closed one would make an
+/// interrupt a SIGPIPE).
+fn assign_msix_eventfds(dev: &mut PciDevice<DmaEngine>) -> Vec<std::io::PipeReader> {
+    let mut readers = Vec::new();
+    let mut fds = Vec::new();
+    for _ in 0..MSIX_VECTORS {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        readers.push(reader);
+        fds.push(writer.into());
+    }
+    let set = IrqSet {
+        argsz: 20,
+        flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+        index: VFIO_PCI_MSIX_IRQ_INDEX,
+        start: 0,
+        count: u32::from(MSIX_VECTORS),
+    };
+    dev.set_irqs(&set, IrqSetData::Eventfds(fds))
+        .expect("SET_IRQS of both MSI-X vectors");
+    readers
+}
+
+/// Resumes a dma-engine from `data` (flags byte, guest memory, BAR0 accesses, then chunks).
+/// Returns whether it reached RUNNING.
 pub(crate) fn dma_engine_resume(data: &[u8]) -> bool {
-    let Some((&scope, data)) = data.split_first() else {
+    let Some((&flags, data)) = data.split_first() else {
         return false;
     };
-    let scope = if scope & 1 == 0 {
+    let scope = if flags & FLAG_ALL_MAPPED == 0 {
         DirtyScope::Pinned
     } else {
         DirtyScope::AllMapped
     };
     let chunks = chunks(data);
-    let Some((memory, chunks)) = chunks.split_first() else {
+    let [memory, accesses, chunks @ ..] = chunks.as_slice() else {
         return false;
     };
     let container = guest();
@@ -205,15 +287,24 @@ pub(crate) fn dma_engine_resume(data: &[u8]) -> bool {
         return false;
     }
     round_trip(&mut dev, dma_engine(&container, scope));
+    let _eventfds = (flags & FLAG_MSIX_EVENTFDS != 0).then(|| assign_msix_eventfds(&mut dev));
     let regs = u32::try_from(REGS_BAR).expect("a BAR index");
+    for access in accesses.chunks_exact(ACCESS) {
+        let access = Bar0Access::decode(access.try_into().expect("ACCESS bytes"));
+        let offset = u64::from(access.offset);
+        let _ = match access.write {
+            Some(value) => dev.region_write(regs, offset, &value.to_le_bytes()[..access.len]),
+            None => dev.region_read(regs, offset, &mut [0u8; 8][..access.len]),
+        };
+    }
     for (offset, len) in [(0x08, 8), (0x10, 4), (0x14, 4), (0x18, 4), (0x1c, 4)] {
         let _ = dev.region_read(regs, offset, &mut [0u8; 8][..len]);
     }
     for (offset, len) in [(0x20, 4), (0x24, 4), (0x28, 8)] {
         let _ = dev.region_read(regs, offset, &mut [0u8; 8][..len]);
     }
-    // The doorbell a few descriptors past the inherited tail runs the inherited ring on the
-    // resumed device RAM.
+    // The doorbell a few descriptors past the tail runs the inherited ring on the resumed
+    // device RAM.
     let (mut tail, mut size) = ([0u8; 4], [0u8; 4]);
     let read = dev
         .region_read(regs, 0x18, &mut tail)

@@ -8,8 +8,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use vfmig_device::devices::dma_engine::regs::{CONTROL_ENABLE, Descriptor, MSIX_TABLE_OFFSET, Op};
-use vfmig_device::devices::dma_engine::{RAM_BAR, REGS_BAR, SHARED_BAR};
+use vfmig_device::PciDevice;
+use vfmig_device::devices::dma_engine::regs::{
+    CONTROL_ENABLE, CONTROL_IRQ, Descriptor, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, Op,
+};
+use vfmig_device::devices::dma_engine::{DmaEngine, RAM_BAR, REGS_BAR, SHARED_BAR};
 use vfmig_iommu::DirtyScope;
 use vfmig_vfio_user::server::Backend;
 
@@ -63,8 +66,9 @@ fn seeds_are_what_the_devices_save_today() {
 }
 
 /// Guest memory from IOVA 0 to the end of a 16-descriptor ring at 0x1000, one descriptor of
-/// each op at its start: what the seeds' resumed ring runs.
-fn ring_image() -> Vec<u8> {
+/// each op at its start: what the seeds' resumed ring runs. With `vector1`, the second and
+/// fourth complete on MSI-X vector 1.
+fn ring_image(vector1: bool) -> Vec<u8> {
     let mut image = vec![0u8; 0x1000 + 16 * 32];
     let ops = [
         (Op::FillGuest, 0x2000, 0, 7),
@@ -81,7 +85,12 @@ fn ring_image() -> Vec<u8> {
             len: 64,
             fill,
         };
-        image[0x1000 + i * 32..0x1000 + (i + 1) * 32].copy_from_slice(&d.encode());
+        let raw = if vector1 && i % 2 == 1 {
+            d.encode_on_vector1()
+        } else {
+            d.encode()
+        };
+        image[0x1000 + i * 32..0x1000 + (i + 1) * 32].copy_from_slice(&raw);
     }
     image
 }
@@ -112,43 +121,102 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         (DirtyScope::Pinned, "ring-pinned"),
         (DirtyScope::AllMapped, "ring-all-mapped"),
     ] {
-        let container = harness::guest();
-        let mut dev = harness::dma_engine(&container, scope);
-        let regs = u32::try_from(REGS_BAR).unwrap();
-        dev.region_write(regs, 0x08, &0x1000u64.to_le_bytes())
-            .unwrap();
-        dev.region_write(regs, 0x10, &16u32.to_le_bytes()).unwrap();
-        dev.region_write(regs, 0x14, &CONTROL_ENABLE.to_le_bytes())
-            .unwrap();
-        dev.region_write(u32::try_from(RAM_BAR).unwrap(), 0x2000, b"device ram")
-            .unwrap();
-        dev.region_write(u32::try_from(SHARED_BAR).unwrap(), 0x3000, b"shared bar")
-            .unwrap();
-        // MSI-X enabled, entry 1 programmed and unmasked.
-        let entry1 = u64::from(MSIX_TABLE_OFFSET) + 16;
-        dev.region_write(regs, entry1, &0xfee0_0000u64.to_le_bytes())
-            .unwrap();
-        dev.region_write(regs, entry1 + 8, &0x51u32.to_le_bytes())
-            .unwrap();
-        dev.region_write(regs, entry1 + 12, &0u32.to_le_bytes())
-            .unwrap();
-        dev.region_write(7, 0x52, &0x8000u16.to_le_bytes()).unwrap();
-        let mut input = vec![u8::from(scope == DirtyScope::AllMapped)];
-        let mut chunks = vec![ring_image()];
-        chunks.extend(harness::save(&mut dev));
-        input.extend(harness::join(&chunks));
-        seeds.push(("dma_engine_resume", name, input));
+        let flags = if scope == DirtyScope::AllMapped {
+            harness::FLAG_ALL_MAPPED
+        } else {
+            0
+        };
+        let chunks = vec![ring_image(false), Vec::new()];
+        let dev = ring_device(scope, CONTROL_ENABLE);
+        seeds.push(("dma_engine_resume", name, dma_input(flags, chunks, dev)));
     }
+    // Completions on both MSI-X vectors, with eventfds, and the table driven through BAR0.
+    let chunks = vec![ring_image(true), msix_accesses()];
+    let dev = ring_device(DirtyScope::Pinned, CONTROL_ENABLE | CONTROL_IRQ);
+    let flags = harness::FLAG_MSIX_EVENTFDS;
+    seeds.push((
+        "dma_engine_resume",
+        "msix-vectors",
+        dma_input(flags, chunks, dev),
+    ));
+
     let container = harness::guest();
-    let mut dev = harness::dma_engine(&container, DirtyScope::Pinned);
-    let mut chunks = vec![Vec::new()];
-    chunks.extend(harness::save(&mut dev));
-    let mut input = vec![0];
-    input.extend(harness::join(&chunks));
-    seeds.push(("dma_engine_resume", "power-on", input));
+    let dev = harness::dma_engine(&container, DirtyScope::Pinned);
+    let chunks = vec![Vec::new(), Vec::new()];
+    seeds.push(("dma_engine_resume", "power-on", dma_input(0, chunks, dev)));
     seeds
 }
 
+/// A dma-engine (on fresh guest memory) with a 16-descriptor ring at 0x1000, `control`, bytes in
+/// device RAM and BAR4, MSI-X enabled and entry 1 programmed and unmasked.
+fn ring_device(scope: DirtyScope, control: u32) -> PciDevice<DmaEngine> {
+    let container = harness::guest();
+    let mut dev = harness::dma_engine(&container, scope);
+    let regs = u32::try_from(REGS_BAR).unwrap();
+    dev.region_write(regs, 0x08, &0x1000u64.to_le_bytes())
+        .unwrap();
+    dev.region_write(regs, 0x10, &16u32.to_le_bytes()).unwrap();
+    dev.region_write(regs, 0x14, &control.to_le_bytes())
+        .unwrap();
+    dev.region_write(u32::try_from(RAM_BAR).unwrap(), 0x2000, b"device ram")
+        .unwrap();
+    dev.region_write(u32::try_from(SHARED_BAR).unwrap(), 0x3000, b"shared bar")
+        .unwrap();
+    let entry1 = u64::from(MSIX_TABLE_OFFSET) + 16;
+    dev.region_write(regs, entry1, &0xfee0_0000u64.to_le_bytes())
+        .unwrap();
+    dev.region_write(regs, entry1 + 8, &0x51u32.to_le_bytes())
+        .unwrap();
+    dev.region_write(regs, entry1 + 12, &0u32.to_le_bytes())
+        .unwrap();
+    dev.region_write(7, 0x52, &0x8000u16.to_le_bytes()).unwrap();
+    dev
+}
+
+/// A `dma_engine_resume` input: `flags`, then `chunks` (guest memory and BAR0 accesses), then
+/// the save of `dev`.
+fn dma_input(flags: u8, mut chunks: Vec<Vec<u8>>, mut dev: PciDevice<DmaEngine>) -> Vec<u8> {
+    chunks.extend(harness::save(&mut dev));
+    let mut input = vec![flags];
+    input.extend(harness::join(&chunks));
+    input
+}
+
+/// BAR0 accesses after the resume: the MSI-X table read whole (4- and 8-byte), entry 0
+/// programmed and unmasked, the PBA read, refused accesses (unaligned, straddling the table's
+/// end, 2 bytes), then a doorbell that runs the four descriptors.
+fn msix_accesses() -> Vec<u8> {
+    let table = u16::try_from(MSIX_TABLE_OFFSET).unwrap();
+    let pba = u16::try_from(MSIX_PBA_OFFSET).unwrap();
+    let read = |offset, len| harness::Bar0Access {
+        offset,
+        len,
+        write: None,
+    };
+    let write = |offset, len, value| harness::Bar0Access {
+        offset,
+        len,
+        write: Some(value),
+    };
+    let mut accesses = Vec::new();
+    accesses.extend((0..8).map(|w| read(table + 4 * w, 4)));
+    accesses.extend((0..4).map(|q| read(table + 8 * q, 8)));
+    accesses.extend([
+        write(table, 8, 0xfee0_1000),
+        write(table + 8, 4, 0x41),
+        write(table + 12, 4, 0),
+        read(pba, 8),
+        write(pba, 8, u64::MAX),
+        read(table + 2, 4),
+        read(table + 0x1c, 8),
+        read(table, 2),
+        write(0x18, 4, 4),
+    ]);
+    accesses
+        .iter()
+        .flat_map(harness::Bar0Access::encode)
+        .collect()
+}
 #[test]
 #[ignore = "rewrites the seed corpus"]
 fn write_seed_corpus() {
@@ -182,6 +250,7 @@ fn a_resumed_completion_count_at_its_maximum_wraps_on_the_next_descriptor() {
     for scope in [0u8, 1] {
         let mut input = vec![scope];
         input.extend(harness::join(&[
+            Vec::new(),
             Vec::new(),
             dma_regs_chunk((0x1000, 16), CONTROL_ENABLE, (0, 0), u64::MAX),
         ]));

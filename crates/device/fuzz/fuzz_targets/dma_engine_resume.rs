@@ -1,5 +1,7 @@
 //! Fuzzes the dma-engine's resume path: any bytes as the chunks of its saved state (device RAM
-//! pages, BAR4 pages, registers), then the ring it inherited run (see `harness.rs`).
+//! pages, BAR4 pages, registers, the configuration space with the MSI-X table), then BAR0
+//! accesses (registers, doorbells, the MSI-X table) and the ring it inherited run, with or
+//! without MSI-X eventfds (see `harness.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
