@@ -81,15 +81,16 @@ impl DeviceContext<'_> {
     }
 
     /// Raises interrupt vector `vector`. With MSI-X enabled, its eventfd is signalled if one
-    /// is assigned (nothing if not, or if the function is masked; the client holds back a
-    /// vector masked in its table). With MSI-X disabled, the vector does not matter: MSI if
-    /// set up, else INTx unless disabled.
+    /// is assigned (nothing if not). Masking is the client's, as with VFIO: it holds a masked
+    /// vector's signal back (the signal waits in the eventfd), whether the vector or the whole
+    /// function is masked, so the device signals under the function mask too: dropping the
+    /// signal would lose the interrupt that PCI says is pending. With MSI-X disabled, the
+    /// vector does not matter: MSI if set up, else INTx unless disabled.
     pub fn interrupt_vector(&mut self, vector: u16) {
         match self.msix {
-            MsixControl::Enabled => {
+            MsixControl::Enabled | MsixControl::FunctionMasked => {
                 self.irqs.raise_msix(vector);
             }
-            MsixControl::FunctionMasked => {}
             MsixControl::Disabled => {
                 if self.irqs.is_assigned(IrqIndex::Msi) || !self.intx_disabled {
                     self.irqs.raise(IrqIndex::Msi);

@@ -49,7 +49,8 @@ const MSIX_ENABLE: u16 = 1 << 15;
 pub enum MsixControl {
     /// No MSI-X capability, or MSI-X disabled: the device interrupts as without it.
     Disabled,
-    /// Enabled, all vectors masked by the function mask: nothing is signalled.
+    /// Enabled, all vectors masked by the function mask: signalled as when enabled, for the
+    /// client to hold back (see `DeviceContext::interrupt_vector`).
     FunctionMasked,
     /// Enabled: each vector is signalled through its own eventfd.
     Enabled,
