@@ -70,6 +70,13 @@ fn source_vm(host: &DeviceHost, ram: u64) -> Vm {
     vm
 }
 
+/// A listener on a free port of 127.0.0.1 with `security`, and its address.
+fn local_listener(security: &TransportSecurity) -> (Listener, Address) {
+    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), security).unwrap();
+    let to = listener.address().clone();
+    (listener, to)
+}
+
 fn port(listener: &Listener) -> u16 {
     let Address::Tcp { port, .. } = listener.address() else {
         unreachable!("a tcp: listener")
@@ -205,8 +212,7 @@ fn writer_with_config(conn: StreamConnection) -> StreamWriter<StreamConnection> 
 fn a_silent_peer_is_dropped_at_the_setup_deadline_and_the_next_source_migrates() {
     let host = host("incoming-silent");
     let vm = source_vm(&host, RAM);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&Default::default());
     let (received, stats) = receive_while(&listener, &host, || {
         let mut silent = TcpStream::connect(("127.0.0.1", port(&listener))).unwrap();
         let start = Instant::now();
@@ -224,8 +230,7 @@ fn a_silent_peer_is_dropped_at_the_setup_deadline_and_the_next_source_migrates()
 fn a_peer_trickling_its_header_is_dropped_at_the_setup_deadline() {
     let host = host("incoming-trickle");
     let vm = source_vm(&host, RAM);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&Default::default());
     let (_, stats) = receive_while(&listener, &host, || {
         let mut peer = TcpStream::connect(("127.0.0.1", port(&listener))).unwrap();
         let start = Instant::now();
@@ -255,8 +260,7 @@ fn a_tls_peer_that_never_finishes_the_handshake_is_dropped_at_the_handshake_dead
     let host = host("incoming-handshake");
     let vm = source_vm(&host, RAM);
     let security = tls(&good_creds("incoming-handshake-creds"), &[]);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &security).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&security);
     let (received, stats) = receive_while(&listener, &host, || {
         let mut silent = TcpStream::connect(("127.0.0.1", port(&listener))).unwrap();
         let start = Instant::now();
@@ -274,8 +278,7 @@ fn a_tls_peer_trickling_its_hello_is_dropped_at_the_handshake_deadline() {
     let host = host("incoming-hello");
     let vm = source_vm(&host, RAM);
     let security = tls(&good_creds("incoming-hello-creds"), &[]);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &security).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&security);
     let (_, stats) = receive_while(&listener, &host, || {
         let mut peer = TcpStream::connect(("127.0.0.1", port(&listener))).unwrap();
         let start = Instant::now();
@@ -304,8 +307,7 @@ fn a_tls_peer_trickling_its_hello_is_dropped_at_the_handshake_deadline() {
 fn a_vm_of_another_shape_is_refused_and_the_destination_listens_on() {
     let host = host("incoming-shape");
     let (other, vm) = (source_vm(&host, 2 * RAM), source_vm(&host, RAM));
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&Default::default());
     let (received, stats) = receive_while(&listener, &host, || {
         let refused = migrate_with(
             &other,
@@ -326,7 +328,7 @@ fn a_vm_of_another_shape_is_refused_and_the_destination_listens_on() {
 #[test]
 fn a_source_silent_after_its_config_fails_the_receive_at_the_idle_timeout() {
     let host = host("incoming-idle");
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
+    let (listener, _) = local_listener(&Default::default());
     let mut start = Instant::now();
     let failed = receive_while(&listener, &host, || {
         let writer = writer_with_config(connect(listener.address()).unwrap());
@@ -351,7 +353,7 @@ fn a_source_silent_after_its_config_fails_the_receive_at_the_idle_timeout() {
 #[test]
 fn a_ready_destination_without_a_go_discards_the_vm_at_the_go_timeout() {
     let host = host("incoming-go");
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
+    let (listener, _) = local_listener(&Default::default());
     let mut ready = Instant::now();
     let failed = receive_while(&listener, &host, || {
         let mut writer = writer_with_config(connect(listener.address()).unwrap());
@@ -376,8 +378,7 @@ fn a_ready_destination_without_a_go_discards_the_vm_at_the_go_timeout() {
 fn silent_peers_holding_slots_do_not_delay_a_real_migration() {
     let host = host("incoming-pending");
     let vm = source_vm(&host, RAM);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&Default::default());
     let (received, _) = receive_with(
         &listener,
         &host,
@@ -402,8 +403,7 @@ fn silent_peers_holding_slots_do_not_delay_a_real_migration() {
 fn a_peer_pending_when_another_is_admitted_is_told_so_at_once() {
     let host = host("incoming-superseded");
     let vm = source_vm(&host, RAM);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&Default::default());
     receive_with(
         &listener,
         &host,
@@ -432,8 +432,7 @@ fn a_peer_pending_when_another_is_admitted_is_told_so_at_once() {
 fn a_connection_beyond_the_cap_is_closed_at_once_and_refused() {
     let host = host("incoming-cap");
     let vm = source_vm(&host, RAM);
-    let listener = listen_with(&"tcp:127.0.0.1:0".parse().unwrap(), &Default::default()).unwrap();
-    let to = listener.address().clone();
+    let (listener, to) = local_listener(&Default::default());
     let refusals = RefusalLog::default();
     let (_, stats) = receive_with(&listener, &host, long_setup(), &refusals, || {
         let silent = silent_peers(&listener, MAX_PENDING_PEERS);
