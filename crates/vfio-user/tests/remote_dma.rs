@@ -336,9 +336,9 @@ fn a_client_waiting_for_a_reply_gets_econnreset_when_the_server_goes() {
     assert_eq!(client.reset().unwrap_err().errno(), Errno::ENOTCONN);
 }
 
-#[test]
-fn the_server_answers_a_get_bitmap_of_an_fd_less_mapping_with_einval() {
-    let (stream, _server) = spawn_server(Limits::default());
+/// A negotiated raw client on `stream` that mapped [`GUEST`]..+[`SIZE`] without an fd and
+/// started dirty tracking.
+fn fd_less_mapping_tracked(stream: std::os::unix::net::UnixStream) -> RawClient {
     let mut raw = RawClient::negotiated(stream);
     let map = DmaMap::new(3, 0, GUEST, SIZE);
     assert_eq!(raw.errno_of(Command::DmaMap, &map.encode().unwrap()), None);
@@ -347,6 +347,13 @@ fn the_server_answers_a_get_bitmap_of_an_fd_less_mapping_with_einval() {
         raw.errno_of(Command::DirtyPages, &start.encode().unwrap()),
         None
     );
+    raw
+}
+
+#[test]
+fn the_server_answers_a_get_bitmap_of_an_fd_less_mapping_with_einval() {
+    let (stream, _server) = spawn_server(Limits::default());
+    let mut raw = fd_less_mapping_tracked(stream);
     let get = DirtyPagesRequest::get_bitmap(BitmapRange::new(GUEST, SIZE, CONTAINER_PAGE_SIZE));
     assert_eq!(
         raw.errno_of(Command::DirtyPages, &get.encode().unwrap()),
@@ -358,14 +365,7 @@ fn the_server_answers_a_get_bitmap_of_an_fd_less_mapping_with_einval() {
 #[test]
 fn the_server_answers_an_unmap_with_bitmap_of_an_fd_less_mapping_with_einval() {
     let (stream, server) = spawn_server(Limits::default());
-    let mut raw = RawClient::negotiated(stream);
-    let map = DmaMap::new(3, 0, GUEST, SIZE);
-    assert_eq!(raw.errno_of(Command::DmaMap, &map.encode().unwrap()), None);
-    let start = DirtyPagesRequest::Start { argsz: 8 };
-    assert_eq!(
-        raw.errno_of(Command::DirtyPages, &start.encode().unwrap()),
-        None
-    );
+    let mut raw = fd_less_mapping_tracked(stream);
     let unmap = DmaUnmapRequest {
         unmap: DmaUnmap {
             argsz: 40 + 8,
