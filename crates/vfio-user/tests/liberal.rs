@@ -13,7 +13,7 @@ use std::thread;
 use common::dummy::{BAR, REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_PATTERN, REG_DMA_WRITE};
 use common::*;
 use vfmig_abi::uapi::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
-use vfmig_iommu::{Container, Iova, Prot};
+use vfmig_iommu::Container;
 use vfmig_vfio_user::message::{
     Command, DeviceInfo, DirtyPages, DmaAccess, DmaMap, FLAGS_ERROR, FLAGS_TYPE_REPLY, Header,
     IrqSet, Payload, RegionAccess, RegionInfo, RegionIoFds, Reply, Request, SparseMmapArea,
@@ -241,15 +241,7 @@ fn a_dma_map_reply_that_echoes_the_request_is_success() {
         };
         reply_raw(conn, &map.header, header, &map.body);
     });
-    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
-    client
-        .dma_map(
-            Iova(0),
-            CONTAINER_PAGE_SIZE.bytes(),
-            Prot::READ_WRITE,
-            Some((fd.as_fd(), 0)),
-        )
-        .unwrap();
+    let _fd = map_one_page(&client);
     drop(client);
     script.join().unwrap();
 }

@@ -88,15 +88,7 @@ fn dirty_tracking_does_not_survive_the_client() {
     }
     let client = Client::connect(&path, ClientConfig::default()).unwrap();
     assert!(!server.container.is_tracking());
-    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
-    client
-        .dma_map(
-            Iova(0),
-            CONTAINER_PAGE_SIZE.bytes(),
-            Prot::READ_WRITE,
-            Some((fd.as_fd(), 0)),
-        )
-        .unwrap();
+    let _fd = map_one_page(&client);
     client.dirty_pages_start().unwrap();
     assert!(
         client

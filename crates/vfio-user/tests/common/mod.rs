@@ -381,3 +381,17 @@ pub fn answer(conn: &mut Connection, command: Command, reply: Reply<'_>) {
     assert_eq!(received.header.cmd, command.code());
     conn.send_reply(&received.header, &reply, &[]).unwrap();
 }
+
+/// Maps one page of a fresh memfd at IOVA 0 for `client`'s device; returns the memfd.
+pub fn map_one_page(client: &Client) -> OwnedFd {
+    let fd = memfd(CONTAINER_PAGE_SIZE.bytes());
+    client
+        .dma_map(
+            vfmig_iommu::Iova(0),
+            CONTAINER_PAGE_SIZE.bytes(),
+            vfmig_iommu::Prot::READ_WRITE,
+            Some((std::os::fd::AsFd::as_fd(&fd), 0)),
+        )
+        .unwrap();
+    fd
+}
