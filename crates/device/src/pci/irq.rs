@@ -459,10 +459,10 @@ mod tests {
         assert_eq!(Irqs::new().info(MSIX), Ok((VFIO_IRQ_INFO_EVENTFD, 0)));
     }
 
-    #[test]
-    fn each_msix_vector_fires_its_own_eventfd() {
-        let (a, mut ra) = eventfd();
-        let (b, mut rb) = eventfd();
+    /// Two MSI-X vectors, each with an eventfd; their read ends.
+    fn msix_pair() -> (Irqs, [File; 2]) {
+        let (a, ra) = eventfd();
+        let (b, rb) = eventfd();
         let mut irqs = Irqs::with_msix(2);
         irqs.set(
             MSIX,
@@ -472,6 +472,12 @@ mod tests {
             IrqSetData::Eventfds(vec![a, b]),
         )
         .unwrap();
+        (irqs, [ra, rb])
+    }
+
+    #[test]
+    fn each_msix_vector_fires_its_own_eventfd() {
+        let (mut irqs, [mut ra, mut rb]) = msix_pair();
         assert!(irqs.raise_msix(1));
         assert!(fired(&mut rb));
         assert!(!fired(&mut ra));
@@ -479,17 +485,7 @@ mod tests {
 
     #[test]
     fn an_msix_range_without_fds_is_deassigned() {
-        let (a, _ra) = eventfd();
-        let (b, _rb) = eventfd();
-        let mut irqs = Irqs::with_msix(2);
-        irqs.set(
-            MSIX,
-            EVENTFD_TRIGGER,
-            0,
-            2,
-            IrqSetData::Eventfds(vec![a, b]),
-        )
-        .unwrap();
+        let (mut irqs, _reads) = msix_pair();
         irqs.set(MSIX, EVENTFD_TRIGGER, 1, 1, IrqSetData::Eventfds(vec![]))
             .unwrap();
         assert!(irqs.is_msix_assigned(0));
