@@ -112,6 +112,7 @@ impl VmHandler {
             };
         };
         let (pages_written, device_ops, device_errors) = vm.guest_counters();
+        let bus = vm.machine().map(|m| m.bus());
         let devices = vm
             .devices()
             .iter()
@@ -125,8 +126,8 @@ impl VmHandler {
                 pid: d.pid(),
                 dma: d.spec().dma,
                 client: d.client_stats(),
-                bars: vm.machine().map(|m| m.bus().bars(slot)).unwrap_or_default(),
-                interrupts: vm.machine().map(|m| m.bus().interrupts(slot)),
+                bars: bus.map(|b| b.bars(slot)).unwrap_or_default(),
+                interrupts: bus.map(|b| b.interrupts(slot)),
             })
             .collect();
         VmStatus {
