@@ -70,8 +70,8 @@ const MSI_64BIT: u16 = 1 << 7;
 /// Bytes of the MSI capability the VMM keeps (a 64-bit one without per-vector masking).
 const MSI_IMAGE: usize = 14;
 
-/// The page granule of a mapping into the guest.
-const GUEST_PAGE: u64 = 4096;
+/// The page granule of a mapping into the guest (a KVM memslot's).
+const GUEST_PAGE: u64 = vfmig_dirty::PageSize::SIZE_4K.bytes();
 
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
